@@ -1,0 +1,113 @@
+// The plugin's HTTP edge: GET a decision and POST usage over keep-alive
+// connections, with a hard timeout. Outcomes are values, never exceptions.
+
+import http from 'node:http';
+import https from 'node:https';
+import { Decision, parseDecision } from './decision';
+
+export type FailureReason = 'TIMEOUT' | 'CONNECTION' | 'HTTP_STATUS' | 'BAD_JSON' | 'BAD_SHAPE';
+export type FetchOutcome =
+  | { kind: 'DECISION'; decision: Decision }
+  | { kind: 'UNAVAILABLE'; reason: FailureReason; detail: string };
+
+/** A decision is a few hundred bytes; anything far larger is not one. */
+const MAX_RESPONSE_BYTES = 256 * 1024;
+
+interface RawResponse { status: number; body: string }
+type RawOutcome = { ok: true; res: RawResponse } | { ok: false; reason: FailureReason; detail: string };
+
+export interface ControlClientOptions {
+  baseUrl: URL;
+  token: string | undefined;
+  timeoutMs: number;
+  defaultTtlMs: number;
+}
+
+export class ControlClient {
+  private readonly agent: http.Agent;
+  private readonly transport: typeof http | typeof https;
+  private readonly basePath: string;
+  private readonly headers: Record<string, string>;
+
+  constructor(private readonly opts: ControlClientOptions) {
+    this.transport = opts.baseUrl.protocol === 'https:' ? https : http;
+    this.agent = new this.transport.Agent({ keepAlive: true, maxSockets: 128, scheduling: 'lifo' });
+    this.basePath = opts.baseUrl.pathname.replace(/\/+$/, '');
+    this.headers = { accept: 'application/json' };
+    if (opts.token) this.headers.authorization = `Bearer ${opts.token}`;
+  }
+
+  async fetchDecision(consumer: string): Promise<FetchOutcome> {
+    // encodeURIComponent escapes / ? % # and non-ASCII, so a consumer id can never change the path.
+    const raw = await this.request('GET', `${this.basePath}/v1/decisions/${encodeURIComponent(consumer)}`);
+    if (!raw.ok) return { kind: 'UNAVAILABLE', reason: raw.reason, detail: raw.detail };
+    if (raw.res.status !== 200) {
+      return { kind: 'UNAVAILABLE', reason: 'HTTP_STATUS', detail: `control service answered ${raw.res.status}` };
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(raw.res.body);
+    } catch {
+      return { kind: 'UNAVAILABLE', reason: 'BAD_JSON', detail: 'decision is not valid JSON' };
+    }
+    const decision = parseDecision(json, this.opts.defaultTtlMs);
+    if ('invalid' in decision) return { kind: 'UNAVAILABLE', reason: 'BAD_SHAPE', detail: decision.invalid };
+    return { kind: 'DECISION', decision };
+  }
+
+  /** POSTs a usage batch; resolves to an error text when it must be retried. */
+  async postUsage(events: unknown[], timeoutMs: number): Promise<string | undefined> {
+    const raw = await this.request('POST', `${this.basePath}/v1/usage`, JSON.stringify({ events }), timeoutMs);
+    if (!raw.ok) return `${raw.reason}: ${raw.detail}`;
+    if (raw.res.status >= 200 && raw.res.status < 300) return undefined;
+    return `control service answered ${raw.res.status}`;
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private request(method: string, path: string, body?: string, timeoutMs = this.opts.timeoutMs): Promise<RawOutcome> {
+    return new Promise((resolve) => {
+      let settled = false;
+      const finish = (outcome: RawOutcome) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(outcome);
+      };
+      const headers = body === undefined
+        ? this.headers
+        : { ...this.headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
+      const req = this.transport.request({
+        protocol: this.opts.baseUrl.protocol,
+        hostname: this.opts.baseUrl.hostname,
+        port: this.opts.baseUrl.port || undefined,
+        method,
+        path,
+        headers,
+        agent: this.agent,
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > MAX_RESPONSE_BYTES) {
+            req.destroy();
+            finish({ ok: false, reason: 'BAD_SHAPE', detail: 'response too large' });
+            return;
+          }
+          chunks.push(chunk);
+        });
+        res.on('end', () => finish({ ok: true, res: { status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') } }));
+        res.on('error', (err) => finish({ ok: false, reason: 'CONNECTION', detail: err.message }));
+      });
+      const timer = setTimeout(() => {
+        finish({ ok: false, reason: 'TIMEOUT', detail: `no answer within ${timeoutMs} ms` });
+        req.destroy();
+      }, timeoutMs);
+      req.on('error', (err) => finish({ ok: false, reason: 'CONNECTION', detail: err.message }));
+      req.end(body);
+    });
+  }
+}

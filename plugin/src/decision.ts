@@ -1,0 +1,32 @@
+// What the control service answers for one consumer, checked once when it
+// arrives so the request path only ever sees well-formed decisions.
+
+export type Decision =
+  | { allow: true; ttlMs: number }
+  | { allow: false; ttlMs: number; status: number; headers: Record<string, string>; body: string; rule: string | undefined };
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Parses the JSON of `GET /v1/decisions/{consumer}`. Returns the decision, or
+ * a reason naming what is wrong (a decision of the wrong shape is treated like
+ * an unreachable service, never guessed at).
+ */
+export function parseDecision(json: unknown, defaultTtlMs: number): Decision | { invalid: string } {
+  if (!isRecord(json)) return { invalid: 'decision is not a JSON object' };
+  const ttl = json.ttl_ms ?? defaultTtlMs;
+  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) return { invalid: 'ttl_ms is not a non-negative number' };
+  if (json.allow === true) return { allow: true, ttlMs: ttl };
+  if (json.allow !== false) return { invalid: 'allow is not a boolean' };
+
+  const { status, headers = {}, body = '', rule } = json;
+  if (typeof status !== 'number' || !Number.isInteger(status) || status < 400 || status > 599) {
+    return { invalid: 'status is not an HTTP error status (400-599)' };
+  }
+  if (!isRecord(headers) || !Object.values(headers).every((v) => typeof v === 'string')) {
+    return { invalid: 'headers is not an object of strings' };
+  }
+  if (typeof body !== 'string') return { invalid: 'body is not a string' };
+  if (rule !== undefined && typeof rule !== 'string') return { invalid: 'rule is not a string' };
+  return { allow: false, ttlMs: ttl, status, headers: headers as Record<string, string>, body, rule };
+}

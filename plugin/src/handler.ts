@@ -1,0 +1,101 @@
+// The payg plugin: one method per Kong phase.
+//   access: ask (or remember) whether this consumer may pass; end the request with the rule's answer if not.
+//   log:    queue one usage event for the control service.
+// kong-pdk lets a request through when a phase throws, so every phase catches
+// its own errors and applies the configured fail mode itself.
+
+import { randomUUID } from 'node:crypto';
+import { parseConfig, type ConsumerField, type PaygOptions } from './schema';
+import { runtimeFor, type Runtime } from './runtime';
+import type { Decision } from './decision';
+import { log } from './log';
+
+/** The part of kong-pdk's `kong` object payg uses. */
+export interface KongPdk {
+  client: { getConsumer(): Promise<unknown> };
+  response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void> };
+  log: { serialize(): Promise<unknown> };
+}
+
+const UNAVAILABLE_BODY = JSON.stringify({
+  message: 'Billing check unavailable, please retry shortly',
+  error: 'payg_unavailable',
+});
+const UNAVAILABLE_HEADERS = { 'Content-Type': 'application/json' };
+
+function consumerKey(consumer: unknown, field: ConsumerField): string | undefined {
+  if (typeof consumer !== 'object' || consumer === null) return undefined;
+  const value = (consumer as Record<string, unknown>)[field];
+  if (typeof value === 'string' && value !== '') return value;
+  if (typeof value === 'number') return String(value);
+  return undefined;
+}
+
+export class Plugin {
+  private readonly opts: PaygOptions;
+  private readonly runtime: Runtime;
+
+  /** Kong's config is validated here, once; a bad one fails StartInstance with the field's name. */
+  constructor(config: unknown) {
+    this.opts = parseConfig(config);
+    this.runtime = runtimeFor(this.opts);
+  }
+
+  async access(kong: KongPdk): Promise<void> {
+    try {
+      await this.decide(kong);
+    } catch (err) {
+      log.error({ err: String(err) }, 'payg: access phase failed');
+      await this.unavailable(kong);
+    }
+  }
+
+  private async decide(kong: KongPdk): Promise<void> {
+    const consumer = consumerKey(await kong.client.getConsumer(), this.opts.consumerField);
+    // No authenticated consumer (or one without the configured field): not ours to judge.
+    if (consumer === undefined) return;
+
+    const cached = this.runtime.decisions.fresh(consumer);
+    if (cached) return this.apply(kong, cached);
+
+    const resolution = await this.runtime.decisions.resolve(consumer);
+    if (resolution.kind === 'UNAVAILABLE') {
+      log.warn({ consumer, reason: resolution.reason, detail: resolution.detail, failOpen: this.opts.failOpen },
+        'payg: no usable decision');
+      return this.unavailable(kong);
+    }
+    return this.apply(kong, resolution.decision);
+  }
+
+  async log(kong: KongPdk): Promise<void> {
+    if (!this.opts.reportUsage) return;
+    try {
+      const raw = await kong.log.serialize();
+      const entry = JSON.parse(typeof raw === 'string' ? raw : JSON.stringify(raw)) as {
+        consumer?: unknown; route?: { id?: string; name?: string } | null;
+        response?: { status?: number }; started_at?: number;
+      };
+      const consumer = consumerKey(entry.consumer, this.opts.consumerField);
+      if (consumer === undefined) return;
+      this.runtime.usage.push({
+        id: randomUUID(),
+        consumer,
+        at: new Date(entry.started_at ?? Date.now()).toISOString(),
+        route: entry.route?.name ?? entry.route?.id ?? null,
+        status: entry.response?.status ?? 0,
+      });
+    } catch (err) {
+      log.error({ err: String(err) }, 'payg: could not record usage');
+    }
+  }
+
+  private async apply(kong: KongPdk, decision: Decision): Promise<void> {
+    if (decision.allow) return;
+    await kong.response.exit(decision.status, decision.body, decision.headers);
+  }
+
+  private async unavailable(kong: KongPdk): Promise<void> {
+    if (this.opts.failOpen) return;
+    await kong.response.exit(503, UNAVAILABLE_BODY, UNAVAILABLE_HEADERS);
+  }
+}

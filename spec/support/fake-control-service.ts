@@ -1,0 +1,70 @@
+// Plays the control service for plugin tests: answers decisions as each test
+// scripts them and records every call, so a test can count network calls.
+
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface ScriptedAnswer { status?: number; body: string; delayMs?: number; headers?: Record<string, string> }
+
+export class FakeControlService {
+  readonly decisionPaths: string[] = [];
+  readonly usageBatches: Array<Array<Record<string, unknown>>> = [];
+  readonly authorizations: Array<string | undefined> = [];
+  /** Answer for a decision request; by default everyone is allowed. */
+  decide: (consumer: string) => ScriptedAnswer = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 5000 }) });
+  /** Status for a usage batch. */
+  usageStatus: () => number = () => 202;
+  private server = http.createServer((req, res) => this.handle(req, res));
+  private sockets = new Set<import('node:net').Socket>();
+  url = '';
+
+  async start(): Promise<this> {
+    this.server.on('connection', (s) => { this.sockets.add(s); s.on('close', () => this.sockets.delete(s)); });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this;
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise((r) => this.server.close(r));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse) {
+    this.authorizations.push(req.headers.authorization);
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = req.url ?? '';
+      if (req.method === 'GET' && url.startsWith('/v1/decisions/')) {
+        this.decisionPaths.push(url);
+        const consumer = decodeURIComponent(url.slice('/v1/decisions/'.length));
+        const answer = this.decide(consumer);
+        const send = () => {
+          if (res.destroyed) return;
+          res.writeHead(answer.status ?? 200, { 'content-type': 'application/json', ...answer.headers });
+          res.end(answer.body);
+        };
+        if (answer.delayMs) setTimeout(send, answer.delayMs); else send();
+        return;
+      }
+      if (req.method === 'POST' && url === '/v1/usage') {
+        const status = this.usageStatus();
+        if (status < 300) this.usageBatches.push(JSON.parse(Buffer.concat(chunks).toString()).events);
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end('{}');
+        return;
+      }
+      res.writeHead(404);
+      res.end();
+    });
+  }
+}
+
+export const allow = (ttlMs = 5000): ScriptedAnswer => ({ body: JSON.stringify({ allow: true, ttl_ms: ttlMs }) });
+export const block = (body: string, opts: { status?: number; headers?: Record<string, string>; ttlMs?: number; rule?: string } = {}): ScriptedAnswer => ({
+  body: JSON.stringify({
+    allow: false, status: opts.status ?? 402, headers: opts.headers ?? { 'Content-Type': 'application/json' },
+    body, rule: opts.rule ?? 'block-no-credit', ttl_ms: opts.ttlMs ?? 5000,
+  }),
+});
