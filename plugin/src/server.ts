@@ -30,9 +30,9 @@ interface PdkServer {
   close(): void;
 }
 type PdkServerClass = new (pluginDir: string | undefined, logger: Logger, expireTtl?: number) => PdkServer;
-const KongPdkServer: PdkServerClass = require('kong-pdk/server');
-const KongPdkListener: new (server: PdkServer, socketPath: string) => { serve(): unknown } = require('kong-pdk/listener');
-const { Module }: { Module: new (name: string, path: undefined, literal: unknown) => unknown } = require('kong-pdk/lib/mod');
+export const KongPdkServer: PdkServerClass = require('kong-pdk/server');
+export const KongPdkListener: new (server: PdkServer, socketPath: string) => { serve(): unknown } = require('kong-pdk/listener');
+export const { Module }: { Module: new (name: string, path: undefined, literal: unknown) => unknown } = require('kong-pdk/lib/mod');
 const { version: pdkVersion }: { version: string } = require('kong-pdk/package.json');
 
 /** PDK methods after which Kong ends the request and sends no further Step for the event. */

@@ -1,0 +1,89 @@
+// The log phase: one usage event per request, batched off the request path.
+import { expect } from 'chai';
+import { KongHarness, logPdk, type Consumer } from '../support/kong-harness';
+import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
+import { FakeControlService } from '../support/fake-control-service';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(10);
+  }
+}
+const bob: Consumer = { id: 'b0b', username: 'bob', custom_id: 'cus_bob' };
+const route = { id: 'r-1', name: 'orders' };
+
+describe('payg log phase: usage reporting', function () {
+  let server: PluginServerProcess;
+  let kong: KongHarness;
+  let svc: FakeControlService;
+  let n = 0;
+  before(async () => { server = await startPluginServer(); kong = new KongHarness(server.socketPath); });
+  after(async () => { kong.close(); await server.stop(); });
+  beforeEach(async () => { svc = await new FakeControlService().start(); });
+  afterEach(() => svc.stop());
+
+  const instance = (config: Record<string, unknown>) =>
+    kong.startInstance('payg', { control_service_url: svc.url, ...config }, `usage-${++n}`);
+  const events = () => svc.usageBatches.flat();
+
+  it('sends one event per request in batches of max_batch_size', async () => {
+    const id = await instance({ usage_queue: { max_batch_size: 5, max_coalescing_delay: 0.05 } });
+    const startedAt = Date.UTC(2026, 10, 25, 12, 0, 0);
+    for (let i = 0; i < 12; i++) {
+      const res = await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: i === 0 ? 500 : 200, startedAt }));
+      expect(res.pdkCalls).to.deep.equal(['kong.log.serialize']);
+      expect(res.exit).to.equal(undefined);
+    }
+    await until(() => events().length === 12);
+    expect(svc.usageBatches.map((b) => b.length)).to.deep.equal([5, 5, 2]);
+    const [first] = events();
+    expect(first).to.include({ consumer: 'cus_bob', at: '2026-11-25T12:00:00.000Z', route: 'orders', status: 500 });
+    expect(first.id).to.match(/^[0-9a-f-]{36}$/);
+    expect(new Set(events().map((e) => e.id)).size).to.equal(12);
+  });
+
+  it('reports nothing for a request without a consumer', async () => {
+    const id = await instance({ usage_queue: { max_batch_size: 1 } });
+    await kong.handleEvent(id, 'log', logPdk({ route, status: 200 }));
+    await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+    await until(() => events().length === 1);
+    await sleep(50);
+    expect(events().map((e) => e.consumer)).to.deep.equal(['cus_bob']);
+  });
+
+  it('report_usage=false: makes no PDK call and sends nothing', async () => {
+    const id = await instance({ report_usage: false, usage_queue: { max_batch_size: 1 } });
+    const res = await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+    expect(res.pdkCalls).to.deep.equal([]);
+    await sleep(50);
+    expect(events()).to.deep.equal([]);
+  });
+
+  it('bounded buffer: drops past max_entries, counts and logs it, retries the rest with backoff', async () => {
+    let status = 503;
+    svc.usageStatus = () => status;
+    const id = await instance({
+      usage_queue: { max_entries: 5, max_batch_size: 100, max_coalescing_delay: 0.01, initial_retry_delay: 0.02, max_retry_delay: 0.05 },
+    });
+    for (let i = 0; i < 20; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+    await until(() => server.logs.some((l) => l.msg === 'usage queue full: usage events dropped'));
+    const drop = server.logs.find((l) => l.msg === 'usage queue full: usage events dropped')!;
+    expect(drop).to.include({ dropped: 15, droppedTotal: 15, maxEntries: 5 });
+    expect(server.logs.some((l) => l.msg === 'usage batch not accepted; will retry')).to.equal(true);
+    status = 202;
+    await until(() => events().length === 5);
+    await sleep(100);
+    expect(events()).to.have.length(5); // delivered once each, no duplicates
+  });
+
+  it('never waits on the control service: a log event returns while usage POSTs hang', async () => {
+    svc.usageStatus = () => 202;
+    const id = await kong.startInstance('payg', { control_service_url: 'http://10.255.255.1:81', usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
+    const started = Date.now();
+    for (let i = 0; i < 5; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+    expect(Date.now() - started).to.be.below(200);
+  });
+});
