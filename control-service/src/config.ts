@@ -1,0 +1,172 @@
+// Loads and validates the control service's YAML config at start-up. Every
+// error names the field and why; secrets come only from the environment.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import cron from 'node-cron';
+import YAML from 'yaml';
+import { z } from 'zod';
+import type { CohortDef, Filter } from './cohorts';
+import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
+import type { RuleDef } from './rules';
+
+const comparison = z.object({
+  gte: z.number().int().optional(), gt: z.number().int().optional(),
+  lte: z.number().int().optional(), lt: z.number().int().optional(), eq: z.number().int().optional(),
+}).strict().refine((c) => Object.keys(c).length > 0, 'needs at least one of gte, gt, lte, lt, eq');
+
+const filter: z.ZodType<Filter> = z.lazy(() => z.object({
+  balance: comparison.optional(),
+  metadata: z.record(z.object({ equals: z.string().optional(), exists: z.boolean().optional() }).strict()).optional(),
+  email: z.object({ present: z.boolean() }).strict().optional(),
+  all: z.array(filter).min(1).optional(),
+  any: z.array(filter).min(1).optional(),
+}).strict().refine((f) => Object.keys(f).length > 0, 'an empty filter matches everyone; say what it filters'));
+
+const id = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'use lower-case letters, digits, - and _');
+
+const rawConfig = z.object({
+  listen: z.object({
+    host: z.string().default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535).default(8080),
+  }).strict().default({}),
+  store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
+  stripe: z.object({
+    poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
+    consumer_metadata_key: z.string().min(1).default('kong_consumer'),
+    max_requests_per_second: z.number().positive().max(100).default(20),
+    page_size: z.number().int().min(1).max(100).default(100),
+    timeout_ms: z.number().int().positive().default(20000),
+    retry: z.object({
+      max_attempts: z.number().int().min(1).max(20).default(6),
+      base_delay_ms: z.number().int().min(1).default(250),
+      max_delay_ms: z.number().int().min(1).default(10000),
+    }).strict().default({}),
+  }).strict().default({}),
+  unknown_consumer: z.enum(['allow', 'block']).default('allow'),
+  decision_ttl_ms: z.number().int().min(0).max(3_600_000).default(5000),
+  top_up: z.object({ url: z.string().url().optional(), metadata_key: z.string().min(1).optional() }).strict().default({}),
+  cohorts: z.array(z.object({ id, description: z.string().optional(), filter }).strict()).default([]),
+  rules: z.array(z.object({
+    id,
+    cohort: id,
+    enabled: z.boolean().default(true),
+    log_only: z.boolean().default(false),
+    status: z.number().int().min(400).max(599).default(402),
+    headers: z.record(z.string()).default({ 'Content-Type': 'application/json' }),
+    body: z.string(),
+  }).strict()).default([]),
+  // Behavioural emails are configured here; their validation arrives with the email workflow.
+  emails: z.array(z.record(z.unknown())).default([]),
+}).strict();
+
+export interface Secrets {
+  stripeSecretKey: string | undefined;
+  stripeWebhookSecret: string | undefined;
+  stripeApiBase: URL;
+  adminToken: string | undefined;
+  controlToken: string | undefined;
+  smtpUrl: string | undefined;
+}
+
+export interface Config {
+  listen: { host: string; port: number };
+  sqlitePath: string;
+  stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
+  unknownConsumer: 'allow' | 'block';
+  decisionTtlMs: number;
+  topUp: TopUpConfig;
+  cohorts: CohortDef[];
+  rules: RuleDef[];
+  secrets: Secrets;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly field: string, reason: string) {
+    super(`config: ${field}: ${reason}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function fieldPath(p: Array<string | number>): string {
+  return p.reduce<string>((acc, part) => (typeof part === 'number' ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '') || '(root)';
+}
+
+export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {
+  const base = env.STRIPE_API_BASE ?? 'https://api.stripe.com';
+  let stripeApiBase: URL;
+  try { stripeApiBase = new URL(base); } catch { throw new ConfigError('STRIPE_API_BASE', 'is not a URL'); }
+  const nonEmpty = (v: string | undefined) => (v ? v : undefined);
+  return {
+    stripeSecretKey: nonEmpty(env.STRIPE_SECRET_KEY),
+    stripeWebhookSecret: nonEmpty(env.STRIPE_WEBHOOK_SECRET),
+    stripeApiBase,
+    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN),
+    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN),
+    smtpUrl: nonEmpty(env.SMTP_URL),
+  };
+}
+
+/** Validates a parsed config document; `baseDir` resolves relative paths. */
+export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: string): Config {
+  const parsed = rawConfig.safeParse(doc ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = fieldPath(issue.path);
+    if (issue.code === 'unrecognized_keys') throw new ConfigError(fieldPath([...issue.path, issue.keys[0]]), 'unknown key');
+    throw new ConfigError(where, issue.message);
+  }
+  const raw = parsed.data;
+
+  const cohortIds = new Set<string>();
+  raw.cohorts.forEach((c, i) => {
+    if (cohortIds.has(c.id)) throw new ConfigError(`cohorts[${i}].id`, `duplicate cohort id ${c.id}`);
+    cohortIds.add(c.id);
+  });
+  const ruleIds = new Set<string>();
+  const rules: RuleDef[] = raw.rules.map((r, i) => {
+    if (ruleIds.has(r.id)) throw new ConfigError(`rules[${i}].id`, `duplicate rule id ${r.id}`);
+    ruleIds.add(r.id);
+    if (!cohortIds.has(r.cohort)) throw new ConfigError(`rules[${i}].cohort`, `no cohort with id ${r.cohort}`);
+    const contentType = Object.entries(r.headers).find(([k]) => k.toLowerCase() === 'content-type')?.[1];
+    const escaping = escapingFor(contentType);
+    let render;
+    try {
+      render = compileTemplate(r.body, escaping);
+      const sample = render(mergeContext(SAMPLE_CUSTOMER, raw.top_up));
+      if (escaping === 'json') JSON.parse(sample);
+    } catch (err) {
+      throw new ConfigError(`rules[${i}].body`, `template does not compile or render valid ${escaping === 'json' ? 'JSON' : 'text'}: ${(err as Error).message}`);
+    }
+    return { id: r.id, cohort: r.cohort, enabled: r.enabled, logOnly: r.log_only, status: r.status, headers: r.headers, render };
+  });
+
+  const port = env.PORT !== undefined ? Number(env.PORT) : raw.listen.port;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
+  return {
+    listen: { host: raw.listen.host, port },
+    sqlitePath: path.resolve(baseDir, raw.store.sqlite),
+    stripe: {
+      poll: raw.stripe.poll,
+      consumerMetadataKey: raw.stripe.consumer_metadata_key,
+      maxRequestsPerSecond: raw.stripe.max_requests_per_second,
+      pageSize: raw.stripe.page_size,
+      timeoutMs: raw.stripe.timeout_ms,
+      retry: { maxAttempts: raw.stripe.retry.max_attempts, baseDelayMs: raw.stripe.retry.base_delay_ms, maxDelayMs: raw.stripe.retry.max_delay_ms },
+    },
+    unknownConsumer: raw.unknown_consumer,
+    decisionTtlMs: raw.decision_ttl_ms,
+    topUp: raw.top_up,
+    cohorts: raw.cohorts,
+    rules,
+    secrets: secretsFromEnv(env),
+  };
+}
+
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch (err) { throw new ConfigError(file, (err as Error).message); }
+  let doc: unknown;
+  try { doc = YAML.parse(text); } catch (err) { throw new ConfigError(file, `is not valid YAML: ${(err as Error).message}`); }
+  return parseConfig(doc, env, path.dirname(path.resolve(file)));
+}

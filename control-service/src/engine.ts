@@ -1,0 +1,168 @@
+// The customer book held in memory: customers, their cohorts, and the
+// decision JSON precomputed for each, so the decision API never touches
+// Stripe or disk. Every change goes through apply(), which records cohort
+// enter/leave transitions in the store before the new state is served.
+
+import { cohortsOf, diffMemberships } from './cohorts';
+import { mergeContext } from './merge-tags';
+import { decisionJson, verdict, type RuleDef } from './rules';
+import type { Config } from './config';
+import type { Store, StoredCustomer, TransitionRecord } from './store/store';
+
+export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
+export interface DecisionAnswer { json: string; outcome: DecisionOutcome; customerId?: string }
+
+const UNKNOWN_BLOCK_BODY = JSON.stringify({ error: 'no_billing_account', message: 'No billing account is linked to this API consumer.' });
+
+interface Entry { customer: StoredCustomer; cohorts: string[]; answer: DecisionAnswer }
+
+export class Engine {
+  private readonly entries = new Map<string, Entry>();
+  /** consumer metadata value → customer ids claiming it */
+  private readonly claims = new Map<string, Set<string>>();
+  private readonly tombstones = new Map<string, number>();
+  private ruleEnabled = new Map<string, boolean>();
+  private readonly allowJson: string;
+  private readonly unknownJson: string;
+
+  constructor(private readonly config: Config, private readonly store: Store, private readonly now: () => number = Date.now) {
+    this.allowJson = JSON.stringify({ allow: true, ttl_ms: config.decisionTtlMs });
+    this.unknownJson = config.unknownConsumer === 'allow' ? this.allowJson : JSON.stringify({
+      allow: false, status: 403, headers: { 'Content-Type': 'application/json' }, body: UNKNOWN_BLOCK_BODY, rule: 'unknown_consumer', ttl_ms: config.decisionTtlMs,
+    });
+  }
+
+  async init(): Promise<void> {
+    this.ruleEnabled = await this.store.ruleOverrides();
+    const memberships = await this.store.loadMemberships();
+    for (const customer of await this.store.loadCustomers()) {
+      this.put(customer, memberships.get(customer.id) ?? []);
+    }
+    // Config may have changed since the last run: bring memberships in line.
+    await this.apply([...this.entries.values()].map((e) => e.customer), [], { force: true });
+  }
+
+  get size(): number { return this.entries.size; }
+
+  customer(id: string): { customer: StoredCustomer; cohorts: string[]; decision: DecisionAnswer } | undefined {
+    const e = this.entries.get(id);
+    return e && { customer: e.customer, cohorts: e.cohorts, decision: e.answer };
+  }
+
+  knownIds(): string[] { return [...this.entries.keys()]; }
+
+  cohortMembers(cohort: string): string[] {
+    return [...this.entries.values()].filter((e) => e.cohorts.includes(cohort)).map((e) => e.customer.id);
+  }
+
+  /** Consumers claimed by more than one customer: reported, never guessed. */
+  conflicts(): Array<{ consumer: string; customers: string[] }> {
+    return [...this.claims].filter(([, ids]) => ids.size > 1).map(([consumer, ids]) => ({ consumer, customers: [...ids].sort() }));
+  }
+
+  rules(): Array<{ rule: RuleDef; enabled: boolean }> {
+    return this.config.rules.map((rule) => ({ rule, enabled: this.isEnabled(rule) }));
+  }
+
+  private isEnabled = (rule: RuleDef): boolean => this.ruleEnabled.get(rule.id) ?? rule.enabled;
+
+  async setRuleEnabled(ruleId: string, enabled: boolean): Promise<boolean> {
+    if (!this.config.rules.some((r) => r.id === ruleId)) return false;
+    await this.store.setRuleEnabled(ruleId, enabled);
+    this.ruleEnabled.set(ruleId, enabled);
+    for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts);
+    return true;
+  }
+
+  /** The decision for a consumer value, from memory only. */
+  decide(consumer: string): DecisionAnswer {
+    let id: string | undefined = this.entries.has(consumer) ? consumer : undefined;
+    if (!id) {
+      const claimants = this.claims.get(consumer);
+      if (claimants && claimants.size > 1) return { json: this.unknownJson, outcome: 'conflict' };
+      id = claimants?.values().next().value;
+    }
+    const entry = id === undefined ? undefined : this.entries.get(id);
+    if (!entry) return { json: this.unknownJson, outcome: this.config.unknownConsumer === 'allow' ? 'unknown_allow' : 'unknown_block' };
+    return entry.answer;
+  }
+
+  /**
+   * Applies customer states from Stripe. A state older than the one held
+   * (by `version`) is ignored, so a late event or a slow sweep page never rolls
+   * back a newer balance. Deletes name ids with the version of the news.
+   */
+  apply(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean } = {}): Promise<TransitionRecord[]> {
+    // One apply at a time, so each sees the memberships the previous one left.
+    const run = this.applying.then(() => this.applyNow(upserts, deletes, opts));
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  private applying: Promise<unknown> = Promise.resolve();
+
+  private async applyNow(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }): Promise<TransitionRecord[]> {
+    const at = this.now();
+    const transitions: TransitionRecord[] = [];
+    const saved: StoredCustomer[] = [];
+    const removed: string[] = [];
+    const staged: Array<() => void> = [];
+    for (const c of upserts) {
+      const held = this.entries.get(c.id);
+      if (!opts.force && held && held.customer.version > c.version) continue;
+      if ((this.tombstones.get(c.id) ?? -Infinity) >= c.version) continue;
+      const before = held?.cohorts ?? [];
+      const after = cohortsOf(this.config.cohorts, c);
+      for (const t of diffMemberships(before, after)) transitions.push({ customerId: c.id, ...t, at, balance: c.balance });
+      if (!opts.force || !held) saved.push(c);
+      staged.push(() => this.put(c, after));
+    }
+    for (const d of deletes) {
+      const held = this.entries.get(d.id);
+      if (!held || held.customer.version > d.version) continue;
+      for (const cohort of held.cohorts) transitions.push({ customerId: d.id, cohort, kind: 'leave', at, balance: held.customer.balance });
+      removed.push(d.id);
+      staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
+    }
+    // Persist first: what is served must be what survives a crash.
+    if (saved.length || removed.length) await this.store.saveCustomers(saved, removed);
+    if (transitions.length) await this.store.recordTransitions(transitions);
+    for (const commit of staged) commit();
+    return transitions;
+  }
+
+  private put(customer: StoredCustomer, cohorts: string[]): void {
+    const held = this.entries.get(customer.id);
+    if (held) this.unclaim(held.customer);
+    this.entries.set(customer.id, { customer, cohorts, answer: this.answerFor(customer, cohorts) });
+    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
+    if (consumer) {
+      const ids = this.claims.get(consumer) ?? new Set<string>();
+      ids.add(customer.id);
+      this.claims.set(consumer, ids);
+    }
+  }
+
+  private remove(id: string): void {
+    const held = this.entries.get(id);
+    if (!held) return;
+    this.unclaim(held.customer);
+    this.entries.delete(id);
+  }
+
+  private unclaim(customer: StoredCustomer): void {
+    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
+    const ids = consumer ? this.claims.get(consumer) : undefined;
+    if (!ids) return;
+    ids.delete(customer.id);
+    if (ids.size === 0) this.claims.delete(consumer);
+  }
+
+  private answerFor(customer: StoredCustomer, cohorts: string[]): DecisionAnswer {
+    const v = verdict(this.config.rules, cohorts, this.isEnabled);
+    if (v.outcome === 'ALLOW') {
+      return { json: this.allowJson, outcome: v.wouldBlock.length ? 'would_block' : 'allow', customerId: customer.id };
+    }
+    return { json: decisionJson(v, mergeContext(customer, this.config.topUp), this.config.decisionTtlMs), outcome: 'block', customerId: customer.id };
+  }
+}

@@ -1,0 +1,182 @@
+// The control service's HTTP surface: decision API (plugin), webhooks,
+// admin API (bearer token), health and metrics. The decision path reads
+// memory only.
+
+import http from 'node:http';
+import { timingSafeEqual } from 'node:crypto';
+import type Stripe from 'stripe';
+import type { Logger } from 'pino';
+import type { Engine } from './engine';
+import type { BalanceSync } from './stripe/sync';
+import type { Metrics } from './metrics';
+import type { Store } from './store/store';
+import type { Config } from './config';
+
+const MAX_BODY_BYTES = 1024 * 1024;
+const DECISION_PREFIX = '/v1/decisions/';
+
+export interface HttpDeps {
+  config: Config;
+  engine: Engine;
+  sync: BalanceSync | undefined;
+  store: Store;
+  metrics: Metrics;
+  log: Logger;
+  webhooks: Stripe['webhooks'] | undefined;
+}
+
+function tokenMatches(header: string | undefined, token: string): boolean {
+  if (!header?.startsWith('Bearer ')) return false;
+  const given = Buffer.from(header.slice(7));
+  const want = Buffer.from(token);
+  return given.length === want.length && timingSafeEqual(given, want);
+}
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function readBody(req: http.IncomingMessage): Promise<Buffer | 'too_large'> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY_BYTES) { resolve('too_large'); req.resume(); return; }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+export function createHttpServer(deps: HttpDeps): http.Server {
+  const { config, engine, metrics, log } = deps;
+  const controlToken = config.secrets.controlToken;
+  const adminToken = config.secrets.adminToken;
+
+  const decisions = (consumerPath: string, req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+    let consumer: string;
+    try { consumer = decodeURIComponent(consumerPath); } catch { return send(res, 400, { error: 'bad_consumer', message: 'consumer is not valid URL encoding' }); }
+    const answer = engine.decide(consumer);
+    metrics.decisions.inc({ outcome: answer.outcome });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer.json) });
+    res.end(answer.json);
+  };
+
+  const webhook = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const secret = config.secrets.stripeWebhookSecret;
+    if (!secret || !deps.webhooks || !deps.sync) { metrics.webhooks.inc({ result: 'disabled' }); return send(res, 503, { error: 'webhooks_disabled' }); }
+    const body = await readBody(req);
+    if (body === 'too_large') return send(res, 413, { error: 'too_large' });
+    let event: Stripe.Event;
+    try {
+      event = deps.webhooks.constructEvent(body, String(req.headers['stripe-signature'] ?? ''), secret);
+    } catch (err) {
+      metrics.webhooks.inc({ result: 'bad_signature' });
+      log.warn({ reason: (err as Error).message }, 'webhook rejected: signature check failed');
+      return send(res, 400, { error: 'bad_signature' });
+    }
+    if (!(await deps.store.claimWebhookEvent(event.id, Date.now()))) {
+      metrics.webhooks.inc({ result: 'duplicate' });
+      return send(res, 200, { received: true, duplicate: true });
+    }
+    try {
+      const result = await deps.sync.applyEvent(event);
+      metrics.webhooks.inc({ result });
+      send(res, 200, { received: true, result });
+    } catch (err) {
+      await deps.store.forgetWebhookEvent(event.id); // let Stripe's retry apply it
+      metrics.webhooks.inc({ result: 'error' });
+      log.error({ err: (err as Error).message, event: event.id }, 'webhook could not be applied');
+      send(res, 500, { error: 'internal' });
+    }
+  };
+
+  const admin = async (method: string, parts: string[], req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (!adminToken || !tokenMatches(req.headers.authorization, adminToken)) return send(res, 401, { error: 'unauthorized' });
+    const [resource, id, sub] = parts;
+    if (method === 'GET' && resource === 'cohorts' && !id) {
+      return send(res, 200, { cohorts: config.cohorts.map((c) => ({ id: c.id, filter: c.filter, size: engine.cohortMembers(c.id).length })) });
+    }
+    if (method === 'GET' && resource === 'cohorts' && id && sub === 'members') {
+      if (!config.cohorts.some((c) => c.id === id)) return send(res, 404, { error: 'not_found' });
+      return send(res, 200, { cohort: id, members: engine.cohortMembers(id) });
+    }
+    if (method === 'GET' && resource === 'customers' && id) {
+      const state = engine.customer(id);
+      if (!state) return send(res, 404, { error: 'not_found' });
+      const { version, ...customer } = state.customer;
+      return send(res, 200, {
+        customer, cohorts: state.cohorts, decision: JSON.parse(state.decision.json), updated_at: new Date(version).toISOString(),
+        history: (await deps.store.history(id)).map((t) => ({ cohort: t.cohort, kind: t.kind, at: new Date(t.at).toISOString(), balance: t.balance })),
+      });
+    }
+    if (method === 'GET' && resource === 'rules' && !id) {
+      return send(res, 200, { rules: engine.rules().map(({ rule, enabled }) => ({ id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status })) });
+    }
+    if ((method === 'PUT' || method === 'PATCH') && resource === 'rules' && id) {
+      const body = await readBody(req);
+      let enabled: unknown;
+      try { enabled = body === 'too_large' ? undefined : JSON.parse(body.toString()).enabled; } catch { enabled = undefined; }
+      if (typeof enabled !== 'boolean') return send(res, 400, { error: 'bad_request', message: 'body must be {"enabled": true|false}' });
+      if (!(await engine.setRuleEnabled(id, enabled))) return send(res, 404, { error: 'not_found' });
+      log.info({ rule: id, enabled }, 'rule switched');
+      return send(res, 200, { id, enabled });
+    }
+    if (method === 'POST' && resource === 'sweep') {
+      if (!deps.sync) return send(res, 503, { error: 'stripe_not_configured' });
+      return send(res, 200, await deps.sync.sweep());
+    }
+    if (method === 'GET' && resource === 'conflicts') return send(res, 200, { conflicts: engine.conflicts() });
+    return send(res, 404, { error: 'not_found' });
+  };
+
+  const health = async (res: http.ServerResponse) => {
+    let storeOk = true;
+    try { await deps.store.ping(); } catch { storeOk = false; }
+    const last = deps.sync?.lastSuccessAt;
+    const ageSeconds = last === undefined ? null : Math.round((Date.now() - last) / 1000);
+    const lastResult = deps.sync?.lastResult;
+    const stale = lastResult ? !lastResult.ok : last === undefined;
+    send(res, storeOk ? 200 : 503, {
+      status: storeOk ? (stale ? 'degraded' : 'ok') : 'down',
+      store: storeOk ? 'ok' : 'unreachable',
+      customers: engine.size,
+      last_successful_sweep: last === undefined ? null : new Date(last).toISOString(),
+      last_successful_sweep_age_seconds: ageSeconds,
+      stale,
+      last_sweep_error: lastResult?.ok === false ? lastResult.error : undefined,
+      consumer_conflicts: engine.conflicts().length,
+    });
+  };
+
+  return http.createServer((req, res) => {
+    const url = req.url ?? '/';
+    const method = req.method ?? 'GET';
+    // Hot path first, without URL parsing.
+    if (method === 'GET' && url.startsWith(DECISION_PREFIX)) {
+      const rest = url.slice(DECISION_PREFIX.length);
+      if (rest && !rest.includes('/') && !rest.includes('?')) return decisions(rest, req, res);
+    }
+    const path = url.split('?')[0];
+    const run = async () => {
+      if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
+      if (method === 'GET' && path === '/health') return health(res);
+      if (method === 'GET' && path === '/metrics') {
+        const text = await metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': metrics.registry.contentType });
+        return res.end(text);
+      }
+      if (path.startsWith('/admin/')) return admin(method, path.slice(7).split('/').filter(Boolean).map(decodeURIComponent), req, res);
+      send(res, 404, { error: 'not_found' });
+    };
+    run().catch((err) => {
+      log.error({ err: (err as Error).message, path }, 'request failed');
+      if (!res.headersSent) send(res, 500, { error: 'internal' });
+    });
+  });
+}

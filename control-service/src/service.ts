@@ -1,0 +1,113 @@
+// Wires the control service together and runs it.
+
+import type http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import cron from 'node-cron';
+import pino, { type Logger } from 'pino';
+import { loadConfig, type Config } from './config';
+import { Engine } from './engine';
+import { createHttpServer } from './http';
+import { createMetrics } from './metrics';
+import { SqliteStore } from './store/sqlite';
+import type { Store } from './store/store';
+import { StripeGateway } from './stripe/gateway';
+import { BalanceSync } from './stripe/sync';
+
+export interface RunningService {
+  url: string;
+  engine: Engine;
+  sync: BalanceSync | undefined;
+  store: Store;
+  stop(): Promise<void>;
+}
+
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
+  // Secrets never reach logs: pino redacts the places they could appear.
+  const log = opts.log ?? pino({ name: 'payg-control', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
+  const metrics = createMetrics();
+  const store = opts.store ?? new SqliteStore(config.sqlitePath);
+  const engine = new Engine(config, store);
+  await engine.init();
+
+  let sync: BalanceSync | undefined;
+  let gateway: StripeGateway | undefined;
+  if (config.secrets.stripeSecretKey) {
+    gateway = new StripeGateway({
+      secretKey: config.secrets.stripeSecretKey,
+      apiBase: config.secrets.stripeApiBase,
+      maxRequestsPerSecond: config.stripe.maxRequestsPerSecond,
+      timeoutMs: config.stripe.timeoutMs,
+      maxAttempts: config.stripe.retry.maxAttempts,
+      baseDelayMs: config.stripe.retry.baseDelayMs,
+      maxDelayMs: config.stripe.retry.maxDelayMs,
+      onError: (status) => metrics.stripeErrors.inc({ status }),
+    });
+    sync = new BalanceSync(gateway, engine, store, {
+      pageSize: config.stripe.pageSize,
+      onSweep: (r) => {
+        metrics.sweeps.inc({ result: r.ok ? 'ok' : 'failed' });
+        metrics.sweepDuration.observe({ result: r.ok ? 'ok' : 'failed' }, r.durationMs / 1000);
+        if (r.ok) log.info(r, 'sweep finished'); else log.error(r, 'sweep failed; keeping the last known state');
+      },
+    });
+    await sync.init();
+  } else {
+    log.warn('STRIPE_SECRET_KEY is not set: no balance sync; decisions come from the stored state only');
+  }
+
+  const refreshGauges = () => {
+    metrics.customers.set(engine.size);
+    for (const c of config.cohorts) metrics.cohortSize.set({ cohort: c.id }, engine.cohortMembers(c.id).length);
+    metrics.consumerConflicts.set(engine.conflicts().length);
+    const last = sync?.lastSuccessAt;
+    metrics.lastSweepAge.set(last === undefined ? -1 : (Date.now() - last) / 1000);
+  };
+  // Gauges are computed when scraped, not on every change.
+  const originalMetrics = metrics.registry.metrics.bind(metrics.registry);
+  metrics.registry.metrics = async () => { refreshGauges(); return originalMetrics(); };
+
+  const server: http.Server = createHttpServer({
+    config, engine, sync, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+  });
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
+  const addr = server.address() as AddressInfo;
+  const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
+  log.info({ url, customers: engine.size }, 'payg control service listening');
+
+  const task = sync ? cron.schedule(config.stripe.poll, () => {
+    if (sync!.sweeping) { log.warn('previous sweep still running; this tick is skipped'); return; }
+    void sync!.sweep();
+  }) : undefined;
+  if (sync && opts.sweepOnStart !== false) void sync.sweep();
+
+  return {
+    url, engine, sync, store,
+    async stop() {
+      await task?.stop();
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+      await store.close();
+    },
+  };
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const i = argv.indexOf('--config');
+  const file = i >= 0 ? argv[i + 1] : undefined;
+  if (!file) {
+    process.stderr.write('usage: payg-control --config <file>\n');
+    process.exit(2);
+  }
+  let config: Config;
+  try {
+    config = loadConfig(file);
+  } catch (err) {
+    process.stderr.write(`payg-control: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  const service = await startService(config);
+  const stop = () => { void service.stop().finally(() => process.exit(0)); };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}

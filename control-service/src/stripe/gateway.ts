@@ -1,0 +1,97 @@
+// All Stripe calls go through here: the official SDK (pointed at
+// STRIPE_API_BASE), a request-rate limit, and retries. The SDK's own retries
+// are off because it does not retry a plain 429; this one rule covers all:
+// 429 → wait Retry-After (or back off), 5xx and connection errors → back off,
+// other 4xx → fail at once.
+
+import Stripe from 'stripe';
+import type { Customer } from '../customer';
+
+export interface GatewayOptions {
+  secretKey: string;
+  apiBase: URL;
+  maxRequestsPerSecond: number;
+  timeoutMs: number;
+  maxAttempts?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  onError?: (status: string) => void;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+export class StripeUnavailable extends Error {}
+
+const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function toCustomer(c: Stripe.Customer): Customer {
+  return {
+    id: c.id, balance: c.balance ?? 0, currency: c.currency ?? null, name: c.name ?? null, email: c.email ?? null,
+    metadata: { ...(c.metadata ?? {}) },
+  };
+}
+
+export class StripeGateway {
+  readonly stripe: Stripe;
+  private nextSlot = 0;
+  private readonly spacingMs: number;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(private readonly opts: GatewayOptions) {
+    const base = opts.apiBase;
+    this.stripe = new Stripe(opts.secretKey, {
+      host: base.hostname,
+      port: base.port ? Number(base.port) : base.protocol === 'http:' ? 80 : 443,
+      protocol: base.protocol === 'http:' ? 'http' : 'https',
+      maxNetworkRetries: 0,
+      timeout: opts.timeoutMs,
+      telemetry: false,
+    });
+    this.spacingMs = 1000 / opts.maxRequestsPerSecond;
+    this.sleep = opts.sleep ?? defaultSleep;
+  }
+
+  /** Waits for the next request slot so we stay under max_requests_per_second. */
+  private async slot(): Promise<void> {
+    const now = Date.now();
+    const at = Math.max(now, this.nextSlot);
+    this.nextSlot = at + this.spacingMs;
+    if (at > now) await this.sleep(at - now);
+  }
+
+  async call<T>(fn: (stripe: Stripe) => Promise<T>): Promise<T> {
+    const maxAttempts = this.opts.maxAttempts ?? 6;
+    const base = this.opts.baseDelayMs ?? 250;
+    const cap = this.opts.maxDelayMs ?? 10_000;
+    for (let attempt = 1; ; attempt++) {
+      await this.slot();
+      try {
+        return await fn(this.stripe);
+      } catch (err) {
+        const e = err as { statusCode?: number; type?: string; headers?: Record<string, string>; message?: string };
+        const status = e.statusCode;
+        this.opts.onError?.(status ? String(status) : 'connection');
+        const retryable = status === undefined ? e.type === 'StripeConnectionError' || e.type === 'StripeAPIError'
+          : status === 429 || status >= 500;
+        if (!retryable) throw err;
+        if (attempt >= maxAttempts) throw new StripeUnavailable(`Stripe unavailable after ${attempt} attempts: ${status ?? e.message}`);
+        const retryAfter = Number(e.headers?.['retry-after']);
+        const backoff = Math.min(cap, base * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+        const delay = Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter * 1000 : backoff;
+        // Keep the whole client behind the pause, so a 429 slows every caller, not just this one.
+        this.nextSlot = Math.max(this.nextSlot, Date.now() + delay);
+      }
+    }
+  }
+
+  async listPage(limit: number, startingAfter: string | undefined): Promise<{ customers: Customer[]; hasMore: boolean; lastId?: string; fetchedAt: number }> {
+    const fetchedAt = Date.now();
+    const page = await this.call((s) => s.customers.list({ limit, ...(startingAfter ? { starting_after: startingAfter } : {}) }));
+    return { customers: page.data.map(toCustomer), hasMore: page.has_more, lastId: page.data.at(-1)?.id, fetchedAt };
+  }
+
+  /** The customer as Stripe holds it now, or 'deleted'. */
+  async retrieve(id: string): Promise<Customer | 'deleted'> {
+    const c = await this.call((s) => s.customers.retrieve(id));
+    return (c as Stripe.DeletedCustomer).deleted ? 'deleted' : toCustomer(c as Stripe.Customer);
+  }
+}

@@ -1,0 +1,97 @@
+// Balance sync: the node-cron sweep over every customer, and webhooks that
+// apply a change at once. Sweeps never overlap; a failed sweep keeps the last
+// known state, which /health and metrics then show as stale with its age.
+
+import Stripe from 'stripe';
+import type { Engine } from '../engine';
+import { toCustomer, type StripeGateway } from './gateway';
+import type { StoredCustomer } from '../store/store';
+import type { Store } from '../store/store';
+
+export interface SweepResult { ok: boolean; customers: number; pages: number; durationMs: number; error?: string }
+
+export class BalanceSync {
+  private running: Promise<SweepResult> | undefined;
+  lastSuccessAt: number | undefined;
+  lastResult: SweepResult | undefined;
+
+  constructor(
+    private readonly gateway: StripeGateway,
+    private readonly engine: Engine,
+    private readonly store: Store,
+    private readonly opts: { pageSize: number; onSweep?: (r: SweepResult) => void },
+  ) {}
+
+  async init(): Promise<void> {
+    const last = await this.store.getMeta('last_sweep_success_at');
+    if (last) this.lastSuccessAt = Number(last);
+  }
+
+  /** Starts a sweep, or joins the one already running. */
+  sweep(): Promise<SweepResult> {
+    this.running ??= this.runSweep().finally(() => { this.running = undefined; });
+    return this.running;
+  }
+
+  get sweeping(): boolean { return this.running !== undefined; }
+
+  private async runSweep(): Promise<SweepResult> {
+    const started = Date.now();
+    const seen: StoredCustomer[] = [];
+    let pages = 0;
+    let result: SweepResult;
+    try {
+      let cursor: string | undefined;
+      do {
+        const page = await this.gateway.listPage(this.opts.pageSize, cursor);
+        pages++;
+        for (const c of page.customers) seen.push({ ...c, version: page.fetchedAt });
+        cursor = page.hasMore ? page.lastId : undefined;
+      } while (cursor);
+      const present = new Set(seen.map((c) => c.id));
+      // Gone from Stripe since the sweep began: deleted. Known only from a newer webhook: kept (version check).
+      const deletes = this.engine.knownIds().filter((id) => !present.has(id)).map((id) => ({ id, version: started }));
+      await this.engine.apply(seen, deletes);
+      this.lastSuccessAt = Date.now();
+      await this.store.setMeta('last_sweep_success_at', String(this.lastSuccessAt));
+      result = { ok: true, customers: seen.length, pages, durationMs: Date.now() - started };
+    } catch (err) {
+      result = { ok: false, customers: seen.length, pages, durationMs: Date.now() - started, error: (err as Error).message };
+    }
+    this.lastResult = result;
+    this.opts.onSweep?.(result);
+    return result;
+  }
+
+  /**
+   * Applies a verified webhook event. The customer is re-read from Stripe so
+   * the newest state wins whatever order events arrive in; if Stripe cannot be
+   * reached, the event's own object applies, ordered by the event's `created`.
+   */
+  async applyEvent(event: Stripe.Event): Promise<'applied' | 'ignored'> {
+    if (!event.type.startsWith('customer.') || !['customer.created', 'customer.updated', 'customer.deleted'].includes(event.type)) {
+      return 'ignored';
+    }
+    const object = event.data.object as Stripe.Customer;
+    const eventVersion = event.created * 1000;
+    if (event.type === 'customer.deleted') {
+      await this.engine.apply([], [{ id: object.id, version: Math.max(eventVersion, Date.now()) }]);
+      return 'applied';
+    }
+    let current: Awaited<ReturnType<StripeGateway['retrieve']>> | undefined;
+    const readAt = Date.now();
+    try {
+      current = await this.gateway.retrieve(object.id);
+    } catch {
+      current = undefined;
+    }
+    if (current === 'deleted') {
+      await this.engine.apply([], [{ id: object.id, version: readAt }]);
+    } else if (current) {
+      await this.engine.apply([{ ...current, version: readAt }], []);
+    } else {
+      await this.engine.apply([{ ...toCustomer(object), version: eventVersion }], []);
+    }
+    return 'applied';
+  }
+}

@@ -1,0 +1,220 @@
+// A Stripe emulator the official SDK talks to through host/port/protocol:
+// form-encoded bodies, bearer auth, Stripe's list pagination and error JSON,
+// customer balance transactions, 429/5xx/outages on demand, and signed webhook
+// delivery of customer.* events with previous_attributes.
+
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import type { AddressInfo, Socket } from 'node:net';
+import Stripe from 'stripe';
+
+export interface EmuCustomer {
+  id: string; object: 'customer'; created: number; balance: number; currency: string | null;
+  name: string | null; email: string | null; metadata: Record<string, string>; livemode: false;
+}
+export interface EmuEvent { id: string; object: 'event'; type: string; created: number; data: { object: unknown; previous_attributes?: Record<string, unknown> }; livemode: false; api_version: string }
+
+const rid = (prefix: string) => `${prefix}_${randomBytes(10).toString('hex')}`;
+
+/** Stripe's form encoding: a[b]=c → { a: { b: c } } (one level is all customers need). */
+function parseForm(body: string): Record<string, any> {
+  const out: Record<string, any> = {};
+  for (const [key, value] of new URLSearchParams(body)) {
+    const m = /^([^[]+)\[([^\]]*)\]$/.exec(key);
+    if (m) (out[m[1]] ??= {})[m[2]] = value; else out[key] = value;
+  }
+  return out;
+}
+
+export class StripeEmulator {
+  readonly customers = new Map<string, EmuCustomer>();
+  private readonly deleted = new Set<string>();
+  readonly events: EmuEvent[] = [];
+  readonly requests: Array<{ method: string; path: string; status: number }> = [];
+  readonly balanceTransactions: Array<Record<string, unknown>> = [];
+  secretKey = 'sk_test_emulator';
+  webhook: { url: string; secret: string } | undefined;
+  /** Deliver webhooks as events happen (else call deliver()). */
+  autoDeliver = true;
+  private failures: Array<{ status: number; retryAfter?: number }> = [];
+  private down = false;
+  private rateLimit: { perSecond: number; windowStart: number; count: number } | undefined;
+  private seq = 0;
+  private clock = Math.floor(Date.now() / 1000);
+  private server = http.createServer((req, res) => this.handle(req, res));
+  private sockets = new Set<Socket>();
+  url = '';
+
+  async start(): Promise<this> {
+    this.server.on('connection', (s) => { this.sockets.add(s); s.on('close', () => this.sockets.delete(s)); });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this;
+  }
+  async stop(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise((r) => this.server.close(r));
+  }
+
+  // ---- test controls ------------------------------------------------------
+  /** The next `count` API requests fail with `status` (e.g. 429 or 500). */
+  failNext(count: number, status: number, retryAfter?: number): void {
+    for (let i = 0; i < count; i++) this.failures.push({ status, retryAfter });
+  }
+  /** While down, every connection is dropped without an answer. */
+  setDown(down: boolean): void {
+    this.down = down;
+    if (down) for (const s of this.sockets) s.destroy();
+  }
+  /** Answer 429 past `perSecond` requests in any one-second window, as Stripe's limiter does. */
+  limitRate(perSecond: number | undefined): void {
+    this.rateLimit = perSecond === undefined ? undefined : { perSecond, windowStart: 0, count: 0 };
+  }
+
+  // ---- direct data access (the "dashboard") ---------------------------------
+  create(fields: Partial<EmuCustomer> = {}): EmuCustomer {
+    const c: EmuCustomer = {
+      id: fields.id ?? rid('cus'), object: 'customer', created: this.tick(), balance: 0, currency: 'usd',
+      name: null, email: null, metadata: {}, livemode: false, ...fields,
+    };
+    this.customers.set(c.id, c);
+    this.emit('customer.created', c);
+    return c;
+  }
+  /** Sets fields and emits customer.updated with previous_attributes. */
+  update(id: string, fields: Partial<EmuCustomer>): EmuCustomer {
+    const c = this.customers.get(id)!;
+    const previous: Record<string, unknown> = {};
+    for (const k of Object.keys(fields) as Array<keyof EmuCustomer>) previous[k] = c[k];
+    Object.assign(c, fields);
+    this.emit('customer.updated', c, previous);
+    return c;
+  }
+  remove(id: string): void {
+    const c = this.customers.get(id)!;
+    this.customers.delete(id);
+    this.deleted.add(id);
+    this.emit('customer.deleted', { ...c, deleted: true });
+  }
+  /** A customer balance transaction: positive amount debits credit (balance rises). */
+  addBalanceTransaction(id: string, amount: number, currency = 'usd'): Record<string, unknown> {
+    const c = this.customers.get(id)!;
+    const previous = { balance: c.balance };
+    c.balance += amount;
+    c.currency ??= currency;
+    const txn = { id: rid('cbtxn'), object: 'customer_balance_transaction', amount, currency, customer: id, ending_balance: c.balance, type: 'adjustment', created: this.tick(), livemode: false };
+    this.balanceTransactions.push(txn);
+    this.emit('customer.updated', c, previous);
+    return txn;
+  }
+
+  private tick(): number {
+    this.clock = Math.max(this.clock, Math.floor(Date.now() / 1000));
+    return this.clock;
+  }
+
+  private emit(type: string, object: unknown, previous?: Record<string, unknown>): EmuEvent {
+    const event: EmuEvent = {
+      id: rid('evt'), object: 'event', type, created: this.tick(), livemode: false, api_version: '2024-06-20',
+      data: { object: JSON.parse(JSON.stringify(object)), ...(previous ? { previous_attributes: previous } : {}) },
+    };
+    this.events.push(event);
+    if (this.autoDeliver && this.webhook) void this.deliver(event).catch(() => undefined);
+    return event;
+  }
+
+  /** Signs and POSTs an event to the webhook endpoint as Stripe does; returns the HTTP status. */
+  async deliver(event: EmuEvent, opts: { timestamp?: number; secret?: string; payload?: string } = {}): Promise<number> {
+    if (!this.webhook) throw new Error('no webhook endpoint');
+    const payload = opts.payload ?? JSON.stringify(event);
+    const header = Stripe.webhooks.generateTestHeaderString({ payload, secret: opts.secret ?? this.webhook.secret, timestamp: opts.timestamp });
+    const res = await fetch(this.webhook.url, { method: 'POST', headers: { 'content-type': 'application/json', 'stripe-signature': header }, body: payload });
+    await res.text();
+    return res.status;
+  }
+
+  // ---- the HTTP API ------------------------------------------------------------
+  private error(res: http.ServerResponse, status: number, type: string, message: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+    res.writeHead(status, { 'content-type': 'application/json', 'request-id': rid('req'), ...headers });
+    res.end(JSON.stringify({ error: { type, message, ...extra } }));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse) {
+    if (this.down) { req.socket.destroy(); return; }
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      const record = (status: number) => this.requests.push({ method: req.method ?? '', path: url.pathname, status });
+      const origWriteHead = res.writeHead.bind(res);
+      res.writeHead = ((status: number, ...rest: any[]) => { record(status); return origWriteHead(status, ...rest); }) as typeof res.writeHead;
+
+      if (req.headers.authorization !== `Bearer ${this.secretKey}`) {
+        return this.error(res, 401, 'invalid_request_error', 'Invalid API Key provided.');
+      }
+      if (this.rateLimit) {
+        const now = Date.now();
+        if (now - this.rateLimit.windowStart >= 1000) { this.rateLimit.windowStart = now; this.rateLimit.count = 0; }
+        if (++this.rateLimit.count > this.rateLimit.perSecond) {
+          return this.error(res, 429, 'invalid_request_error', 'Request rate limit exceeded.', { code: 'rate_limit' });
+        }
+      }
+      const failure = this.failures.shift();
+      if (failure) {
+        const headers: Record<string, string> = failure.retryAfter !== undefined ? { 'retry-after': String(failure.retryAfter) } : {};
+        if (failure.status === 429) return this.error(res, 429, 'invalid_request_error', 'Request rate limit exceeded.', { code: 'rate_limit' }, headers);
+        return this.error(res, failure.status, 'api_error', 'An unknown error occurred.', {}, headers);
+      }
+      const body = parseForm(Buffer.concat(chunks).toString());
+      const send = (obj: unknown) => { res.writeHead(200, { 'content-type': 'application/json', 'request-id': rid('req') }); res.end(JSON.stringify(obj)); };
+      const parts = url.pathname.split('/').filter(Boolean); // v1, customers, id, balance_transactions
+
+      if (parts[0] !== 'v1' || parts[1] !== 'customers') return this.error(res, 404, 'invalid_request_error', `Unrecognized request URL (${req.method}: ${url.pathname}).`);
+      const id = parts[2];
+      if (req.method === 'GET' && !id) {
+        const limitText = url.searchParams.get('limit');
+        const limit = limitText === null ? 10 : Number(limitText);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
+          return this.error(res, 400, 'invalid_request_error', 'Invalid integer: limit must be between 1 and 100', { param: 'limit' });
+        }
+        const all = [...this.customers.values()].reverse(); // newest first, like Stripe
+        const after = url.searchParams.get('starting_after');
+        let start = 0;
+        if (after) {
+          const idx = all.findIndex((c) => c.id === after);
+          if (idx < 0) return this.error(res, 400, 'invalid_request_error', `No such customer: '${after}'`, { param: 'starting_after', code: 'resource_missing' });
+          start = idx + 1;
+        }
+        const data = all.slice(start, start + limit);
+        return send({ object: 'list', url: '/v1/customers', has_more: start + limit < all.length, data });
+      }
+      if (req.method === 'POST' && !id) {
+        const fields: Partial<EmuCustomer> = { name: body.name ?? null, email: body.email ?? null, metadata: body.metadata ?? {} };
+        if (body.balance !== undefined) fields.balance = Number(body.balance);
+        if (body.currency !== undefined) fields.currency = body.currency;
+        return send(this.create(fields));
+      }
+      const customer = id ? this.customers.get(id) : undefined;
+      if (!customer) {
+        if (id && this.deleted.has(id) && req.method === 'GET') return send({ id, object: 'customer', deleted: true });
+        return this.error(res, 404, 'invalid_request_error', `No such customer: '${id}'`, { param: 'id', code: 'resource_missing' });
+      }
+      if (req.method === 'GET' && parts.length === 3) return send(customer);
+      if (req.method === 'DELETE' && parts.length === 3) { this.remove(id); return send({ id, object: 'customer', deleted: true }); }
+      if (req.method === 'POST' && parts.length === 3) {
+        const fields: Partial<EmuCustomer> = {};
+        for (const k of ['name', 'email', 'currency'] as const) if (body[k] !== undefined) fields[k] = body[k];
+        if (body.balance !== undefined) fields.balance = Number(body.balance);
+        if (body.metadata) fields.metadata = { ...customer.metadata, ...body.metadata };
+        return send(this.update(id, fields));
+      }
+      if (req.method === 'POST' && parts[3] === 'balance_transactions') {
+        const amount = Number(body.amount);
+        if (!Number.isInteger(amount)) return this.error(res, 400, 'invalid_request_error', 'Missing required param: amount.', { param: 'amount' });
+        if (!body.currency) return this.error(res, 400, 'invalid_request_error', 'Missing required param: currency.', { param: 'currency' });
+        return send(this.addBalanceTransaction(id, amount, body.currency));
+      }
+      return this.error(res, 404, 'invalid_request_error', `Unrecognized request URL (${req.method}: ${url.pathname}).`);
+    });
+  }
+}
