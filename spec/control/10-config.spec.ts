@@ -41,3 +41,12 @@ describe('control-service config', () => {
   it('a bad cron string', () => expect(errorOf({ ...base(), stripe: { poll: 'every minute' } })).to.match(/stripe\.poll: is not a valid cron expression/));
   it('secrets are not config keys', () => expect(errorOf({ ...base(), stripe: { secret_key: 'sk_live_x' } })).to.match(/stripe\.secret_key: unknown key/));
 });
+
+describe('shipped control-service config', () => {
+  it('control-service/payg.example.yml loads', () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { loadConfig } = require('../../control-service/src/config');
+    const cfg = loadConfig(require('node:path').join(__dirname, '../../../control-service/payg.example.yml'), {});
+    expect(cfg.rules.map((r: { id: string }) => r.id)).to.deep.equal(['block-no-credit', 'warn-under-10']);
+  });
+});

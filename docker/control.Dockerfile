@@ -1,0 +1,23 @@
+# The payg control service, built from the lockfile.
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY plugin ./plugin
+COPY control-service ./control-service
+COPY spec ./spec
+COPY bench ./bench
+RUN npm run build && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+WORKDIR /opt/kong-payg
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist ./dist
+COPY --from=build /src/control-service/bin ./control-service/bin
+COPY --from=build /src/package.json ./package.json
+RUN mkdir -p /var/lib/payg && chown node:node /var/lib/payg
+USER node
+EXPOSE 8080
+CMD ["node", "control-service/bin/payg-control", "--config", "/etc/payg/payg.yml"]
