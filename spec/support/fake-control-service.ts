@@ -2,11 +2,11 @@
 // scripts them and records every call, so a test can count network calls.
 
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { LoopbackServer } from './loopback-server';
 
 export interface ScriptedAnswer { status?: number; body: string; delayMs?: number; headers?: Record<string, string> }
 
-export class FakeControlService {
+export class FakeControlService extends LoopbackServer {
   readonly decisionPaths: string[] = [];
   readonly usageBatches: Array<Array<Record<string, unknown>>> = [];
   readonly authorizations: Array<string | undefined> = [];
@@ -14,23 +14,9 @@ export class FakeControlService {
   decide: (consumer: string) => ScriptedAnswer = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 5000 }) });
   /** Status for a usage batch. */
   usageStatus: () => number = () => 202;
-  private server = http.createServer((req, res) => this.handle(req, res));
-  private sockets = new Set<import('node:net').Socket>();
-  url = '';
 
-  async start(): Promise<this> {
-    this.server.on('connection', (s) => { this.sockets.add(s); s.on('close', () => this.sockets.delete(s)); });
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-    return this;
-  }
 
-  async stop(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise((r) => this.server.close(r));
-  }
-
-  private handle(req: http.IncomingMessage, res: http.ServerResponse) {
+  protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
     this.authorizations.push(req.headers.authorization);
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));

@@ -4,8 +4,8 @@
 // delivery of customer.* events with previous_attributes.
 
 import http from 'node:http';
+import { LoopbackServer } from './loopback-server';
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo, Socket } from 'node:net';
 import Stripe from 'stripe';
 
 export interface EmuCustomer {
@@ -26,7 +26,7 @@ function parseForm(body: string): Record<string, any> {
   return out;
 }
 
-export class StripeEmulator {
+export class StripeEmulator extends LoopbackServer {
   readonly customers = new Map<string, EmuCustomer>();
   private readonly deleted = new Set<string>();
   readonly events: EmuEvent[] = [];
@@ -41,20 +41,7 @@ export class StripeEmulator {
   private rateLimit: { perSecond: number; windowStart: number; count: number } | undefined;
   private seq = 0;
   private clock = Math.floor(Date.now() / 1000);
-  private server = http.createServer((req, res) => this.handle(req, res));
-  private sockets = new Set<Socket>();
-  url = '';
 
-  async start(): Promise<this> {
-    this.server.on('connection', (s) => { this.sockets.add(s); s.on('close', () => this.sockets.delete(s)); });
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-    return this;
-  }
-  async stop(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise((r) => this.server.close(r));
-  }
 
   // ---- test controls ------------------------------------------------------
   /** The next `count` API requests fail with `status` (e.g. 429 or 500). */
@@ -64,7 +51,7 @@ export class StripeEmulator {
   /** While down, every connection is dropped without an answer. */
   setDown(down: boolean): void {
     this.down = down;
-    if (down) for (const s of this.sockets) s.destroy();
+    if (down) this.server.closeAllConnections();
   }
   /** Answer 429 past `perSecond` requests in any one-second window, as Stripe's limiter does. */
   limitRate(perSecond: number | undefined): void {
@@ -139,7 +126,7 @@ export class StripeEmulator {
     res.end(JSON.stringify({ error: { type, message, ...extra } }));
   }
 
-  private handle(req: http.IncomingMessage, res: http.ServerResponse) {
+  protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
     if (this.down) { req.socket.destroy(); return; }
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
