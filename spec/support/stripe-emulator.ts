@@ -39,7 +39,6 @@ export class StripeEmulator extends LoopbackServer {
   private failures: Array<{ status: number; retryAfter?: number }> = [];
   private down = false;
   private rateLimit: { perSecond: number; windowStart: number; count: number } | undefined;
-  private seq = 0;
   private clock = Math.floor(Date.now() / 1000);
 
 

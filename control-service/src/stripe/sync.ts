@@ -8,6 +8,8 @@ import { toCustomer, type StripeGateway } from './gateway';
 import type { StoredCustomer } from '../store/store';
 import type { Store } from '../store/store';
 
+const CUSTOMER_EVENTS = new Set(['customer.created', 'customer.updated', 'customer.deleted']);
+
 export interface SweepResult { ok: boolean; customers: number; pages: number; durationMs: number; error?: string }
 
 export class BalanceSync {
@@ -69,7 +71,7 @@ export class BalanceSync {
    * reached, the event's own object applies, ordered by the event's `created`.
    */
   async applyEvent(event: Stripe.Event): Promise<'applied' | 'ignored'> {
-    if (!event.type.startsWith('customer.') || !['customer.created', 'customer.updated', 'customer.deleted'].includes(event.type)) {
+    if (!CUSTOMER_EVENTS.has(event.type)) {
       return 'ignored';
     }
     const object = event.data.object as Stripe.Customer;
