@@ -10,16 +10,26 @@ import type { Config } from './config';
 import type { Store, StoredCustomer, TransitionRecord } from './store/store';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
-export interface DecisionAnswer { json: string; outcome: DecisionOutcome; customerId?: string }
+export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
 
 const UNKNOWN_BLOCK_BODY = JSON.stringify({ error: 'no_billing_account', message: 'No billing account is linked to this API consumer.' });
+
+function sameState(a: StoredCustomer, b: StoredCustomer): boolean {
+  if (a.balance !== b.balance || a.currency !== b.currency || a.name !== b.name || a.email !== b.email) return false;
+  const ak = Object.keys(a.metadata);
+  return ak.length === Object.keys(b.metadata).length && ak.every((k) => a.metadata[k] === b.metadata[k]);
+}
 
 interface Entry { customer: StoredCustomer; cohorts: string[]; answer: DecisionAnswer }
 
 export class Engine {
   private readonly entries = new Map<string, Entry>();
-  /** consumer metadata value → customer ids claiming it */
-  private readonly claims = new Map<string, Set<string>>();
+  /** consumer metadata value → the customer id claiming it, or the ids when several do (a conflict) */
+  private readonly claims = new Map<string, string | Set<string>>();
+  /** Allow answers and cohort lists are shared, not held once per customer (100k customers fit in ~60 MB). */
+  private readonly allowAnswer: DecisionAnswer;
+  private readonly wouldBlockAnswer: DecisionAnswer;
+  private readonly cohortLists = new Map<string, string[]>();
   private readonly tombstones = new Map<string, number>();
   private ruleEnabled = new Map<string, boolean>();
   private readonly allowJson: string;
@@ -27,6 +37,8 @@ export class Engine {
 
   constructor(private readonly config: Config, private readonly store: Store, private readonly now: () => number = Date.now) {
     this.allowJson = JSON.stringify({ allow: true, ttl_ms: config.decisionTtlMs });
+    this.allowAnswer = { json: this.allowJson, outcome: 'allow' };
+    this.wouldBlockAnswer = { json: this.allowJson, outcome: 'would_block' };
     this.unknownJson = config.unknownConsumer === 'allow' ? this.allowJson : JSON.stringify({
       allow: false, status: 403, headers: { 'Content-Type': 'application/json' }, body: UNKNOWN_BLOCK_BODY, rule: 'unknown_consumer', ttl_ms: config.decisionTtlMs,
     });
@@ -57,7 +69,7 @@ export class Engine {
 
   /** Consumers claimed by more than one customer: reported, never guessed. */
   conflicts(): Array<{ consumer: string; customers: string[] }> {
-    return [...this.claims].filter(([, ids]) => ids.size > 1).map(([consumer, ids]) => ({ consumer, customers: [...ids].sort() }));
+    return [...this.claims].filter(([, ids]) => typeof ids !== 'string').map(([consumer, ids]) => ({ consumer, customers: [...ids].sort() }));
   }
 
   rules(): Array<{ rule: RuleDef; enabled: boolean }> {
@@ -79,8 +91,8 @@ export class Engine {
     let id: string | undefined = this.entries.has(consumer) ? consumer : undefined;
     if (!id) {
       const claimants = this.claims.get(consumer);
-      if (claimants && claimants.size > 1) return { json: this.unknownJson, outcome: 'conflict' };
-      id = claimants?.values().next().value;
+      if (claimants !== undefined && typeof claimants !== 'string') return { json: this.unknownJson, outcome: 'conflict' };
+      id = claimants;
     }
     const entry = id === undefined ? undefined : this.entries.get(id);
     if (!entry) return { json: this.unknownJson, outcome: this.config.unknownConsumer === 'allow' ? 'unknown_allow' : 'unknown_block' };
@@ -111,6 +123,12 @@ export class Engine {
       const held = this.entries.get(c.id);
       if (!opts.force && held && held.customer.version > c.version) continue;
       if ((this.tombstones.get(c.id) ?? -Infinity) >= c.version) continue;
+      if (!opts.force && held && sameState(held.customer, c)) {
+        // Nothing changed (most customers on most sweeps): move the version on
+        // in memory only, so a sweep does not rewrite every row.
+        staged.push(() => { held.customer = c; });
+        continue;
+      }
       const before = held?.cohorts ?? [];
       const after = cohortsOf(this.config.cohorts, c);
       for (const t of diffMemberships(before, after)) transitions.push({ customerId: c.id, ...t, at, balance: c.balance });
@@ -125,8 +143,7 @@ export class Engine {
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
-    if (saved.length || removed.length) await this.store.saveCustomers(saved, removed);
-    if (transitions.length) await this.store.recordTransitions(transitions);
+    if (saved.length || removed.length || transitions.length) await this.store.saveChanges({ upserts: saved, deletes: removed, transitions });
     for (const commit of staged) commit();
     return transitions;
   }
@@ -134,12 +151,16 @@ export class Engine {
   private put(customer: StoredCustomer, cohorts: string[]): void {
     const held = this.entries.get(customer.id);
     if (held) this.unclaim(held.customer);
-    this.entries.set(customer.id, { customer, cohorts, answer: this.answerFor(customer, cohorts) });
+    const key = cohorts.join('\n');
+    let shared = this.cohortLists.get(key);
+    if (!shared) { shared = Object.freeze([...cohorts]) as string[]; this.cohortLists.set(key, shared); }
+    this.entries.set(customer.id, { customer, cohorts: shared, answer: this.answerFor(customer, shared) });
     const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
     if (consumer) {
-      const ids = this.claims.get(consumer) ?? new Set<string>();
-      ids.add(customer.id);
-      this.claims.set(consumer, ids);
+      const ids = this.claims.get(consumer);
+      if (ids === undefined || ids === customer.id) this.claims.set(consumer, customer.id);
+      else if (typeof ids === 'string') this.claims.set(consumer, new Set([ids, customer.id]));
+      else ids.add(customer.id);
     }
   }
 
@@ -153,16 +174,20 @@ export class Engine {
   private unclaim(customer: StoredCustomer): void {
     const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
     const ids = consumer ? this.claims.get(consumer) : undefined;
-    if (!ids) return;
+    if (ids === undefined) return;
+    if (typeof ids === 'string') {
+      if (ids === customer.id) this.claims.delete(consumer);
+      return;
+    }
     ids.delete(customer.id);
-    if (ids.size === 0) this.claims.delete(consumer);
+    if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
   }
 
   private answerFor(customer: StoredCustomer, cohorts: string[]): DecisionAnswer {
     const v = verdict(this.config.rules, cohorts, this.isEnabled);
     if (v.outcome === 'ALLOW') {
-      return { json: this.allowJson, outcome: v.wouldBlock.length ? 'would_block' : 'allow', customerId: customer.id };
+      return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
     }
-    return { json: decisionJson(v, mergeContext(customer, this.config.topUp), this.config.decisionTtlMs), outcome: 'block', customerId: customer.id };
+    return { json: decisionJson(v, mergeContext(customer, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
   }
 }

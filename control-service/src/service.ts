@@ -23,7 +23,7 @@ export interface RunningService {
 
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
-  const log = opts.log ?? pino({ name: 'payg-control', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
+  const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
   const metrics = createMetrics();
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);

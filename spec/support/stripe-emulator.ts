@@ -64,6 +64,7 @@ export class StripeEmulator extends LoopbackServer {
       name: null, email: null, metadata: {}, livemode: false, ...fields,
     };
     this.customers.set(c.id, c);
+    this.listOrder = undefined;
     this.emit('customer.created', c);
     return c;
   }
@@ -79,6 +80,7 @@ export class StripeEmulator extends LoopbackServer {
   remove(id: string): void {
     const c = this.customers.get(id)!;
     this.customers.delete(id);
+    this.listOrder = undefined;
     this.deleted.add(id);
     this.emit('customer.deleted', { ...c, deleted: true });
   }
@@ -92,6 +94,17 @@ export class StripeEmulator extends LoopbackServer {
     this.balanceTransactions.push(txn);
     this.emit('customer.updated', c, previous);
     return txn;
+  }
+
+  // Customers newest first, like Stripe's list, with each id's position; rebuilt after a create or delete.
+  private listOrder: EmuCustomer[] | undefined;
+  private listIndex: Map<string, number> | undefined;
+  private newestFirst(): EmuCustomer[] {
+    if (!this.listOrder) {
+      this.listOrder = [...this.customers.values()].reverse();
+      this.listIndex = new Map(this.listOrder.map((c, i) => [c.id, i]));
+    }
+    return this.listOrder;
   }
 
   private tick(): number {
@@ -136,7 +149,9 @@ export class StripeEmulator extends LoopbackServer {
       res.writeHead = ((status: number, ...rest: any[]) => { record(status); return origWriteHead(status, ...rest); }) as typeof res.writeHead;
 
       if (req.headers.authorization !== `Bearer ${this.secretKey}`) {
-        return this.error(res, 401, 'invalid_request_error', 'Invalid API Key provided.');
+        // Stripe echoes the key it was given, masked to its last four characters.
+        const given = (req.headers.authorization ?? '').replace(/^Bearer /, '');
+        return this.error(res, 401, 'invalid_request_error', `Invalid API Key provided: ${given.slice(0, 8)}${'*'.repeat(Math.max(0, given.length - 12))}${given.slice(-4)}`);
       }
       if (this.rateLimit) {
         const now = Date.now();
@@ -163,11 +178,11 @@ export class StripeEmulator extends LoopbackServer {
         if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
           return this.error(res, 400, 'invalid_request_error', 'Invalid integer: limit must be between 1 and 100', { param: 'limit' });
         }
-        const all = [...this.customers.values()].reverse(); // newest first, like Stripe
+        const all = this.newestFirst();
         const after = url.searchParams.get('starting_after');
         let start = 0;
         if (after) {
-          const idx = all.findIndex((c) => c.id === after);
+          const idx = this.listIndex!.get(after) ?? -1;
           if (idx < 0) return this.error(res, 400, 'invalid_request_error', `No such customer: '${after}'`, { param: 'starting_after', code: 'resource_missing' });
           start = idx + 1;
         }

@@ -28,6 +28,22 @@ export class SqliteStore implements Store {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
+    this.stmt = this.prepareStatements();
+  }
+
+  private readonly stmt: ReturnType<SqliteStore['prepareStatements']>;
+
+  private prepareStatements() {
+    return {
+      upsertCustomer: this.db.prepare(`INSERT INTO customers (id, balance, currency, name, email, metadata, version)
+        VALUES (@id, @balance, @currency, @name, @email, @metadata, @version)
+        ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, currency = excluded.currency, name = excluded.name,
+          email = excluded.email, metadata = excluded.metadata, version = excluded.version`),
+      deleteCustomer: this.db.prepare('DELETE FROM customers WHERE id = ?'),
+      logTransition: this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)'),
+      enter: this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)'),
+      leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
+    };
   }
 
   get schemaVersion(): number {
@@ -51,15 +67,14 @@ export class SqliteStore implements Store {
     }));
   }
 
-  async saveCustomers(upserts: StoredCustomer[], deletes: string[]): Promise<void> {
-    const upsert = this.db.prepare(`INSERT INTO customers (id, balance, currency, name, email, metadata, version)
-      VALUES (@id, @balance, @currency, @name, @email, @metadata, @version)
-      ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, currency = excluded.currency, name = excluded.name,
-        email = excluded.email, metadata = excluded.metadata, version = excluded.version`);
-    const del = this.db.prepare('DELETE FROM customers WHERE id = ?');
+  async saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[] }): Promise<void> {
     this.db.transaction(() => {
-      for (const c of upserts) upsert.run({ ...c, metadata: JSON.stringify(c.metadata) });
-      for (const id of deletes) del.run(id);
+      for (const c of changes.upserts) this.stmt.upsertCustomer.run({ ...c, metadata: JSON.stringify(c.metadata) });
+      for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
+      for (const t of changes.transitions) {
+        this.stmt.logTransition.run(t.customerId, t.cohort, t.kind, t.at, t.balance);
+        if (t.kind === 'enter') this.stmt.enter.run(t.customerId, t.cohort, t.at); else this.stmt.leave.run(t.customerId, t.cohort);
+      }
     })();
   }
 
@@ -71,18 +86,6 @@ export class SqliteStore implements Store {
       out.set(row.customer_id, list);
     }
     return out;
-  }
-
-  async recordTransitions(transitions: TransitionRecord[]): Promise<void> {
-    const log = this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)');
-    const enter = this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)');
-    const leave = this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?');
-    this.db.transaction(() => {
-      for (const t of transitions) {
-        log.run(t.customerId, t.cohort, t.kind, t.at, t.balance);
-        if (t.kind === 'enter') enter.run(t.customerId, t.cohort, t.at); else leave.run(t.customerId, t.cohort);
-      }
-    })();
   }
 
   async history(customerId: string): Promise<TransitionRecord[]> {

@@ -18,11 +18,12 @@ export interface TransitionRecord {
 
 export interface Store {
   loadCustomers(): Promise<StoredCustomer[]>;
-  /** Upserts customers and deletes the ids given, atomically. */
-  saveCustomers(upserts: StoredCustomer[], deletes: string[]): Promise<void>;
+  /**
+   * In one transaction: upserts customers, deletes the ids given, and records
+   * cohort transitions with the memberships they lead to.
+   */
+  saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[] }): Promise<void>;
   loadMemberships(): Promise<Map<string, string[]>>;
-  /** Records transitions and the memberships they lead to, atomically. */
-  recordTransitions(transitions: TransitionRecord[]): Promise<void>;
   history(customerId: string): Promise<TransitionRecord[]>;
   ruleOverrides(): Promise<Map<string, boolean>>;
   setRuleEnabled(ruleId: string, enabled: boolean): Promise<void>;

@@ -5,12 +5,13 @@
 import Stripe from 'stripe';
 import type { Engine } from '../engine';
 import { toCustomer, type StripeGateway } from './gateway';
-import type { StoredCustomer } from '../store/store';
 import type { Store } from '../store/store';
 
 const CUSTOMER_EVENTS = new Set(['customer.created', 'customer.updated', 'customer.deleted']);
 
-export interface SweepResult { ok: boolean; customers: number; pages: number; durationMs: number; error?: string }
+type Page = Awaited<ReturnType<StripeGateway['listPage']>>;
+
+export interface SweepResult { ok: boolean; customers: number; pages: number; durationMs: number; applyMs?: number; error?: string }
 
 export class BalanceSync {
   private running: Promise<SweepResult> | undefined;
@@ -39,26 +40,33 @@ export class BalanceSync {
 
   private async runSweep(): Promise<SweepResult> {
     const started = Date.now();
-    const seen: StoredCustomer[] = [];
+    const present = new Set<string>();
     let pages = 0;
+    let applyMs = 0;
     let result: SweepResult;
     try {
-      let cursor: string | undefined;
-      do {
-        const page = await this.gateway.listPage(this.opts.pageSize, cursor);
+      // While one page is applied, the next is already being fetched: the
+      // work overlaps the wait for Stripe and its rate-limit slot, and only ids
+      // are held for the whole sweep.
+      let next: Promise<Page> | undefined = this.gateway.listPage(this.opts.pageSize, undefined);
+      while (next) {
+        const page: Page = await next;
         pages++;
-        for (const c of page.customers) seen.push({ ...c, version: page.fetchedAt });
-        cursor = page.hasMore ? page.lastId : undefined;
-      } while (cursor);
-      const present = new Set(seen.map((c) => c.id));
+        next = page.hasMore ? this.gateway.listPage(this.opts.pageSize, page.lastId) : undefined;
+        next?.catch(() => undefined); // awaited on the next turn; an apply failure must not leave it unhandled
+        const applyStarted = Date.now();
+        await this.engine.apply(page.customers.map((c) => ({ ...c, version: page.fetchedAt })), []);
+        applyMs += Date.now() - applyStarted;
+        for (const c of page.customers) present.add(c.id);
+      }
       // Gone from Stripe since the sweep began: deleted. Known only from a newer webhook: kept (version check).
       const deletes = this.engine.knownIds().filter((id) => !present.has(id)).map((id) => ({ id, version: started }));
-      await this.engine.apply(seen, deletes);
+      if (deletes.length) await this.engine.apply([], deletes);
       this.lastSuccessAt = Date.now();
       await this.store.setMeta('last_sweep_success_at', String(this.lastSuccessAt));
-      result = { ok: true, customers: seen.length, pages, durationMs: Date.now() - started };
+      result = { ok: true, customers: present.size, pages, durationMs: Date.now() - started, applyMs };
     } catch (err) {
-      result = { ok: false, customers: seen.length, pages, durationMs: Date.now() - started, error: (err as Error).message };
+      result = { ok: false, customers: present.size, pages, durationMs: Date.now() - started, applyMs, error: (err as Error).message };
     }
     this.lastResult = result;
     this.opts.onSweep?.(result);
