@@ -67,6 +67,13 @@ export class Engine {
     return [...this.entries.values()].filter((e) => e.cohorts.includes(cohort)).map((e) => e.customer.id);
   }
 
+  /** Members per cohort, counted in one pass. */
+  cohortSizes(): Map<string, number> {
+    const sizes = new Map<string, number>(this.config.cohorts.map((c) => [c.id, 0]));
+    for (const e of this.entries.values()) for (const c of e.cohorts) sizes.set(c, (sizes.get(c) ?? 0) + 1);
+    return sizes;
+  }
+
   /** Consumers claimed by more than one customer: reported, never guessed. */
   conflicts(): Array<{ consumer: string; customers: string[] }> {
     return [...this.claims].filter(([, ids]) => typeof ids !== 'string').map(([consumer, ids]) => ({ consumer, customers: [...ids].sort() }));

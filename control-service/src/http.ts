@@ -100,7 +100,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     if (!adminToken || !tokenMatches(req.headers.authorization, adminToken)) return send(res, 401, { error: 'unauthorized' });
     const [resource, id, sub] = parts;
     if (method === 'GET' && resource === 'cohorts' && !id) {
-      return send(res, 200, { cohorts: config.cohorts.map((c) => ({ id: c.id, filter: c.filter, size: engine.cohortMembers(c.id).length })) });
+      const sizes = engine.cohortSizes();
+      return send(res, 200, { cohorts: config.cohorts.map((c) => ({ id: c.id, filter: c.filter, size: sizes.get(c.id) ?? 0 })) });
     }
     if (method === 'GET' && resource === 'cohorts' && id && sub === 'members') {
       if (!config.cohorts.some((c) => c.id === id)) return send(res, 404, { error: 'not_found' });

@@ -24,12 +24,17 @@ export interface RunningService {
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
-  const metrics = createMetrics();
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
 
   let sync: BalanceSync | undefined;
+  const metrics = createMetrics({
+    customers: () => engine.size,
+    cohortSizes: () => engine.cohortSizes(),
+    consumerConflicts: () => engine.conflicts().length,
+    lastSweepAgeSeconds: () => (sync?.lastSuccessAt === undefined ? -1 : (Date.now() - sync.lastSuccessAt) / 1000),
+  });
   let gateway: StripeGateway | undefined;
   if (config.secrets.stripeSecretKey) {
     gateway = new StripeGateway({
@@ -54,17 +59,6 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   } else {
     log.warn('STRIPE_SECRET_KEY is not set: no balance sync; decisions come from the stored state only');
   }
-
-  const refreshGauges = () => {
-    metrics.customers.set(engine.size);
-    for (const c of config.cohorts) metrics.cohortSize.set({ cohort: c.id }, engine.cohortMembers(c.id).length);
-    metrics.consumerConflicts.set(engine.conflicts().length);
-    const last = sync?.lastSuccessAt;
-    metrics.lastSweepAge.set(last === undefined ? -1 : (Date.now() - last) / 1000);
-  };
-  // Gauges are computed when scraped, not on every change.
-  const originalMetrics = metrics.registry.metrics.bind(metrics.registry);
-  metrics.registry.metrics = async () => { refreshGauges(); return originalMetrics(); };
 
   const server: http.Server = createHttpServer({
     config, engine, sync, store, metrics, log, webhooks: gateway?.stripe.webhooks,
