@@ -9,6 +9,7 @@ import { z } from 'zod';
 import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
+import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
   gte: z.number().int().optional(), gt: z.number().int().optional(),
@@ -22,6 +23,8 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
   all: z.array(filter).min(1).optional(),
   any: z.array(filter).min(1).optional(),
 }).strict().refine((f) => Object.keys(f).length > 0, 'an empty filter matches everyone; say what it filters'));
+
+const duration = z.string().refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d');
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'use lower-case letters, digits, - and _');
 
@@ -56,8 +59,27 @@ const rawConfig = z.object({
     headers: z.record(z.string()).default({ 'Content-Type': 'application/json' }),
     body: z.string(),
   }).strict()).default([]),
-  // Behavioural emails are configured here; their validation arrives with the email workflow.
-  emails: z.array(z.record(z.unknown())).default([]),
+  email_delivery: z.object({
+    messages_per_second: z.number().positive().max(1000).default(10),
+    max_attempts: z.number().int().min(1).max(100).default(8),
+    retry_base_delay_ms: z.number().int().min(1).default(1000),
+    retry_max_delay_ms: z.number().int().min(1).default(300_000),
+    poll_interval_ms: z.number().int().min(10).max(60_000).default(1000),
+    recurring_check_interval: duration.default('1m'),
+    timeout_ms: z.number().int().min(100).default(15_000),
+  }).strict().default({}),
+  emails: z.array(z.object({
+    id,
+    cohort: id.optional(),
+    on: z.enum(['enter', 'leave']).optional(),
+    low_balance: z.object({ below: z.array(z.number().int().positive()).min(1) }).strict().optional(),
+    active: z.boolean().default(true),
+    from: z.object({ address: z.string().email(), name: z.string().optional() }).strict(),
+    subject: z.string().min(1),
+    html: z.string().min(1).optional(),
+    text: z.string().min(1).optional(),
+    recurring: z.object({ reenroll_after: duration }).strict().optional(),
+  }).strict()).default([]),
 }).strict();
 
 export interface Secrets {
@@ -78,6 +100,11 @@ export interface Config {
   topUp: TopUpConfig;
   cohorts: CohortDef[];
   rules: RuleDef[];
+  emailDelivery: {
+    messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
+    pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
+  };
+  emails: EmailTemplate[];
   secrets: Secrets;
 }
 
@@ -141,6 +168,39 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     return { id: r.id, cohort: r.cohort, enabled: r.enabled, logOnly: r.log_only, status: r.status, headers: r.headers, render };
   });
 
+  const emailIds = new Set<string>();
+  const emails: EmailTemplate[] = raw.emails.map((e, i) => {
+    const at = `emails[${i}]`;
+    if (emailIds.has(e.id)) throw new ConfigError(`${at}.id`, `duplicate email id ${e.id}`);
+    emailIds.add(e.id);
+    if ((e.cohort === undefined) === (e.low_balance === undefined)) throw new ConfigError(at, 'needs exactly one trigger: cohort (with on: enter | leave) or low_balance');
+    if (e.cohort !== undefined && !cohortIds.has(e.cohort)) throw new ConfigError(`${at}.cohort`, `no cohort with id ${e.cohort}`);
+    if (e.low_balance && e.on) throw new ConfigError(`${at}.on`, 'applies to cohort triggers only');
+    if (e.recurring && (e.low_balance || e.on === 'leave')) throw new ConfigError(`${at}.recurring`, 'applies to cohort-entry emails only');
+    if (!e.html && !e.text) throw new ConfigError(at, 'needs an html or a text template file (or both)');
+    const part = (field: 'html' | 'text', escaping: 'html' | 'none') => {
+      const file = e[field];
+      if (!file) return undefined;
+      const { source, file: resolved } = readTemplateFile(file, baseDir, `${at}.${field}`);
+      return compileEmailPart(source, escaping, `${at}.${field} (${resolved})`, raw.top_up);
+    };
+    try {
+      return {
+        id: e.id,
+        trigger: e.cohort !== undefined ? { kind: 'cohort' as const, cohort: e.cohort, on: e.on ?? 'enter' } : { kind: 'low_balance' as const, belowCents: [...new Set(e.low_balance!.below)].sort((a, b) => b - a) },
+        active: e.active,
+        from: e.from,
+        subject: compileEmailPart(e.subject, 'none', `${at}.subject`, raw.top_up),
+        html: part('html', 'html'),
+        text: part('text', 'none'),
+        reenrollAfterMs: e.recurring ? parseDuration(e.recurring.reenroll_after) : undefined,
+      };
+    } catch (err) {
+      if (err instanceof TemplateError) throw new ConfigError(err.field, err.message);
+      throw err;
+    }
+  });
+
   const port = env.PORT !== undefined ? Number(env.PORT) : raw.listen.port;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
   return {
@@ -159,6 +219,16 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     topUp: raw.top_up,
     cohorts: raw.cohorts,
     rules,
+    emailDelivery: {
+      messagesPerSecond: raw.email_delivery.messages_per_second,
+      maxAttempts: raw.email_delivery.max_attempts,
+      retryBaseDelayMs: raw.email_delivery.retry_base_delay_ms,
+      retryMaxDelayMs: raw.email_delivery.retry_max_delay_ms,
+      pollIntervalMs: raw.email_delivery.poll_interval_ms,
+      recurringCheckIntervalMs: parseDuration(raw.email_delivery.recurring_check_interval)!,
+      timeoutMs: raw.email_delivery.timeout_ms,
+    },
+    emails,
     secrets: secretsFromEnv(env),
   };
 }

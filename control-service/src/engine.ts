@@ -7,7 +7,8 @@ import { cohortsOf, diffMemberships } from './cohorts';
 import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
-import type { Store, StoredCustomer, TransitionRecord } from './store/store';
+import type { OutboxRecord, Store, StoredCustomer, TransitionRecord } from './store/store';
+import { planEmails, planRecurring } from './emails/workflow';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -32,6 +33,10 @@ export class Engine {
   private readonly cohortLists = new Map<string, string[]>();
   private readonly tombstones = new Map<string, number>();
   private ruleEnabled = new Map<string, boolean>();
+  private templateActive = new Map<string, boolean>();
+  private lastAt = 0;
+  /** Called after emails were written to the outbox (the sender wakes up). */
+  onEmailsEnqueued: () => void = () => undefined;
   private readonly allowJson: string;
   private readonly unknownJson: string;
 
@@ -46,6 +51,7 @@ export class Engine {
 
   async init(): Promise<void> {
     this.ruleEnabled = await this.store.ruleOverrides();
+    this.templateActive = await this.store.templateOverrides();
     const memberships = await this.store.loadMemberships();
     for (const customer of await this.store.loadCustomers()) {
       this.put(customer, memberships.get(customer.id) ?? []);
@@ -93,6 +99,32 @@ export class Engine {
     return true;
   }
 
+  isTemplateActive = (id: string): boolean => this.templateActive.get(id) ?? this.config.emails.find((t) => t.id === id)?.active ?? false;
+
+  /** Switches an email template on or off (persisted); off cancels its pending sends at once. */
+  async setTemplateActive(id: string, active: boolean): Promise<boolean> {
+    if (!this.config.emails.some((t) => t.id === id)) return false;
+    await this.store.setTemplateActive(id, active);
+    this.templateActive.set(id, active);
+    if (!active) await this.store.cancelPendingEmails(id, this.now());
+    return true;
+  }
+
+  /** Enqueues re-enrollment emails that are due: members still in the cohort a window after entering. */
+  async enqueueRecurring(now: number = this.now()): Promise<number> {
+    let added = 0;
+    for (const t of this.config.emails) {
+      if (!t.reenrollAfterMs || t.trigger.kind !== 'cohort' || !this.isTemplateActive(t.id)) continue;
+      const members = (await this.store.membersSince(t.trigger.cohort)).flatMap(({ customerId, since }) => {
+        const e = this.entries.get(customerId);
+        return e ? [{ customer: e.customer, since }] : [];
+      });
+      added += await this.store.enqueueEmails(planRecurring(t, members, now, this.config.topUp, this.now()));
+    }
+    if (added) this.onEmailsEnqueued();
+    return added;
+  }
+
   /** The decision for a consumer value, from memory only. */
   decide(consumer: string): DecisionAnswer {
     let id: string | undefined = this.entries.has(consumer) ? consumer : undefined;
@@ -121,8 +153,10 @@ export class Engine {
   private applying: Promise<unknown> = Promise.resolve();
 
   private async applyNow(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }): Promise<TransitionRecord[]> {
-    const at = this.now();
+    // Strictly increasing, so an entry's time names it (emails are keyed by it).
+    const at = this.lastAt = Math.max(this.now(), this.lastAt + 1);
     const transitions: TransitionRecord[] = [];
+    const emails: OutboxRecord[] = [];
     const saved: StoredCustomer[] = [];
     const removed: string[] = [];
     const staged: Array<() => void> = [];
@@ -138,7 +172,12 @@ export class Engine {
       }
       const before = held?.cohorts ?? [];
       const after = cohortsOf(this.config.cohorts, c);
-      for (const t of diffMemberships(before, after)) transitions.push({ customerId: c.id, ...t, at, balance: c.balance });
+      const mine = diffMemberships(before, after).map((t) => ({ customerId: c.id, ...t, at, balance: c.balance }));
+      transitions.push(...mine);
+      // A config change (force) moves memberships but is nothing the customer did: no emails.
+      if (!opts.force && this.config.emails.length) {
+        emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: held?.customer, after: c, transitions: mine, at }, this.config.topUp));
+      }
       if (!opts.force || !held) saved.push(c);
       staged.push(() => this.put(c, after));
     }
@@ -150,8 +189,9 @@ export class Engine {
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
-    if (saved.length || removed.length || transitions.length) await this.store.saveChanges({ upserts: saved, deletes: removed, transitions });
+    if (saved.length || removed.length || transitions.length) await this.store.saveChanges({ upserts: saved, deletes: removed, transitions, emails });
     for (const commit of staged) commit();
+    if (emails.length) this.onEmailsEnqueued();
     return transitions;
   }
 

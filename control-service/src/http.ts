@@ -8,6 +8,9 @@ import type Stripe from 'stripe';
 import type { Logger } from 'pino';
 import type { Engine } from './engine';
 import type { BalanceSync } from './stripe/sync';
+import type { EmailSender } from './emails/sender';
+import { mergeContext, SAMPLE_CUSTOMER } from './merge-tags';
+import { formatMoney } from './customer';
 import type { Metrics } from './metrics';
 import type { Store } from './store/store';
 import type { Config } from './config';
@@ -19,6 +22,7 @@ export interface HttpDeps {
   config: Config;
   engine: Engine;
   sync: BalanceSync | undefined;
+  emails: EmailSender | undefined;
   store: Store;
   metrics: Metrics;
   log: Logger;
@@ -132,7 +136,67 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       if (!deps.sync) return send(res, 503, { error: 'stripe_not_configured' });
       return send(res, 200, await deps.sync.sweep());
     }
+    if (resource === 'emails') return adminEmails(method, id, sub, req, res);
     if (method === 'GET' && resource === 'conflicts') return send(res, 200, { conflicts: engine.conflicts() });
+    return send(res, 404, { error: 'not_found' });
+  };
+
+  const jsonBody = async (req: http.IncomingMessage): Promise<Record<string, unknown> | undefined> => {
+    const body = await readBody(req);
+    if (body === 'too_large') return undefined;
+    try {
+      const v = JSON.parse(body.toString());
+      return typeof v === 'object' && v !== null && !Array.isArray(v) ? v : undefined;
+    } catch { return undefined; }
+  };
+
+  const adminEmails = async (method: string, id: string | undefined, sub: string | undefined, req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (method === 'GET' && !id) {
+      return send(res, 200, { emails: config.emails.map((t) => ({
+        id: t.id, active: engine.isTemplateActive(t.id),
+        trigger: t.trigger.kind === 'cohort' ? { cohort: t.trigger.cohort, on: t.trigger.on } : { low_balance_below: t.trigger.belowCents },
+        reenroll_after_ms: t.reenrollAfterMs ?? null,
+      })) });
+    }
+    if (method === 'GET' && id === 'log') {
+      const q = new URL(req.url ?? '/', 'http://x').searchParams;
+      const status = q.get('status') ?? undefined;
+      if (status && !['pending', 'sending', 'delivered', 'failed', 'cancelled'].includes(status)) return send(res, 400, { error: 'bad_request', message: 'status must be pending, sending, delivered, failed or cancelled' });
+      const limit = Math.min(1000, Math.max(1, Number(q.get('limit') ?? 100) || 100));
+      const rows = await deps.store.emailLog({ customerId: q.get('customer') ?? undefined, templateId: q.get('template') ?? undefined, status: status as never, limit });
+      return send(res, 200, { emails: rows.map((r) => ({
+        id: r.id, template: r.templateId, customer: r.customerId, to: r.to, status: r.status, attempts: r.attempts,
+        created_at: new Date(r.createdAt).toISOString(), delivered_at: r.deliveredAt ? new Date(r.deliveredAt).toISOString() : null,
+        next_attempt_at: r.status === 'pending' ? new Date(r.nextAttemptAt).toISOString() : null, last_error: r.lastError, message_id: r.messageId,
+      })) });
+    }
+    if (!id || !config.emails.some((t) => t.id === id)) return send(res, 404, { error: 'not_found' });
+    if ((method === 'PUT' || method === 'PATCH') && !sub) {
+      const active = (await jsonBody(req))?.active;
+      if (typeof active !== 'boolean') return send(res, 400, { error: 'bad_request', message: 'body must be {"active": true|false}' });
+      await engine.setTemplateActive(id, active);
+      log.info({ email: id, active }, 'email template switched');
+      return send(res, 200, { id, active });
+    }
+    if (method === 'POST' && sub === 'test') {
+      if (!deps.emails) return send(res, 503, { error: 'smtp_not_configured' });
+      const body = await jsonBody(req);
+      const to = body?.to;
+      if (typeof to !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(to)) return send(res, 400, { error: 'bad_request', message: 'body must be {"to": "<address>", "customer_id"?: "cus_…"}' });
+      let customer = SAMPLE_CUSTOMER;
+      if (body?.customer_id !== undefined) {
+        const state = typeof body.customer_id === 'string' ? engine.customer(body.customer_id) : undefined;
+        if (!state) return send(res, 404, { error: 'not_found', message: 'no such customer' });
+        customer = state.customer;
+      }
+      const threshold = 1000;
+      try {
+        const sent = await deps.emails.sendTest(id, to, { ...mergeContext(customer, config.topUp), threshold: { cents: threshold, formatted: formatMoney(threshold, customer.currency) } });
+        return send(res, 200, { sent: true, message_id: sent.messageId, smtp_response: sent.response });
+      } catch (err) {
+        return send(res, 502, { sent: false, error: 'smtp_error', message: (err as Error).message });
+      }
+    }
     return send(res, 404, { error: 'not_found' });
   };
 

@@ -12,10 +12,14 @@ export interface MergeContext {
   top_up_url: string;
 }
 
-export const MERGE_TAGS = [
+export const MERGE_TAGS: readonly string[] = [
   'customer.id', 'customer.name', 'customer.first_name', 'customer.email',
   'balance.cents', 'balance.formatted', 'credit.cents', 'credit.formatted', 'currency', 'top_up_url',
-] as const;
+];
+/** Emails also know the threshold a low-balance warning is about. */
+export const EMAIL_MERGE_TAGS: readonly string[] = [...MERGE_TAGS, 'threshold.cents', 'threshold.formatted'];
+
+export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string } }
 
 export interface TopUpConfig { url?: string; metadata_key?: string }
 
@@ -57,10 +61,10 @@ function escapeTree(value: unknown, escape: (s: string) => string): unknown {
   return value;
 }
 
-export type RenderFn = (ctx: MergeContext) => string;
+export type RenderFn = (ctx: MergeContext | EmailMergeContext) => string;
 
 /** The merge-tag paths a template uses that do not exist. */
-export function unknownTags(source: string): string[] {
+export function unknownTags(source: string, known: readonly string[] = MERGE_TAGS): string[] {
   const found = new Set<string>();
   const visit = (node: any): void => {
     if (!node || typeof node !== 'object') return;
@@ -71,7 +75,7 @@ export function unknownTags(source: string): string[] {
   };
   visit(Handlebars.parse(source));
   const helpers = new Set(['if', 'unless', 'each', 'with', 'else', 'this', 'lookup', 'log']);
-  return [...found].filter((p) => !helpers.has(p) && !(MERGE_TAGS as readonly string[]).includes(p));
+  return [...found].filter((p) => !helpers.has(p) && !known.includes(p));
 }
 
 /**
@@ -79,9 +83,9 @@ export function unknownTags(source: string): string[] {
  * before Handlebars sees them, so a JSON body stays valid JSON whatever a
  * customer's name holds. Throws (with Handlebars' message) on a bad template.
  */
-export function compileTemplate(source: string, escaping: BodyEscaping): RenderFn {
-  const unknown = unknownTags(source);
-  if (unknown.length > 0) throw new Error(`unknown merge tag ${unknown.map((t) => `{{${t}}}`).join(', ')}; known: ${MERGE_TAGS.join(', ')}`);
+export function compileTemplate(source: string, escaping: BodyEscaping, known: readonly string[] = MERGE_TAGS): RenderFn {
+  const unknown = unknownTags(source, known);
+  if (unknown.length > 0) throw new Error(`unknown merge tag ${unknown.map((t) => `{{${t}}}`).join(', ')}; known: ${known.join(', ')}`);
   const template = Handlebars.compile(source, { noEscape: escaping !== 'html', strict: false });
   const escape = escaping === 'json' ? jsonStringContent : (s: string) => s;
   return (ctx) => template(escaping === 'json' ? escapeTree(ctx, escape) : ctx);

@@ -8,6 +8,7 @@ export interface GaugeProbes {
   consumerConflicts(): number;
   /** Seconds since the last successful sweep, or -1 when there has been none. */
   lastSweepAgeSeconds(): number;
+  emailsPending(): Promise<number>;
 }
 
 export function createMetrics(probes: GaugeProbes) {
@@ -25,6 +26,9 @@ export function createMetrics(probes: GaugeProbes) {
     decisions: new Counter({ name: 'payg_decisions_total', help: 'Decisions answered by outcome', labelNames: ['outcome'], registers: [registry] }),
     stripeErrors: new Counter({ name: 'payg_stripe_errors_total', help: 'Stripe API errors by HTTP status (or "connection")', labelNames: ['status'], registers: [registry] }),
     webhooks: new Counter({ name: 'payg_webhooks_total', help: 'Stripe webhooks by result', labelNames: ['result'], registers: [registry] }),
+    emails: new Counter({ name: 'payg_emails_total', help: 'Email delivery attempts by template and result (delivered, retry, failed, cancelled)', labelNames: ['template', 'result'], registers: [registry] }),
+    emailsPending: new Gauge({ name: 'payg_emails_pending', help: 'Emails waiting in the outbox', registers: [registry],
+      async collect() { this.set(await probes.emailsPending()); } }),
     consumerConflicts: new Gauge({ name: 'payg_consumer_conflicts', help: 'Consumers claimed by more than one Stripe customer', registers: [registry],
       collect() { this.set(probes.consumerConflicts()); } }),
   };

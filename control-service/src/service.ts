@@ -12,11 +12,14 @@ import { SqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { StripeGateway } from './stripe/gateway';
 import { BalanceSync } from './stripe/sync';
+import nodemailer from 'nodemailer';
+import { EmailSender } from './emails/sender';
 
 export interface RunningService {
   url: string;
   engine: Engine;
   sync: BalanceSync | undefined;
+  emails: EmailSender | undefined;
   store: Store;
   stop(): Promise<void>;
 }
@@ -34,7 +37,29 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     cohortSizes: () => engine.cohortSizes(),
     consumerConflicts: () => engine.conflicts().length,
     lastSweepAgeSeconds: () => (sync?.lastSuccessAt === undefined ? -1 : (Date.now() - sync.lastSuccessAt) / 1000),
+    emailsPending: () => store.countEmails('pending'),
   });
+
+  let emails: EmailSender | undefined;
+  let recurringTimer: NodeJS.Timeout | undefined;
+  if (config.emails.length && config.secrets.smtpUrl) {
+    const d = config.emailDelivery;
+    const transport = nodemailer.createTransport({
+      url: config.secrets.smtpUrl, pool: true, maxConnections: 1,
+      connectionTimeout: d.timeoutMs, greetingTimeout: d.timeoutMs, socketTimeout: d.timeoutMs,
+    } as Parameters<typeof nodemailer.createTransport>[0]);
+    emails = new EmailSender({
+      store, templates: config.emails, isActive: engine.isTemplateActive, transport, delivery: d, log,
+      onResult: (result, template) => metrics.emails.inc({ template, result }),
+    });
+    engine.onEmailsEnqueued = () => emails!.wake();
+    await emails.start();
+    const checkRecurring = () => { engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed')); };
+    recurringTimer = setInterval(checkRecurring, d.recurringCheckIntervalMs);
+    checkRecurring();
+  } else if (config.emails.length) {
+    log.warn('SMTP_URL is not set: emails are decided and kept in the outbox, and delivered once SMTP_URL is set');
+  }
   let gateway: StripeGateway | undefined;
   if (config.secrets.stripeSecretKey) {
     gateway = new StripeGateway({
@@ -61,7 +86,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, store, metrics, log, webhooks: gateway?.stripe.webhooks,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
@@ -76,9 +101,11 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (sync && opts.sweepOnStart !== false) void sync.sweep();
 
   return {
-    url, engine, sync, store,
+    url, engine, sync, emails, store,
     async stop() {
       await task?.stop();
+      clearInterval(recurringTimer);
+      await emails?.stop();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

@@ -50,3 +50,46 @@ describe('shipped control-service config', () => {
     expect(cfg.rules.map((r: { id: string }) => r.id)).to.deep.equal(['block-no-credit', 'warn-under-10']);
   });
 });
+
+describe('control-service config: email templates', () => {
+  const fs = require('node:fs') as typeof import('node:fs');
+  const os = require('node:os') as typeof import('node:os');
+  const path = require('node:path') as typeof import('node:path');
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-cfg-'));
+    fs.writeFileSync(path.join(dir, 'good.hbs'), '<p>{{customer.name}}: {{credit.formatted}}</p>');
+    fs.writeFileSync(path.join(dir, 'typo.hbs'), '<p>{{customer.nmae}}</p>');
+    fs.writeFileSync(path.join(dir, 'broken.hbs'), '<p>{{#if}}</p>');
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const email = (extra: Record<string, unknown>) => ({ ...base(), emails: [{ id: 'oc', cohort: 'no-credit', from: { address: 'billing@example.com' }, subject: 'Hi', html: 'good.hbs', ...extra }] });
+  const errorIn = (doc: unknown): string => {
+    try { parseConfig(doc, {}, dir); } catch (err) { expect(err).to.be.instanceOf(ConfigError); return (err as Error).message; }
+    throw new Error('expected a config error');
+  };
+
+  it('accepts a template and resolves its file next to the config', () => {
+    const cfg = parseConfig(email({ recurring: { reenroll_after: '1h' } }), {}, dir);
+    expect(cfg.emails[0]).to.include({ id: 'oc', reenrollAfterMs: 3_600_000, active: true });
+    expect(cfg.emails[0].trigger).to.deep.equal({ kind: 'cohort', cohort: 'no-credit', on: 'enter' });
+  });
+  it('a missing template file names the field and the file', () => {
+    expect(errorIn(email({ html: 'nope.hbs' }))).to.match(/emails\[0\]\.html: cannot read template file .*nope\.hbs: ENOENT/);
+  });
+  it('an unknown merge tag names the file and the tag', () => {
+    expect(errorIn(email({ html: 'typo.hbs' }))).to.match(/emails\[0\]\.html \(.*typo\.hbs\): .*unknown merge tag \{\{customer\.nmae\}\}/);
+  });
+  it('a template that does not compile names the file', () => {
+    expect(errorIn(email({ html: 'broken.hbs' }))).to.match(/emails\[0\]\.html \(.*broken\.hbs\): template does not compile/);
+  });
+  it('an unknown merge tag in the subject', () => expect(errorIn(email({ subject: '{{balance.dollars}}' }))).to.match(/emails\[0\]\.subject: .*\{\{balance\.dollars\}\}/));
+  it('a cohort that does not exist', () => expect(errorIn(email({ cohort: 'nobody' }))).to.match(/emails\[0\]\.cohort: no cohort with id nobody/));
+  it('two triggers, or none', () => {
+    expect(errorIn(email({ low_balance: { below: [1000] } }))).to.match(/emails\[0\]: needs exactly one trigger/);
+    expect(errorIn(email({ cohort: undefined }))).to.match(/emails\[0\]: needs exactly one trigger/);
+  });
+  it('a bad re-enrollment window', () => expect(errorIn(email({ recurring: { reenroll_after: 'hourly' } }))).to.match(/emails\[0\]\.recurring\.reenroll_after: is not a duration/));
+  it('recurring on a leave trigger', () => expect(errorIn(email({ on: 'leave', recurring: { reenroll_after: '1h' } }))).to.match(/emails\[0\]\.recurring: applies to cohort-entry emails only/));
+  it('a bad from address', () => expect(errorIn(email({ from: { address: 'billing' } }))).to.match(/emails\[0\]\.from\.address: Invalid email/));
+});

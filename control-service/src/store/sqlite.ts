@@ -2,7 +2,7 @@
 // versioned migrations applied in order inside a transaction.
 
 import Database from 'better-sqlite3';
-import type { Store, StoredCustomer, TransitionRecord } from './store';
+import type { EmailStatus, OutboxRecord, OutboxRow, Store, StoredCustomer, TransitionRecord } from './store';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -17,7 +17,24 @@ const MIGRATIONS: string[] = [
    CREATE TABLE rule_overrides (rule_id TEXT PRIMARY KEY, enabled INTEGER NOT NULL);
    CREATE TABLE webhook_events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+  // 2: the email outbox and template switches
+  `CREATE TABLE email_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, dedupe_key TEXT NOT NULL UNIQUE,
+     template_id TEXT NOT NULL, customer_id TEXT NOT NULL, to_address TEXT NOT NULL, context TEXT NOT NULL,
+     status TEXT NOT NULL CHECK (status IN ('pending','sending','delivered','failed','cancelled')),
+     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL, last_error TEXT, message_id TEXT,
+     created_at INTEGER NOT NULL, delivered_at INTEGER);
+   CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
+   CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);
+   CREATE TABLE template_overrides (template_id TEXT PRIMARY KEY, active INTEGER NOT NULL);`,
 ];
+
+function toOutboxRow(r: Record<string, any>): OutboxRow {
+  return {
+    id: r.id, dedupeKey: r.dedupe_key, templateId: r.template_id, customerId: r.customer_id, to: r.to_address, context: r.context,
+    createdAt: r.created_at, status: r.status, attempts: r.attempts, nextAttemptAt: r.next_attempt_at, lastError: r.last_error,
+    messageId: r.message_id, deliveredAt: r.delivered_at,
+  };
+}
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
@@ -43,6 +60,11 @@ export class SqliteStore implements Store {
       logTransition: this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)'),
       enter: this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)'),
       leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
+      enqueueEmail: this.db.prepare(`INSERT OR IGNORE INTO email_outbox
+        (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
+        VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
+      dueEmail: this.db.prepare(`SELECT * FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1`),
+      claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
     };
   }
 
@@ -67,8 +89,9 @@ export class SqliteStore implements Store {
     }));
   }
 
-  async saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[] }): Promise<void> {
+  async saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[]; emails?: OutboxRecord[] }): Promise<void> {
     this.db.transaction(() => {
+      for (const e of changes.emails ?? []) this.stmt.enqueueEmail.run(e);
       for (const c of changes.upserts) this.stmt.upsertCustomer.run({ ...c, metadata: JSON.stringify(c.metadata) });
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
       for (const t of changes.transitions) {
@@ -86,6 +109,72 @@ export class SqliteStore implements Store {
       out.set(row.customer_id, list);
     }
     return out;
+  }
+
+  async membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>> {
+    return (this.db.prepare('SELECT customer_id, since FROM memberships WHERE cohort = ?').all(cohort) as Array<{ customer_id: string; since: number }>)
+      .map((r) => ({ customerId: r.customer_id, since: r.since }));
+  }
+
+  async enqueueEmails(emails: OutboxRecord[]): Promise<number> {
+    let added = 0;
+    this.db.transaction(() => { for (const e of emails) added += this.stmt.enqueueEmail.run(e).changes; })();
+    return added;
+  }
+
+  async claimDueEmail(now: number): Promise<OutboxRow | undefined> {
+    return this.db.transaction(() => {
+      const row = this.stmt.dueEmail.get(now) as Record<string, any> | undefined;
+      if (!row) return undefined;
+      this.stmt.claimEmail.run(row.id);
+      return toOutboxRow({ ...row, status: 'sending', attempts: row.attempts + 1 });
+    })();
+  }
+
+  async nextEmailDueAt(): Promise<number | undefined> {
+    const row = this.db.prepare(`SELECT MIN(next_attempt_at) AS due FROM email_outbox WHERE status = 'pending'`).get() as { due: number | null };
+    return row.due ?? undefined;
+  }
+
+  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void> {
+    this.db.prepare(`UPDATE email_outbox SET status = ?, delivered_at = ?, message_id = COALESCE(?, message_id), last_error = COALESCE(?, last_error) WHERE id = ?`)
+      .run(outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, id);
+  }
+
+  async retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void> {
+    this.db.prepare(`UPDATE email_outbox SET status = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
+  }
+
+  async requeueInterruptedEmails(): Promise<number> {
+    return this.db.prepare(`UPDATE email_outbox SET status = 'pending' WHERE status = 'sending'`).run().changes;
+  }
+
+  async cancelPendingEmails(templateId: string, at: number): Promise<number> {
+    return this.db.prepare(`UPDATE email_outbox SET status = 'cancelled', last_error = 'template switched off', delivered_at = NULL, next_attempt_at = ?
+      WHERE template_id = ? AND status = 'pending'`).run(at, templateId).changes;
+  }
+
+  async countEmails(status: EmailStatus): Promise<number> {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM email_outbox WHERE status = ?').get(status) as { n: number }).n;
+  }
+
+  async emailLog(filter: { customerId?: string; templateId?: string; status?: EmailStatus; limit: number }): Promise<OutboxRow[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.customerId) { where.push('customer_id = ?'); args.push(filter.customerId); }
+    if (filter.templateId) { where.push('template_id = ?'); args.push(filter.templateId); }
+    if (filter.status) { where.push('status = ?'); args.push(filter.status); }
+    const sql = `SELECT * FROM email_outbox ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, filter.limit) as Array<Record<string, any>>).map(toOutboxRow);
+  }
+
+  async templateOverrides(): Promise<Map<string, boolean>> {
+    const rows = this.db.prepare('SELECT template_id, active FROM template_overrides').all() as Array<{ template_id: string; active: number }>;
+    return new Map(rows.map((r) => [r.template_id, r.active === 1]));
+  }
+
+  async setTemplateActive(templateId: string, active: boolean): Promise<void> {
+    this.db.prepare('INSERT OR REPLACE INTO template_overrides (template_id, active) VALUES (?, ?)').run(templateId, active ? 1 : 0);
   }
 
   async history(customerId: string): Promise<TransitionRecord[]> {

@@ -16,13 +16,57 @@ export interface TransitionRecord {
   balance: number;
 }
 
+export type EmailStatus = 'pending' | 'sending' | 'delivered' | 'failed' | 'cancelled';
+
+/** An email decided on: written before it is delivered, unique by `dedupeKey`. */
+export interface OutboxRecord {
+  /** Names exactly what the email is for (template, customer, the entry or crossing), so deciding twice enqueues once. */
+  dedupeKey: string;
+  templateId: string;
+  customerId: string;
+  to: string;
+  /** The merge-tag values when the email was decided on (JSON). */
+  context: string;
+  createdAt: number;
+}
+
+export interface OutboxRow extends OutboxRecord {
+  id: number;
+  status: EmailStatus;
+  attempts: number;
+  nextAttemptAt: number;
+  lastError: string | null;
+  messageId: string | null;
+  deliveredAt: number | null;
+}
+
 export interface Store {
   loadCustomers(): Promise<StoredCustomer[]>;
   /**
    * In one transaction: upserts customers, deletes the ids given, and records
    * cohort transitions with the memberships they lead to.
    */
-  saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[] }): Promise<void>;
+  saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[]; emails?: OutboxRecord[] }): Promise<void>;
+  /** Current members of a cohort and when they entered. */
+  membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>>;
+
+  /** Adds emails to the outbox; a dedupe key already there is ignored. Returns how many were new. */
+  enqueueEmails(emails: OutboxRecord[]): Promise<number>;
+  /** Claims the oldest pending email due by `now` (status → sending, attempts + 1). */
+  claimDueEmail(now: number): Promise<OutboxRow | undefined>;
+  /** When the next pending email is due, if any. */
+  nextEmailDueAt(): Promise<number | undefined>;
+  finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void>;
+  retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void>;
+  /** After a crash, emails left in `sending` are pending again (same row, same Message-ID). */
+  requeueInterruptedEmails(): Promise<number>;
+  /** Cancels pending emails of a template switched off. */
+  cancelPendingEmails(templateId: string, at: number): Promise<number>;
+  countEmails(status: EmailStatus): Promise<number>;
+  emailLog(filter: { customerId?: string; templateId?: string; status?: EmailStatus; limit: number }): Promise<OutboxRow[]>;
+  templateOverrides(): Promise<Map<string, boolean>>;
+  setTemplateActive(templateId: string, active: boolean): Promise<void>;
+
   loadMemberships(): Promise<Map<string, string[]>>;
   history(customerId: string): Promise<TransitionRecord[]>;
   ruleOverrides(): Promise<Map<string, boolean>>;

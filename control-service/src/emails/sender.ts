@@ -1,0 +1,151 @@
+// Delivers the outbox with nodemailer over SMTP: one email at a time, paced to
+// messages_per_second. Each is claimed (sending), sent, then marked delivered
+// right after the server's 250, so a crash repeats at most the one email in
+// flight, and that one carries the same Message-ID. A 4xx answer or a
+// connection failure is retried with backoff up to max_attempts; a 5xx answer
+// fails at once.
+
+import { createHash } from 'node:crypto';
+import type { Transporter } from 'nodemailer';
+import type { Logger } from 'pino';
+import type { Config } from '../config';
+import type { EmailMergeContext } from '../merge-tags';
+import type { OutboxRow, Store } from '../store/store';
+import type { EmailTemplate } from './templates';
+
+export type SendResult = 'delivered' | 'retry' | 'failed' | 'cancelled';
+
+export interface SenderDeps {
+  store: Store;
+  templates: readonly EmailTemplate[];
+  isActive(templateId: string): boolean;
+  transport: Transporter;
+  delivery: Config['emailDelivery'];
+  log: Logger;
+  onResult?(result: SendResult, templateId: string): void;
+  now?(): number;
+}
+
+/** A Message-ID stable for one outbox row: derived from what the email is for. */
+export function messageIdFor(row: Pick<OutboxRow, 'dedupeKey'>, fromAddress: string): string {
+  const domain = fromAddress.split('@')[1] ?? 'payg.invalid';
+  return `<payg.${createHash('sha256').update(row.dedupeKey).digest('hex').slice(0, 32)}@${domain}>`;
+}
+
+export function renderEmail(template: EmailTemplate, row: OutboxRow) {
+  const ctx = JSON.parse(row.context) as EmailMergeContext;
+  return {
+    from: { name: template.from.name ?? '', address: template.from.address },
+    to: row.to,
+    subject: template.subject(ctx),
+    ...(template.html ? { html: template.html(ctx) } : {}),
+    ...(template.text ? { text: template.text(ctx) } : {}),
+    messageId: messageIdFor(row, template.from.address),
+  };
+}
+
+export class EmailSender {
+  private readonly templates: Map<string, EmailTemplate>;
+  private readonly now: () => number;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private wakeUp: (() => void) | undefined;
+  private nextSlot = 0;
+
+  constructor(private readonly deps: SenderDeps) {
+    this.templates = new Map(deps.templates.map((t) => [t.id, t]));
+    this.now = deps.now ?? Date.now;
+  }
+
+  async start(): Promise<void> {
+    const requeued = await this.deps.store.requeueInterruptedEmails();
+    if (requeued) this.deps.log.warn({ emails: requeued }, 'emails interrupted by a stop are pending again');
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  /** Something was enqueued: look now rather than at the next poll. */
+  wake(): void { this.wakeUp?.(); }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.wake();
+    await this.loop;
+    this.deps.transport.close();
+  }
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      let processed = false;
+      try {
+        processed = await this.deliverNext();
+      } catch (err) {
+        this.deps.log.error({ err: (err as Error).message }, 'email outbox step failed');
+      }
+      if (processed || !this.running) continue;
+      const due = await this.deps.store.nextEmailDueAt().catch(() => undefined);
+      const wait = Math.max(0, Math.min(this.deps.delivery.pollIntervalMs, due === undefined ? Infinity : due - this.now()));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, wait);
+        this.wakeUp = () => { clearTimeout(timer); resolve(); };
+      });
+      this.wakeUp = undefined;
+    }
+  }
+
+  /** Waits for the next send slot so delivery stays under messages_per_second. */
+  private async pace(): Promise<void> {
+    const now = Date.now();
+    const at = Math.max(now, this.nextSlot);
+    this.nextSlot = at + 1000 / this.deps.delivery.messagesPerSecond;
+    if (at > now) await new Promise((r) => setTimeout(r, at - now));
+  }
+
+  /** Sends a template to `to` now, outside the outbox (an operator's test). */
+  async sendTest(templateId: string, to: string, context: EmailMergeContext): Promise<{ messageId: string; response: string }> {
+    const template = this.templates.get(templateId);
+    if (!template) throw new Error(`no email template ${templateId}`);
+    const row = { dedupeKey: `test|${templateId}|${to}|${Date.now()}|${Math.random()}`, to, context: JSON.stringify(context) } as OutboxRow;
+    const message = renderEmail(template, row);
+    const info = await this.deps.transport.sendMail(message);
+    return { messageId: message.messageId, response: String(info.response ?? '') };
+  }
+
+  /** Delivers the oldest due email, if any. True when one was handled. */
+  async deliverNext(): Promise<boolean> {
+    const { store, log } = this.deps;
+    const row = await store.claimDueEmail(this.now());
+    if (!row) return false;
+    const template = this.templates.get(row.templateId);
+    if (!template || !this.deps.isActive(row.templateId)) {
+      await store.finishEmail(row.id, { status: 'cancelled', at: this.now(), error: template ? 'template switched off' : 'template no longer configured' });
+      this.deps.onResult?.('cancelled', row.templateId);
+      return true;
+    }
+    await this.pace();
+    const message = renderEmail(template, row);
+    try {
+      await this.deps.transport.sendMail(message);
+    } catch (err) {
+      const e = err as Error & { responseCode?: number; code?: string };
+      const reason = e.responseCode ? `${e.responseCode} ${e.message}` : `${e.code ?? 'error'}: ${e.message}`;
+      const permanent = e.responseCode !== undefined && e.responseCode >= 500;
+      if (permanent || row.attempts >= this.deps.delivery.maxAttempts) {
+        await store.finishEmail(row.id, { status: 'failed', at: this.now(), error: reason });
+        log.error({ email: row.id, template: row.templateId, customer: row.customerId, attempts: row.attempts, reason }, 'email failed');
+        this.deps.onResult?.('failed', row.templateId);
+      } else {
+        const { retryBaseDelayMs: base, retryMaxDelayMs: cap } = this.deps.delivery;
+        const delay = Math.min(cap, base * 2 ** (row.attempts - 1));
+        await store.retryEmail(row.id, this.now() + delay, reason);
+        log.warn({ email: row.id, template: row.templateId, attempts: row.attempts, retryInMs: delay, reason }, 'email not delivered; will retry');
+        this.deps.onResult?.('retry', row.templateId);
+      }
+      return true;
+    }
+    // Marked at once after the 250: nothing awaits between the server's answer and this write.
+    await store.finishEmail(row.id, { status: 'delivered', at: this.now(), messageId: message.messageId });
+    this.deps.onResult?.('delivered', row.templateId);
+    return true;
+  }
+}

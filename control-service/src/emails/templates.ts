@@ -1,0 +1,58 @@
+// Email templates from config: subject, HTML and text bodies compiled once at
+// start-up, with the trigger that sends them. A file that is missing, does not
+// compile, or uses an unknown merge tag is a config error naming it.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { compileTemplate, EMAIL_MERGE_TAGS, mergeContext, SAMPLE_CUSTOMER, type RenderFn } from '../merge-tags';
+import type { TopUpConfig } from '../merge-tags';
+
+/** What sends a template: entering or leaving a cohort, or credit falling below a threshold. */
+export type EmailTrigger =
+  | { kind: 'cohort'; cohort: string; on: 'enter' | 'leave' }
+  | { kind: 'low_balance'; belowCents: number[] };
+
+export interface EmailTemplate {
+  id: string;
+  trigger: EmailTrigger;
+  active: boolean;
+  from: { address: string; name?: string };
+  subject: RenderFn;
+  html: RenderFn | undefined;
+  text: RenderFn | undefined;
+  /** With a window, a customer still in the cohort gets the email again each time it passes. */
+  reenrollAfterMs: number | undefined;
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "90s", "15m", "1h", "2d" → milliseconds; undefined when the text is not a duration. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(text);
+  return m ? Number(m[1]) * UNITS[m[2]] : undefined;
+}
+
+export class TemplateError extends Error {
+  constructor(readonly field: string, reason: string) { super(reason); }
+}
+
+/** Reads and compiles one template source; `field` and `file` name it in errors. */
+export function compileEmailPart(source: string, escaping: 'html' | 'none', where: string, topUp: TopUpConfig): RenderFn {
+  let render: RenderFn;
+  try {
+    render = compileTemplate(source, escaping, EMAIL_MERGE_TAGS);
+    render({ ...mergeContext(SAMPLE_CUSTOMER, topUp), threshold: { cents: 1000, formatted: '$10.00' } });
+  } catch (err) {
+    throw new TemplateError(where, `template does not compile: ${(err as Error).message}`);
+  }
+  return render;
+}
+
+export function readTemplateFile(file: string, baseDir: string, field: string): { source: string; file: string } {
+  const resolved = path.resolve(baseDir, file);
+  try {
+    return { source: fs.readFileSync(resolved, 'utf8'), file: resolved };
+  } catch (err) {
+    throw new TemplateError(field, `cannot read template file ${resolved}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}

@@ -1,0 +1,243 @@
+// Behavioural emails, end to end: the control service decides from Stripe
+// changes, writes the outbox, and delivers with nodemailer to a real SMTP
+// server on loopback; assertions read what arrived (mailparser).
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { parseConfig } from '../../control-service/src/config';
+import { startService, type RunningService } from '../../control-service/src/service';
+import { StripeEmulator } from '../support/stripe-emulator';
+import { SmtpCapture } from '../support/smtp-capture';
+
+const ADMIN = 'admin-token-for-tests';
+const HOUR = 3_600_000;
+
+describe('behavioural emails', function () {
+  this.timeout(20_000);
+  let stripe: StripeEmulator;
+  let smtp: SmtpCapture;
+  let svc: RunningService;
+  let dir: string;
+
+  const outOfCredit = (extra: Record<string, unknown> = {}) => ({
+    id: 'out-of-credit', cohort: 'no-credit', from: { address: 'billing@example.com', name: 'Example API' },
+    subject: '{{customer.first_name}}, your API credit has run out', html: 'out.html.hbs', text: 'out.txt.hbs', ...extra,
+  });
+  const restored = { id: 'credit-restored', cohort: 'no-credit', on: 'leave', from: { address: 'billing@example.com', name: 'Example API' }, subject: 'Access restored', text: 'restored.txt.hbs' };
+  const lowBalance = { id: 'low-balance', low_balance: { below: [1000, 200] }, from: { address: 'billing@example.com' }, subject: 'Below {{threshold.formatted}}', text: 'low.txt.hbs' };
+
+  async function start(emails: unknown[]): Promise<RunningService> {
+    const config = parseConfig({
+      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+      stripe: { max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
+      top_up: { url: 'https://pay.example.com/top-up?c={customer_id}' },
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+      email_delivery: { messages_per_second: 200, retry_base_delay_ms: 40, retry_max_delay_ms: 100, poll_interval_ms: 20, max_attempts: 4 },
+      emails,
+    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url }, dir);
+    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+    return svc;
+  }
+  const sweep = async () => { const r = await svc.sync!.sweep(); expect(r.ok, r.error).to.equal(true); };
+  const admin = async (p: string, init: RequestInit = {}) => {
+    const res = await fetch(`${svc.url}/admin/${p}`, { ...init, headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' } });
+    return { status: res.status, body: await res.json() as any };
+  };
+  const log = async (q = '') => (await admin(`emails/log${q}`)).body.emails as Array<Record<string, any>>;
+  async function until(ok: () => Promise<boolean>, ms = 3000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!(await ok())) {
+      if (Date.now() > deadline) throw new Error('timed out');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  const settle = () => until(async () => (await log()).every((e) => e.status !== 'pending' && e.status !== 'sending'));
+
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-mail-'));
+    fs.writeFileSync(path.join(dir, 'out.html.hbs'), '<p>Hi {{customer.name}}, your balance is {{credit.formatted}}.</p><a href="{{top_up_url}}">Top up</a>');
+    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your balance is {{credit.formatted}}. Top up: {{top_up_url}}');
+    fs.writeFileSync(path.join(dir, 'restored.txt.hbs'), 'Welcome back {{customer.first_name}}: {{credit.formatted}} of credit.');
+    fs.writeFileSync(path.join(dir, 'low.txt.hbs'), '{{customer.first_name}}, you have {{credit.formatted}} left, below {{threshold.formatted}}.');
+    stripe = await new StripeEmulator().start();
+    stripe.autoDeliver = false;
+    smtp = await new SmtpCapture().start();
+  });
+  afterEach(async () => {
+    await svc?.stop();
+    await stripe.stop();
+    await smtp.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('entering the cohort sends the email once: subject, from name, merge tags, HTML-escaped HTML and a text part', async () => {
+    const c = stripe.create({ name: 'Ada <b>Lovelace</b>', email: 'ada@example.com', balance: -500 });
+    await start([outOfCredit()]);
+    await sweep();
+    stripe.addBalanceTransaction(c.id, 500);
+    await sweep();
+    const [mail] = await smtp.waitForCount(1);
+    expect(mail.subject).to.equal('Ada, your API credit has run out');
+    expect(mail.from?.value[0]).to.deep.equal({ address: 'billing@example.com', name: 'Example API' });
+    expect(mail.to && !Array.isArray(mail.to) && mail.to.value[0].address).to.equal('ada@example.com');
+    expect(mail.html).to.include('Hi Ada &lt;b&gt;Lovelace&lt;/b&gt;, your balance is $0.00.');
+    expect(mail.html, 'HTML-escaped like every merge value').to.include(`href="https://pay.example.com/top-up?c&#x3D;${c.id}"`);
+    expect(mail.text).to.include('Hi Ada <b>Lovelace</b>, your balance is $0.00.');
+    expect(mail.messageId).to.match(/^<payg\.[0-9a-f]{32}@example\.com>$/);
+    const [row] = await log();
+    expect(row).to.include({ template: 'out-of-credit', customer: c.id, status: 'delivered', attempts: 1, message_id: mail.messageId });
+  });
+
+  it('no re-send without recurring: later sweeps and checks send nothing more', async () => {
+    const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: 0 });
+    await start([outOfCredit()]);
+    await sweep();
+    stripe.addBalanceTransaction(c.id, 0);
+    await sweep();
+    await smtp.waitForCount(1);
+    expect(await svc.engine.enqueueRecurring(Date.now() + 10 * HOUR)).to.equal(0);
+    await sweep();
+    await settle();
+    expect(smtp.raw).to.have.length(1);
+  });
+
+  it('recurring: sent again after each re-enrollment window while still in the cohort, and anew on re-entry', async () => {
+    const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+    await start([outOfCredit({ recurring: { reenroll_after: '1h' } })]);
+    await sweep();
+    stripe.addBalanceTransaction(c.id, 100);
+    await sweep();
+    await smtp.waitForCount(1);
+    const t0 = Date.now();
+    expect(await svc.engine.enqueueRecurring(t0 + 30 * 60_000), 'inside the window').to.equal(0);
+    expect(await svc.engine.enqueueRecurring(t0 + 61 * 60_000), 'one window later').to.equal(1);
+    await smtp.waitForCount(2);
+    expect(await svc.engine.enqueueRecurring(t0 + 90 * 60_000), 'the same window again').to.equal(0);
+    expect(await svc.engine.enqueueRecurring(t0 + 121 * 60_000), 'two windows later').to.equal(1);
+    await smtp.waitForCount(3);
+    // Leave and re-enter: a new entry, sent at once.
+    stripe.addBalanceTransaction(c.id, -500);
+    await sweep();
+    stripe.addBalanceTransaction(c.id, 500);
+    await sweep();
+    await smtp.waitForCount(4);
+    await settle();
+    expect(smtp.raw).to.have.length(4);
+  });
+
+  it('low-balance warnings: once per downward crossing, re-armed above the threshold (down, up, down)', async () => {
+    const c = stripe.create({ name: 'Ada Byron', email: 'ada@example.com', balance: -1500 });
+    await start([lowBalance]);
+    await sweep();
+    const step = async (balance: number) => { stripe.update(c.id, { balance }); await sweep(); };
+    await step(-900); // below $10
+    await step(-800); // still below $10: nothing
+    await step(-150); // below $2
+    await step(-1200); // back above both: re-armed, nothing sent
+    await step(-700); // below $10 again
+    await settle();
+    const subjects = (await smtp.inbox()).map((m) => m.subject);
+    expect(subjects).to.deep.equal(['Below $10.00', 'Below $2.00', 'Below $10.00']);
+    expect((await smtp.inbox())[1].text).to.include('Ada, you have $1.50 left, below $2.00.');
+  });
+
+  it('credit restored: leaving the cohort sends the restored notice', async () => {
+    const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: 0 });
+    await start([outOfCredit(), restored]);
+    await sweep(); // first sight: enters no-credit
+    stripe.addBalanceTransaction(c.id, -2500);
+    await sweep();
+    await settle();
+    const mails = await smtp.inbox();
+    expect(mails.map((m) => m.subject)).to.deep.equal(['Ada, your API credit has run out', 'Access restored']);
+    expect(mails[1].text).to.include('Welcome back Ada: $25.00 of credit.');
+  });
+
+  it('a template switched off sends nothing, and its pending emails are cancelled at once', async () => {
+    const a = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+    const b = stripe.create({ name: 'Bob', email: 'bob@example.com', balance: -100 });
+    await start([outOfCredit()]);
+    await sweep();
+    await smtp.down();
+    stripe.addBalanceTransaction(a.id, 100);
+    await sweep();
+    await until(async () => (await log())[0]?.attempts >= 1);
+    expect((await admin('emails/out-of-credit', { method: 'PUT', body: JSON.stringify({ active: false }) })).status).to.equal(200);
+    expect((await log())[0]).to.include({ status: 'cancelled', last_error: 'template switched off' });
+    stripe.addBalanceTransaction(b.id, 100);
+    await sweep();
+    await smtp.up();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(smtp.raw).to.have.length(0);
+    expect(await log()).to.have.length(1);
+    expect((await admin('emails')).body.emails[0]).to.include({ id: 'out-of-credit', active: false });
+  });
+
+  it('SMTP refusing connections for a while: retried with backoff, delivered once after', async () => {
+    const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+    await start([outOfCredit()]);
+    await sweep();
+    await smtp.down();
+    stripe.addBalanceTransaction(c.id, 100);
+    await sweep();
+    await until(async () => (await log())[0]?.attempts >= 2);
+    const [pending] = await log();
+    expect(pending.status).to.equal('pending');
+    expect(pending.last_error).to.match(/ECONNREFUSED|ECONNECTION|connect/i);
+    await smtp.up();
+    await smtp.waitForCount(1);
+    await settle();
+    expect(smtp.raw).to.have.length(1);
+    expect((await log())[0].status).to.equal('delivered');
+  });
+
+  it('SMTP answering 451 twice then 250: delivered on the third attempt, once', async () => {
+    const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+    await start([outOfCredit()]);
+    await sweep();
+    smtp.failNext(2, 451);
+    stripe.addBalanceTransaction(c.id, 100);
+    await sweep();
+    await smtp.waitForCount(1);
+    await settle();
+    expect((await log())[0]).to.include({ status: 'delivered', attempts: 3 });
+    expect((await log())[0].last_error).to.match(/^451/);
+    expect(smtp.raw).to.have.length(1);
+  });
+
+  it('SMTP answering 550: failed at once, not retried; 451 past max_attempts: failed', async () => {
+    const a = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+    const b = stripe.create({ name: 'Bob', email: 'bob@example.com', balance: -100 });
+    await start([outOfCredit()]);
+    await sweep();
+    smtp.failNext(1, 550);
+    stripe.addBalanceTransaction(a.id, 100);
+    await sweep();
+    await settle();
+    expect((await log(`?customer=${a.id}`))[0]).to.include({ status: 'failed', attempts: 1 });
+    smtp.failNext(4, 451);
+    stripe.addBalanceTransaction(b.id, 100);
+    await sweep();
+    await settle();
+    expect((await log(`?customer=${b.id}`))[0]).to.include({ status: 'failed', attempts: 4 });
+    expect(smtp.raw).to.have.length(0);
+  });
+
+  it('admin test send: sample data or a real customer, to the given address', async () => {
+    const c = stripe.create({ name: 'Ada Lovelace', email: 'ada@example.com', balance: -1234 });
+    await start([outOfCredit()]);
+    await sweep();
+    expect((await admin('emails/out-of-credit/test', { method: 'POST', body: JSON.stringify({ to: 'ops@example.com' }) })).status).to.equal(200);
+    const sent = await admin('emails/out-of-credit/test', { method: 'POST', body: JSON.stringify({ to: 'ops@example.com', customer_id: c.id }) });
+    expect(sent.body).to.include({ sent: true });
+    const mails = await smtp.waitForCount(2);
+    expect(mails[0].subject).to.equal('Zoë, your API credit has run out');
+    expect(mails[1].subject).to.equal('Ada, your API credit has run out');
+    expect(mails[1].text).to.include('your balance is $12.34');
+    expect((await admin('emails/out-of-credit/test', { method: 'POST', body: JSON.stringify({ to: 'not an address' }) })).status).to.equal(400);
+    expect((await admin('emails/nope/test', { method: 'POST', body: JSON.stringify({ to: 'ops@example.com' }) })).status).to.equal(404);
+  });
+});
