@@ -2,12 +2,11 @@
 // service runs as its real process (bin/payg-control) so everything it prints
 // is captured; each secret is a distinctive value searched for in all of it.
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Stripe from 'stripe';
-import { ROOT } from '../support/pluginserver-process';
+import { startControlProcess, type ControlProcess } from '../support/control-process';
 import { StripeEmulator } from '../support/stripe-emulator';
 
 const SECRETS = {
@@ -22,9 +21,8 @@ const SECRET_VALUES = [...Object.values(SECRETS), 'SECRETsmtpPASSWORD'];
 describe('secrets never reach logs or API answers', function () {
   this.timeout(20_000);
   let stripe: StripeEmulator;
-  let proc: ChildProcess;
+  let control: ControlProcess;
   let dir: string;
-  let output = '';
   let url: string;
 
   before(async () => {
@@ -40,20 +38,11 @@ describe('secrets never reach logs or API answers', function () {
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
     }));
-    proc = spawn(process.execPath, [path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
-      env: { ...process.env, ...SECRETS, STRIPE_API_BASE: stripe.url, PAYG_LOG_LEVEL: 'trace' }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    proc.stdout!.on('data', (c: Buffer) => { output += c.toString(); });
-    proc.stderr!.on('data', (c: Buffer) => { output += c.toString(); });
-    const deadline = Date.now() + 10_000;
-    while (!/"url":"([^"]+)"/.test(output)) {
-      if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`service did not start: ${output}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    url = /"url":"([^"]+)"/.exec(output)![1];
+    control = await startControlProcess(configFile, { ...SECRETS, STRIPE_API_BASE: stripe.url, PAYG_LOG_LEVEL: 'trace' });
+    url = control.url;
   });
   after(async () => {
-    proc.kill('SIGKILL');
+    await control.kill('SIGKILL');
     await stripe.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -78,6 +67,7 @@ describe('secrets never reach logs or API answers', function () {
     for (const p of ['/health', '/metrics', '/admin/rules', '/admin/cohorts']) await call(p, { headers: admin });
     await new Promise((r) => setTimeout(r, 100)); // let the last log lines flush
 
+    const output = control.output();
     expect(output, 'the service logged the refused sweep').to.match(/sweep failed/);
     expect(answers.join('\n'), 'the refused sweep is reported').to.match(/Invalid API Key/);
     for (const secret of SECRET_VALUES) {
