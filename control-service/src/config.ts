@@ -9,6 +9,7 @@ import { z } from 'zod';
 import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
+import { parseCost, type Pricing } from './pricing';
 import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
@@ -23,6 +24,8 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
   all: z.array(filter).min(1).optional(),
   any: z.array(filter).min(1).optional(),
 }).strict().refine((f) => Object.keys(f).length > 0, 'an empty filter matches everyone; say what it filters'));
+
+const cost = z.union([z.number(), z.string()]).refine((v) => parseCost(v) !== undefined, 'is not a cost: a non-negative amount of the smallest currency unit with at most 6 decimals, e.g. 1 or "0.25"');
 
 const duration = z.string().refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d');
 
@@ -59,6 +62,20 @@ const rawConfig = z.object({
     headers: z.record(z.string()).default({ 'Content-Type': 'application/json' }),
     body: z.string(),
   }).strict()).default([]),
+  metering: z.object({
+    default_cost: cost.default(0),
+    routes: z.record(cost).default({}),
+    count_upstream_5xx: z.boolean().default(false),
+    low_credit_requests: z.number().int().min(0).default(100),
+    min_ttl_ms: z.number().int().min(0).default(0),
+    max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
+    settle: z.object({
+      mode: z.enum(['balance_transactions', 'meter_events']).default('balance_transactions'),
+      schedule: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
+      meter_event_name: z.string().min(1).default('payg_api_usage'),
+      enabled: z.boolean().default(true),
+    }).strict().default({}),
+  }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
     max_attempts: z.number().int().min(1).max(100).default(8),
@@ -100,6 +117,13 @@ export interface Config {
   topUp: TopUpConfig;
   cohorts: CohortDef[];
   rules: RuleDef[];
+  metering: {
+    pricing: Pricing;
+    lowCreditRequests: number;
+    minTtlMs: number;
+    maxBatchEvents: number;
+    settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
+  };
   emailDelivery: {
     messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
@@ -219,6 +243,20 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     topUp: raw.top_up,
     cohorts: raw.cohorts,
     rules,
+    metering: {
+      pricing: {
+        defaultCostMicros: parseCost(raw.metering.default_cost)!,
+        routeCostMicros: new Map(Object.entries(raw.metering.routes).map(([route, c]) => [route, parseCost(c)!])),
+        countUpstream5xx: raw.metering.count_upstream_5xx,
+      },
+      lowCreditRequests: raw.metering.low_credit_requests,
+      minTtlMs: raw.metering.min_ttl_ms,
+      maxBatchEvents: raw.metering.max_batch_events,
+      settle: {
+        mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,
+        meterEventName: raw.metering.settle.meter_event_name, enabled: raw.metering.settle.enabled,
+      },
+    },
     emailDelivery: {
       messagesPerSecond: raw.email_delivery.messages_per_second,
       maxAttempts: raw.email_delivery.max_attempts,

@@ -1,13 +1,19 @@
 // The customer book held in memory: customers, their cohorts, and the
 // decision JSON precomputed for each, so the decision API never touches
-// Stripe or disk. Every change goes through apply(), which records cohort
-// enter/leave transitions in the store before the new state is served.
+// Stripe or disk. Every change (Stripe news, usage, a settlement) goes through
+// one serialized path that records cohort transitions, the emails they call
+// for and the usage in one store transaction before the new state is served.
+//
+// Cohorts, rules and emails see the *estimated* balance: Stripe's balance plus
+// the cost of usage not yet settled to Stripe.
 
 import { cohortsOf, diffMemberships } from './cohorts';
 import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
-import type { OutboxRecord, Store, StoredCustomer, TransitionRecord } from './store/store';
+import type { OutboxRecord, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
+import { costOf, MICROS_PER_UNIT } from './pricing';
+import type { Customer } from './customer';
 import { planEmails, planRecurring } from './emails/workflow';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
@@ -21,7 +27,28 @@ function sameState(a: StoredCustomer, b: StoredCustomer): boolean {
   return ak.length === Object.keys(b.metadata).length && ak.every((k) => a.metadata[k] === b.metadata[k]);
 }
 
-interface Entry { customer: StoredCustomer; cohorts: string[]; answer: DecisionAnswer }
+interface Entry {
+  /** As Stripe last told us. */
+  customer: StoredCustomer;
+  /** Cost of usage not yet settled to Stripe, in micros (see pricing.ts). */
+  unsettledMicros: number;
+  cohorts: string[];
+  answer: DecisionAnswer;
+}
+
+/** The customer as cohorts, rules and emails see it: balance plus unsettled usage. */
+function estimated<C extends Customer>(customer: C, unsettledMicros: number): C {
+  return unsettledMicros === 0 ? customer : { ...customer, balance: customer.balance + unsettledMicros / MICROS_PER_UNIT };
+}
+
+export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number }
+
+interface ApplyExtra {
+  /** New unsettled usage per customer (default: as held). */
+  unsettled?: Map<string, number>;
+  usage?: UsageRecord[];
+  confirmSettlement?: StoreChanges['confirmSettlement'];
+}
 
 export class Engine {
   private readonly entries = new Map<string, Entry>();
@@ -39,9 +66,12 @@ export class Engine {
   onEmailsEnqueued: () => void = () => undefined;
   private readonly allowJson: string;
   private readonly unknownJson: string;
+  private readonly dearestCostMicros: number;
 
   constructor(private readonly config: Config, private readonly store: Store, private readonly now: () => number = Date.now) {
     this.allowJson = JSON.stringify({ allow: true, ttl_ms: config.decisionTtlMs });
+    const { pricing } = config.metering;
+    this.dearestCostMicros = Math.max(pricing.defaultCostMicros, ...pricing.routeCostMicros.values());
     this.allowAnswer = { json: this.allowJson, outcome: 'allow' };
     this.wouldBlockAnswer = { json: this.allowJson, outcome: 'would_block' };
     this.unknownJson = config.unknownConsumer === 'allow' ? this.allowJson : JSON.stringify({
@@ -53,8 +83,10 @@ export class Engine {
     this.ruleEnabled = await this.store.ruleOverrides();
     this.templateActive = await this.store.templateOverrides();
     const memberships = await this.store.loadMemberships();
+    const usage = await this.store.usageTotals();
     for (const customer of await this.store.loadCustomers()) {
-      this.put(customer, memberships.get(customer.id) ?? []);
+      const u = usage.get(customer.id);
+      this.put(customer, memberships.get(customer.id) ?? [], u ? u.usedMicros - u.settled * MICROS_PER_UNIT : 0);
     }
     // Config may have changed since the last run: bring memberships in line.
     await this.apply([...this.entries.values()].map((e) => e.customer), [], { force: true });
@@ -62,9 +94,19 @@ export class Engine {
 
   get size(): number { return this.entries.size; }
 
-  customer(id: string): { customer: StoredCustomer; cohorts: string[]; decision: DecisionAnswer } | undefined {
+  customer(id: string): { customer: StoredCustomer; unsettledMicros: number; estimatedBalance: number; cohorts: string[]; decision: DecisionAnswer } | undefined {
     const e = this.entries.get(id);
-    return e && { customer: e.customer, cohorts: e.cohorts, decision: e.answer };
+    return e && {
+      customer: e.customer, unsettledMicros: e.unsettledMicros, estimatedBalance: estimated(e.customer, e.unsettledMicros).balance,
+      cohorts: e.cohorts, decision: e.answer,
+    };
+  }
+
+  /** The customer id a consumer value maps to, if exactly one. */
+  resolve(consumer: string): string | undefined {
+    if (this.entries.has(consumer)) return consumer;
+    const claimants = this.claims.get(consumer);
+    return typeof claimants === 'string' ? claimants : undefined;
   }
 
   knownIds(): string[] { return [...this.entries.keys()]; }
@@ -95,7 +137,7 @@ export class Engine {
     if (!this.config.rules.some((r) => r.id === ruleId)) return false;
     await this.store.setRuleEnabled(ruleId, enabled);
     this.ruleEnabled.set(ruleId, enabled);
-    for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts);
+    for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.unsettledMicros);
     return true;
   }
 
@@ -152,7 +194,58 @@ export class Engine {
 
   private applying: Promise<unknown> = Promise.resolve();
 
-  private async applyNow(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }): Promise<TransitionRecord[]> {
+  /**
+   * Usage seen at the gateway: stored once per event id, priced, and added to
+   * the customer's unsettled usage, so cohorts and decisions move at once.
+   */
+  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+    const run = this.applying.then(() => this.ingestNow(events));
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+    const known = await this.store.knownUsageIds(events.map((e) => e.id));
+    const fresh: UsageRecord[] = [];
+    const unsettled = new Map<string, number>();
+    for (const e of events) {
+      if (known.has(e.id)) continue;
+      known.add(e.id); // a repeat inside the batch
+      const customerId = this.resolve(e.consumer) ?? null;
+      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status) : 0;
+      fresh.push({ ...e, customerId, costMicros });
+      if (customerId && costMicros > 0) {
+        unsettled.set(customerId, (unsettled.get(customerId) ?? this.entries.get(customerId)!.unsettledMicros) + costMicros);
+      }
+    }
+    if (fresh.length) {
+      const customers = [...unsettled.keys()].map((id) => this.entries.get(id)!.customer);
+      await this.applyNow(customers, [], {}, { usage: fresh, unsettled });
+    }
+    return { accepted: fresh.length, duplicates: events.length - fresh.length };
+  }
+
+  /**
+   * Stripe confirmed a settlement: that usage is now in Stripe's hands, so it
+   * leaves the unsettled sum in the same step as the balance Stripe reported
+   * after it (balance transactions), leaving the estimate unchanged: no gap,
+   * no double count.
+   */
+  settlementConfirmed(row: SettlementRow, stripeRef: string, endingBalance: number | undefined): Promise<void> {
+    const run = this.applying.then(async () => {
+      const held = this.entries.get(row.customerId);
+      const confirmSettlement = { id: row.id, stripeRef, at: this.now() };
+      if (!held) { await this.store.saveChanges({ upserts: [], deletes: [], transitions: [], confirmSettlement }); return; }
+      const next = endingBalance === undefined ? held.customer
+        : { ...held.customer, balance: endingBalance, version: Math.max(this.now(), held.customer.version + 1) };
+      const unsettled = new Map([[row.customerId, held.unsettledMicros - row.amount * MICROS_PER_UNIT]]);
+      await this.applyNow([next], [], {}, { unsettled, confirmSettlement });
+    });
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  private async applyNow(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }, extra: ApplyExtra = {}): Promise<TransitionRecord[]> {
     // Strictly increasing, so an entry's time names it (emails are keyed by it).
     const at = this.lastAt = Math.max(this.now(), this.lastAt + 1);
     const transitions: TransitionRecord[] = [];
@@ -164,22 +257,26 @@ export class Engine {
       const held = this.entries.get(c.id);
       if (!opts.force && held && held.customer.version > c.version) continue;
       if ((this.tombstones.get(c.id) ?? -Infinity) >= c.version) continue;
-      if (!opts.force && held && sameState(held.customer, c)) {
+      const unsettled = extra.unsettled?.get(c.id) ?? held?.unsettledMicros ?? 0;
+      const unchanged = held !== undefined && sameState(held.customer, c);
+      if (!opts.force && unchanged && unsettled === held!.unsettledMicros) {
         // Nothing changed (most customers on most sweeps): move the version on
         // in memory only, so a sweep does not rewrite every row.
-        staged.push(() => { held.customer = c; });
+        staged.push(() => { held!.customer = c; });
         continue;
       }
+      const viewBefore = held && estimated(held.customer, held.unsettledMicros);
+      const viewAfter = estimated(c, unsettled);
       const before = held?.cohorts ?? [];
-      const after = cohortsOf(this.config.cohorts, c);
-      const mine = diffMemberships(before, after).map((t) => ({ customerId: c.id, ...t, at, balance: c.balance }));
+      const after = cohortsOf(this.config.cohorts, viewAfter);
+      const mine = diffMemberships(before, after).map((t) => ({ customerId: c.id, ...t, at, balance: viewAfter.balance }));
       transitions.push(...mine);
       // A config change (force) moves memberships but is nothing the customer did: no emails.
       if (!opts.force && this.config.emails.length) {
-        emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: held?.customer, after: c, transitions: mine, at }, this.config.topUp));
+        emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: viewBefore, after: viewAfter, transitions: mine, at }, this.config.topUp));
       }
-      if (!opts.force || !held) saved.push(c);
-      staged.push(() => this.put(c, after));
+      if (!unchanged && (!opts.force || !held)) saved.push(c);
+      staged.push(() => this.put(c, after, unsettled));
     }
     for (const d of deletes) {
       const held = this.entries.get(d.id);
@@ -189,19 +286,21 @@ export class Engine {
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
-    if (saved.length || removed.length || transitions.length) await this.store.saveChanges({ upserts: saved, deletes: removed, transitions, emails });
+    if (saved.length || removed.length || transitions.length || extra.usage?.length || extra.confirmSettlement) {
+      await this.store.saveChanges({ upserts: saved, deletes: removed, transitions, emails, usage: extra.usage, confirmSettlement: extra.confirmSettlement });
+    }
     for (const commit of staged) commit();
     if (emails.length) this.onEmailsEnqueued();
     return transitions;
   }
 
-  private put(customer: StoredCustomer, cohorts: string[]): void {
+  private put(customer: StoredCustomer, cohorts: string[], unsettledMicros: number): void {
     const held = this.entries.get(customer.id);
     if (held) this.unclaim(held.customer);
     const key = cohorts.join('\n');
     let shared = this.cohortLists.get(key);
     if (!shared) { shared = Object.freeze([...cohorts]) as string[]; this.cohortLists.set(key, shared); }
-    this.entries.set(customer.id, { customer, cohorts: shared, answer: this.answerFor(customer, shared) });
+    this.entries.set(customer.id, { customer, unsettledMicros, cohorts: shared, answer: this.answerFor(customer, shared, unsettledMicros) });
     const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
     if (consumer) {
       const ids = this.claims.get(consumer);
@@ -230,11 +329,28 @@ export class Engine {
     if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
   }
 
-  private answerFor(customer: StoredCustomer, cohorts: string[]): DecisionAnswer {
+  private answerFor(customer: StoredCustomer, cohorts: string[], unsettledMicros: number): DecisionAnswer {
     const v = verdict(this.config.rules, cohorts, this.isEnabled);
+    const view = estimated(customer, unsettledMicros);
     if (v.outcome === 'ALLOW') {
-      return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
+      const ttl = this.allowTtl(view.balance);
+      if (ttl === this.config.decisionTtlMs) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
+      return { json: JSON.stringify({ allow: true, ttl_ms: ttl }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
-    return { json: decisionJson(v, mergeContext(customer, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
+    return { json: decisionJson(v, mergeContext(view, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
+  }
+
+  /**
+   * How long the plugin may reuse an allow. Near zero it shrinks in proportion
+   * to the requests the credit still buys (at the dearest price), down to
+   * min_ttl_ms, so a cached allow cannot outlive the credit by much.
+   */
+  private allowTtl(estimatedBalance: number): number {
+    const { lowCreditRequests, minTtlMs } = this.config.metering;
+    const full = this.config.decisionTtlMs;
+    if (lowCreditRequests === 0 || this.dearestCostMicros === 0) return full;
+    const remaining = Math.max(0, -estimatedBalance * MICROS_PER_UNIT) / this.dearestCostMicros;
+    if (remaining >= lowCreditRequests) return full;
+    return Math.min(full, Math.max(minTtlMs, Math.floor((full * remaining) / lowCreditRequests)));
   }
 }

@@ -2,7 +2,8 @@
 // versioned migrations applied in order inside a transaction.
 
 import Database from 'better-sqlite3';
-import type { EmailStatus, OutboxRecord, OutboxRow, Store, StoredCustomer, TransitionRecord } from './store';
+import { createHash } from 'node:crypto';
+import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -26,7 +27,24 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);
    CREATE TABLE template_overrides (template_id TEXT PRIMARY KEY, active INTEGER NOT NULL);`,
+  // 3: metering: usage events and their settlements to Stripe
+  `CREATE TABLE usage_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, customer_id TEXT,
+     consumer TEXT NOT NULL, at INTEGER NOT NULL, route TEXT, status INTEGER NOT NULL, cost_micros INTEGER NOT NULL);
+   CREATE INDEX usage_events_customer ON usage_events (customer_id, seq);
+   CREATE TABLE settlements (id INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, from_seq INTEGER NOT NULL,
+     upto_seq INTEGER NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), currency TEXT NOT NULL, mode TEXT NOT NULL,
+     idempotency_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL CHECK (status IN ('pending','confirmed')),
+     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at INTEGER NOT NULL, confirmed_at INTEGER);
+   CREATE INDEX settlements_customer ON settlements (customer_id, id);`,
 ];
+
+function toSettlement(r: Record<string, any>): SettlementRow {
+  return {
+    id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
+    idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
+    createdAt: r.created_at, confirmedAt: r.confirmed_at,
+  };
+}
 
 function toOutboxRow(r: Record<string, any>): OutboxRow {
   return {
@@ -60,6 +78,9 @@ export class SqliteStore implements Store {
       logTransition: this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)'),
       enter: this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)'),
       leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
+      insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
+        VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros)`),
+      confirmSettlement: this.db.prepare(`UPDATE settlements SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
       enqueueEmail: this.db.prepare(`INSERT OR IGNORE INTO email_outbox
         (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
@@ -89,8 +110,11 @@ export class SqliteStore implements Store {
     }));
   }
 
-  async saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[]; emails?: OutboxRecord[] }): Promise<void> {
+  async saveChanges(changes: StoreChanges): Promise<void> {
     this.db.transaction(() => {
+      for (const u of changes.usage ?? []) this.stmt.insertUsage.run(u);
+      const confirm = changes.confirmSettlement;
+      if (confirm) this.stmt.confirmSettlement.run(confirm.stripeRef, confirm.at, confirm.id);
       for (const e of changes.emails ?? []) this.stmt.enqueueEmail.run(e);
       for (const c of changes.upserts) this.stmt.upsertCustomer.run({ ...c, metadata: JSON.stringify(c.metadata) });
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
@@ -109,6 +133,63 @@ export class SqliteStore implements Store {
       out.set(row.customer_id, list);
     }
     return out;
+  }
+
+  async knownUsageIds(ids: string[]): Promise<Set<string>> {
+    const known = new Set<string>();
+    // Bound the statement's parameter count.
+    for (let i = 0; i < ids.length; i += 500) {
+      const chunk = ids.slice(i, i + 500);
+      const rows = this.db.prepare(`SELECT id FROM usage_events WHERE id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as Array<{ id: string }>;
+      for (const r of rows) known.add(r.id);
+    }
+    return known;
+  }
+
+  async usageTotals(): Promise<Map<string, { usedMicros: number; settled: number }>> {
+    const out = new Map<string, { usedMicros: number; settled: number }>();
+    for (const r of this.db.prepare('SELECT customer_id, SUM(cost_micros) AS used FROM usage_events WHERE customer_id IS NOT NULL GROUP BY customer_id').all() as Array<{ customer_id: string; used: number }>) {
+      out.set(r.customer_id, { usedMicros: r.used, settled: 0 });
+    }
+    for (const r of this.db.prepare(`SELECT customer_id, SUM(amount) AS settled FROM settlements WHERE status = 'confirmed' GROUP BY customer_id`).all() as Array<{ customer_id: string; settled: number }>) {
+      const t = out.get(r.customer_id) ?? { usedMicros: 0, settled: 0 };
+      t.settled = r.settled;
+      out.set(r.customer_id, t);
+    }
+    return out;
+  }
+
+  async openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]> {
+    return this.db.transaction(() => {
+      const customers = this.db.prepare(`
+        SELECT u.customer_id AS customer_id, MAX(u.seq) AS upto, SUM(u.cost_micros) AS used,
+          COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = u.customer_id), 0) AS prev_upto,
+          COALESCE((SELECT SUM(s.amount) FROM settlements s WHERE s.customer_id = u.customer_id), 0) AS charged,
+          (SELECT COUNT(*) FROM settlements s WHERE s.customer_id = u.customer_id AND s.status = 'pending') AS pending
+        FROM usage_events u WHERE u.customer_id IS NOT NULL GROUP BY u.customer_id`).all() as Array<{ customer_id: string; upto: number; used: number; prev_upto: number; charged: number; pending: number }>;
+      const insert = this.db.prepare(`INSERT INTO settlements (customer_id, from_seq, upto_seq, amount, currency, mode, idempotency_key, status, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)`);
+      for (const c of customers) {
+        const amount = Math.floor(c.used / 1_000_000) - c.charged;
+        const currency = currencyOf(c.customer_id);
+        if (c.pending > 0 || amount < 1 || c.upto <= c.prev_upto || !currency) continue;
+        // The key names exactly what is charged: this customer's events after prev_upto up to upto, for this amount.
+        const key = `payg-settle-${createHash('sha256').update(`${c.customer_id}|${c.prev_upto}|${c.upto}|${amount}|${currency}|${mode}`).digest('hex').slice(0, 40)}`;
+        insert.run(c.customer_id, c.prev_upto + 1, c.upto, amount, currency, mode, key, now);
+      }
+      return (this.db.prepare(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`).all() as Array<Record<string, any>>).map(toSettlement);
+    })();
+  }
+
+  async settlementFailed(id: number, error: string): Promise<void> {
+    this.db.prepare('UPDATE settlements SET attempts = attempts + 1, last_error = ? WHERE id = ?').run(error, id);
+  }
+
+  async settlements(customerId?: string): Promise<SettlementRow[]> {
+    const rows = customerId
+      ? this.db.prepare('SELECT * FROM settlements WHERE customer_id = ? ORDER BY id').all(customerId)
+      : this.db.prepare('SELECT * FROM settlements ORDER BY id').all();
+    return (rows as Array<Record<string, any>>).map(toSettlement);
   }
 
   async membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>> {

@@ -16,6 +16,16 @@ export interface TransitionRecord {
   balance: number;
 }
 
+export interface StoreChanges {
+  upserts: StoredCustomer[];
+  deletes: string[];
+  transitions: TransitionRecord[];
+  emails?: OutboxRecord[];
+  usage?: UsageRecord[];
+  /** Marks a settlement confirmed by Stripe (with the customer's new balance among the upserts). */
+  confirmSettlement?: { id: number; stripeRef: string; at: number };
+}
+
 export type EmailStatus = 'pending' | 'sending' | 'delivered' | 'failed' | 'cancelled';
 
 /** An email decided on: written before it is delivered, unique by `dedupeKey`. */
@@ -40,13 +50,59 @@ export interface OutboxRow extends OutboxRecord {
   deliveredAt: number | null;
 }
 
+/** One request seen at the gateway, priced when it arrived. */
+export interface UsageRecord {
+  id: string;
+  /** The Stripe customer billed; null when the consumer maps to none (kept, never billed). */
+  customerId: string | null;
+  consumer: string;
+  at: number;
+  route: string | null;
+  status: number;
+  costMicros: number;
+}
+
+export type SettlementMode = 'balance_transactions' | 'meter_events';
+
+/** A charge of usage to Stripe: the events of one customer up to `uptoSeq`, not charged before. */
+export interface SettlementRow {
+  id: number;
+  customerId: string;
+  fromSeq: number;
+  uptoSeq: number;
+  amount: number;
+  currency: string;
+  mode: SettlementMode;
+  idempotencyKey: string;
+  status: 'pending' | 'confirmed';
+  attempts: number;
+  lastError: string | null;
+  stripeRef: string | null;
+  createdAt: number;
+  confirmedAt: number | null;
+}
+
 export interface Store {
   loadCustomers(): Promise<StoredCustomer[]>;
   /**
    * In one transaction: upserts customers, deletes the ids given, and records
    * cohort transitions with the memberships they lead to.
    */
-  saveChanges(changes: { upserts: StoredCustomer[]; deletes: string[]; transitions: TransitionRecord[]; emails?: OutboxRecord[] }): Promise<void>;
+  saveChanges(changes: StoreChanges): Promise<void>;
+
+  /** Of these usage ids, the ones already stored. */
+  knownUsageIds(ids: string[]): Promise<Set<string>>;
+  /** Per customer: cost of all usage (micros) and what confirmed settlements charged (whole units). */
+  usageTotals(): Promise<Map<string, { usedMicros: number; settled: number }>>;
+  /**
+   * Opens a settlement for each customer whose usage not yet charged is worth
+   * at least one whole unit, unless one is already pending; returns every
+   * pending settlement. Amounts are exact: charged so far + this one =
+   * floor(all usage up to uptoSeq).
+   */
+  openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]>;
+  settlementFailed(id: number, error: string): Promise<void>;
+  settlements(customerId?: string): Promise<SettlementRow[]>;
   /** Current members of a cohort and when they entered. */
   membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>>;
 
