@@ -333,7 +333,7 @@ export class Engine {
     const v = verdict(this.config.rules, cohorts, this.isEnabled);
     const view = estimated(customer, unsettledMicros);
     if (v.outcome === 'ALLOW') {
-      const ttl = this.allowTtl(view.balance);
+      const ttl = this.allowTtl(customer, unsettledMicros);
       if (ttl === this.config.decisionTtlMs) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
       return { json: JSON.stringify({ allow: true, ttl_ms: ttl }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
@@ -341,16 +341,20 @@ export class Engine {
   }
 
   /**
-   * How long the plugin may reuse an allow. Near zero it shrinks in proportion
-   * to the requests the credit still buys (at the dearest price), down to
-   * min_ttl_ms, so a cached allow cannot outlive the credit by much.
+   * How long the plugin may reuse an allow. With r requests of credit left (at
+   * the dearest price) and r < low_credit_requests (L), it is T·(r − 1)/L, not
+   * below min_ttl_ms: one cached allow then serves a client at ρ req/s
+   * ρ·T·(r − 1)/L requests, no more than the r − 1 still affordable after the
+   * one that fetched it whenever ρ ≤ L/T. The last affordable request gets ttl 0.
    */
-  private allowTtl(estimatedBalance: number): number {
+  private allowTtl(customer: Customer, unsettledMicros: number): number {
     const { lowCreditRequests, minTtlMs } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (lowCreditRequests === 0 || this.dearestCostMicros === 0) return full;
-    const remaining = Math.max(0, -estimatedBalance * MICROS_PER_UNIT) / this.dearestCostMicros;
+    // In integer micros, so the boundary is exact.
+    const creditMicros = -(customer.balance * MICROS_PER_UNIT + unsettledMicros);
+    const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     if (remaining >= lowCreditRequests) return full;
-    return Math.min(full, Math.max(minTtlMs, Math.floor((full * remaining) / lowCreditRequests)));
+    return Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
   }
 }

@@ -9,6 +9,9 @@ import type { Logger } from 'pino';
 import type { Engine } from './engine';
 import type { BalanceSync } from './stripe/sync';
 import type { EmailSender } from './emails/sender';
+import type { Settler } from './stripe/settlement';
+import { z } from 'zod';
+import { MICROS_PER_UNIT } from './pricing';
 import { mergeContext, SAMPLE_CUSTOMER } from './merge-tags';
 import { formatMoney } from './customer';
 import type { Metrics } from './metrics';
@@ -23,10 +26,25 @@ export interface HttpDeps {
   engine: Engine;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
+  settler: Settler | undefined;
   store: Store;
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
+}
+
+const usageBatch = z.object({
+  events: z.array(z.object({
+    id: z.string().min(1).max(128),
+    consumer: z.string().min(1).max(512),
+    at: z.union([z.string().datetime({ offset: true }), z.number().int().nonnegative()]),
+    route: z.string().max(512).nullable().default(null),
+    status: z.number().int().min(0).max(599),
+  }).passthrough()),
+}).passthrough();
+
+function issuePath(path: Array<string | number>): string {
+  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${p}` : p), '');
 }
 
 function tokenMatches(header: string | undefined, token: string): boolean {
@@ -42,13 +60,13 @@ function send(res: http.ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
-function readBody(req: http.IncomingMessage): Promise<Buffer | 'too_large'> {
+function readBody(req: http.IncomingMessage, limit = MAX_BODY_BYTES): Promise<Buffer | 'too_large'> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > MAX_BODY_BYTES) { resolve('too_large'); req.resume(); return; }
+      if (size > limit) { resolve('too_large'); req.resume(); return; }
       chunks.push(c);
     });
     req.on('end', () => resolve(Buffer.concat(chunks)));
@@ -69,6 +87,31 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     metrics.decisions.inc({ outcome: answer.outcome });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer.json) });
     res.end(answer.json);
+  };
+
+  // A batch may hold up to max_batch_events events of about 200 bytes each.
+  const usageBodyLimit = Math.max(MAX_BODY_BYTES, config.metering.maxBatchEvents * 512);
+  const usage = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+    const body = await readBody(req, usageBodyLimit);
+    if (body === 'too_large') return send(res, 413, { error: 'too_large', message: `body over ${usageBodyLimit} bytes; send smaller batches` });
+    let doc: unknown;
+    try { doc = JSON.parse(body.toString()); } catch { return send(res, 400, { error: 'bad_request', message: 'body is not JSON' }); }
+    const parsed = usageBatch.safeParse(doc);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      return send(res, 400, { error: 'bad_request', message: `${issuePath(issue.path) || 'body'}: ${issue.message}` });
+    }
+    const { events } = parsed.data;
+    if (events.length > config.metering.maxBatchEvents) {
+      return send(res, 413, { error: 'too_large', message: `${events.length} events; at most ${config.metering.maxBatchEvents} per batch` });
+    }
+    const result = await engine.ingestUsage(events.map((e) => ({
+      id: e.id, consumer: e.consumer, at: typeof e.at === 'number' ? e.at : Date.parse(e.at), route: e.route, status: e.status,
+    })));
+    metrics.usageEvents.inc({ result: 'accepted' }, result.accepted);
+    metrics.usageEvents.inc({ result: 'duplicate' }, result.duplicates);
+    send(res, 200, result);
   };
 
   const webhook = async (req: http.IncomingMessage, res: http.ServerResponse) => {
@@ -116,7 +159,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       if (!state) return send(res, 404, { error: 'not_found' });
       const { version, ...customer } = state.customer;
       return send(res, 200, {
-        customer, cohorts: state.cohorts, decision: JSON.parse(state.decision.json), updated_at: new Date(version).toISOString(),
+        customer, cohorts: state.cohorts,
+        estimated_balance: state.estimatedBalance, unsettled_usage: state.unsettledMicros / MICROS_PER_UNIT, decision: JSON.parse(state.decision.json), updated_at: new Date(version).toISOString(),
         history: (await deps.store.history(id)).map((t) => ({ cohort: t.cohort, kind: t.kind, at: new Date(t.at).toISOString(), balance: t.balance })),
       });
     }
@@ -137,6 +181,18 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       return send(res, 200, await deps.sync.sweep());
     }
     if (resource === 'emails') return adminEmails(method, id, sub, req, res);
+    if (method === 'POST' && resource === 'settle') {
+      if (!deps.settler) return send(res, 503, { error: 'settlement_not_configured' });
+      return send(res, 200, await deps.settler.settle());
+    }
+    if (method === 'GET' && resource === 'settlements') {
+      const q = new URL(req.url ?? '/', 'http://x').searchParams;
+      return send(res, 200, { settlements: (await deps.store.settlements(q.get('customer') ?? undefined)).map((r) => ({
+        id: r.id, customer: r.customerId, amount: r.amount, currency: r.currency, mode: r.mode, status: r.status, attempts: r.attempts,
+        events: [r.fromSeq, r.uptoSeq], idempotency_key: r.idempotencyKey, stripe_ref: r.stripeRef, last_error: r.lastError,
+        created_at: new Date(r.createdAt).toISOString(), confirmed_at: r.confirmedAt ? new Date(r.confirmedAt).toISOString() : null,
+      })) });
+    }
     if (method === 'GET' && resource === 'conflicts') return send(res, 200, { conflicts: engine.conflicts() });
     return send(res, 404, { error: 'not_found' });
   };
@@ -229,6 +285,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     const path = url.split('?')[0];
     const run = async () => {
+      if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
       if (method === 'GET' && path === '/health') return health(res);
       if (method === 'GET' && path === '/metrics') {

@@ -14,12 +14,14 @@ import { StripeGateway } from './stripe/gateway';
 import { BalanceSync } from './stripe/sync';
 import nodemailer from 'nodemailer';
 import { EmailSender } from './emails/sender';
+import { Settler } from './stripe/settlement';
 
 export interface RunningService {
   url: string;
   engine: Engine;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
+  settler: Settler | undefined;
   store: Store;
   stop(): Promise<void>;
 }
@@ -32,6 +34,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   await engine.init();
 
   let sync: BalanceSync | undefined;
+  let settler: Settler | undefined;
   const metrics = createMetrics({
     customers: () => engine.size,
     cohortSizes: () => engine.cohortSizes(),
@@ -81,12 +84,23 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       },
     });
     await sync.init();
+    if (config.metering.settle.enabled) {
+      settler = new Settler(gateway, engine, store, {
+        mode: config.metering.settle.mode, meterEventName: config.metering.settle.meterEventName, log,
+        onResult: (r) => {
+          metrics.settlements.inc({ result: 'confirmed' }, r.confirmed);
+          metrics.settlements.inc({ result: 'failed' }, r.failed);
+          metrics.settledAmount.inc(r.amount);
+          if (r.confirmed || r.failed) log.info(r, 'settlement pass finished');
+        },
+      });
+    }
   } else {
     log.warn('STRIPE_SECRET_KEY is not set: no balance sync; decisions come from the stored state only');
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
@@ -99,11 +113,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     void sync!.sweep();
   }) : undefined;
   if (sync && opts.sweepOnStart !== false) void sync.sweep();
+  const settleTask = settler ? cron.schedule(config.metering.settle.schedule, () => { void settler!.settle(); }) : undefined;
+  // Settlements left pending by a stop are sent again (same idempotency keys) at once.
+  if (settler && opts.sweepOnStart !== false) void settler.settle();
 
   return {
-    url, engine, sync, emails, store,
+    url, engine, sync, emails, settler, store,
     async stop() {
       await task?.stop();
+      await settleTask?.stop();
       clearInterval(recurringTimer);
       await emails?.stop();
       server.closeAllConnections();

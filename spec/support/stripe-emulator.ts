@@ -32,6 +32,9 @@ export class StripeEmulator extends LoopbackServer {
   readonly events: EmuEvent[] = [];
   readonly requests: Array<{ method: string; path: string; status: number }> = [];
   readonly balanceTransactions: Array<Record<string, unknown>> = [];
+  readonly meterEvents: Array<Record<string, unknown>> = [];
+  /** Idempotency-Key → the request it was first used with and the answer given. */
+  private readonly idempotent = new Map<string, { request: string; status: number; body: string }>();
   secretKey = 'sk_test_emulator';
   webhook: { url: string; secret: string } | undefined;
   /** Deliver webhooks as events happen (else call deliver()). */
@@ -85,12 +88,12 @@ export class StripeEmulator extends LoopbackServer {
     this.emit('customer.deleted', { ...c, deleted: true });
   }
   /** A customer balance transaction: positive amount debits credit (balance rises). */
-  addBalanceTransaction(id: string, amount: number, currency = 'usd'): Record<string, unknown> {
+  addBalanceTransaction(id: string, amount: number, currency = 'usd', description: string | null = null, metadata: Record<string, string> = {}): Record<string, unknown> {
     const c = this.customers.get(id)!;
     const previous = { balance: c.balance };
     c.balance += amount;
     c.currency ??= currency;
-    const txn = { id: rid('cbtxn'), object: 'customer_balance_transaction', amount, currency, customer: id, ending_balance: c.balance, type: 'adjustment', created: this.tick(), livemode: false };
+    const txn = { id: rid('cbtxn'), object: 'customer_balance_transaction', amount, currency, customer: id, ending_balance: c.balance, type: 'adjustment', created: this.tick(), livemode: false, description, metadata };
     this.balanceTransactions.push(txn);
     this.emit('customer.updated', c, previous);
     return txn;
@@ -166,10 +169,45 @@ export class StripeEmulator extends LoopbackServer {
         if (failure.status === 429) return this.error(res, 429, 'invalid_request_error', 'Request rate limit exceeded.', { code: 'rate_limit' }, headers);
         return this.error(res, failure.status, 'api_error', 'An unknown error occurred.', {}, headers);
       }
-      const body = parseForm(Buffer.concat(chunks).toString());
+      const rawBody = Buffer.concat(chunks).toString();
+      const body = parseForm(rawBody);
+      // Idempotency as Stripe does it: the same key with the same request replays
+      // the first answer; the same key with other parameters is a 400.
+      const idemKey = req.method === 'POST' ? req.headers['idempotency-key'] as string | undefined : undefined;
+      if (idemKey) {
+        const signature = `${req.method} ${url.pathname} ${[...new URLSearchParams(rawBody)].sort().map(([k, v]) => `${k}=${v}`).join('&')}`;
+        const seen = this.idempotent.get(idemKey);
+        if (seen && seen.request !== signature) {
+          return this.error(res, 400, 'idempotency_error', `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${idemKey}' if you meant to execute a different request.`);
+        }
+        if (seen) {
+          res.writeHead(seen.status, { 'content-type': 'application/json', 'request-id': rid('req'), 'idempotent-replayed': 'true', 'idempotency-key': idemKey });
+          return res.end(seen.body);
+        }
+        const end = res.end.bind(res);
+        res.end = ((chunk: unknown, ...rest: unknown[]) => {
+          if (res.statusCode < 500 && res.statusCode !== 429) this.idempotent.set(idemKey, { request: signature, status: res.statusCode, body: String(chunk) });
+          return (end as (...a: unknown[]) => http.ServerResponse)(chunk, ...rest);
+        }) as typeof res.end;
+      }
       const send = (obj: unknown) => { res.writeHead(200, { 'content-type': 'application/json', 'request-id': rid('req') }); res.end(JSON.stringify(obj)); };
       const parts = url.pathname.split('/').filter(Boolean); // v1, customers, id, balance_transactions
 
+      if (req.method === 'POST' && url.pathname === '/v1/billing/meter_events') {
+        if (!body.event_name) return this.error(res, 400, 'invalid_request_error', 'Missing required param: event_name.', { param: 'event_name' });
+        const payload = body.payload ?? {};
+        if (!payload.stripe_customer_id || !this.customers.has(payload.stripe_customer_id)) {
+          return this.error(res, 400, 'invalid_request_error', `No such customer: '${payload.stripe_customer_id}'`, { param: 'payload[stripe_customer_id]' });
+        }
+        if (!/^\d+(\.\d+)?$/.test(payload.value ?? '')) return this.error(res, 400, 'invalid_request_error', 'Invalid payload[value]: must be a number.', { param: 'payload[value]' });
+        const identifier = body.identifier ?? rid('mev');
+        if (this.meterEvents.some((e) => e.identifier === identifier)) {
+          return this.error(res, 400, 'invalid_request_error', `An event already exists with identifier ${identifier}.`, { code: 'meter_event_identifier_already_exists', param: 'identifier' });
+        }
+        const event = { object: 'billing.meter_event', created: this.tick(), event_name: body.event_name, identifier, livemode: false, payload, timestamp: Number(body.timestamp ?? this.tick()) };
+        this.meterEvents.push(event);
+        return send(event);
+      }
       if (parts[0] !== 'v1' || parts[1] !== 'customers') return this.error(res, 404, 'invalid_request_error', `Unrecognized request URL (${req.method}: ${url.pathname}).`);
       const id = parts[2];
       if (req.method === 'GET' && !id) {
@@ -213,7 +251,7 @@ export class StripeEmulator extends LoopbackServer {
         const amount = Number(body.amount);
         if (!Number.isInteger(amount)) return this.error(res, 400, 'invalid_request_error', 'Missing required param: amount.', { param: 'amount' });
         if (!body.currency) return this.error(res, 400, 'invalid_request_error', 'Missing required param: currency.', { param: 'currency' });
-        return send(this.addBalanceTransaction(id, amount, body.currency));
+        return send(this.addBalanceTransaction(id, amount, body.currency, body.description, body.metadata));
       }
       return this.error(res, 404, 'invalid_request_error', `Unrecognized request URL (${req.method}: ${url.pathname}).`);
     });

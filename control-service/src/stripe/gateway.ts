@@ -89,6 +89,23 @@ export class StripeGateway {
     return { customers: page.data.map(toCustomer), hasMore: page.has_more, lastId: page.data.at(-1)?.id, fetchedAt };
   }
 
+  /**
+   * Debits a customer's credit by `amount` (positive = debit, Stripe's sign).
+   * The idempotency key makes a retry after a crash return the first answer
+   * instead of charging again.
+   */
+  async debitBalance(customerId: string, amount: number, currency: string, description: string, metadata: Record<string, string>, idempotencyKey: string): Promise<{ id: string; endingBalance: number }> {
+    const txn = await this.call((s) => s.customers.createBalanceTransaction(customerId, { amount, currency, description, metadata }, { idempotencyKey }));
+    return { id: txn.id, endingBalance: txn.ending_balance };
+  }
+
+  /** Reports usage to a Stripe Billing Meter; `identifier` is Stripe's own dedupe, the idempotency key ours. */
+  async meterEvent(eventName: string, customerId: string, value: number, identifier: string, timestamp: number, idempotencyKey: string): Promise<{ identifier: string }> {
+    const event = await this.call((s) => s.billing.meterEvents.create(
+      { event_name: eventName, payload: { stripe_customer_id: customerId, value: String(value) }, identifier, timestamp }, { idempotencyKey }));
+    return { identifier: event.identifier };
+  }
+
   /** The customer as Stripe holds it now, or 'deleted'. */
   async retrieve(id: string): Promise<Customer | 'deleted'> {
     const c = await this.call((s) => s.customers.retrieve(id));

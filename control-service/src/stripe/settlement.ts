@@ -1,0 +1,71 @@
+// Settlement: usage not yet charged goes to Stripe on a schedule, per customer,
+// as a customer balance transaction (a positive amount debits the credit) or a
+// Billing Meter event. Each settlement is written before it is sent, with an
+// idempotency key derived from exactly what it charges, and sent again with
+// the same key until Stripe confirms it: a crash between "sent" and "marked
+// settled" ends in one charge, not two.
+
+import type { Logger } from 'pino';
+import type { Engine } from '../engine';
+import type { SettlementMode, SettlementRow, Store } from '../store/store';
+import type { StripeGateway } from './gateway';
+
+export interface SettleResult { confirmed: number; failed: number; amount: number; durationMs: number }
+
+export class Settler {
+  private running: Promise<SettleResult> | undefined;
+
+  constructor(
+    private readonly gateway: StripeGateway,
+    private readonly engine: Engine,
+    private readonly store: Store,
+    private readonly opts: { mode: SettlementMode; meterEventName: string; log: Logger; onResult?: (r: SettleResult) => void },
+  ) {}
+
+  /** Runs a settlement pass, or joins the one already running. */
+  settle(): Promise<SettleResult> {
+    this.running ??= this.run().finally(() => { this.running = undefined; });
+    return this.running;
+  }
+
+  private async run(): Promise<SettleResult> {
+    const started = Date.now();
+    const pending = await this.store.openSettlements(started, this.opts.mode, (id) => this.engine.customer(id)?.customer.currency ?? undefined);
+    const result: SettleResult = { confirmed: 0, failed: 0, amount: 0, durationMs: 0 };
+    for (const row of pending) {
+      try {
+        await this.send(row);
+        result.confirmed++;
+        result.amount += row.amount;
+      } catch (err) {
+        result.failed++;
+        const message = (err as Error).message;
+        await this.store.settlementFailed(row.id, message);
+        this.opts.log.warn({ settlement: row.id, customer: row.customerId, amount: row.amount, err: message }, 'settlement not confirmed; retried with the same idempotency key');
+      }
+    }
+    result.durationMs = Date.now() - started;
+    this.opts.onResult?.(result);
+    return result;
+  }
+
+  private async send(row: SettlementRow): Promise<void> {
+    if (row.mode === 'balance_transactions') {
+      const txn = await this.gateway.debitBalance(row.customerId, row.amount, row.currency,
+        `API usage (events ${row.fromSeq}–${row.uptoSeq})`, { payg_settlement: String(row.id) }, row.idempotencyKey);
+      await this.engine.settlementConfirmed(row, txn.id, txn.endingBalance);
+      return;
+    }
+    try {
+      const event = await this.gateway.meterEvent(this.opts.meterEventName, row.customerId, row.amount, row.idempotencyKey, Math.floor(row.createdAt / 1000), row.idempotencyKey);
+      await this.engine.settlementConfirmed(row, event.identifier, undefined);
+    } catch (err) {
+      // Stripe already holds an event with this identifier (sent past the idempotency key's life): it is settled.
+      if ((err as { code?: string }).code === 'meter_event_identifier_already_exists') {
+        await this.engine.settlementConfirmed(row, row.idempotencyKey, undefined);
+        return;
+      }
+      throw err;
+    }
+  }
+}
