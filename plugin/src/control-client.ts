@@ -1,6 +1,7 @@
 // The plugin's HTTP edge: GET a decision and POST usage over keep-alive
 // connections, with a hard timeout. Outcomes are values, never exceptions.
 
+import type { SendOutcome } from './usage-queue';
 import http from 'node:http';
 import https from 'node:https';
 import { Decision, parseDecision } from './decision';
@@ -56,11 +57,14 @@ export class ControlClient {
   }
 
   /** POSTs a usage batch; resolves to an error text when it must be retried. */
-  async postUsage(events: unknown[], timeoutMs: number): Promise<string | undefined> {
+  /** 400, 413 and 422 say the batch itself is wrong: it is refused, not retried. */
+  async postUsage(events: unknown[], timeoutMs: number): Promise<SendOutcome> {
     const raw = await this.request('POST', `${this.basePath}/v1/usage`, JSON.stringify({ events }), timeoutMs);
-    if (!raw.ok) return `${raw.reason}: ${raw.detail}`;
-    if (raw.res.status >= 200 && raw.res.status < 300) return undefined;
-    return `control service answered ${raw.res.status}`;
+    if (!raw.ok) return { retry: `${raw.reason}: ${raw.detail}` };
+    const status = raw.res.status;
+    if (status >= 200 && status < 300) return undefined;
+    const detail = `control service answered ${status}${raw.res.body ? `: ${raw.res.body.slice(0, 200)}` : ''}`;
+    return status === 400 || status === 413 || status === 422 ? { refused: detail } : { retry: detail };
   }
 
   close(): void {

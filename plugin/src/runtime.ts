@@ -42,6 +42,7 @@ export function runtimeFor(opts: PaygOptions): Runtime {
       usage: new UsageQueue(opts.usageQueue, {
         send: (batch) => client.postUsage(batch, usageTimeoutMs),
         warn: (fields, msg) => log.warn({ ...fields, controlService: opts.controlServiceUrl.origin }, msg),
+        error: (fields, msg) => log.error({ ...fields, controlService: opts.controlServiceUrl.origin }, msg),
       }),
     };
     runtimes.set(key, runtime);

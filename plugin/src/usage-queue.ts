@@ -11,9 +11,12 @@ export interface UsageEvent {
   status: number;
 }
 
+/** A batch was taken (undefined), should be sent again, or was refused for what it holds (sending it again cannot help). */
+export type SendOutcome = undefined | { retry: string } | { refused: string };
+
 export interface UsageQueueDeps {
-  /** Sends one batch; resolves to an error text when it must be retried. */
-  send: (batch: UsageEvent[]) => Promise<string | undefined>;
+  send: (batch: UsageEvent[]) => Promise<SendOutcome>;
+  error?: (fields: Record<string, unknown>, msg: string) => void;
   warn: (fields: Record<string, unknown>, msg: string) => void;
 }
 
@@ -92,18 +95,24 @@ export class UsageQueue {
   private async sendBatch(): Promise<boolean> {
     this.sending = true;
     const batch = this.queue.slice(0, this.opts.maxBatchSize);
-    let error: string | undefined;
+    let outcome: SendOutcome;
     try {
-      error = await this.deps.send(batch);
+      outcome = await this.deps.send(batch);
     } catch (err) {
-      error = String(err);
+      outcome = { retry: String(err) };
     }
     this.sending = false;
-    if (error === undefined) {
+    if (outcome === undefined || 'refused' in outcome) {
       this.queue.splice(0, batch.length);
       this.failures = 0;
+      if (outcome) {
+        this.droppedTotal += batch.length;
+        (this.deps.error ?? this.deps.warn)({ error: outcome.refused, dropped: batch.length, droppedTotal: this.droppedTotal },
+          'usage batch refused by the control service; dropped (sending it again cannot help)');
+      }
       return true;
     }
+    const error = outcome.retry;
     this.failures++;
     this.deps.warn({ error, attempt: this.failures, batchSize: batch.length, queued: this.queue.length },
       'usage batch not accepted; will retry');

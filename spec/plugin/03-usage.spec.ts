@@ -79,6 +79,18 @@ describe('payg log phase: usage reporting', function () {
     expect(events()).to.have.length(5); // delivered once each, no duplicates
   });
 
+  it('a batch the control service refuses (400) is dropped and logged, not retried; the next one goes', async () => {
+    let calls = 0;
+    svc.usageStatus = () => (++calls === 1 ? 400 : 202);
+    const id = await instance({ usage_queue: { max_batch_size: 2, max_coalescing_delay: 0.01, initial_retry_delay: 0.01 } });
+    for (let i = 0; i < 4; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+    await until(() => events().length === 2);
+    await sleep(100);
+    expect(calls, 'the refused batch was sent once').to.equal(2);
+    const refused = server.logs.find((l) => l.msg === 'usage batch refused by the control service; dropped (sending it again cannot help)');
+    expect(refused).to.include({ dropped: 2, level: 50 });
+  });
+
   it('never waits on the control service: a log event returns while usage POSTs hang', async () => {
     svc.usageStatus = () => 202;
     const id = await kong.startInstance('payg', { control_service_url: 'http://10.255.255.1:81', usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
