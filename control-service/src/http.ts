@@ -37,7 +37,8 @@ const usageBatch = z.object({
   events: z.array(z.object({
     id: z.string().min(1).max(128),
     consumer: z.string().min(1).max(512),
-    at: z.union([z.string().datetime({ offset: true }), z.number().int().nonnegative()]),
+    // ISO 8601 text (what the plugin sends) or epoch milliseconds.
+    at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
     route: z.string().max(512).nullable().default(null),
     status: z.number().int().min(0).max(599),
   }).passthrough()),

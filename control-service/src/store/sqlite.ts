@@ -27,15 +27,17 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);
    CREATE TABLE template_overrides (template_id TEXT PRIMARY KEY, active INTEGER NOT NULL);`,
-  // 3: metering: usage events and their settlements to Stripe
+  // 3: metering: usage events, running totals per customer, and settlements to Stripe
   `CREATE TABLE usage_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, customer_id TEXT,
      consumer TEXT NOT NULL, at INTEGER NOT NULL, route TEXT, status INTEGER NOT NULL, cost_micros INTEGER NOT NULL);
-   CREATE INDEX usage_events_customer ON usage_events (customer_id, seq);
+   CREATE TABLE usage_totals (customer_id TEXT PRIMARY KEY, used_micros INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+     charged INTEGER NOT NULL DEFAULT 0, settled INTEGER NOT NULL DEFAULT 0);
    CREATE TABLE settlements (id INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, from_seq INTEGER NOT NULL,
      upto_seq INTEGER NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), currency TEXT NOT NULL, mode TEXT NOT NULL,
      idempotency_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL CHECK (status IN ('pending','confirmed')),
      attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at INTEGER NOT NULL, confirmed_at INTEGER);
-   CREATE INDEX settlements_customer ON settlements (customer_id, id);`,
+   CREATE INDEX settlements_customer ON settlements (customer_id, id);
+   CREATE INDEX settlements_pending ON settlements (status) WHERE status = 'pending';`,
 ];
 
 function toSettlement(r: Record<string, any>): SettlementRow {
@@ -67,6 +69,7 @@ export class SqliteStore implements Store {
   }
 
   private readonly stmt: ReturnType<SqliteStore['prepareStatements']>;
+  private readonly knownIdsStmts = new Map<number, Database.Statement>();
 
   private prepareStatements() {
     return {
@@ -80,7 +83,11 @@ export class SqliteStore implements Store {
       leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
       insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
         VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros)`),
-      confirmSettlement: this.db.prepare(`UPDATE settlements SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
+      confirmSettlement: this.db.prepare(`UPDATE settlements SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'
+        RETURNING customer_id, amount`),
+      addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
+      addUsage: this.db.prepare(`INSERT INTO usage_totals (customer_id, used_micros, last_seq) VALUES (?, ?, ?)
+        ON CONFLICT (customer_id) DO UPDATE SET used_micros = used_micros + excluded.used_micros, last_seq = MAX(last_seq, excluded.last_seq)`),
       enqueueEmail: this.db.prepare(`INSERT OR IGNORE INTO email_outbox
         (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
@@ -112,9 +119,22 @@ export class SqliteStore implements Store {
 
   async saveChanges(changes: StoreChanges): Promise<void> {
     this.db.transaction(() => {
-      for (const u of changes.usage ?? []) this.stmt.insertUsage.run(u);
+      // Running totals per customer, so settlement never scans the events.
+      const added = new Map<string, { micros: number; seq: number }>();
+      for (const u of changes.usage ?? []) {
+        const r = this.stmt.insertUsage.run(u);
+        if (r.changes === 0 || !u.customerId) continue;
+        const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
+        t.micros += u.costMicros;
+        t.seq = Number(r.lastInsertRowid);
+        added.set(u.customerId, t);
+      }
+      for (const [customerId, t] of added) this.stmt.addUsage.run(customerId, t.micros, t.seq);
       const confirm = changes.confirmSettlement;
-      if (confirm) this.stmt.confirmSettlement.run(confirm.stripeRef, confirm.at, confirm.id);
+      if (confirm) {
+        const row = this.stmt.confirmSettlement.get(confirm.stripeRef, confirm.at, confirm.id) as { customer_id: string; amount: number } | undefined;
+        if (row) this.stmt.addSettled.run(row.amount, row.customer_id);
+      }
       for (const e of changes.emails ?? []) this.stmt.enqueueEmail.run(e);
       for (const c of changes.upserts) this.stmt.upsertCustomer.run({ ...c, metadata: JSON.stringify(c.metadata) });
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
@@ -137,45 +157,45 @@ export class SqliteStore implements Store {
 
   async knownUsageIds(ids: string[]): Promise<Set<string>> {
     const known = new Set<string>();
-    // Bound the statement's parameter count.
+    // Bound the statement's parameter count; statements are kept per chunk size (batches repeat sizes).
     for (let i = 0; i < ids.length; i += 500) {
       const chunk = ids.slice(i, i + 500);
-      const rows = this.db.prepare(`SELECT id FROM usage_events WHERE id IN (${chunk.map(() => '?').join(',')})`).all(...chunk) as Array<{ id: string }>;
-      for (const r of rows) known.add(r.id);
+      let stmt = this.knownIdsStmts.get(chunk.length);
+      if (!stmt) {
+        stmt = this.db.prepare(`SELECT id FROM usage_events WHERE id IN (${chunk.map(() => '?').join(',')})`).pluck();
+        if (this.knownIdsStmts.size < 64) this.knownIdsStmts.set(chunk.length, stmt);
+      }
+      for (const id of stmt.all(...chunk) as string[]) known.add(id);
     }
     return known;
   }
 
   async usageTotals(): Promise<Map<string, { usedMicros: number; settled: number }>> {
-    const out = new Map<string, { usedMicros: number; settled: number }>();
-    for (const r of this.db.prepare('SELECT customer_id, SUM(cost_micros) AS used FROM usage_events WHERE customer_id IS NOT NULL GROUP BY customer_id').all() as Array<{ customer_id: string; used: number }>) {
-      out.set(r.customer_id, { usedMicros: r.used, settled: 0 });
-    }
-    for (const r of this.db.prepare(`SELECT customer_id, SUM(amount) AS settled FROM settlements WHERE status = 'confirmed' GROUP BY customer_id`).all() as Array<{ customer_id: string; settled: number }>) {
-      const t = out.get(r.customer_id) ?? { usedMicros: 0, settled: 0 };
-      t.settled = r.settled;
-      out.set(r.customer_id, t);
-    }
-    return out;
+    const rows = this.db.prepare('SELECT customer_id, used_micros, settled FROM usage_totals').all() as Array<{ customer_id: string; used_micros: number; settled: number }>;
+    return new Map(rows.map((r) => [r.customer_id, { usedMicros: r.used_micros, settled: r.settled }]));
   }
 
   async openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]> {
     return this.db.transaction(() => {
-      const customers = this.db.prepare(`
-        SELECT u.customer_id AS customer_id, MAX(u.seq) AS upto, SUM(u.cost_micros) AS used,
-          COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = u.customer_id), 0) AS prev_upto,
-          COALESCE((SELECT SUM(s.amount) FROM settlements s WHERE s.customer_id = u.customer_id), 0) AS charged,
-          (SELECT COUNT(*) FROM settlements s WHERE s.customer_id = u.customer_id AND s.status = 'pending') AS pending
-        FROM usage_events u WHERE u.customer_id IS NOT NULL GROUP BY u.customer_id`).all() as Array<{ customer_id: string; upto: number; used: number; prev_upto: number; charged: number; pending: number }>;
+      const due = this.db.prepare(`
+        SELECT t.customer_id, t.used_micros, t.last_seq, t.charged,
+          COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = t.customer_id), 0) AS prev_upto
+        FROM usage_totals t
+        WHERE t.used_micros / 1000000 > t.charged
+          AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.customer_id = t.customer_id AND s.status = 'pending')`)
+        .all() as Array<{ customer_id: string; used_micros: number; last_seq: number; charged: number; prev_upto: number }>;
       const insert = this.db.prepare(`INSERT INTO settlements (customer_id, from_seq, upto_seq, amount, currency, mode, idempotency_key, status, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)`);
-      for (const c of customers) {
-        const amount = Math.floor(c.used / 1_000_000) - c.charged;
+      const charge = this.db.prepare('UPDATE usage_totals SET charged = charged + ? WHERE customer_id = ?');
+      for (const c of due) {
+        // Charged so far + this amount = floor(all usage up to last_seq): exact, the fraction carries over.
+        const amount = Math.floor(c.used_micros / 1_000_000) - c.charged;
         const currency = currencyOf(c.customer_id);
-        if (c.pending > 0 || amount < 1 || c.upto <= c.prev_upto || !currency) continue;
-        // The key names exactly what is charged: this customer's events after prev_upto up to upto, for this amount.
-        const key = `payg-settle-${createHash('sha256').update(`${c.customer_id}|${c.prev_upto}|${c.upto}|${amount}|${currency}|${mode}`).digest('hex').slice(0, 40)}`;
-        insert.run(c.customer_id, c.prev_upto + 1, c.upto, amount, currency, mode, key, now);
+        if (amount < 1 || !currency) continue;
+        // The key names exactly what is charged: this customer's events after prev_upto up to last_seq, for this amount.
+        const key = `payg-settle-${createHash('sha256').update(`${c.customer_id}|${c.prev_upto}|${c.last_seq}|${amount}|${currency}|${mode}`).digest('hex').slice(0, 40)}`;
+        insert.run(c.customer_id, c.prev_upto + 1, c.last_seq, amount, currency, mode, key, now);
+        charge.run(amount, c.customer_id);
       }
       return (this.db.prepare(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`).all() as Array<Record<string, any>>).map(toSettlement);
     })();
