@@ -68,6 +68,7 @@ const rawConfig = z.object({
     count_upstream_5xx: z.boolean().default(false),
     low_credit_requests: z.number().int().min(0).default(100),
     min_ttl_ms: z.number().int().min(0).default(0),
+    gateway_nodes: z.number().int().min(1).default(1),
     max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
     settle: z.object({
       mode: z.enum(['balance_transactions', 'meter_events']).default('balance_transactions'),
@@ -121,6 +122,7 @@ export interface Config {
     pricing: Pricing;
     lowCreditRequests: number;
     minTtlMs: number;
+    gatewayNodes: number;
     maxBatchEvents: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
@@ -251,6 +253,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       },
       lowCreditRequests: raw.metering.low_credit_requests,
       minTtlMs: raw.metering.min_ttl_ms,
+      gatewayNodes: raw.metering.gateway_nodes,
       maxBatchEvents: raw.metering.max_batch_events,
       settle: {
         mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,

@@ -333,28 +333,31 @@ export class Engine {
     const v = verdict(this.config.rules, cohorts, this.isEnabled);
     const view = estimated(customer, unsettledMicros);
     if (v.outcome === 'ALLOW') {
-      const ttl = this.allowTtl(customer, unsettledMicros);
-      if (ttl === this.config.decisionTtlMs) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
-      return { json: JSON.stringify({ allow: true, ttl_ms: ttl }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
+      const lease = this.allowLease(customer, unsettledMicros);
+      if (!lease) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
+      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
     return { json: decisionJson(v, mergeContext(view, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
   }
 
   /**
-   * How long the plugin may reuse an allow. With r requests of credit left (at
-   * the dearest price) and r < low_credit_requests (L), it is T·(r − 1)/L, not
-   * below min_ttl_ms: one cached allow then serves a client at ρ req/s
-   * ρ·T·(r − 1)/L requests, no more than the r − 1 still affordable after the
-   * one that fetched it whenever ρ ≤ L/T. The last affordable request gets ttl 0.
+   * What a cached allow may serve when usage is metered: with r requests of
+   * credit left at the dearest price, `max_requests` = ⌈r / gateway_nodes⌉
+   * (the plugin asks again once it has served that many), and below
+   * low_credit_requests (L) also a shorter `ttl_ms` = T·(r − 1)/L, not below
+   * min_ttl_ms. Credit can then only be overspent by usage not yet reported
+   * when the plugin asks again: ρ·(max_coalescing_delay + a round trip)
+   * requests per node. Undefined when nothing is metered.
    */
-  private allowTtl(customer: Customer, unsettledMicros: number): number {
-    const { lowCreditRequests, minTtlMs } = this.config.metering;
+  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
+    const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;
     const full = this.config.decisionTtlMs;
-    if (lowCreditRequests === 0 || this.dearestCostMicros === 0) return full;
+    if (this.dearestCostMicros === 0) return undefined;
     // In integer micros, so the boundary is exact.
     const creditMicros = -(customer.balance * MICROS_PER_UNIT + unsettledMicros);
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
-    if (remaining >= lowCreditRequests) return full;
-    return Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
+    const ttlMs = remaining >= lowCreditRequests ? full
+      : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
+    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes) };
   }
 }

@@ -9,7 +9,13 @@ export type Resolution =
   | { kind: 'FRESH' | 'FETCHED' | 'STALE'; decision: Decision }
   | { kind: 'UNAVAILABLE'; reason: FailureReason; detail: string };
 
-interface Entry { decision: Decision; freshUntil: number; usableUntil: number }
+interface Entry {
+  decision: Decision;
+  freshUntil: number;
+  usableUntil: number;
+  /** Allows this decision may still serve (its max_requests less those served); undefined: no limit. */
+  budget: number | undefined;
+}
 
 export interface DecisionCacheOptions {
   cacheTtlMs: number;
@@ -30,10 +36,19 @@ export class DecisionCache {
     this.now = opts.now ?? Date.now;
   }
 
-  /** The synchronous fast path: a fresh decision, or undefined. */
+  /**
+   * The synchronous fast path: a fresh decision, or undefined. An allow with a
+   * request budget counts the request it serves, and is no longer fresh once
+   * the budget is spent, so a customer near zero is asked about again.
+   */
   fresh(consumer: string): Decision | undefined {
     const entry = this.entries.get(consumer);
-    return entry !== undefined && this.now() < entry.freshUntil ? entry.decision : undefined;
+    if (entry === undefined || this.now() >= entry.freshUntil) return undefined;
+    if (entry.budget !== undefined && entry.decision.allow) {
+      if (entry.budget <= 0) return undefined;
+      entry.budget--;
+    }
+    return entry.decision;
   }
 
   resolve(consumer: string): Promise<Resolution> {
@@ -54,12 +69,16 @@ export class DecisionCache {
       const { decision } = outcome;
       const ttl = Math.min(decision.ttlMs, this.opts.cacheTtlMs);
       this.entries.delete(consumer); // re-insert so Map order stays oldest-first
-      this.entries.set(consumer, { decision, freshUntil: now + ttl, usableUntil: now + Math.max(ttl, this.opts.staleTtlMs) });
+      // The request that fetched it is the first the budget pays for.
+      const budget = decision.allow && decision.maxRequests !== undefined ? decision.maxRequests - 1 : undefined;
+      this.entries.set(consumer, { decision, freshUntil: now + ttl, usableUntil: now + Math.max(ttl, this.opts.staleTtlMs), budget });
       if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value as string);
       return { kind: 'FETCHED', decision };
     }
     const entry = this.entries.get(consumer);
-    if (entry && now < entry.usableUntil) return { kind: 'STALE', decision: entry.decision };
+    // A spent budget is not a usable fallback: the credit it stood for is gone.
+    const spent = entry?.decision.allow === true && entry.budget !== undefined && entry.budget <= 0;
+    if (entry && now < entry.usableUntil && !spent) return { kind: 'STALE', decision: entry.decision };
     return outcome;
   }
 }

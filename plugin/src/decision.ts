@@ -2,7 +2,8 @@
 // arrives so the request path only ever sees well-formed decisions.
 
 export type Decision =
-  | { allow: true; ttlMs: number }
+  /** `maxRequests`: how many requests (the fetching one included) this allow may serve before asking again. */
+  | { allow: true; ttlMs: number; maxRequests?: number }
   | { allow: false; ttlMs: number; status: number; headers: Record<string, string>; body: string; rule: string | undefined };
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -16,7 +17,12 @@ export function parseDecision(json: unknown, defaultTtlMs: number): Decision | {
   if (!isRecord(json)) return { invalid: 'decision is not a JSON object' };
   const ttl = json.ttl_ms ?? defaultTtlMs;
   if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) return { invalid: 'ttl_ms is not a non-negative number' };
-  if (json.allow === true) return { allow: true, ttlMs: ttl };
+  if (json.allow === true) {
+    const max = json.max_requests;
+    if (max === undefined || max === null) return { allow: true, ttlMs: ttl };
+    if (typeof max !== 'number' || !Number.isInteger(max) || max < 0) return { invalid: 'max_requests is not a non-negative integer' };
+    return { allow: true, ttlMs: ttl, maxRequests: max };
+  }
   if (json.allow !== false) return { invalid: 'allow is not a boolean' };
 
   const { status, headers = {}, body = '', rule } = json;

@@ -28,8 +28,8 @@ const usageQueueFields: KongSchemaField[] = [
     description: 'Most usage events sent to the control service in one POST /v1/usage.',
   } },
   { max_coalescing_delay: {
-    type: 'number', required: true, default: 1, between: [0, 3600],
-    description: 'Seconds a usage event may wait for others to fill a batch before the batch is sent.',
+    type: 'number', required: true, default: 0.2, between: [0, 3600],
+    description: 'Seconds a usage event may wait for others to fill a batch before the batch is sent. Usage reaches the control service this much later, so it bounds how long spent credit goes unseen.',
   } },
   { max_entries: {
     type: 'integer', required: true, default: 10000, between: [1, 1000000],

@@ -114,9 +114,7 @@ describe('metering', function () {
 
   it('$1.00 at $0.01 a request through the plugin server: requests 1–100 pass, 101 gets 402, before any sweep', async () => {
     const c = stripe.create({ name: 'Ada', balance: -100 });
-    // This loop calls far faster than low_credit_requests / decision_ttl (100 / 5 s = 20 req/s), the
-    // rate up to which a cached allow never outlives the credit; raising low_credit_requests makes it so here.
-    await start({ default_cost: 1, low_credit_requests: 1_000_000 });
+    await start({ default_cost: 1 });
     await svc.sync!.sweep();
     const ps = await startPluginServer();
     const kong = new KongHarness(ps.socketPath);
@@ -149,15 +147,18 @@ describe('metering', function () {
     }
   });
 
-  it('the allow ttl_ms shrinks as credit nears zero (low_credit_requests, min_ttl_ms)', async () => {
+  it('an allow carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms, gateway_nodes)', async () => {
     const rich = stripe.create({ balance: -100000 });
     const near = stripe.create({ balance: -25 });
     const broke = stripe.create({ balance: -1 });
     await start({ default_cost: 1, low_credit_requests: 100, min_ttl_ms: 50 });
     await svc.sync!.sweep();
-    expect((await decision(rich.id)).ttl_ms).to.equal(5000);
-    expect((await decision(near.id)).ttl_ms).to.equal(1200); // 25 requests left: (25 - 1) / 100 of 5000
-    expect((await decision(broke.id)).ttl_ms).to.equal(50); // floored at min_ttl_ms
+    expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
+    expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
+    expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
+    await svc.stop();
+    await start({ default_cost: 1, low_credit_requests: 100, gateway_nodes: 3 });
+    expect((await decision(near.id)).max_requests, '25 requests over 3 gateway nodes').to.equal(9);
   });
 
   it('10,000 events over 50 customers at fractional prices settle to exactly the expected sums, with no gap or double count', async () => {

@@ -48,6 +48,29 @@ describe('payg access phase (through the plugin server)', function () {
     expect(Buffer.from(res.exit!.body!)).to.deep.equal(Buffer.from(PAYMENT_BODY));
   });
 
+  it('an allow with max_requests serves that many requests (the fetching one included), then asks again', async () => {
+    let left = 3;
+    svc.decide = () => (left > 0 ? { body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: left }) } : block('{"error":"payment_required"}'));
+    const id = await instance();
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const res = await access(id);
+      statuses.push(res.exit?.status ?? 200);
+      left--; // what the service would learn from usage reports
+    }
+    expect(statuses).to.deep.equal([200, 200, 200, 402, 402]);
+    expect(svc.decisionPaths, 'asked once for 3 requests, then again when spent').to.have.length(2);
+  });
+
+  it('a spent max_requests is no fallback when the service is down: fail_open decides', async () => {
+    svc.decide = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: 1 }) });
+    const id = await instance({ fail_open: false });
+    expect((await access(id)).exit).to.equal(undefined);
+    await svc.stop();
+    expect((await access(id)).exit?.status).to.equal(503);
+    svc = await new FakeControlService().start(); // for afterEach
+  });
+
   it('passes a request with no authenticated consumer without asking the service', async () => {
     svc.decide = () => block('{}');
     const id = await instance();
