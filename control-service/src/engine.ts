@@ -345,9 +345,11 @@ export class Engine {
    * credit left at the dearest price, `max_requests` = ⌈r / gateway_nodes⌉
    * (the plugin asks again once it has served that many), and below
    * low_credit_requests (L) also a shorter `ttl_ms` = T·(r − 1)/L, not below
-   * min_ttl_ms. Credit can then only be overspent by usage not yet reported
-   * when the plugin asks again: ρ·(max_coalescing_delay + a round trip)
-   * requests per node. Undefined when nothing is metered.
+   * min_ttl_ms. The plugin subtracts the requests it served but has not yet
+   * reported, and reports them before asking again once they use the budget
+   * up, so one node cannot overspend; with several nodes each can overspend by
+   * what the others have not reported yet: ρ·(max_coalescing_delay + a round
+   * trip) requests per other node. Undefined when nothing is metered.
    */
   private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
     const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;

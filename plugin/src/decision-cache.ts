@@ -22,6 +22,10 @@ export interface DecisionCacheOptions {
   staleTtlMs: number;
   /** Bound on remembered consumers; the least recently fetched go first. */
   maxEntries?: number;
+  /** Requests of this consumer served here but not yet counted by the service (usage still queued). */
+  unreported?: (consumer: string) => number;
+  /** Sends queued usage now; resolves when the service has it (or sending failed). */
+  flushUsage?: () => Promise<void>;
   now?: () => number;
 }
 
@@ -63,14 +67,24 @@ export class DecisionCache {
   }
 
   private async refresh(consumer: string): Promise<Resolution> {
-    const outcome = await this.fetch(consumer);
+    let outcome = await this.fetch(consumer);
+    // An allow whose max_requests is used up by requests served here but not yet
+    // reported does not cover this request: report them now and ask again, so
+    // the answer (a block, with the rule's body) counts everything served.
+    if (outcome.kind === 'DECISION' && outcome.decision.allow && outcome.decision.maxRequests !== undefined
+      && this.opts.flushUsage && outcome.decision.maxRequests - (this.opts.unreported?.(consumer) ?? 0) <= 0) {
+      await this.opts.flushUsage();
+      outcome = await this.fetch(consumer);
+    }
     const now = this.now();
     if (outcome.kind === 'DECISION') {
       const { decision } = outcome;
       const ttl = Math.min(decision.ttlMs, this.opts.cacheTtlMs);
       this.entries.delete(consumer); // re-insert so Map order stays oldest-first
-      // The request that fetched it is the first the budget pays for.
-      const budget = decision.allow && decision.maxRequests !== undefined ? decision.maxRequests - 1 : undefined;
+      // The request that fetched it is the first the budget pays for; requests served
+      // here whose usage the service has not counted yet were paid for already.
+      const budget = decision.allow && decision.maxRequests !== undefined
+        ? decision.maxRequests - 1 - (this.opts.unreported?.(consumer) ?? 0) : undefined;
       this.entries.set(consumer, { decision, freshUntil: now + ttl, usableUntil: now + Math.max(ttl, this.opts.staleTtlMs), budget });
       if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value as string);
       return { kind: 'FETCHED', decision };

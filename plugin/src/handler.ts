@@ -1,6 +1,6 @@
 // The payg plugin: one method per Kong phase.
 //   access: ask (or remember) whether this consumer may pass; end the request with the rule's answer if not.
-//   log:    queue one usage event for the control service.
+//   log:    queue one usage event for the control service (not for a request payg itself refused).
 // kong-pdk lets a request through when a phase throws, so every phase catches
 // its own errors and applies the configured fail mode itself.
 
@@ -15,7 +15,11 @@ export interface KongPdk {
   client: { getConsumer(): Promise<unknown> };
   response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void> };
   log: { serialize(): Promise<unknown> };
+  ctx: { shared: { get(key: string): Promise<unknown>; set(key: string, value: string): Promise<unknown> } };
 }
+
+/** Set in kong.ctx.shared when payg ends a request, so its log phase does not charge for it. */
+const REFUSED_KEY = 'payg_refused';
 
 const UNAVAILABLE_BODY = JSON.stringify({
   message: 'Billing check unavailable, please retry shortly',
@@ -77,12 +81,15 @@ export class Plugin {
       };
       const consumer = consumerKey(entry.consumer, this.opts.consumerField);
       if (consumer === undefined) return;
+      const status = entry.response?.status ?? 0;
+      // A request payg refused used nothing. Only error answers need the (one RPC) check.
+      if (status >= 400 && await kong.ctx.shared.get(REFUSED_KEY) === 'true') return;
       this.runtime.usage.push({
         id: randomUUID(),
         consumer,
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
         route: entry.route?.name ?? entry.route?.id ?? null,
-        status: entry.response?.status ?? 0,
+        status,
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');
@@ -91,11 +98,19 @@ export class Plugin {
 
   private async apply(kong: KongPdk, decision: Decision): Promise<void> {
     if (decision.allow) return;
+    await this.markRefused(kong);
     await kong.response.exit(decision.status, decision.body, decision.headers);
   }
 
   private async unavailable(kong: KongPdk): Promise<void> {
     if (this.opts.failOpen) return;
+    await this.markRefused(kong);
     await kong.response.exit(503, UNAVAILABLE_BODY, UNAVAILABLE_HEADERS);
+  }
+
+  /** Best effort: failing to mark only means the refused request is reported (and priced as its status says). */
+  private async markRefused(kong: KongPdk): Promise<void> {
+    if (!this.opts.reportUsage) return;
+    try { await kong.ctx.shared.set(REFUSED_KEY, 'true'); } catch { /* the exit still happens */ }
   }
 }

@@ -38,6 +38,8 @@ export function runtimeFor(opts: PaygOptions): Runtime {
       decisions: new DecisionCache((consumer) => client.fetchDecision(consumer), {
         cacheTtlMs: opts.cacheTtlMs,
         staleTtlMs: opts.staleTtlMs,
+        unreported: (consumer) => runtime!.usage.unreported(consumer),
+        flushUsage: () => runtime!.usage.flushNow(),
       }),
       usage: new UsageQueue(opts.usageQueue, {
         send: (batch) => client.postUsage(batch, usageTimeoutMs),

@@ -26,16 +26,31 @@ const DROP_LOG_INTERVAL_MS = 1000;
 export class UsageQueue {
   private readonly queue: UsageEvent[] = [];
   private sending = false;
+  private inFlight: Promise<boolean> | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private failures = 0;
   private droppedSinceLog = 0;
   private dropLogTimer: NodeJS.Timeout | undefined;
   droppedTotal = 0;
+  /** Events per consumer queued or in flight, i.e. not yet counted by the control service. */
+  private readonly unreportedByConsumer = new Map<string, number>();
 
   constructor(private readonly opts: UsageQueueOptions, private readonly deps: UsageQueueDeps) {}
 
   get size(): number {
     return this.queue.length;
+  }
+
+  /** How many of this consumer's requests the control service has not counted yet. */
+  unreported(consumer: string): number {
+    return this.unreportedByConsumer.get(consumer) ?? 0;
+  }
+
+  private settled(batch: UsageEvent[]): void {
+    for (const e of batch) {
+      const n = (this.unreportedByConsumer.get(e.consumer) ?? 1) - 1;
+      if (n > 0) this.unreportedByConsumer.set(e.consumer, n); else this.unreportedByConsumer.delete(e.consumer);
+    }
   }
 
   /** Never blocks and never throws: a full queue drops the event and counts it. */
@@ -47,6 +62,7 @@ export class UsageQueue {
       return false;
     }
     this.queue.push(event);
+    this.unreportedByConsumer.set(event.consumer, (this.unreportedByConsumer.get(event.consumer) ?? 0) + 1);
     this.schedule();
     return true;
   }
@@ -92,7 +108,30 @@ export class UsageQueue {
     this.flushTimer = setTimeout(() => { this.flushTimer = undefined; void this.loop(); }, delay).unref();
   }
 
-  private async sendBatch(): Promise<boolean> {
+  /**
+   * Sends what is queued now instead of after the coalescing delay, and
+   * resolves once the queue is empty or a send failed. Used when a decision
+   * must account for every request served so far.
+   */
+  async flushNow(): Promise<void> {
+    if (this.inFlight) await this.inFlight;
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    while (this.queue.length > 0 && !this.sending) {
+      if (!(await this.sendBatch())) {
+        this.schedule();
+        return;
+      }
+    }
+    if (this.inFlight) await this.inFlight;
+  }
+
+  private sendBatch(): Promise<boolean> {
+    this.inFlight = this.sendBatchNow().finally(() => { this.inFlight = undefined; });
+    return this.inFlight;
+  }
+
+  private async sendBatchNow(): Promise<boolean> {
     this.sending = true;
     const batch = this.queue.slice(0, this.opts.maxBatchSize);
     let outcome: SendOutcome;
@@ -104,6 +143,7 @@ export class UsageQueue {
     this.sending = false;
     if (outcome === undefined || 'refused' in outcome) {
       this.queue.splice(0, batch.length);
+      this.settled(batch);
       this.failures = 0;
       if (outcome) {
         this.droppedTotal += batch.length;

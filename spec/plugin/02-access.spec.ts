@@ -95,14 +95,20 @@ describe('payg access phase (through the plugin server)', function () {
     expect(svc.decisionPaths).to.deep.equal([]);
   });
 
-  it('cache hit: a second request makes no network call and no PDK call beyond get_consumer', async () => {
+  it('cache hit: a second request makes no network call; its PDK calls are get_consumer, the refusal mark and the exit', async () => {
     svc.decide = () => block(PAYMENT_BODY);
     const id = await instance();
     await access(id);
     const second = await access(id);
     expect(second.exit?.status).to.equal(402);
-    expect(second.pdkCalls).to.deep.equal(['kong.client.get_consumer', 'kong.response.exit']);
+    expect(second.pdkCalls).to.deep.equal(['kong.client.get_consumer', 'kong.ctx.shared.set', 'kong.response.exit']);
     expect(svc.decisionPaths).to.have.length(1);
+  });
+
+  it('report_usage=false: a refusal makes no ctx call', async () => {
+    svc.decide = () => block(PAYMENT_BODY);
+    const id = await instance({ report_usage: false });
+    expect((await access(id)).pdkCalls).to.deep.equal(['kong.client.get_consumer', 'kong.response.exit']);
   });
 
   it('TTL: a decision is reused for min(ttl_ms, cache_ttl_ms), then asked again', async () => {

@@ -1,6 +1,6 @@
 // The log phase: one usage event per request, batched off the request path.
 import { expect } from 'chai';
-import { KongHarness, logPdk, type Consumer } from '../support/kong-harness';
+import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../support/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
 import { FakeControlService } from '../support/fake-control-service';
 
@@ -34,7 +34,8 @@ describe('payg log phase: usage reporting', function () {
     const startedAt = Date.UTC(2026, 10, 25, 12, 0, 0);
     for (let i = 0; i < 12; i++) {
       const res = await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: i === 0 ? 500 : 200, startedAt }));
-      expect(res.pdkCalls).to.deep.equal(['kong.log.serialize']);
+      // Only an error status needs to ask whether payg itself refused the request.
+      expect(res.pdkCalls).to.deep.equal(i === 0 ? ['kong.log.serialize', 'kong.ctx.shared.get'] : ['kong.log.serialize']);
       expect(res.exit).to.equal(undefined);
     }
     await until(() => events().length === 12);
@@ -43,6 +44,19 @@ describe('payg log phase: usage reporting', function () {
     expect(first).to.include({ consumer: 'cus_bob', at: '2026-11-25T12:00:00.000Z', route: 'orders', status: 500 });
     expect(first.id).to.match(/^[0-9a-f-]{36}$/);
     expect(new Set(events().map((e) => e.id)).size).to.equal(12);
+  });
+
+  it('reports nothing for a request payg refused (402 or fail-closed 503): it used nothing', async () => {
+    const id = await instance({ usage_queue: { max_batch_size: 1 } });
+    svc.decide = () => ({ body: JSON.stringify({ allow: false, status: 402, headers: {}, body: '{}', ttl_ms: 0 }) });
+    const ctx = requestCtx();
+    expect((await kong.handleEvent(id, 'access', accessPdk(bob, ctx))).exit?.status).to.equal(402);
+    await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 402 }, ctx));
+    // The upstream's own 402 (another request, not refused by payg) is usage.
+    await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 402 }));
+    await until(() => events().length === 1);
+    await sleep(50);
+    expect(events()).to.have.length(1);
   });
 
   it('reports nothing for a request without a consumer', async () => {

@@ -187,14 +187,24 @@ export function withDefaults(fields: SchemaField[], given: Record<string, unknow
 
 export interface Consumer { id: string; username?: string; custom_id?: string }
 
+/** kong.ctx.shared for one request: give the same one to its access and log phases. */
+export function requestCtx(): PdkHandlers {
+  const shared = new Map<string, unknown>();
+  return {
+    'kong.ctx.shared.set': (key: unknown, value: unknown) => { shared.set(String(key), value); return null; },
+    'kong.ctx.shared.get': (key: unknown) => shared.get(String(key)) ?? null,
+  };
+}
+
 /** The access phase of one request by `consumer` (undefined: no authenticated consumer). */
-export function accessPdk(consumer: Consumer | undefined): PdkHandlers {
-  return { 'kong.client.get_consumer': () => consumer };
+export function accessPdk(consumer: Consumer | undefined, ctx: PdkHandlers = requestCtx()): PdkHandlers {
+  return { ...ctx, 'kong.client.get_consumer': () => consumer };
 }
 
 /** The log phase: kong.log.serialize() returns Kong's log entry as a JSON string. */
-export function logPdk(entry: { consumer?: Consumer; route?: { id: string; name?: string }; status: number; startedAt?: number }): PdkHandlers {
+export function logPdk(entry: { consumer?: Consumer; route?: { id: string; name?: string }; status: number; startedAt?: number }, ctx: PdkHandlers = requestCtx()): PdkHandlers {
   return {
+    ...ctx,
     'kong.log.serialize': () => JSON.stringify({
       consumer: entry.consumer,
       route: entry.route,
