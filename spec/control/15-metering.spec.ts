@@ -17,7 +17,6 @@ import { startPluginServer } from '../support/pluginserver-process';
 
 const ADMIN = 'admin-token-for-tests';
 const CONTROL = 'control-token-for-tests';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('metering', function () {
   this.timeout(30_000);

@@ -1,0 +1,43 @@
+// The pay-as-you-go story end to end, exactly as `npm run demo` plays it:
+// Stripe emulator, control service on SQLite, SMTP capture, the real
+// payg-pluginserver behind the local front that stands in for Kong.
+import { expect } from 'chai';
+import { startStack, type Stack } from '../../demo/stack';
+import { playStory, type StoryResult } from '../../demo/story';
+
+describe('end to end: the demo story', function () {
+  this.timeout(60_000);
+  let stack: Stack;
+  let result: StoryResult;
+  const lines: string[] = [];
+
+  before(async () => {
+    stack = await startStack({ logLevel: 'silent' });
+    result = await playStory(stack, (line) => lines.push(line));
+  });
+  after(async () => { await stack?.stop(); });
+
+  it('plays every step, each printed with ✔', () => {
+    expect(lines.filter((l) => l.startsWith('✔ '))).to.have.length(9);
+  });
+
+  it('402 with the rule\'s JSON body, within about a second of the balance change', () => {
+    expect(result.aliceBlockedBody).to.deep.equal({
+      error: 'payment_required', message: 'Alice, your API credit is used up.', balance: '$0.00',
+      top_up: 'https://billing.example.com/top-up?customer=cus_demo_alice',
+    });
+    expect(result.aliceBlockedAfterMs).to.be.below(3000);
+  });
+
+  it('the out-of-credit and restored emails arrive with their merge tags', () => {
+    expect(result.outOfCreditEmail).to.include({ subject: 'Alice, your API credit has run out', to: 'alice@example.com' });
+    expect(result.outOfCreditEmail.text).to.include('https://billing.example.com/top-up?customer=cus_demo_alice');
+    expect(result.restoredEmail).to.include({ subject: 'API access restored', to: 'alice@example.com' });
+    expect(result.restoredEmail.text).to.match(/you have \$19\.\d\d of credit/);
+  });
+
+  it('metering blocks Bob after exactly the 50 calls his $0.50 pays for, and settles them to Stripe', () => {
+    expect(result.bobServed).to.equal(50);
+    expect(result.settledCents.cus_demo_bob).to.equal(50);
+  });
+});

@@ -1,0 +1,139 @@
+// The deployment files CI cannot start (no Docker engine here), checked
+// against what they feed: docker-compose.yml's services, ports and env against
+// kong.yml, the control service's config and the Dockerfiles; .env.example
+// against the secrets both read; README's plugin table against the schema
+// payg-pluginserver dumps for Kong.
+import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { loadConfig } from '../../control-service/src/config';
+import { PAYG_PLUGINSERVER, ROOT } from '../support/pluginserver-process';
+
+const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8');
+type Service = { build?: { dockerfile: string }; image?: string; environment?: Record<string, string>; env_file?: string | string[]; volumes?: string[]; ports?: string[] };
+
+/** "host:container[:ro]" volume strings → container path by host path. */
+function mounts(service: Service): Map<string, string> {
+  return new Map((service.volumes ?? []).map((v) => v.split('#')[0].trim().split(':')).map(([host, target]) => [host, target]));
+}
+/** The value after a flag in a command line. */
+function flag(cmd: string, name: string): string | undefined {
+  const parts = cmd.split(/\s+/);
+  const i = parts.indexOf(name);
+  return i >= 0 ? parts[i + 1] : undefined;
+}
+
+describe('deployment files', () => {
+  const compose = YAML.parse(read('docker-compose.yml')) as { services: Record<string, Service>; volumes?: Record<string, unknown> };
+  const kongYml = YAML.parse(read('kong.yml'));
+  const kong = compose.services.kong;
+  const control = compose.services['payg-control'];
+  const kongEnv = kong.environment ?? {};
+  const controlEnv = control.environment ?? {};
+  const payg = kongYml.services[0].plugins.find((p: { name: string }) => p.name === 'payg').config;
+
+  it('has Kong, the control service, a mail catcher and the upstream', () => {
+    expect(compose.services).to.have.keys('kong', 'payg-control', 'mailpit', 'upstream');
+  });
+
+  it('Kong runs DB-less with kong.yml and registers payg\'s plugin server as Kong documents it', () => {
+    expect(kongEnv.KONG_DATABASE).to.equal('off');
+    expect(mounts(kong).get('./kong.yml')).to.equal(kongEnv.KONG_DECLARATIVE_CONFIG);
+    expect(kongEnv.KONG_PLUGINS.split(',')).to.include.members(['bundled', 'payg']);
+    expect(kongEnv.KONG_PLUGINSERVER_NAMES.split(',')).to.include('payg');
+    const start = kongEnv.KONG_PLUGINSERVER_PAYG_START_CMD;
+    expect(start.split(/\s+/)[0]).to.equal('/usr/local/bin/payg-pluginserver');
+    expect(`${flag(start, '-p')}/${flag(start, '--sock-name')}`, 'the socket Kong connects to is the one the server creates').to.equal(kongEnv.KONG_PLUGINSERVER_PAYG_SOCKET);
+    expect(kongEnv.KONG_PLUGINSERVER_PAYG_QUERY_CMD).to.equal('/usr/local/bin/payg-pluginserver --dump-all-plugins');
+    expect(read(kong.build!.dockerfile)).to.include('ln -s /opt/kong-payg/plugin/bin/payg-pluginserver /usr/local/bin/payg-pluginserver');
+    expect(kong.ports).to.include('8000:8000');
+  });
+
+  it('kong.yml reaches the control service and the upstream by their compose names and ports', () => {
+    const controlUrl = new URL(payg.control_service_url);
+    expect(compose.services).to.have.property(controlUrl.hostname);
+    expect(controlUrl.port).to.equal(controlEnv.PORT);
+    expect((control.ports ?? []).some((p) => p.endsWith(`:${controlEnv.PORT}`))).to.equal(true);
+    const upstream = new URL(kongYml.services[0].url);
+    expect(compose.services).to.have.property(upstream.hostname);
+    expect(upstream.port).to.equal('8080'); // go-httpbin's default port
+  });
+
+  it('the control token reaches Kong\'s env vault under the name kong.yml references', () => {
+    const ref = /^\{vault:\/\/env\/([a-z0-9-]+)\}$/.exec(payg.control_service_token);
+    expect(ref, 'a vault reference, not a literal secret').to.not.equal(null);
+    const envName = ref![1].toUpperCase().replace(/-/g, '_'); // Kong's env vault: payg-control-token → PAYG_CONTROL_TOKEN
+    expect(kongEnv).to.have.property(envName);
+    expect(kongEnv[envName]).to.match(/^\$\{PAYG_CONTROL_TOKEN/);
+  });
+
+  it('the control service reads the mounted config, keeps SQLite on the volume, finds its templates, mails Mailpit', () => {
+    const dockerfile = read(control.build!.dockerfile);
+    const cmd = JSON.parse(/^CMD (.+)$/m.exec(dockerfile)![1]) as string[];
+    const configTarget = cmd[cmd.indexOf('--config') + 1];
+    expect(mounts(control).get('./control-service/payg.example.yml')).to.equal(configTarget);
+    expect(mounts(control).get('./control-service/templates')).to.equal(path.posix.join(path.posix.dirname(configTarget), 'templates'));
+    const config = loadConfig(path.join(ROOT, 'control-service/payg.example.yml'), {});
+    const dataMount = mounts(control).get('payg-data');
+    expect(compose.volumes).to.have.property('payg-data');
+    expect(path.posix.dirname(config.sqlitePath), 'the SQLite file lives on the named volume').to.equal(dataMount);
+    expect(dockerfile).to.include(`mkdir -p ${dataMount}`);
+    for (const e of config.emails) expect(e.html ?? e.text).to.be.a('function'); // every template file resolved and compiled
+    const smtp = new URL(controlEnv.SMTP_URL);
+    expect(compose.services).to.have.property(smtp.hostname);
+    expect(smtp.port).to.equal('1025'); // Mailpit's SMTP port
+    // Route costs name kong.yml's routes.
+    const routes = kongYml.services.flatMap((s: { routes: Array<{ name: string }> }) => s.routes.map((r) => r.name));
+    for (const route of config.metering.pricing.routeCostMicros.keys()) expect(routes).to.include(route);
+  });
+
+  it('secrets come from an env file that is not committed; .env.example names every one', () => {
+    expect(control.env_file).to.equal('.env');
+    expect(read('.gitignore').split('\n')).to.include('.env');
+    const example = new Set(read('.env.example').split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=')[0]));
+    const referenced = [...read('docker-compose.yml').matchAll(/\$\{([A-Z_]+)/g)].map((m) => m[1]);
+    for (const name of [...referenced, 'STRIPE_SECRET_KEY', 'STRIPE_WEBHOOK_SECRET', 'PAYG_ADMIN_TOKEN', 'PAYG_CONTROL_TOKEN']) expect(example, name).to.include(name);
+    expect(controlEnv).to.not.have.any.keys('STRIPE_SECRET_KEY', 'STRIPE_WEBHOOK_SECRET', 'PAYG_ADMIN_TOKEN');
+  });
+
+  it('both images build from the lockfile', () => {
+    for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
+      const text = read(file);
+      expect(text, file).to.include('COPY package.json package-lock.json ./');
+      expect(text, file).to.match(/RUN npm ci\b/);
+    }
+  });
+});
+
+describe('README\'s plugin config reference', () => {
+  it('lists exactly the dumped schema\'s fields, with their defaults', () => {
+    const run = spawnSync(process.execPath, [PAYG_PLUGINSERVER, '--dump-all-plugins'], { encoding: 'utf8' });
+    const fields = JSON.parse(run.stdout)[0].Schema.fields[0].config.fields as Array<Record<string, { type: string; default?: unknown; fields?: unknown[] }>>;
+    const schema = new Map<string, { type: string; default?: unknown }>();
+    const walk = (list: typeof fields, prefix: string) => {
+      for (const entry of list) {
+        const [name, def] = Object.entries(entry)[0];
+        if (def.type === 'record') walk(def.fields as typeof fields, `${prefix}${name}.`); else schema.set(`${prefix}${name}`, def);
+      }
+    };
+    walk(fields, '');
+
+    const readme = read('README.md');
+    const section = readme.slice(readme.indexOf('## The plugin `payg`'), readme.indexOf('\n## ', readme.indexOf('## The plugin `payg`') + 5));
+    const rows = new Map<string, { type: string; default: string }>();
+    for (const line of section.split('\n')) {
+      const cells = line.split(/(?<!\\)\|/).map((c) => c.trim()); // "\|" inside a cell is not a separator
+      const name = /^`([a-z_.]+)`$/.exec(cells[1] ?? '');
+      if (name) rows.set(name[1], { type: cells[2], default: cells[3].replace(/`/g, '') });
+    }
+    expect([...rows.keys()].sort()).to.deep.equal([...schema.keys()].sort());
+    for (const [name, def] of schema) {
+      const row = rows.get(name)!;
+      expect(row.default, `${name} default`).to.equal(def.default === undefined || def.default === null ? '' : String(def.default));
+      const word = { string: /string|custom_id/, integer: /integer/, number: /number/, boolean: /boolean/ }[def.type as 'string'];
+      if (word) expect(row.type, `${name} type`).to.match(word);
+    }
+  });
+});
