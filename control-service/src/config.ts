@@ -70,6 +70,7 @@ const rawConfig = z.object({
     min_ttl_ms: z.number().int().min(0).default(0),
     gateway_nodes: z.number().int().min(1).default(1),
     max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
+    keep_events: duration.default('7d'),
     settle: z.object({
       mode: z.enum(['balance_transactions', 'meter_events']).default('balance_transactions'),
       schedule: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
@@ -124,6 +125,7 @@ export interface Config {
     minTtlMs: number;
     gatewayNodes: number;
     maxBatchEvents: number;
+    keepEventsMs: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
   emailDelivery: {
@@ -255,6 +257,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       minTtlMs: raw.metering.min_ttl_ms,
       gatewayNodes: raw.metering.gateway_nodes,
       maxBatchEvents: raw.metering.max_batch_events,
+      keepEventsMs: parseDuration(raw.metering.keep_events)!,
       settle: {
         mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,
         meterEventName: raw.metering.settle.meter_event_name, enabled: raw.metering.settle.enabled,

@@ -113,6 +113,11 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     void sync!.sweep();
   }) : undefined;
   if (sync && opts.sweepOnStart !== false) void sync.sweep();
+  // Hourly: forget usage events and webhook ids kept only for dedupe (Stripe retries webhooks for 3 days).
+  const prune = () => store.prune({ usageBefore: Date.now() - config.metering.keepEventsMs, webhooksBefore: Date.now() - 7 * 86_400_000 })
+    .then((r) => { if (r.usageEvents || r.webhookEvents) log.info(r, 'pruned events kept for dedupe'); })
+    .catch((err) => log.error({ err: (err as Error).message }, 'pruning failed'));
+  const pruneTimer = setInterval(() => { void prune(); }, 3_600_000).unref();
   const settleTask = settler ? cron.schedule(config.metering.settle.schedule, () => { void settler!.settle(); }) : undefined;
   // Settlements left pending by a stop are sent again (same idempotency keys) at once.
   if (settler && opts.sweepOnStart !== false) void settler.settle();
@@ -122,6 +127,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     async stop() {
       await task?.stop();
       await settleTask?.stop();
+      clearInterval(pruneTimer);
       clearInterval(recurringTimer);
       await emails?.stop();
       server.closeAllConnections();

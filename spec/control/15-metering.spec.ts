@@ -220,6 +220,24 @@ describe('metering', function () {
     expect(rows.settlements[0]).to.include({ status: 'confirmed', amount: 42, attempts: 2 });
   });
 
+  it('pruning forgets settled events past keep_events, keeps the totals and the dedupe of recent ones', async () => {
+    const c = stripe.create({ balance: -1000 });
+    await start();
+    await svc.sync!.sweep();
+    const old = [event(c.id, { at: Date.now() - 10 * 86_400_000 }), event(c.id, { at: Date.now() - 9 * 86_400_000 })];
+    await post(old);
+    await svc.settler!.settle(); // settles the 2 cents
+    const recent = [event(c.id)];
+    await post(recent);
+    const pruned = await svc.store.prune({ usageBefore: Date.now() - 7 * 86_400_000, webhooksBefore: 0 });
+    expect(pruned.usageEvents).to.equal(2);
+    expect((await customerState(c.id)).estimated_balance, 'the estimate does not move').to.equal(-997);
+    expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1 });
+    await svc.stop();
+    await start();
+    expect((await customerState(c.id)).estimated_balance, 'nor after a restart').to.equal(-997);
+  });
+
   it('meter_events mode: one meter event per settlement, identified by its key, value in the smallest unit', async () => {
     const c = stripe.create({ balance: -1000 });
     await start({ default_cost: '0.5', settle: { mode: 'meter_events', meter_event_name: 'api_requests', schedule: '0 0 1 1 *' } });

@@ -201,6 +201,14 @@ export class SqliteStore implements Store {
     })();
   }
 
+  async prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }> {
+    const usageEvents = this.db.prepare(`DELETE FROM usage_events WHERE at < ? AND (customer_id IS NULL OR cost_micros = 0
+      OR seq <= COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = usage_events.customer_id AND s.status = 'confirmed'), 0))`)
+      .run(opts.usageBefore).changes;
+    const webhookEvents = this.db.prepare('DELETE FROM webhook_events WHERE at < ?').run(opts.webhooksBefore).changes;
+    return { usageEvents, webhookEvents };
+  }
+
   async settlementFailed(id: number, error: string): Promise<void> {
     this.db.prepare('UPDATE settlements SET attempts = attempts + 1, last_error = ? WHERE id = ?').run(error, id);
   }

@@ -102,6 +102,12 @@ export interface Store {
    */
   openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]>;
   settlementFailed(id: number, error: string): Promise<void>;
+  /**
+   * Forgets what is only kept for dedupe: usage events older than `usageBefore`
+   * that a confirmed settlement covers (or that bill no one), and webhook event
+   * ids older than `webhooksBefore`. Running totals are kept.
+   */
+  prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }>;
   settlements(customerId?: string): Promise<SettlementRow[]>;
   /** Current members of a cohort and when they entered. */
   membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>>;
