@@ -159,7 +159,7 @@ export class Engine {
       if (!t.reenrollAfterMs || t.trigger.kind !== 'cohort' || !this.isTemplateActive(t.id)) continue;
       const members = (await this.store.membersSince(t.trigger.cohort)).flatMap(({ customerId, since }) => {
         const e = this.entries.get(customerId);
-        return e ? [{ customer: e.customer, since }] : [];
+        return e ? [{ customer: estimated(e.customer, e.unsettledMicros), since }] : [];
       });
       added += await this.store.enqueueEmails(planRecurring(t, members, now, this.config.topUp, this.now()));
     }
