@@ -74,7 +74,7 @@ export class SqliteStore implements Store {
   private prepareStatements() {
     return {
       upsertCustomer: this.db.prepare(`INSERT INTO customers (id, balance, currency, name, email, metadata, version)
-        VALUES (@id, @balance, @currency, @name, @email, @metadata, @version)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, currency = excluded.currency, name = excluded.name,
           email = excluded.email, metadata = excluded.metadata, version = excluded.version`),
       deleteCustomer: this.db.prepare('DELETE FROM customers WHERE id = ?'),
@@ -136,7 +136,7 @@ export class SqliteStore implements Store {
         if (row) this.stmt.addSettled.run(row.amount, row.customer_id);
       }
       for (const e of changes.emails ?? []) this.stmt.enqueueEmail.run(e);
-      for (const c of changes.upserts) this.stmt.upsertCustomer.run({ ...c, metadata: JSON.stringify(c.metadata) });
+      for (const c of changes.upserts) this.stmt.upsertCustomer.run(c.id, c.balance, c.currency, c.name, c.email, JSON.stringify(c.metadata), c.version);
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
       for (const t of changes.transitions) {
         this.stmt.logTransition.run(t.customerId, t.cohort, t.kind, t.at, t.balance);

@@ -5,7 +5,7 @@
 import Stripe from 'stripe';
 import type { Engine } from '../engine';
 import { toCustomer, type StripeGateway } from './gateway';
-import type { Store } from '../store/store';
+import type { Store, StoredCustomer } from '../store/store';
 
 const CUSTOMER_EVENTS = new Set(['customer.created', 'customer.updated', 'customer.deleted']);
 
@@ -55,7 +55,10 @@ export class BalanceSync {
         next = page.hasMore ? this.gateway.listPage(this.opts.pageSize, page.lastId) : undefined;
         next?.catch(() => undefined); // awaited on the next turn; an apply failure must not leave it unhandled
         const applyStarted = Date.now();
-        await this.engine.apply(page.customers.map((c) => ({ ...c, version: page.fetchedAt })), []);
+        // The page's objects are ours: stamp them rather than copy 100 customers per page.
+        const stamped = page.customers as StoredCustomer[];
+        for (const c of stamped) c.version = page.fetchedAt;
+        await this.engine.apply(stamped, []);
         applyMs += Date.now() - applyStarted;
         for (const c of page.customers) present.add(c.id);
       }
