@@ -96,12 +96,13 @@ describe('payg log phase: usage reporting', function () {
   it('a batch the control service refuses (400) is dropped and logged, not retried; the next one goes', async () => {
     let calls = 0;
     svc.usageStatus = () => (++calls === 1 ? 400 : 202);
-    const id = await instance({ usage_queue: { max_batch_size: 2, max_coalescing_delay: 0.01, initial_retry_delay: 0.01 } });
+    const id = await instance({ usage_queue: { max_batch_size: 2, max_coalescing_delay: 0.5, initial_retry_delay: 0.01 } });
     for (let i = 0; i < 4; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
-    await until(() => events().length === 2);
+    const refusedMsg = 'usage batch refused by the control service; dropped (sending it again cannot help)';
+    await until(() => events().length === 2 && server.logs.some((l) => l.msg === refusedMsg));
     await sleep(100);
     expect(calls, 'the refused batch was sent once').to.equal(2);
-    const refused = server.logs.find((l) => l.msg === 'usage batch refused by the control service; dropped (sending it again cannot help)');
+    const refused = server.logs.find((l) => l.msg === refusedMsg);
     expect(refused).to.include({ dropped: 2, level: 50 });
   });
 
