@@ -55,6 +55,14 @@ export class StripeEmulator extends LoopbackServer {
     this.down = down;
     if (down) this.server.closeAllConnections();
   }
+  /**
+   * Requests whose path matches are carried out but never answered (until the
+   * client gives up or dies): the moment between "Stripe did it" and "the
+   * caller heard it". undefined answers normally again.
+   */
+  holdAnswers(path: RegExp | undefined): void { this.held = path; }
+  private held: RegExp | undefined;
+
   /** Answer 429 past `perSecond` requests in any one-second window, as Stripe's limiter does. */
   limitRate(perSecond: number | undefined): void {
     this.rateLimit = perSecond === undefined ? undefined : { perSecond, windowStart: 0, count: 0 };
@@ -173,6 +181,7 @@ export class StripeEmulator extends LoopbackServer {
       const body = parseForm(rawBody);
       // Idempotency as Stripe does it: the same key with the same request replays
       // the first answer; the same key with other parameters is a 400.
+      if (this.held?.test(url.pathname)) res.end = (() => res) as unknown as typeof res.end; // done, never answered
       const idemKey = req.method === 'POST' ? req.headers['idempotency-key'] as string | undefined : undefined;
       if (idemKey) {
         const signature = `${req.method} ${url.pathname} ${[...new URLSearchParams(rawBody)].sort().map(([k, v]) => `${k}=${v}`).join('&')}`;

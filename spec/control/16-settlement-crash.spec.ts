@@ -1,0 +1,75 @@
+// kill -9 between "Stripe charged" and "the service heard it": Stripe carries
+// out the settlement's balance transaction but its answer never arrives, and
+// the service is killed. On restart the pending settlement is sent again with
+// the same idempotency key; Stripe replays its first answer and charges once.
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startControlProcess, type ControlProcess } from '../support/control-process';
+import { StripeEmulator } from '../support/stripe-emulator';
+
+const ADMIN = 'admin-token-for-tests';
+
+describe('settlement survives kill -9', function () {
+  this.timeout(30_000);
+  let dir: string;
+  let stripe: StripeEmulator;
+  let control: ControlProcess | undefined;
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-settle-crash-'));
+    stripe = await new StripeEmulator().start();
+    stripe.autoDeliver = false;
+  });
+  after(async () => {
+    await control?.kill('SIGKILL');
+    await stripe.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('charged by Stripe, killed before hearing it, restarted: one balance transaction, confirmed, estimate right', async () => {
+    const c = stripe.create({ name: 'Ada', balance: -1000 });
+    const configFile = path.join(dir, 'payg.yml');
+    fs.writeFileSync(configFile, JSON.stringify({
+      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+      stripe: { poll: '0 0 1 1 *', timeout_ms: 60_000 },
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+      metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+    }));
+    const env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN };
+    const admin = (p: string, method = 'GET') => fetch(`${control!.url}/admin/${p}`, { method, headers: { authorization: `Bearer ${ADMIN}` } });
+    control = await startControlProcess(configFile, env);
+    await (await admin('sweep', 'POST')).json();
+    const events = Array.from({ length: 42 }, (_, i) => ({ id: `u-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 }));
+    expect((await fetch(`${control.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) })).status).to.equal(200);
+
+    stripe.holdAnswers(/\/balance_transactions$/);
+    void admin('settle', 'POST').catch(() => undefined); // never answered: the service dies first
+    const deadline = Date.now() + 5000;
+    while (stripe.balanceTransactions.length === 0) {
+      if (Date.now() > deadline) throw new Error('the settlement never reached Stripe');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await control.kill('SIGKILL');
+    expect(stripe.customers.get(c.id)!.balance, 'Stripe charged').to.equal(-958);
+
+    stripe.holdAnswers(undefined);
+    control = await startControlProcess(configFile, env); // settles what is pending at start
+    let rows: any[] = [];
+    while (!(rows[0]?.status === 'confirmed')) {
+      if (Date.now() > deadline + 5000) throw new Error(`never confirmed: ${JSON.stringify(rows)}`);
+      rows = ((await (await admin(`settlements?customer=${c.id}`)).json()) as any).settlements;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(stripe.balanceTransactions, 'charged once').to.have.length(1);
+    expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
+    expect(stripe.requests.filter((r) => r.path.endsWith('/balance_transactions')), 'sent twice, same key').to.have.length(2);
+    expect(rows).to.have.length(1);
+    expect(rows[0]).to.include({ amount: 42, status: 'confirmed' });
+    const state = await (await admin(`customers/${c.id}`)).json() as any;
+    expect(state.estimated_balance, 'no gap, no double count').to.equal(-958);
+    expect(state.unsettled_usage).to.equal(0);
+  });
+});
