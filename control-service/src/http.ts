@@ -244,7 +244,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       if (body?.customer_id !== undefined) {
         const state = typeof body.customer_id === 'string' ? engine.customer(body.customer_id) : undefined;
         if (!state) return send(res, 404, { error: 'not_found', message: 'no such customer' });
-        customer = state.customer;
+        customer = { ...state.customer, balance: state.estimatedBalance }; // as the workflow sees it
       }
       const threshold = 1000;
       try {
