@@ -11,7 +11,7 @@ import { StripeEmulator } from '../support/stripe-emulator';
 
 const ADMIN = 'admin-token-for-tests';
 
-describe('settlement survives kill -9', function () {
+describe('metering survives kill -9', function () {
   this.timeout(30_000);
   let dir: string;
   let stripe: StripeEmulator;
@@ -26,6 +26,31 @@ describe('settlement survives kill -9', function () {
     await control?.kill('SIGKILL');
     await stripe.stop();
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('usage answered 200 is still counted after kill -9, and its ids still deduplicated', async () => {
+    const c = stripe.create({ name: 'Bob', balance: -500 });
+    const configFile = path.join(dir, 'usage.yml');
+    fs.writeFileSync(configFile, JSON.stringify({
+      listen: { port: 0 }, store: { sqlite: path.join(dir, 'usage.sqlite') }, stripe: { poll: '0 0 1 1 *' },
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+      metering: { default_cost: '2.5', settle: { enabled: false } },
+    }));
+    const env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN };
+    control = await startControlProcess(configFile, env);
+    await fetch(`${control.url}/admin/sweep`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
+    const batch = JSON.stringify({ events: Array.from({ length: 200 }, (_, i) => ({ id: `k9-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 })) });
+    const res = await fetch(`${control.url}/v1/usage`, { method: 'POST', body: batch });
+    expect(res.status).to.equal(200);
+    await control.kill('SIGKILL'); // at once after the 200
+    control = await startControlProcess(configFile, env);
+    const state = await (await fetch(`${control.url}/admin/customers/${c.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
+    expect(state.unsettled_usage).to.equal(500);
+    expect(state.cohorts, '$5.00 of credit spent: blocked').to.deep.equal(['no-credit']);
+    expect(await (await fetch(`${control.url}/v1/usage`, { method: 'POST', body: batch })).json()).to.deep.equal({ accepted: 0, duplicates: 200 });
+    await control.kill('SIGKILL');
+    control = undefined;
   });
 
   it('charged by Stripe, killed before hearing it, restarted: one balance transaction, confirmed, estimate right', async () => {
