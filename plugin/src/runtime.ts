@@ -39,7 +39,11 @@ export function runtimeFor(opts: PaygOptions): Runtime {
         cacheTtlMs: opts.cacheTtlMs,
         staleTtlMs: opts.staleTtlMs,
         unreported: (consumer) => runtime!.usage.unreported(consumer),
-        flushUsage: () => runtime!.usage.flushNow(),
+        // On the request path: wait no longer than a decision call may take.
+        flushUsage: () => Promise.race([
+          runtime!.usage.flushNow(),
+          new Promise<void>((resolve) => { setTimeout(resolve, opts.timeoutMs).unref(); }),
+        ]),
       }),
       usage: new UsageQueue(opts.usageQueue, {
         send: (batch) => client.postUsage(batch, usageTimeoutMs),

@@ -100,10 +100,12 @@ export class UsageQueue {
   private async loop(): Promise<void> {
     if (this.sending) return;
     const ok = await this.sendBatch();
-    if (ok) {
-      this.schedule();
-      return;
-    }
+    if (ok) this.schedule(); else this.retryLater();
+  }
+
+  /** After a failed send: the next try waits, doubling up to max_retry_delay. */
+  private retryLater(): void {
+    clearTimeout(this.flushTimer);
     const delay = Math.min(this.opts.initialRetryDelayMs * 2 ** (this.failures - 1), this.opts.maxRetryDelayMs);
     this.flushTimer = setTimeout(() => { this.flushTimer = undefined; void this.loop(); }, delay).unref();
   }
@@ -119,7 +121,7 @@ export class UsageQueue {
     this.flushTimer = undefined;
     while (this.queue.length > 0 && !this.sending) {
       if (!(await this.sendBatch())) {
-        this.schedule();
+        this.retryLater();
         return;
       }
     }

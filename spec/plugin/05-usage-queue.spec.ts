@@ -1,0 +1,40 @@
+// The usage queue on its own (its I/O is a function passed in): the flush a
+// decision may force, and what happens when that flush fails.
+import { expect } from 'chai';
+import { UsageQueue, type SendOutcome, type UsageEvent } from '../../plugin/src/usage-queue';
+
+const opts = { maxBatchSize: 10, maxCoalescingDelayMs: 60_000, maxEntries: 100, initialRetryDelayMs: 20, maxRetryDelayMs: 50 };
+const event = (i: number, consumer = 'cus_a'): UsageEvent => ({ id: `e${i}`, consumer, at: new Date().toISOString(), route: null, status: 200 });
+const until = async (check: () => boolean) => {
+  const deadline = Date.now() + 2000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+describe('usage queue', () => {
+  it('flushNow sends at once instead of after the coalescing delay, and unreported() counts per consumer until sent', async () => {
+    const sent: UsageEvent[][] = [];
+    const q = new UsageQueue(opts, { send: async (b) => { sent.push(b); return undefined; }, warn: () => undefined });
+    q.push(event(1)); q.push(event(2)); q.push(event(3, 'cus_b'));
+    expect(q.unreported('cus_a')).to.equal(2);
+    expect(q.unreported('cus_b')).to.equal(1);
+    await q.flushNow();
+    expect(sent.flat().map((e) => e.id)).to.deep.equal(['e1', 'e2', 'e3']);
+    expect(q.unreported('cus_a')).to.equal(0);
+  });
+
+  it('a failed flush schedules the retry: the queue is not left waiting for the next push', async () => {
+    let calls = 0;
+    const sent: UsageEvent[][] = [];
+    const send = async (b: UsageEvent[]): Promise<SendOutcome> => (++calls === 1 ? { retry: 'control service answered 503' } : (sent.push(b), undefined));
+    const q = new UsageQueue(opts, { send, warn: () => undefined });
+    q.push(event(1));
+    await q.flushNow();
+    expect(sent).to.have.length(0);
+    expect(q.unreported('cus_a'), 'still unreported after the failure').to.equal(1);
+    await until(() => sent.length === 1); // the retry, after initial_retry_delay, with no further push
+    expect(q.unreported('cus_a')).to.equal(0);
+  });
+});
