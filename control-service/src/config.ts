@@ -143,8 +143,9 @@ export class ConfigError extends Error {
   }
 }
 
-function fieldPath(p: Array<string | number>): string {
-  return p.reduce<string>((acc, part) => (typeof part === 'number' ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '') || '(root)';
+/** A validation issue's path as a field name: ['emails', 0, 'html'] → "emails[0].html". */
+export function fieldPath(p: Array<string | number>, root = '(root)'): string {
+  return p.reduce<string>((acc, part) => (typeof part === 'number' ? `${acc}[${part}]` : acc ? `${acc}.${part}` : part), '') || root;
 }
 
 export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {

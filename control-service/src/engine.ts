@@ -169,12 +169,8 @@ export class Engine {
 
   /** The decision for a consumer value, from memory only. */
   decide(consumer: string): DecisionAnswer {
-    let id: string | undefined = this.entries.has(consumer) ? consumer : undefined;
-    if (!id) {
-      const claimants = this.claims.get(consumer);
-      if (claimants !== undefined && typeof claimants !== 'string') return { json: this.unknownJson, outcome: 'conflict' };
-      id = claimants;
-    }
+    const id = this.resolve(consumer);
+    if (id === undefined && typeof this.claims.get(consumer) === 'object') return { json: this.unknownJson, outcome: 'conflict' };
     const entry = id === undefined ? undefined : this.entries.get(id);
     if (!entry) return { json: this.unknownJson, outcome: this.config.unknownConsumer === 'allow' ? 'unknown_allow' : 'unknown_block' };
     return entry.answer;

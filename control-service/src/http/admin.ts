@@ -6,7 +6,7 @@ import { formatMoney } from '../customer';
 import { mergeContext, SAMPLE_CUSTOMER } from '../merge-tags';
 import { MICROS_PER_UNIT } from '../pricing';
 import type { HttpDeps } from './index';
-import { jsonBody, readBody, send, tokenMatches } from './util';
+import { jsonBody, send, tokenMatches } from './util';
 
 export function createAdminHandler(deps: HttpDeps): (method: string, parts: string[], req: http.IncomingMessage, res: http.ServerResponse) => Promise<void> {
   const { config, engine, log } = deps;
@@ -87,9 +87,7 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
       return send(res, 200, { rules: engine.rules().map(({ rule, enabled }) => ({ id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status })) });
     }
     if ((method === 'PUT' || method === 'PATCH') && resource === 'rules' && id) {
-      const body = await readBody(req);
-      let enabled: unknown;
-      try { enabled = body === 'too_large' ? undefined : JSON.parse(body.toString()).enabled; } catch { enabled = undefined; }
+      const enabled = (await jsonBody(req))?.enabled;
       if (typeof enabled !== 'boolean') return send(res, 400, { error: 'bad_request', message: 'body must be {"enabled": true|false}' });
       if (!(await engine.setRuleEnabled(id, enabled))) return send(res, 404, { error: 'not_found' });
       log.info({ rule: id, enabled }, 'rule switched');

@@ -12,7 +12,7 @@ import type { EmailSender } from '../emails/sender';
 import type { Settler } from '../stripe/settlement';
 import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
-import type { Config } from '../config';
+import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
 import { MAX_BODY_BYTES, readBody, send, tokenMatches } from './util';
 
@@ -41,10 +41,6 @@ const usageBatch = z.object({
   }).passthrough()),
 }).passthrough();
 
-function issuePath(path: Array<string | number>): string {
-  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${p}` : p), '');
-}
-
 export function createHttpServer(deps: HttpDeps): http.Server {
   const { config, engine, metrics, log } = deps;
   const controlToken = config.secrets.controlToken;
@@ -70,7 +66,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     const parsed = usageBatch.safeParse(doc);
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
-      return send(res, 400, { error: 'bad_request', message: `${issuePath(issue.path) || 'body'}: ${issue.message}` });
+      return send(res, 400, { error: 'bad_request', message: `${fieldPath(issue.path, 'body')}: ${issue.message}` });
     }
     const { events } = parsed.data;
     if (events.length > config.metering.maxBatchEvents) {
