@@ -6,38 +6,15 @@
 // The control service holds 10,000 customers (half blocked, so half the answers
 // are rendered 402 bodies) in its SQLite file and requires the control token.
 import autocannon from 'autocannon';
-import fs from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
-import { SqliteStore } from '../control-service/src/store/sqlite';
 import { performance } from 'node:perf_hooks';
-import { spawnPinned, stop, waitForHttp } from './support';
+import { spawnPinned, startControl, stop, waitForHttp } from './support';
 
-const ROOT = path.resolve(__dirname, '../..');
 const CUSTOMERS = 10_000;
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const SECONDS = Number(process.env.SECONDS ?? 5);
 const TOKEN = 'bench-control-token';
-
-async function seed(dir: string): Promise<string> {
-  const file = path.join(dir, 'payg.sqlite');
-  const store = new SqliteStore(file);
-  const customers = Array.from({ length: CUSTOMERS }, (_, i) => ({
-    id: `cus_bench${i}`, balance: i % 2 ? 0 : -10_000, currency: 'usd', name: `Customer ${i}`, email: `c${i}@example.com`,
-    metadata: { kong_consumer: `consumer-${i}` }, version: Date.now(),
-  }));
-  await store.saveChanges({ upserts: customers, deletes: [], transitions: [] });
-  await store.close();
-  const config = {
-    listen: { host: '127.0.0.1', port: 0 }, store: { sqlite: file },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-    rules: [{ id: 'block-no-credit', cohort: 'no-credit', body: '{"error":"payment_required","message":"{{customer.first_name}}, your credit is used up.","balance":"{{credit.formatted}}"}' }],
-  };
-  const configFile = path.join(dir, 'payg.yml');
-  fs.writeFileSync(configFile, JSON.stringify(config));
-  return configFile;
-}
 
 function load(url: string, opts: { connections: number }): Promise<autocannon.Result> {
   let n = 0;
@@ -84,19 +61,26 @@ async function fixedRate(url: string, rate: number, seconds = SECONDS): Promise<
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-'));
-  const configFile = await seed(dir);
   const bare = spawnPinned([process.execPath, path.join(__dirname, 'bare-server.js')], { cpu: 1, env: { PORT: '18801' } });
-  const control = spawnPinned([process.execPath, path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
-    cpu: 1, env: { PORT: '18802', PAYG_CONTROL_TOKEN: TOKEN, STRIPE_SECRET_KEY: '' },
-  });
-  const servers = [
-    { name: 'bare http constant', url: 'http://127.0.0.1:18801', child: bare, rps: [] as number[], errors: 0 },
-    { name: 'payg decision API ', url: 'http://127.0.0.1:18802', child: control, rps: [] as number[], errors: 0 },
-  ];
+  let control: Awaited<ReturnType<typeof startControl>> | undefined;
   try {
-    await waitForHttp(`${servers[0].url}/`, bare);
-    await waitForHttp(`${servers[1].url}/health`, control);
+    await waitForHttp('http://127.0.0.1:18801/', bare);
+    control = await startControl({
+      port: 18802,
+      customers: Array.from({ length: CUSTOMERS }, (_, i) => ({
+        id: `cus_bench${i}`, balance: i % 2 ? 0 : -10_000, currency: 'usd', name: `Customer ${i}`, email: `c${i}@example.com`,
+        metadata: { kong_consumer: `consumer-${i}` }, version: Date.now(),
+      })),
+      config: {
+        cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+        rules: [{ id: 'block-no-credit', cohort: 'no-credit', body: '{"error":"payment_required","message":"{{customer.first_name}}, your credit is used up.","balance":"{{credit.formatted}}"}' }],
+      },
+      env: { PAYG_CONTROL_TOKEN: TOKEN },
+    });
+    const servers = [
+      { name: 'bare http constant', url: 'http://127.0.0.1:18801', rps: [] as number[], errors: 0 },
+      { name: 'payg decision API ', url: control.url, rps: [] as number[], errors: 0 },
+    ];
     for (const s of servers) await load(s.url, { connections: 16 }); // warm-up
     for (let round = 0; round < ROUNDS; round++) {
       // Alternate which server goes first, so drift hits both alike.
@@ -116,8 +100,7 @@ async function main() {
       console.log(`  ${s.name}  p50 ${r.p50.toFixed(3)} ms  p99 ${r.p99.toFixed(3)} ms  max ${r.max.toFixed(2)} ms  (${r.count} requests, ${r.errors} errors)   (target p99 < 2 ms)`);
     }
   } finally {
-    await Promise.all(servers.map((s) => stop(s.child)));
-    fs.rmSync(dir, { recursive: true, force: true });
+    await Promise.all([stop(bare), control?.stop()]);
   }
 }
 

@@ -3,46 +3,32 @@
 // holds $1.00 at $0.01 a request and calls at a steady rate. The control
 // service and the plugin server share CPU 1; the harness runs on CPU 0.
 // Prints, per rate: the time from request 100 to the first 402, and how many
-// requests past the 100th got through (the overshoot) — to compare with the
-// bound in README: ρ·(max_coalescing_delay + a round trip) + max(0, ρ·T − L) requests.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+// requests past the 100th got through (the overshoot; README: none on one node).
 import { performance } from 'node:perf_hooks';
-import { SqliteStore } from '../control-service/src/store/sqlite';
 import { KongHarness, accessPdk, logPdk } from '../spec/support/kong-harness';
 import { startPluginServer } from '../spec/support/pluginserver-process';
-import { spawnPinned, stop, waitForHttp } from './support';
+import { startControl } from './support';
 
-const ROOT = path.resolve(__dirname, '../..');
 const RATES = (process.env.RATES ?? '10,50,200').split(',').map(Number);
 const COALESCING = process.env.COALESCING; // plugin usage_queue.max_coalescing_delay (s); default: the plugin's
 
 async function main() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-'));
-  const file = path.join(dir, 'payg.sqlite');
-  const store = new SqliteStore(file);
-  await store.saveChanges({
-    upserts: RATES.map((rate) => ({ id: `cus_rate${rate}`, balance: -100, currency: 'usd', name: 'Bench', email: null, metadata: {}, version: 1 })),
-    deletes: [], transitions: [],
+  const control = await startControl({
+    port: 18805,
+    customers: RATES.map((rate) => ({ id: `cus_rate${rate}`, balance: -100, currency: 'usd', name: 'Bench', email: null, metadata: {}, version: 1 })),
+    config: {
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+      metering: { default_cost: 1 },
+    },
   });
-  await store.close();
-  const configFile = path.join(dir, 'payg.yml');
-  fs.writeFileSync(configFile, JSON.stringify({
-    listen: { host: '127.0.0.1', port: 18805 }, store: { sqlite: file },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-    rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-    metering: { default_cost: 1 },
-  }));
-  const control = spawnPinned([process.execPath, path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], { cpu: 1, env: { STRIPE_SECRET_KEY: '' } });
   const ps = await startPluginServer({ cpu: 1 });
   const kong = new KongHarness(ps.socketPath);
   try {
-    await waitForHttp('http://127.0.0.1:18805/health', control);
     console.log(`$1.00 of credit at $0.01 a request; plugin and service defaults${COALESCING ? `, max_coalescing_delay ${COALESCING}s` : ''}`);
     for (const rate of RATES) {
       const id = await kong.startInstance('payg', {
-        control_service_url: 'http://127.0.0.1:18805', ...(COALESCING ? { usage_queue: { max_coalescing_delay: Number(COALESCING) } } : {}),
+        control_service_url: control.url, ...(COALESCING ? { usage_queue: { max_coalescing_delay: Number(COALESCING) } } : {}),
       }, `bench-${rate}`);
       const consumer = { id: `k-${rate}`, custom_id: `cus_rate${rate}` };
       const t0 = performance.now();
@@ -66,8 +52,7 @@ async function main() {
   } finally {
     kong.close();
     await ps.stop();
-    await stop(control);
-    fs.rmSync(dir, { recursive: true, force: true });
+    await control.stop();
   }
 }
 

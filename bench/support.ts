@@ -1,8 +1,13 @@
 // Helpers the benchmarks share: child processes pinned to a core, waiting for
-// an HTTP endpoint, and a process's peak resident memory.
+// an HTTP endpoint, a process's peak resident memory, and the control service
+// started as its own process on a seeded store.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { SqliteStore } from '../control-service/src/store/sqlite';
+import type { StoredCustomer } from '../control-service/src/store/store';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -35,4 +40,39 @@ export async function stop(child: { proc: ChildProcess }): Promise<void> {
   const exited = new Promise((r) => child.proc.once('exit', r));
   child.proc.kill('SIGTERM');
   await exited;
+}
+
+export const ROOT = path.resolve(__dirname, '../..');
+
+export interface ControlProcess { url: string; child: ReturnType<typeof spawnPinned>; stop(): Promise<void> }
+
+/**
+ * The control service as its own process pinned to CPU 1, listening on
+ * `port`, in a temp dir with `config` (listen and store filled in) and a
+ * SQLite file seeded with `customers`. Resolves once /health answers.
+ * CHILD_NODE_ARGS (e.g. "--cpu-prof") go to its node, to profile it.
+ */
+export async function startControl(opts: { port: number; config: Record<string, unknown>; customers?: StoredCustomer[]; env?: NodeJS.ProcessEnv }): Promise<ControlProcess> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-'));
+  const sqlite = path.join(dir, 'payg.sqlite');
+  if (opts.customers?.length) {
+    const store = new SqliteStore(sqlite);
+    await store.saveChanges({ upserts: opts.customers, deletes: [], transitions: [] });
+    await store.close();
+  }
+  const configFile = path.join(dir, 'payg.yml');
+  fs.writeFileSync(configFile, JSON.stringify({ ...opts.config, listen: { host: '127.0.0.1', port: opts.port }, store: { sqlite } }));
+  const nodeArgs = process.env.CHILD_NODE_ARGS ? process.env.CHILD_NODE_ARGS.split(' ') : [];
+  const child = spawnPinned([process.execPath, ...nodeArgs, path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
+    cpu: 1, env: { STRIPE_SECRET_KEY: '', ...opts.env },
+  });
+  const url = `http://127.0.0.1:${opts.port}`;
+  const stopIt = async () => { await stop(child); fs.rmSync(dir, { recursive: true, force: true }); };
+  try {
+    await waitForHttp(`${url}/health`, child);
+  } catch (err) {
+    await stopIt();
+    throw err;
+  }
+  return { url, child, stop: stopIt };
 }

@@ -3,13 +3,9 @@
 // service runs as its own process (pinned to CPU 1, max_requests_per_second
 // 100) so its peak RSS is its own; the emulator runs here on CPU 0.
 // Figures: wall time against the pages ÷ rate floor, 429s seen, peak RSS.
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { StripeEmulator } from '../spec/support/stripe-emulator';
-import { peakRssMb, spawnPinned, stop, waitForHttp } from './support';
+import { peakRssMb, startControl } from './support';
 
-const ROOT = path.resolve(__dirname, '../..');
 const CUSTOMERS = Number(process.env.CUSTOMERS ?? 100_000);
 const RATE = 100;
 const ADMIN = 'bench-admin-token';
@@ -22,26 +18,21 @@ async function main() {
   }
   stripe.events.length = 0;
   stripe.limitRate(RATE);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-'));
-  const configFile = path.join(dir, 'payg.yml');
-  fs.writeFileSync(configFile, JSON.stringify({
-    listen: { host: '127.0.0.1', port: 18803 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-    stripe: { poll: '0 0 1 1 *', max_requests_per_second: RATE, page_size: 100 },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }, { id: 'under-10', filter: { balance: { gt: -1000 } } }],
-    rules: [{ id: 'block-no-credit', cohort: 'no-credit', body: '{"error":"payment_required","name":"{{customer.name}}"}' }],
-  }));
   const t0 = Date.now();
   // The service sweeps once on start; POST /admin/sweep joins that sweep and answers when it ends.
-  // CHILD_NODE_ARGS (e.g. "--cpu-prof") profiles the service.
-  const nodeArgs = process.env.CHILD_NODE_ARGS ? process.env.CHILD_NODE_ARGS.split(' ') : [];
-  const control = spawnPinned([process.execPath, ...nodeArgs, path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
-    cpu: 1, env: { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN },
+  const control = await startControl({
+    port: 18803,
+    config: {
+      stripe: { poll: '0 0 1 1 *', max_requests_per_second: RATE, page_size: 100 },
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }, { id: 'under-10', filter: { balance: { gt: -1000 } } }],
+      rules: [{ id: 'block-no-credit', cohort: 'no-credit', body: '{"error":"payment_required","name":"{{customer.name}}"}' }],
+    },
+    env: { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN },
   });
   try {
-    await waitForHttp('http://127.0.0.1:18803/health', control);
     const sweep = async (label: string) => {
       const before = stripe.requests.length;
-      const res = await fetch('http://127.0.0.1:18803/admin/sweep', { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
+      const res = await fetch(`${control.url}/admin/sweep`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
       const result = await res.json() as { ok: boolean; customers: number; pages: number; durationMs: number; applyMs: number; error?: string };
       if (!result.ok) throw new Error(`${label} failed: ${result.error}`);
       const floor = result.pages / RATE;
@@ -50,20 +41,18 @@ async function main() {
         + `(applying pages to memory and SQLite, overlapped with fetching: ${(result.applyMs / 1000).toFixed(2)} s)`);
       console.log(`  floor pages÷rate ${floor.toFixed(2)} s → ratio ${(result.durationMs / 1000 / floor).toFixed(3)} (target ≤ 1.2); 429 answers ${throttled}`);
     };
-    // The service sweeps once on start into an empty store; POST /admin/sweep joins that sweep and answers when it ends.
     await sweep('first sweep, empty store (every row inserted)');
     console.log(`  process start to first sweep end ${((Date.now() - t0) / 1000).toFixed(2)} s`);
     // Steady state: 1% of balances moved since.
     [...stripe.customers.values()].forEach((c, i) => { if (i % 100 === 0) c.balance += 100; });
     await sweep('next sweep, 1% of balances changed');
-    const metrics = await (await fetch('http://127.0.0.1:18803/metrics')).text();
+    const metrics = await (await fetch(`${control.url}/metrics`)).text();
     const mb = (name: string) => (Number(new RegExp(`^${name} (\\S+)`, 'm').exec(metrics)?.[1]) / 2 ** 20).toFixed(1);
     console.log(`control service after the sweeps: RSS ${mb('payg_process_resident_memory_bytes')} MB, V8 heap ${mb('payg_nodejs_heap_size_used_bytes')} MB used of ${mb('payg_nodejs_heap_size_total_bytes')} MB, external ${mb('payg_nodejs_external_memory_bytes')} MB`);
-    console.log(`control service peak RSS ${peakRssMb(control.proc.pid!).toFixed(1)} MB   (target ≤ 256 MB)`);
+    console.log(`control service peak RSS ${peakRssMb(control.child.proc.pid!).toFixed(1)} MB   (target ≤ 256 MB)`);
   } finally {
-    await stop(control);
+    await control.stop();
     await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
