@@ -10,6 +10,7 @@ import { parseConfig } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
 import { StripeEmulator } from '../support/stripe-emulator';
 import { SmtpCapture } from '../support/smtp-capture';
+import { until } from '../support/until';
 
 const ADMIN = 'admin-token-for-tests';
 const HOUR = 3_600_000;
@@ -47,13 +48,6 @@ describe('behavioural emails', function () {
     return { status: res.status, body: await res.json() as any };
   };
   const log = async (q = '') => (await admin(`emails/log${q}`)).body.emails as Array<Record<string, any>>;
-  async function until(ok: () => Promise<boolean>, ms = 3000): Promise<void> {
-    const deadline = Date.now() + ms;
-    while (!(await ok())) {
-      if (Date.now() > deadline) throw new Error('timed out');
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
   const settle = () => until(async () => (await log()).every((e) => e.status !== 'pending' && e.status !== 'sending'));
 
   beforeEach(async () => {

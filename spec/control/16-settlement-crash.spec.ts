@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startControlProcess, type ControlProcess } from '../support/control-process';
 import { StripeEmulator } from '../support/stripe-emulator';
+import { until } from '../support/until';
 
 const ADMIN = 'admin-token-for-tests';
 
@@ -72,22 +73,17 @@ describe('metering survives kill -9', function () {
 
     stripe.holdAnswers(/\/balance_transactions$/);
     void admin('settle', 'POST').catch(() => undefined); // never answered: the service dies first
-    const deadline = Date.now() + 5000;
-    while (stripe.balanceTransactions.length === 0) {
-      if (Date.now() > deadline) throw new Error('the settlement never reached Stripe');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await until(() => stripe.balanceTransactions.length > 0, 5000, 'the settlement never reached Stripe');
     await control.kill('SIGKILL');
     expect(stripe.customers.get(c.id)!.balance, 'Stripe charged').to.equal(-958);
 
     stripe.holdAnswers(undefined);
     control = await startControlProcess(configFile, env); // settles what is pending at start
     let rows: any[] = [];
-    while (!(rows[0]?.status === 'confirmed')) {
-      if (Date.now() > deadline + 5000) throw new Error(`never confirmed: ${JSON.stringify(rows)}`);
+    await until(async () => {
       rows = ((await (await admin(`settlements?customer=${c.id}`)).json()) as any).settlements;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+      return rows[0]?.status === 'confirmed';
+    }, 10_000, 'the pending settlement was never confirmed');
     expect(stripe.balanceTransactions, 'charged once').to.have.length(1);
     expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
     expect(stripe.requests.filter((r) => r.path.endsWith('/balance_transactions')), 'sent twice, same key').to.have.length(2);

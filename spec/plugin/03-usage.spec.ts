@@ -3,15 +3,9 @@ import { expect } from 'chai';
 import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../support/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
 import { FakeControlService } from '../support/fake-control-service';
+import { until } from '../support/until';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(check: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(10);
-  }
-}
 const bob: Consumer = { id: 'b0b', username: 'bob', custom_id: 'cus_bob' };
 const route = { id: 'r-1', name: 'orders' };
 

@@ -2,16 +2,10 @@
 // decision may force, and what happens when that flush fails.
 import { expect } from 'chai';
 import { UsageQueue, type SendOutcome, type UsageEvent } from '../../plugin/src/usage-queue';
+import { until } from '../support/until';
 
 const opts = { maxBatchSize: 10, maxCoalescingDelayMs: 60_000, maxEntries: 100, initialRetryDelayMs: 20, maxRetryDelayMs: 50 };
 const event = (i: number, consumer = 'cus_a'): UsageEvent => ({ id: `e${i}`, consumer, at: new Date().toISOString(), route: null, status: 200 });
-const until = async (check: () => boolean) => {
-  const deadline = Date.now() + 2000;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
 
 describe('usage queue', () => {
   it('flushNow sends at once instead of after the coalescing delay, and unreported() counts per consumer until sent', async () => {
@@ -34,7 +28,7 @@ describe('usage queue', () => {
     await q.flushNow();
     expect(sent).to.have.length(0);
     expect(q.unreported('cus_a'), 'still unreported after the failure').to.equal(1);
-    await until(() => sent.length === 1); // the retry, after initial_retry_delay, with no further push
+    await until(() => sent.length === 1, 2000); // the retry, after initial_retry_delay, with no further push
     expect(q.unreported('cus_a')).to.equal(0);
   });
 });
