@@ -32,7 +32,7 @@ export function messageIdFor(row: Pick<OutboxRow, 'dedupeKey'>, fromAddress: str
   return `<payg.${createHash('sha256').update(row.dedupeKey).digest('hex').slice(0, 32)}@${domain}>`;
 }
 
-export function renderEmail(template: EmailTemplate, row: OutboxRow) {
+export function renderEmail(template: EmailTemplate, row: Pick<OutboxRow, 'dedupeKey' | 'to' | 'context'>) {
   const ctx = JSON.parse(row.context) as EmailMergeContext;
   return {
     from: { name: template.from.name ?? '', address: template.from.address },
@@ -105,7 +105,7 @@ export class EmailSender {
   async sendTest(templateId: string, to: string, context: EmailMergeContext): Promise<{ messageId: string; response: string }> {
     const template = this.templates.get(templateId);
     if (!template) throw new Error(`no email template ${templateId}`);
-    const row = { dedupeKey: `test|${templateId}|${to}|${Date.now()}|${Math.random()}`, to, context: JSON.stringify(context) } as OutboxRow;
+    const row = { dedupeKey: `test|${templateId}|${to}|${Date.now()}|${Math.random()}`, to, context: JSON.stringify(context) };
     const message = renderEmail(template, row);
     const info = await this.deps.transport.sendMail(message);
     return { messageId: message.messageId, response: String(info.response ?? '') };
