@@ -57,11 +57,14 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     });
     engine.onEmailsEnqueued = () => emails!.wake();
     await emails.start();
-    const checkRecurring = () => { engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed')); };
-    recurringTimer = setInterval(checkRecurring, d.recurringCheckIntervalMs);
-    checkRecurring();
   } else if (config.emails.length) {
     log.warn('SMTP_URL is not set: emails are decided and kept in the outbox, and delivered once SMTP_URL is set');
+  }
+  // Re-enrollment emails are decided like entry emails, whether or not SMTP is there to deliver them yet.
+  if (config.emails.some((t) => t.reenrollAfterMs)) {
+    const checkRecurring = () => { engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed')); };
+    recurringTimer = setInterval(checkRecurring, config.emailDelivery.recurringCheckIntervalMs);
+    checkRecurring();
   }
   let gateway: StripeGateway | undefined;
   if (config.secrets.stripeSecretKey) {
