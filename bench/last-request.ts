@@ -5,8 +5,8 @@
 // Prints, per rate: the time from request 100 to the first 402, and how many
 // requests past the 100th got through (the overshoot; README: none on one node).
 import { performance } from 'node:perf_hooks';
-import { KongHarness, accessPdk, logPdk } from '../spec/support/kong-harness';
-import { startPluginServer } from '../spec/support/pluginserver-process';
+import { KongHarness, accessPdk, logPdk } from '../testkit/kong-harness';
+import { startPluginServer } from '../testkit/pluginserver-process';
 import { startControl } from './support';
 
 const RATES = (process.env.RATES ?? '10,50,200').split(',').map(Number);

@@ -5,13 +5,13 @@
 // and the three are measured in interleaved rounds so drift hits all alike.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { KongHarness, accessPdk } from '../spec/support/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../spec/support/pluginserver-process';
-import { FakeControlService, allow, block } from '../spec/support/fake-control-service';
+import { KongHarness, accessPdk } from '../testkit/kong-harness';
+import { startPluginServer, type PluginServerProcess } from '../testkit/pluginserver-process';
+import { FakeControlService, allow, block } from '../testkit/fake-control-service';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 10);
 const PER_ROUND = Number(process.env.PER_ROUND ?? 3000);
-const VARIANT = path.join(__dirname, '../spec/support/variant-pluginserver.js');
+const VARIANT = path.join(__dirname, '../testkit/variant-pluginserver.js');
 const PINNED_CPU = Number(process.env.PINNED_CPU ?? 1);
 
 interface Case { name: string; server: PluginServerProcess; kong: KongHarness; id: string; samples: number[] }

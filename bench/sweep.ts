@@ -3,7 +3,7 @@
 // service runs as its own process (pinned to CPU 1, max_requests_per_second
 // 100) so its peak RSS is its own; the emulator runs here on CPU 0.
 // Figures: wall time against the pages ÷ rate floor, 429s seen, peak RSS.
-import { StripeEmulator } from '../spec/support/stripe-emulator';
+import { StripeEmulator } from '../testkit/stripe-emulator';
 import { peakRssMb, startControl } from './support';
 
 const CUSTOMERS = Number(process.env.CUSTOMERS ?? 100_000);

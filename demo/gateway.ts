@@ -5,7 +5,7 @@
 // use, proxies allowed requests to the upstream, then runs the log phase.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../spec/support/kong-harness';
+import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../testkit/kong-harness';
 
 export interface GatewayOptions {
   kong: KongHarness;

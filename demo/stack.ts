@@ -10,10 +10,10 @@ import pino from 'pino';
 import YAML from 'yaml';
 import { parseConfig } from '../control-service/src/config';
 import { startService, type RunningService } from '../control-service/src/service';
-import { KongHarness, type Consumer } from '../spec/support/kong-harness';
-import { startPluginServer, type PluginServerProcess, ROOT } from '../spec/support/pluginserver-process';
-import { SmtpCapture } from '../spec/support/smtp-capture';
-import { StripeEmulator } from '../spec/support/stripe-emulator';
+import { KongHarness, type Consumer } from '../testkit/kong-harness';
+import { startPluginServer, type PluginServerProcess, ROOT } from '../testkit/pluginserver-process';
+import { SmtpCapture } from '../testkit/smtp-capture';
+import { StripeEmulator } from '../testkit/stripe-emulator';
 import { DemoGateway, startUpstream } from './gateway';
 
 export const ADMIN_TOKEN = 'demo-admin-token';

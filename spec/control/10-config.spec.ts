@@ -12,7 +12,7 @@ function errorOf(doc: unknown): string {
 }
 
 describe('control-service config', () => {
-  it('accepts the DESIGN.md shape with defaults filled', () => {
+  it('accepts the documented config shape with defaults filled', () => {
     const cfg = parseConfig(base(), { PORT: '9999' }, '/tmp');
     expect(cfg.listen.port).to.equal(9999);
     expect(cfg.rules[0]).to.include({ status: 402, enabled: true, logOnly: false });

@@ -6,7 +6,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { parseConfig } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../support/stripe-emulator';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const WEBHOOK_SECRET = 'whsec_test_secret';

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import Stripe from 'stripe';
 import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { StripeEmulator } from '../support/stripe-emulator';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
 
 const SECRETS = {
   STRIPE_SECRET_KEY: 'sk_test_SECRETstripeKEY0123456789',

@@ -8,8 +8,8 @@ import path from 'node:path';
 import pino from 'pino';
 import { parseConfig } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../support/stripe-emulator';
-import { SmtpCapture } from '../support/smtp-capture';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { SmtpCapture } from '../../testkit/smtp-capture';
 import { until } from '../support/until';
 
 const ADMIN = 'admin-token-for-tests';

@@ -12,8 +12,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { SmtpCapture } from '../support/smtp-capture';
-import { StripeEmulator } from '../support/stripe-emulator';
+import { SmtpCapture } from '../../testkit/smtp-capture';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
 
 const CUSTOMERS = 200;
 const KILLS = Number(process.env.PAYG_CRASH_KILLS ?? 8);

@@ -11,9 +11,9 @@ import { parseConfig } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
 import { SqliteStore } from '../../control-service/src/store/sqlite';
 import type { StoreChanges } from '../../control-service/src/store/store';
-import { StripeEmulator } from '../support/stripe-emulator';
-import { KongHarness, accessPdk, logPdk } from '../support/kong-harness';
-import { startPluginServer } from '../support/pluginserver-process';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { KongHarness, accessPdk, logPdk } from '../../testkit/kong-harness';
+import { startPluginServer } from '../../testkit/pluginserver-process';
 
 const ADMIN = 'admin-token-for-tests';
 const CONTROL = 'control-token-for-tests';

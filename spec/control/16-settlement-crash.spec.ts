@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { StripeEmulator } from '../support/stripe-emulator';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
 import { until } from '../support/until';
 
 const ADMIN = 'admin-token-for-tests';

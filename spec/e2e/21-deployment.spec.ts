@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { loadConfig } from '../../control-service/src/config';
-import { PAYG_PLUGINSERVER, ROOT } from '../support/pluginserver-process';
+import { PAYG_PLUGINSERVER, ROOT } from '../../testkit/pluginserver-process';
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8');
 type Service = { build?: { dockerfile: string }; image?: string; environment?: Record<string, string>; env_file?: string | string[]; volumes?: string[]; ports?: string[] };

@@ -5,11 +5,11 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { PAYG_PLUGINSERVER, ROOT } from '../support/pluginserver-process';
+import { PAYG_PLUGINSERVER, ROOT } from '../../testkit/pluginserver-process';
 import { metaschemaProblems, validateConfig, type SchemaFields } from '../support/kong-schema';
 import { parseConfig } from '../../plugin/src/schema';
 
-const DESIGN_FIELDS = ['control_service_url', 'consumer_field', 'timeout_ms', 'cache_ttl_ms', 'stale_ttl_ms', 'fail_open', 'report_usage', 'control_service_token'];
+const CONTRACT_FIELDS = ['control_service_url', 'consumer_field', 'timeout_ms', 'cache_ttl_ms', 'stale_ttl_ms', 'fail_open', 'report_usage', 'control_service_token'];
 
 describe('payg schema (payg-pluginserver --dump-all-plugins)', () => {
   let dump: Array<{ Name: string; Version: string; Priority: number; Phases: string[]; Schema: { name: string; fields: Array<{ config: { type: string; fields: SchemaFields } }> } }>;
@@ -39,16 +39,16 @@ describe('payg schema (payg-pluginserver --dump-all-plugins)', () => {
     expect(dump[0].Phases).to.have.members(['access', 'log']);
   });
 
-  it('carries every field of the DESIGN.md config table, each with a description', () => {
+  it('carries every field of README's plugin config table, each with a description', () => {
     const names = fields.map((e) => Object.keys(e)[0]);
-    expect(names).to.include.members(DESIGN_FIELDS);
+    expect(names).to.include.members(CONTRACT_FIELDS);
     for (const entry of fields) {
       const [name, f] = Object.entries(entry)[0];
       expect(f.description, name).to.be.a('string').and.have.length.above(10);
     }
   });
 
-  it('gives the DESIGN.md defaults and validation', () => {
+  it('gives README's defaults and validation', () => {
     const f = Object.assign({}, ...fields) as Record<string, any>;
     expect(f.control_service_url).to.include({ type: 'string', required: true });
     expect(f.consumer_field).to.deep.include({ type: 'string', default: 'custom_id', one_of: ['custom_id', 'username', 'id'] });

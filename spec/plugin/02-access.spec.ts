@@ -1,8 +1,8 @@
 // The access phase through the real payg-pluginserver, driven as Kong drives it.
 import { expect } from 'chai';
-import { KongHarness, accessPdk, type Consumer } from '../support/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
-import { FakeControlService, allow, block } from '../support/fake-control-service';
+import { KongHarness, accessPdk, type Consumer } from '../../testkit/kong-harness';
+import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import { FakeControlService, allow, block } from '../../testkit/fake-control-service';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const alice: Consumer = { id: '8f0d6a0e-0000-4000-8000-000000000001', username: 'alice', custom_id: 'cus_alice' };

@@ -1,8 +1,9 @@
 // The log phase: one usage event per request, batched off the request path.
+import net from 'node:net';
 import { expect } from 'chai';
-import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../support/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
-import { FakeControlService } from '../support/fake-control-service';
+import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../../testkit/kong-harness';
+import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import { FakeControlService } from '../../testkit/fake-control-service';
 import { until } from '../support/until';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -101,10 +102,21 @@ describe('payg log phase: usage reporting', function () {
   });
 
   it('never waits on the control service: a log event returns while usage POSTs hang', async () => {
-    svc.usageStatus = () => 202;
-    const id = await kong.startInstance('payg', { control_service_url: 'http://10.255.255.1:81', usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
-    const started = Date.now();
-    for (let i = 0; i < 5; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
-    expect(Date.now() - started).to.be.below(200);
+    // A loopback server that accepts connections and never answers: every usage POST hangs.
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const sockets = new Set<net.Socket>();
+    silent.on('connection', (socket) => { sockets.add(socket); socket.on('error', () => undefined); });
+    try {
+      const url = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+      const id = await kong.startInstance('payg', { control_service_url: url, usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
+      const started = Date.now();
+      for (let i = 0; i < 5; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
+      expect(Date.now() - started).to.be.below(200);
+      await until(() => sockets.size > 0); // the POSTs really went out, and hang
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((r) => silent.close(r));
+    }
   });
 });

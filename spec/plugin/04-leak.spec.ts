@@ -2,14 +2,14 @@
 // Blocked consumers take exactly that path; payg-pluginserver must stay flat.
 import { expect } from 'chai';
 import path from 'node:path';
-import { KongHarness, accessPdk } from '../support/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../support/pluginserver-process';
-import { FakeControlService, block } from '../support/fake-control-service';
+import { KongHarness, accessPdk } from '../../testkit/kong-harness';
+import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import { FakeControlService, block } from '../../testkit/fake-control-service';
 
 const BLOCKED_REQUESTS = 20_000;
 const WARMUP_REQUESTS = 3_000;
 const LIMIT_KB = 10 * 1024;
-const VARIANT = path.join(__dirname, '../support/variant-pluginserver.js');
+const VARIANT = path.join(__dirname, '../../testkit/variant-pluginserver.js');
 
 /** RSS growth over BLOCKED_REQUESTS blocked requests, after a warm-up. */
 async function rssGrowthKb(server: PluginServerProcess, svcUrl: string): Promise<number> {

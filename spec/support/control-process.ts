@@ -2,7 +2,7 @@
 // everything it prints, and reads its URL from the "listening" log line.
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { ROOT } from './pluginserver-process';
+import { ROOT } from '../../testkit/pluginserver-process';
 
 export interface ControlProcess {
   proc: ChildProcess;

@@ -4,9 +4,9 @@
 //   --plugin payg | getconsumer   the payg plugin, or one that only calls kong.client.getConsumer (bench baseline)
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { KongPdkServer, KongPdkListener, Module, PaygPluginServer } from '../../plugin/src/server';
-import * as payg from '../../plugin/src/index';
-import { log } from '../../plugin/src/log';
+import { KongPdkServer, KongPdkListener, Module, PaygPluginServer } from '../plugin/src/server';
+import * as payg from '../plugin/src/index';
+import { log } from '../plugin/src/log';
 
 const getConsumerOnly = {
   Name: 'payg',

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-export const ROOT = path.resolve(__dirname, '../../../');
+export const ROOT = path.resolve(__dirname, '../../');
 export const PAYG_PLUGINSERVER = path.join(ROOT, 'plugin/bin/payg-pluginserver');
 
 export interface PluginServerProcess {
