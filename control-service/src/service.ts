@@ -1,6 +1,7 @@
 // Wires the control service together and runs it.
 
 import type http from 'node:http';
+import { parseArgs } from 'node:util';
 import type { AddressInfo } from 'node:net';
 import cron from 'node-cron';
 import pino, { type Logger } from 'pino';
@@ -140,11 +141,37 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   };
 }
 
+const USAGE = 'usage: payg-control --config <file> [--help] [--version]';
+const HELP = `${USAGE}
+
+The kong-payg control service: Stripe balance sync, cohorts, rules, decisions, metering and emails.
+  --config <file>   the YAML config (see control-service/payg.example.yml)
+  --version         print the version and exit
+  --help            print this help and exit
+Secrets come from the environment: STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE,
+SMTP_URL, PAYG_ADMIN_TOKEN, PAYG_CONTROL_TOKEN; PORT overrides the listen port; PAYG_LOG_LEVEL.
+`;
+
 export async function main(argv: string[]): Promise<void> {
-  const i = argv.indexOf('--config');
-  const file = i >= 0 ? argv[i + 1] : undefined;
+  let values: { config?: string; help?: boolean; version?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv, strict: true, allowPositionals: false,
+      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean' } },
+    }));
+  } catch (err) {
+    process.stderr.write(`payg-control: ${(err as Error).message.split('\n')[0]}; ${USAGE}\n`);
+    process.exit(2);
+  }
+  if (values.help) { process.stdout.write(HELP); return; }
+  if (values.version) {
+    const { version } = require('../../../package.json') as { version: string };
+    process.stdout.write(`payg-control ${version}\n`);
+    return;
+  }
+  const file = values.config;
   if (!file) {
-    process.stderr.write('usage: payg-control --config <file>\n');
+    process.stderr.write(`${USAGE}\n`);
     process.exit(2);
   }
   let config: Config;
@@ -154,7 +181,14 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`payg-control: ${(err as Error).message}\n`);
     process.exit(1);
   }
-  const service = await startService(config);
+  let service: RunningService;
+  try {
+    service = await startService(config);
+  } catch (err) {
+    // A start-up failure (port in use, unreadable store…) is one clear line, not a stack trace.
+    process.stderr.write(`payg-control: could not start: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
   const stop = () => { void service.stop().finally(() => process.exit(0)); };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

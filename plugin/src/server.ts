@@ -62,8 +62,38 @@ export class PaygPluginServer extends KongPdkServer {
   }
 }
 
+const USAGE = 'usage: payg-pluginserver [-p <kong prefix>] [--sock-name <name>] [--dump-all-plugins | --dump-plugin-info <name>] [-v] [--version] [--help]';
+const HELP = `${USAGE}
+
+Kong's external plugin server for the payg plugin (it serves only payg).
+  -p, --kong-prefix <dir>     Kong's prefix; the socket is created there (default /usr/local/kong)
+  --sock-name <name>          socket file name (default payg.sock)
+  --dump-all-plugins          print the plugin info Kong reads at start-up, as JSON, and exit
+  --dump-plugin-info <name>   print one plugin's info as MessagePack, and exit
+  -v, --verbose               more logging (twice: debug); PAYG_LOG_LEVEL overrides
+  --version                   print the version and exit
+  --help                      print this help and exit
+`;
+
 export function main(argv: string[]): void {
-  const { values } = parseArgs({
+  let parsed: ReturnType<typeof parseCli>;
+  try {
+    parsed = parseCli(argv);
+  } catch (err) {
+    process.stderr.write(`payg-pluginserver: ${(err as Error).message.split('\n')[0]}; ${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  serve(values);
+}
+
+function parseCli(argv: string[]) {
+  return parseArgs({
     args: argv,
     options: {
       'kong-prefix': { type: 'string', short: 'p', default: '/usr/local/kong' },
@@ -74,10 +104,14 @@ export function main(argv: string[]): void {
       'plugins-directory': { type: 'string', short: 'd' },
       verbose: { type: 'boolean', short: 'v', multiple: true },
       version: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
+    allowPositionals: false,
   });
+}
 
+function serve(values: ReturnType<typeof parseCli>['values']): void {
   if (values.version) {
     process.stdout.write(`payg ${paygModule.Version} (kong-pdk ${pdkVersion})\n`);
     return;
