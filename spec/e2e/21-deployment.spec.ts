@@ -6,6 +6,7 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import { loadConfig } from '../../control-service/src/config';
@@ -103,6 +104,25 @@ describe('deployment files', () => {
       const text = read(file);
       expect(text, file).to.include('COPY package.json package-lock.json ./');
       expect(text, file).to.match(/RUN npm ci\b/);
+    }
+  });
+
+  it('both images build the product alone: no test folder is copied, and tsconfig.build.json compiles without it', () => {
+    for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
+      const text = read(file);
+      expect(text, file).to.not.match(/COPY (spec|testkit|bench|demo)\b/);
+      expect(text, file).to.include('tsconfig.build.json');
+    }
+    // Compiled in a copy holding only what the images copy, so an import of spec/ or testkit/ fails here.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-image-'));
+    try {
+      for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json']) fs.copyFileSync(path.join(ROOT, f), path.join(dir, f));
+      for (const d of ['plugin', 'control-service']) fs.cpSync(path.join(ROOT, d), path.join(dir, d), { recursive: true });
+      fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+      const tsc = spawnSync(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--noEmit'], { cwd: dir, encoding: 'utf8' });
+      expect(tsc.status, tsc.stdout + tsc.stderr).to.equal(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
