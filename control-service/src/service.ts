@@ -4,7 +4,7 @@ import type http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import cron from 'node-cron';
 import pino, { type Logger } from 'pino';
-import { loadConfig, type Config } from './config';
+import { checkExposure, ConfigError, loadConfig, type Config } from './config';
 import { Engine } from './engine';
 import { createHttpServer } from './http';
 import { createMetrics } from './metrics';
@@ -29,6 +29,9 @@ export interface RunningService {
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
+  const exposure = checkExposure(config);
+  if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
+  if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
@@ -154,7 +157,13 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`payg-control: ${(err as Error).message}\n`);
     process.exit(1);
   }
-  const service = await startService(config);
+  let service: RunningService;
+  try {
+    service = await startService(config);
+  } catch (err) {
+    process.stderr.write(`payg-control: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
   const stop = () => { void service.stop().finally(() => process.exit(0)); };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
