@@ -181,8 +181,9 @@ export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {
     stripeSecretKey: nonEmpty(env.STRIPE_SECRET_KEY),
     stripeWebhookSecret: nonEmpty(env.STRIPE_WEBHOOK_SECRET),
     stripeApiBase,
-    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN),
-    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN),
+    // Tokens mounted from files often end in a newline; the plugin trims its token the same way.
+    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN?.trim()),
+    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN?.trim()),
     smtpUrl: nonEmpty(env.SMTP_URL),
   };
 }
