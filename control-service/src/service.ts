@@ -26,7 +26,7 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
-export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
   const exposure = checkExposure(config);
@@ -106,7 +106,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));

@@ -29,6 +29,8 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
+  /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
+  publicBodyTimeoutMs?: number;
 }
 
 const usageEvent = z.object({
@@ -49,7 +51,7 @@ export const PUBLIC_BUFFER_BYTES = 8 * 1024 * 1024;
 /** How long an unauthenticated request may take to send its body. */
 export const PUBLIC_BODY_TIMEOUT_MS = 10_000;
 /** Events validated or stored per turn of the event loop, so decisions keep answering during a big batch. */
-const USAGE_CHUNK = 1000;
+const USAGE_CHUNK = 250;
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -119,7 +121,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   const webhook = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const secret = config.secrets.stripeWebhookSecret;
     if (!secret || !deps.webhooks || !deps.sync) { metrics.webhooks.inc({ result: 'disabled' }); return send(res, 503, { error: 'webhooks_disabled' }); }
-    const body = await readBody(req, { limit: WEBHOOK_BODY_LIMIT, budget: publicBytes, timeoutMs: PUBLIC_BODY_TIMEOUT_MS });
+    const body = await readBody(req, { limit: WEBHOOK_BODY_LIMIT, budget: publicBytes, timeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS });
     if (!Buffer.isBuffer(body)) {
       metrics.webhooks.inc({ result: body });
       return refuseBody(res, body, WEBHOOK_BODY_LIMIT);
