@@ -14,6 +14,8 @@ export class FakeControlService extends LoopbackServer {
   decide: (consumer: string) => ScriptedAnswer = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 5000 }) });
   /** Status for a usage batch. */
   usageStatus: () => number = () => 202;
+  /** Body of a usage answer, e.g. one that refuses some events by index. */
+  usageBody: (events: Array<Record<string, unknown>>) => string = () => '{}';
 
 
   protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
@@ -36,9 +38,10 @@ export class FakeControlService extends LoopbackServer {
       }
       if (req.method === 'POST' && url === '/v1/usage') {
         const status = this.usageStatus();
-        if (status < 300) this.usageBatches.push(JSON.parse(Buffer.concat(chunks).toString()).events);
+        const events = JSON.parse(Buffer.concat(chunks).toString()).events;
+        if (status < 300) this.usageBatches.push(events);
         res.writeHead(status, { 'content-type': 'application/json' });
-        res.end('{}');
+        res.end(status < 300 ? this.usageBody(events) : '{}');
         return;
       }
       res.writeHead(404);

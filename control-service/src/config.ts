@@ -37,6 +37,7 @@ const rawConfig = z.object({
     port: z.number().int().min(0).max(65535).default(8080),
   }).strict().default({}),
   store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
+  auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
     consumer_metadata_key: z.string().min(1).default('kong_consumer'),
@@ -112,6 +113,8 @@ export interface Secrets {
 
 export interface Config {
   listen: { host: string; port: number };
+  /** Serve the plugin-facing APIs without PAYG_CONTROL_TOKEN on a non-loopback address (an explicit choice). */
+  auth: { allowUnauthenticated: boolean };
   sqlitePath: string;
   stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
   unknownConsumer: 'allow' | 'block';
@@ -136,6 +139,27 @@ export interface Config {
   secrets: Secrets;
 }
 
+/** RFC 9110 field names (tokens) and values: what Node and Kong accept, no CR/LF. */
+export const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+export const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+const LOOPBACK_HOSTS = new Set(['localhost', '::1', '[::1]']);
+export function isLoopbackHost(host: string): boolean {
+  return LOOPBACK_HOSTS.has(host.toLowerCase()) || /^127(\.\d{1,3}){3}$/.test(host) || /^::ffff:127(\.\d{1,3}){3}$/i.test(host);
+}
+
+/**
+ * Safe by default: the plugin-facing APIs spend and reveal customers' credit,
+ * so without PAYG_CONTROL_TOKEN they are served on loopback only, unless the
+ * config says `auth: { allow_unauthenticated: true }` (then warned at every start).
+ */
+export function checkExposure(config: Pick<Config, 'listen' | 'auth' | 'secrets'>): { ok: true } | { ok: false; refuse: string } | { ok: true; warn: string } {
+  if (config.secrets.controlToken || isLoopbackHost(config.listen.host)) return { ok: true };
+  const what = `listening on ${config.listen.host} without PAYG_CONTROL_TOKEN: anyone who can reach it can read decisions and spend any customer's credit through POST /v1/usage`;
+  if (config.auth.allowUnauthenticated) return { ok: true, warn: `${what} (auth.allow_unauthenticated is true)` };
+  return { ok: false, refuse: `config: listen.host: ${what}. Set PAYG_CONTROL_TOKEN (the plugin's control_service_token), listen on 127.0.0.1, or set auth: { allow_unauthenticated: true }` };
+}
+
 export class ConfigError extends Error {
   constructor(readonly field: string, reason: string) {
     super(`config: ${field}: ${reason}`);
@@ -157,8 +181,9 @@ export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {
     stripeSecretKey: nonEmpty(env.STRIPE_SECRET_KEY),
     stripeWebhookSecret: nonEmpty(env.STRIPE_WEBHOOK_SECRET),
     stripeApiBase,
-    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN),
-    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN),
+    // Tokens mounted from files often end in a newline; the plugin trims its token the same way.
+    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN?.trim()),
+    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN?.trim()),
     smtpUrl: nonEmpty(env.SMTP_URL),
   };
 }
@@ -184,6 +209,11 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     if (ruleIds.has(r.id)) throw new ConfigError(`rules[${i}].id`, `duplicate rule id ${r.id}`);
     ruleIds.add(r.id);
     if (!cohortIds.has(r.cohort)) throw new ConfigError(`rules[${i}].cohort`, `no cohort with id ${r.cohort}`);
+    for (const [name, value] of Object.entries(r.headers)) {
+      const field = `rules[${i}].headers.${JSON.stringify(name)}`;
+      if (!HEADER_NAME.test(name)) throw new ConfigError(field, 'is not a valid HTTP header name (letters, digits and !#$%&\'*+-.^_`|~ only)');
+      if (!HEADER_VALUE.test(value)) throw new ConfigError(field, 'has a character an HTTP header value may not hold (CR, LF or another control character)');
+    }
     const contentType = Object.entries(r.headers).find(([k]) => k.toLowerCase() === 'content-type')?.[1];
     const escaping = escapingFor(contentType);
     let render;
@@ -234,6 +264,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
   return {
     listen: { host: raw.listen.host, port },
+    auth: { allowUnauthenticated: raw.auth.allow_unauthenticated },
     sqlitePath: path.resolve(baseDir, raw.store.sqlite),
     stripe: {
       poll: raw.stripe.poll,

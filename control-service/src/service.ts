@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import type { AddressInfo } from 'node:net';
 import cron from 'node-cron';
 import pino, { type Logger } from 'pino';
-import { loadConfig, type Config } from './config';
+import { checkExposure, ConfigError, loadConfig, type Config } from './config';
 import { Engine } from './engine';
 import { createHttpServer } from './http';
 import { createMetrics } from './metrics';
@@ -27,9 +27,12 @@ export interface RunningService {
   stop(): Promise<void>;
 }
 
-export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
+  const exposure = checkExposure(config);
+  if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
+  if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
@@ -104,7 +107,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
@@ -185,8 +188,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     service = await startService(config);
   } catch (err) {
-    // A start-up failure (port in use, unreadable store…) is one clear line, not a stack trace.
-    process.stderr.write(`payg-control: could not start: ${(err as Error).message}\n`);
+    // A start-up failure (port in use, a refused listen address…) is one clear line, not a stack trace.
+    process.stderr.write(`payg-control: ${(err as Error).message}\n`);
     process.exit(1);
   }
   const stop = () => { void service.stop().finally(() => process.exit(0)); };

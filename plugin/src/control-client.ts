@@ -24,6 +24,16 @@ export interface ControlClientOptions {
   defaultTtlMs: number;
 }
 
+/** The events of a taken batch the service refused (by index), or undefined when it took them all. */
+function refusedEvents(body: string): SendOutcome {
+  let refused: unknown;
+  try { refused = (JSON.parse(body) as { refused?: unknown })?.refused; } catch { return undefined; }
+  if (!Array.isArray(refused) || refused.length === 0) return undefined;
+  const events = refused.filter((r): r is { index: number; error: string } =>
+    typeof r === 'object' && r !== null && Number.isInteger((r as { index?: unknown }).index) && typeof (r as { error?: unknown }).error === 'string');
+  return events.length ? { refusedEvents: events } : undefined;
+}
+
 export class ControlClient {
   private readonly agent: http.Agent;
   private readonly transport: typeof http | typeof https;
@@ -62,7 +72,7 @@ export class ControlClient {
     const raw = await this.request('POST', `${this.basePath}/v1/usage`, JSON.stringify({ events }), timeoutMs);
     if (!raw.ok) return { retry: `${raw.reason}: ${raw.detail}` };
     const status = raw.res.status;
-    if (status >= 200 && status < 300) return undefined;
+    if (status >= 200 && status < 300) return refusedEvents(raw.res.body);
     const detail = `control service answered ${status}${raw.res.body ? `: ${raw.res.body.slice(0, 200)}` : ''}`;
     return status === 400 || status === 413 || status === 422 ? { refused: detail } : { retry: detail };
   }

@@ -8,7 +8,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as paygModule from './index';
-import { log, type Logger } from './log';
+import { log, pdkLogger, type PdkLogger } from './log';
 import { drainAll } from './runtime';
 
 // kong-pdk's lib/mod.js runs require('ts-node').register() when loaded, which pulls
@@ -29,7 +29,7 @@ interface PdkServer {
   GetPluginInfo(name: string): Promise<unknown>;
   close(): void;
 }
-type PdkServerClass = new (pluginDir: string | undefined, logger: Logger, expireTtl?: number) => PdkServer;
+type PdkServerClass = new (pluginDir: string | undefined, logger: PdkLogger, expireTtl?: number) => PdkServer;
 export const KongPdkServer: PdkServerClass = require('kong-pdk/server');
 export const KongPdkListener: new (server: PdkServer, socketPath: string) => { serve(): unknown } = require('kong-pdk/listener');
 export const { Module }: { Module: new (name: string, path: undefined, literal: unknown) => unknown } = require('kong-pdk/lib/mod');
@@ -43,7 +43,8 @@ function endsTheEvent(data: unknown): boolean {
 }
 
 export class PaygPluginServer extends KongPdkServer {
-  constructor(logger: Logger) {
+  /** kong-pdk logs through `logger`; `pdkLogger` keeps RPC arguments (tokens, API keys) out of it. */
+  constructor(logger: PdkLogger) {
     super(undefined, logger);
     this.plugins.set(paygModule.Name, new Module(paygModule.Name, undefined, paygModule));
   }
@@ -118,7 +119,7 @@ function serve(values: ReturnType<typeof parseCli>['values']): void {
   }
   if ((values.verbose?.length ?? 0) > 1 && !process.env.PAYG_LOG_LEVEL) log.level = 'debug';
 
-  const server = new PaygPluginServer(log);
+  const server = new PaygPluginServer(pdkLogger(log));
   // Like kong-js-pluginserver: stop kong-pdk's idle-instance sweep (it would drop an
   // instance after 60 s idle and make Kong restart it on the next request).
   server.close();

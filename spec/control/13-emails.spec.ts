@@ -234,4 +234,19 @@ describe('behavioural emails', function () {
     expect((await admin('emails/out-of-credit/test', { method: 'POST', body: JSON.stringify({ to: 'not an address' }) })).status).to.equal(400);
     expect((await admin('emails/nope/test', { method: 'POST', body: JSON.stringify({ to: 'ops@example.com' }) })).status).to.equal(404);
   });
+
+  it('a customer email that is not exactly one address gets no email, and the log says why', async () => {
+    const two = stripe.create({ name: 'Two', email: 'a@example.com,b@example.net', balance: 0 });
+    const one = stripe.create({ name: 'One', email: 'one@example.com', balance: 0 });
+    await start([outOfCredit()]);
+    await sweep();
+    await settle();
+    await smtp.waitForCount(1);
+    const [mail] = await smtp.inbox();
+    expect(mail.to && !Array.isArray(mail.to) && mail.to.value.map((v) => v.address)).to.deep.equal(['one@example.com']);
+    expect(smtp.raw, 'nothing reached a@ or b@').to.have.length(1);
+    const [row] = await log(`?customer=${two.id}`);
+    expect(row).to.include({ status: 'failed', last_error: 'customer email is not exactly one valid address' });
+    expect((await log(`?customer=${one.id}`))[0]).to.include({ status: 'delivered' });
+  });
 });

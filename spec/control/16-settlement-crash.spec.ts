@@ -49,7 +49,7 @@ describe('metering survives kill -9', function () {
     const state = await (await fetch(`${control.url}/admin/customers/${c.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
     expect(state.unsettled_usage).to.equal(500);
     expect(state.cohorts, '$5.00 of credit spent: blocked').to.deep.equal(['no-credit']);
-    expect(await (await fetch(`${control.url}/v1/usage`, { method: 'POST', body: batch })).json()).to.deep.equal({ accepted: 0, duplicates: 200 });
+    expect(await (await fetch(`${control.url}/v1/usage`, { method: 'POST', body: batch })).json()).to.deep.equal({ accepted: 0, duplicates: 200, refused: [] });
     await control.kill('SIGKILL');
     control = undefined;
   });

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { loadConfig } from '../../control-service/src/config';
+import { checkExposure, loadConfig } from '../../control-service/src/config';
 import { PAYG_PLUGINSERVER, ROOT } from '../../testkit/pluginserver-process';
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8');
@@ -88,6 +88,14 @@ describe('deployment files', () => {
     // Route costs name kong.yml's routes.
     const routes = kongYml.services.flatMap((s: { routes: Array<{ name: string }> }) => s.routes.map((r) => r.name));
     for (const route of config.metering.pricing.routeCostMicros.keys()) expect(routes).to.include(route);
+  });
+
+  it('the example config listens off loopback, so it starts only with .env.example\'s PAYG_CONTROL_TOKEN set', () => {
+    const envExample = Object.fromEntries(read('.env.example').split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=', 2) as [string, string]));
+    expect(envExample.PAYG_CONTROL_TOKEN).to.be.a('string').that.is.not.empty;
+    const example = path.join(ROOT, 'control-service/payg.example.yml');
+    expect(checkExposure(loadConfig(example, { PAYG_CONTROL_TOKEN: envExample.PAYG_CONTROL_TOKEN }))).to.deep.equal({ ok: true });
+    expect(checkExposure(loadConfig(example, {}))).to.include({ ok: false });
   });
 
   it('secrets come from an env file that is not committed; .env.example names every one', () => {

@@ -12,6 +12,7 @@ import type { Config } from '../config';
 import type { EmailMergeContext } from '../merge-tags';
 import type { OutboxRow, Store } from '../store/store';
 import type { EmailTemplate } from './templates';
+import { notOneAddress } from './address';
 
 export type SendResult = 'delivered' | 'retry' | 'failed' | 'cancelled';
 
@@ -120,6 +121,14 @@ export class EmailSender {
     if (!template || !this.deps.isActive(row.templateId)) {
       await store.finishEmail(row.id, { status: 'cancelled', at: this.now(), error: template ? 'template switched off' : 'template no longer configured' });
       this.deps.onResult?.('cancelled', row.templateId);
+      return true;
+    }
+    const badAddress = notOneAddress(row.to);
+    if (badAddress) {
+      // Never handed to SMTP: a list or a malformed address would reach whoever it names.
+      await store.finishEmail(row.id, { status: 'failed', at: this.now(), error: badAddress });
+      log.warn({ email: row.id, template: row.templateId, customer: row.customerId, reason: badAddress }, 'email not sent');
+      this.deps.onResult?.('failed', row.templateId);
       return true;
     }
     await this.pace();

@@ -38,6 +38,10 @@ const MIGRATIONS: string[] = [
      attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at INTEGER NOT NULL, confirmed_at INTEGER);
    CREATE INDEX settlements_customer ON settlements (customer_id, id);
    CREATE INDEX settlements_pending ON settlements (status) WHERE status = 'pending';`,
+  // 4: when each usage event was received: pruning goes by it, so an event dated far back or ahead is kept no longer than any other
+  `ALTER TABLE usage_events ADD COLUMN received_at INTEGER;
+   UPDATE usage_events SET received_at = at;
+   CREATE INDEX usage_events_received ON usage_events (received_at);`,
 ];
 
 function toSettlement(r: Record<string, any>): SettlementRow {
@@ -81,8 +85,8 @@ export class SqliteStore implements Store {
       logTransition: this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)'),
       enter: this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)'),
       leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
-      insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
-        VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros)`),
+      insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
+        VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros, @receivedAt)`),
       confirmSettlement: this.db.prepare(`UPDATE settlements SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'
         RETURNING customer_id, amount`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
@@ -121,8 +125,9 @@ export class SqliteStore implements Store {
     this.db.transaction(() => {
       // Running totals per customer, so settlement never scans the events.
       const added = new Map<string, { micros: number; seq: number }>();
+      const receivedAt = Date.now();
       for (const u of changes.usage ?? []) {
-        const r = this.stmt.insertUsage.run(u);
+        const r = this.stmt.insertUsage.run({ ...u, receivedAt });
         if (r.changes === 0 || !u.customerId) continue;
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
@@ -202,7 +207,7 @@ export class SqliteStore implements Store {
   }
 
   async prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }> {
-    const usageEvents = this.db.prepare(`DELETE FROM usage_events WHERE at < ? AND (customer_id IS NULL OR cost_micros = 0
+    const usageEvents = this.db.prepare(`DELETE FROM usage_events WHERE received_at < ? AND (customer_id IS NULL OR cost_micros = 0
       OR seq <= COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = usage_events.customer_id AND s.status = 'confirmed'), 0))`)
       .run(opts.usageBefore).changes;
     const webhookEvents = this.db.prepare('DELETE FROM webhook_events WHERE at < ?').run(opts.webhooksBefore).changes;

@@ -103,7 +103,7 @@ export interface Store {
   openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]>;
   settlementFailed(id: number, error: string): Promise<void>;
   /**
-   * Forgets what is only kept for dedupe: usage events older than `usageBefore`
+   * Forgets what is only kept for dedupe: usage events received before `usageBefore`
    * that a confirmed settlement covers (or that bill no one), and webhook event
    * ids older than `webhooksBefore`. Running totals are kept.
    */

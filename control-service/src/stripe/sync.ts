@@ -95,8 +95,9 @@ export class BalanceSync {
     const readAt = Date.now();
     try {
       current = await this.gateway.retrieve(object.id);
-    } catch {
-      current = undefined;
+    } catch (err) {
+      // Stripe says no such customer: a signed event for it creates nothing (as if deleted).
+      current = (err as { statusCode?: number }).statusCode === 404 ? 'deleted' : undefined;
     }
     if (current === 'deleted') {
       await this.engine.apply([], [{ id: object.id, version: readAt }]);
