@@ -90,7 +90,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
     const dir = q.get('dir') === 'desc' ? -1 : 1;
     const key = config.stripe.consumerMetadataKey;
     // One pass over memory; only the page is turned into JSON.
-    const rows: Array<{ id: string; name: string; balance: number }> = [];
+    const ids: string[] = [];
+    const names: string[] = [];
+    const balances: number[] = [];
     for (const id of engine.knownIds()) {
       const s = engine.customer(id)!;
       if (cohort && !s.cohorts.includes(cohort)) continue;
@@ -98,14 +100,23 @@ export function createConsoleApi(deps: ConsoleDeps) {
         const c = s.customer;
         if (!(id.toLowerCase().includes(search) || c.name?.toLowerCase().includes(search) || c.email?.toLowerCase().includes(search) || c.metadata[key]?.toLowerCase().includes(search))) continue;
       }
-      rows.push({ id, name: s.customer.name ?? '', balance: s.estimatedBalance });
+      ids.push(id); names.push(s.customer.name ?? ''); balances.push(s.estimatedBalance);
     }
-    const cmp = sort === 'id' ? (a: typeof rows[0], b: typeof rows[0]) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-      : sort === 'name' ? (a: typeof rows[0], b: typeof rows[0]) => a.name.localeCompare(b.name) || (a.id < b.id ? -1 : 1)
-        : (a: typeof rows[0], b: typeof rows[0]) => a.balance - b.balance || (a.id < b.id ? -1 : 1);
-    rows.sort((a, b) => dir * cmp(a, b));
     const start = (page - 1) * perPage;
-    return ok({ cohort: cohort ?? null, total: rows.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: rows.slice(start, start + perPage).map((r) => summary(r.id)) });
+    const end = Math.min(ids.length, start + perPage);
+    let order: number[] = [];
+    const byId = (a: number, b: number) => (ids[a] < ids[b] ? -1 : ids[a] > ids[b] ? 1 : 0);
+    if (sort === 'estimated_balance' && end > start) {
+      // Only the rows up to this page need sorting: find the page's last balance with a typed sort, keep those at or before it.
+      const sorted = Float64Array.from(balances).sort();
+      const limit = dir === 1 ? sorted[end - 1] : sorted[ids.length - end];
+      for (let i = 0; i < ids.length; i++) if (dir === 1 ? balances[i] <= limit : balances[i] >= limit) order.push(i);
+      order.sort((a, b) => dir * (balances[a] - balances[b]) || byId(a, b));
+    } else if (sort !== 'estimated_balance') {
+      order = ids.map((_, i) => i);
+      order.sort(sort === 'id' ? (a, b) => dir * byId(a, b) : (a, b) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b));
+    }
+    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.slice(start, end).map((i) => summary(ids[i])) });
   }
 
   async function customer(id: string): Promise<ApiResult> {
