@@ -100,6 +100,12 @@ const rawConfig = z.object({
     text: z.string().min(1).optional(),
     recurring: z.object({ reenroll_after: duration }).strict().optional(),
   }).strict()).default([]),
+  // The operator console (off unless configured): its own listener, so it can stay on a private interface.
+  console: z.object({
+    listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).strict(),
+    session_ttl: duration.default('12h'),
+    stripe_dashboard_url: z.string().url().default('https://dashboard.stripe.com'),
+  }).strict().optional(),
 }).strict();
 
 export interface Secrets {
@@ -136,6 +142,8 @@ export interface Config {
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
   };
   emails: EmailTemplate[];
+  /** The operator console; undefined when not configured (off). */
+  console: { listen: { host: string; port: number }; sessionTtlMs: number; stripeDashboardUrl: string } | undefined;
   secrets: Secrets;
 }
 
@@ -305,6 +313,10 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       timeoutMs: raw.email_delivery.timeout_ms,
     },
     emails,
+    console: raw.console && {
+      listen: raw.console.listen, sessionTtlMs: parseDuration(raw.console.session_ttl)!,
+      stripeDashboardUrl: raw.console.stripe_dashboard_url.replace(/\/+$/, ''),
+    },
     secrets: secretsFromEnv(env),
   };
 }

@@ -16,6 +16,8 @@ import { BalanceSync } from './stripe/sync';
 import nodemailer from 'nodemailer';
 import { EmailSender } from './emails/sender';
 import { Settler } from './stripe/settlement';
+import { mountConsole } from './console';
+import type { ConsoleServer } from './console/server';
 
 export interface RunningService {
   url: string;
@@ -24,6 +26,8 @@ export interface RunningService {
   emails: EmailSender | undefined;
   settler: Settler | undefined;
   store: Store;
+  /** The operator console, when `console` is configured. */
+  console: ConsoleServer | undefined;
   stop(): Promise<void>;
 }
 
@@ -114,6 +118,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
+  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, emails, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
     if (sync!.sweeping) { log.warn('previous sweep still running; this tick is skipped'); return; }
@@ -130,8 +135,9 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (settler && opts.sweepOnStart !== false) void settler.settle();
 
   return {
-    url, engine, sync, emails, settler, store,
+    url, engine, sync, emails, settler, store, console: consoleServer,
     async stop() {
+      await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();
       clearInterval(pruneTimer);

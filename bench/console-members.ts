@@ -1,0 +1,53 @@
+// Server time of the console's members page with 100,000 customers (CUSTOMERS=
+// changes it): search, sort by estimated balance and page, as the API does.
+// Prints figures, asserts nothing.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseConfig } from '../control-service/src/config';
+import { createConsoleApi } from '../control-service/src/console/api';
+import { ActivityRecorder } from '../control-service/src/console/activity';
+import { Engine } from '../control-service/src/engine';
+import { createMetrics } from '../control-service/src/metrics';
+import { SqliteConsoleQueries } from '../control-service/src/store/console-queries';
+import { SqliteStore } from '../control-service/src/store/sqlite';
+
+async function main(): Promise<void> {
+  const n = Number(process.env.CUSTOMERS ?? 100_000);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-console-'));
+  const config = parseConfig({
+    store: { sqlite: path.join(dir, 'payg.sqlite') },
+    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }, { id: 'low-credit', filter: { balance: { gt: -500 } } }],
+    rules: [{ id: 'block-no-credit', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+  }, {}, dir);
+  const store = new SqliteStore(config.sqlitePath);
+  const engine = new Engine(config, store);
+  await engine.init();
+  const now = Date.now();
+  const customers = Array.from({ length: n }, (_, i) => ({
+    id: `cus_${String(i).padStart(8, '0')}`, balance: -Math.floor(Math.random() * 2000) + 200, currency: 'usd',
+    name: `Customer ${i}`, email: `c${i}@example.com`, metadata: { kong_consumer: `consumer-${i}` }, version: now,
+  }));
+  for (let i = 0; i < n; i += 10_000) await engine.apply(customers.slice(i, i + 10_000), []);
+  const metrics = createMetrics({ customers: () => 0, cohortSizes: () => new Map(), consumerConflicts: () => 0, lastSweepAgeSeconds: () => 0, emailsPending: async () => 0 });
+  const api = createConsoleApi({ config, engine, store, sync: undefined, emails: undefined, metrics, activity: new ActivityRecorder(), queries: new SqliteConsoleQueries(config.sqlitePath) });
+  const time = async (label: string, query: string) => {
+    const ms: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const t = process.hrtime.bigint();
+      await api('GET', ['customers'], new URLSearchParams(query), async () => undefined);
+      ms.push(Number(process.hrtime.bigint() - t) / 1e6);
+    }
+    ms.sort((a, b) => a - b);
+    console.log(`${label.padEnd(44)} p50 ${ms[10].toFixed(1)} ms   max ${ms[19].toFixed(1)} ms`);
+  };
+  console.log(`console members page, ${n.toLocaleString()} customers (${engine.cohortSizes().get('low-credit')} in low-credit)`);
+  await time('all customers, by estimated balance, page 1', 'page=1');
+  await time('cohort low-credit, page 50', 'cohort=low-credit&page=50');
+  await time('search "9999" across all', 'q=9999');
+  await time('cohort no-credit, sorted by name, desc', 'cohort=no-credit&sort=name&dir=desc');
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+main().catch((err) => { console.error(err); process.exit(1); });
