@@ -48,7 +48,7 @@ export class StripeEmulator extends LoopbackServer {
   private clock = Math.floor(Date.now() / 1000);
   /** Every change to each customer's balance, oldest first, as Stripe lists them (newest first) at /balance_transactions. */
   private readonly balanceHistory = new Map<string, Array<Record<string, unknown>>>();
-  private lost: { path: RegExp; count: number } | undefined;
+  private lost: { path: RegExp; count: number; method?: string } | undefined;
   private pinnedClock: number | undefined;
   /** Stripe's error JSON carries `code` (set false to check a client does not depend on it). */
   errorCodes = true;
@@ -69,14 +69,17 @@ export class StripeEmulator extends LoopbackServer {
    * client gives up or dies): the moment between "Stripe did it" and "the
    * caller heard it". undefined answers normally again.
    */
-  holdAnswers(path: RegExp | undefined): void { this.held = path; }
+  holdAnswers(path: RegExp | undefined, method?: string): void { this.held = path; this.heldMethod = method; }
   private held: RegExp | undefined;
+  private heldMethod: string | undefined;
+  /** Forgets every idempotency key, as Stripe does after 24 hours. */
+  forgetIdempotencyKeys(): void { this.idempotent.clear(); }
 
   /**
    * The next `count` requests whose path matches are carried out, then their
    * connection is cut before the answer: Stripe did it, the caller never hears.
    */
-  loseAnswers(path: RegExp, count = 1): void { this.lost = { path, count }; }
+  loseAnswers(path: RegExp, count = 1, method?: string): void { this.lost = { path, count, method }; }
 
   /** Pins `created` of new objects and events to one second (undefined: the clock runs again), e.g. two updates in one second. */
   pinClock(seconds: number | undefined): void { this.pinnedClock = seconds; }
@@ -214,8 +217,8 @@ export class StripeEmulator extends LoopbackServer {
       const body = parseForm(rawBody);
       // Idempotency as Stripe does it: the same key with the same request replays
       // the first answer; the same key with other parameters is a 400.
-      if (this.held?.test(url.pathname)) res.end = (() => res) as unknown as typeof res.end; // done, never answered
-      if (this.lost && this.lost.count > 0 && this.lost.path.test(url.pathname)) {
+      if (this.held?.test(url.pathname) && (!this.heldMethod || this.heldMethod === req.method)) res.end = (() => res) as unknown as typeof res.end; // done, never answered
+      if (this.lost && this.lost.count > 0 && this.lost.path.test(url.pathname) && (!this.lost.method || this.lost.method === req.method)) {
         this.lost.count--;
         res.end = (() => { req.socket.destroy(); return res; }) as unknown as typeof res.end; // done, answer lost on the way
       }
