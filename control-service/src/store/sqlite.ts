@@ -108,7 +108,7 @@ export class SqliteStore implements Store {
       failSettlement: this.db.prepare(`UPDATE settlements SET status = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
       recordWebhook: this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)'),
       staleReminders: this.db.prepare(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
-        WHERE template_id = ? AND customer_id = ? AND status = 'pending' AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
+        WHERE template_id = ? AND customer_id = ? AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
       addUsage: this.db.prepare(`INSERT INTO usage_totals (customer_id, used_micros, last_seq) VALUES (?, ?, ?)
         ON CONFLICT (customer_id) DO UPDATE SET used_micros = used_micros + excluded.used_micros, last_seq = MAX(last_seq, excluded.last_seq)`),
@@ -290,7 +290,8 @@ export class SqliteStore implements Store {
   }
 
   async retryEmail(id: number, nextAttemptAt: number, error: string, answered: boolean): Promise<void> {
-    this.db.prepare(`UPDATE email_outbox SET status = 'pending', next_attempt_at = ?, last_error = ?, attempts = attempts + ? WHERE id = ?`).run(nextAttemptAt, error, answered ? 1 : 0, id);
+    // Only a row still being sent goes back to the queue: one replaced meanwhile (stale) stays so.
+    this.db.prepare(`UPDATE email_outbox SET status = 'pending', next_attempt_at = ?, last_error = ?, attempts = attempts + ? WHERE id = ? AND status = 'sending'`).run(nextAttemptAt, error, answered ? 1 : 0, id);
   }
 
   async requeueInterruptedEmails(): Promise<number> {
