@@ -27,7 +27,9 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
 
 const cost = z.union([z.number(), z.string()]).refine((v) => parseCost(v) !== undefined, 'is not a cost: a non-negative amount of the smallest currency unit with at most 6 decimals, e.g. 1 or "0.25"');
 
-const duration = z.string().refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d');
+const duration = z.string()
+  .refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d')
+  .refine((t) => (parseDuration(t) ?? 1) > 0, 'must be longer than zero');
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'use lower-case letters, digits, - and _');
 

@@ -60,7 +60,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       connectionTimeout: d.timeoutMs, greetingTimeout: d.timeoutMs, socketTimeout: d.timeoutMs,
     } as Parameters<typeof nodemailer.createTransport>[0]);
     emails = new EmailSender({
-      store, templates: config.emails, isActive: engine.isTemplateActive, transport, delivery: d, log,
+      store, templates: config.emails, isActive: engine.isTemplateActive, staleReason: engine.emailStaleReason, transport, delivery: d, log,
       onResult: (result, template) => metrics.emails.inc({ template, result }),
     });
     engine.onEmailsEnqueued = () => emails!.wake();
@@ -101,8 +101,9 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
         onResult: (r) => {
           metrics.settlements.inc({ result: 'confirmed' }, r.confirmed);
           metrics.settlements.inc({ result: 'failed' }, r.failed);
+          metrics.settlements.inc({ result: 'retrying' }, r.retrying);
           metrics.settledAmount.inc(r.amount);
-          if (r.confirmed || r.failed) log.info(r, 'settlement pass finished');
+          if (r.confirmed || r.failed || r.retrying) log.info(r, 'settlement pass finished');
         },
       });
     }

@@ -18,6 +18,13 @@ describe('control-service config', () => {
     expect(cfg.rules[0]).to.include({ status: 402, enabled: true, logOnly: false });
     expect(cfg.stripe.consumerMetadataKey).to.equal('kong_consumer');
   });
+  it('zero durations stop start-up naming the field', () => {
+    expect(errorOf({ ...base(), email_delivery: { recurring_check_interval: '0ms' } })).to.match(/email_delivery\.recurring_check_interval: must be longer than zero/);
+    expect(errorOf({ ...base(), metering: { keep_events: '0s' } })).to.match(/metering\.keep_events: must be longer than zero/);
+    expect(errorOf({ ...base(), emails: [{ id: 'x', cohort: 'no-credit', from: { address: 'a@example.com' }, subject: 's', text: 't.hbs', recurring: { reenroll_after: '0s' } }] }))
+      .to.match(/emails\[0\]\.recurring\.reenroll_after: must be longer than zero/);
+    expect(errorOf({ ...base(), email_delivery: { recurring_check_interval: '-5m' } })).to.match(/email_delivery\.recurring_check_interval: is not a duration/);
+  });
   it('unknown key', () => expect(errorOf({ ...base(), colors: 1 })).to.match(/colors: unknown key/));
   it('unknown nested key', () => expect(errorOf({ ...base(), stripe: { pol: 'x' } })).to.match(/stripe\.pol: unknown key/));
   it('wrong type', () => expect(errorOf({ ...base(), decision_ttl_ms: 'soon' })).to.match(/decision_ttl_ms: Expected number/));

@@ -134,7 +134,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       log.warn({ reason: (err as Error).message }, 'webhook rejected: signature check failed');
       return send(res, 400, { error: 'bad_signature' });
     }
-    if (!(await deps.store.claimWebhookEvent(event.id, Date.now()))) {
+    // Recorded as processed only in the transaction that applies it (see BalanceSync.applyEvent).
+    if (await deps.store.webhookEventSeen(event.id)) {
       metrics.webhooks.inc({ result: 'duplicate' });
       return send(res, 200, { received: true, duplicate: true });
     }
@@ -143,10 +144,10 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       metrics.webhooks.inc({ result });
       send(res, 200, { received: true, result });
     } catch (err) {
-      await deps.store.forgetWebhookEvent(event.id); // let Stripe's retry apply it
+      // Stripe could not be read (or the store failed): non-2xx, so Stripe retries.
       metrics.webhooks.inc({ result: 'error' });
-      log.error({ err: (err as Error).message, event: event.id }, 'webhook could not be applied');
-      send(res, 500, { error: 'internal' });
+      log.error({ err: (err as Error).message, event: event.id }, 'webhook could not be applied; Stripe will retry it');
+      send(res, 503, { error: 'unavailable' });
     }
   };
   const admin = createAdminHandler(deps);
