@@ -9,6 +9,7 @@ import { loadConfig, type Config } from './config';
 import { Engine } from './engine';
 import { createHttpServer } from './http';
 import { createMetrics } from './metrics';
+import { PostgresStore } from './store/postgres';
 import { SqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { StripeGateway } from './stripe/gateway';
@@ -30,7 +31,7 @@ export interface RunningService {
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
-  const store = opts.store ?? new SqliteStore(config.sqlitePath);
+  const store = opts.store ?? (config.postgres ? await PostgresStore.open(config.postgres.url, { poolSize: config.postgres.poolSize }) : new SqliteStore(config.sqlitePath));
   const engine = new Engine(config, store);
   await engine.init();
 

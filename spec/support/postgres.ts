@@ -32,7 +32,7 @@ export async function freshDatabase(): Promise<string> {
   const admin = new Client({ connectionString: base.url });
   await admin.connect();
   try {
-    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.query(`CREATE DATABASE ${name} STRATEGY FILE_COPY`);
   } finally {
     await admin.end();
   }
