@@ -50,6 +50,9 @@ interface ApplyExtra {
   confirmSettlement?: StoreChanges['confirmSettlement'];
 }
 
+/** A customer as stored, for Engine.reload. */
+export interface ReloadedCustomer { customer: StoredCustomer; cohorts: string[]; unsettledMicros: number }
+
 export class Engine {
   private readonly entries = new Map<string, Entry>();
   /** consumer metadata value → the customer id claiming it, or the ids when several do (a conflict) */
@@ -236,6 +239,26 @@ export class Engine {
         : { ...held.customer, balance: endingBalance, version: Math.max(this.now(), held.customer.version + 1) };
       const unsettled = new Map([[row.customerId, held.unsettledMicros - row.amount * MICROS_PER_UNIT]]);
       await this.applyNow([next], [], {}, { unsettled, confirmSettlement });
+    });
+    this.applying = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Another replica changed these customers (PostgreSQL NOTIFY): take their
+   * stored state as it is. Nothing is decided again here (the replica that
+   * made the change wrote its transitions and emails); only what this replica
+   * serves follows. `read` runs in turn with apply/ingest, so it sees at least
+   * what this replica wrote before. Added for several replicas (issue 13).
+   */
+  reload(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
+    const run = this.applying.then(async () => {
+      const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
+      for (const id of ids) {
+        const r = found.get(id);
+        if (r) this.put(r.customer, r.cohorts, r.unsettledMicros);
+        else this.remove(id);
+      }
     });
     this.applying = run.catch(() => undefined);
     return run;

@@ -149,16 +149,86 @@ export class PostgresStore implements Store {
     return this.customerRows('SELECT * FROM customers');
   }
 
-  /** The stored state of these customers (those that exist), e.g. after another replica changed them. */
-  async loadCustomersById(ids: string[]): Promise<StoredCustomer[]> {
-    return this.customerRows('SELECT * FROM customers WHERE id = ANY($1)', [ids]);
-  }
-
   private async customerRows(sql: string, args: unknown[] = []): Promise<StoredCustomer[]> {
     return (await this.rows(sql, args)).map((r) => ({
       id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email,
       metadata: JSON.parse(r.metadata), version: r.version,
     }));
+  }
+
+  /**
+   * The stored state of these customers as a replica serves it: the customer,
+   * its memberships and its unsettled usage (micros), read in one snapshot.
+   */
+  async readCustomers(ids: string[]): Promise<Array<{ customer: StoredCustomer; cohorts: string[]; unsettledMicros: number }>> {
+    if (!ids.length) return [];
+    return this.tx(async (c) => {
+      await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const customers = (await c.query('SELECT * FROM customers WHERE id = ANY($1)', [ids])).rows;
+      const cohorts = new Map<string, string[]>();
+      for (const r of (await c.query('SELECT customer_id, cohort FROM memberships WHERE customer_id = ANY($1) ORDER BY since, cohort', [ids])).rows) {
+        cohorts.set(r.customer_id, [...(cohorts.get(r.customer_id) ?? []), r.cohort]);
+      }
+      const totals = new Map((await c.query('SELECT customer_id, used_micros, settled FROM usage_totals WHERE customer_id = ANY($1)', [ids])).rows
+        .map((r) => [r.customer_id as string, (r.used_micros as number) - (r.settled as number) * 1_000_000]));
+      return customers.map((r) => ({
+        customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
+        cohorts: cohorts.get(r.id) ?? [], unsettledMicros: totals.get(r.id) ?? 0,
+      }));
+    });
+  }
+
+  /**
+   * Follows other replicas' changes: LISTEN on a dedicated connection and call
+   * `onIds` with the customer ids each commit touched. When the connection is
+   * lost it reconnects and calls `onResync` (notifications in between are lost).
+   */
+  listenForChanges(onIds: (ids: string[]) => void, onResync: () => void, onError: (err: Error) => void, retryMs = 500): { stop(): Promise<void> } {
+    let client: pg.Client | undefined;
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    let first = true;
+    const connect = async () => {
+      const c = new pg.Client({ connectionString: this.url, keepAlive: true, application_name: 'payg-control listener' });
+      client = c;
+      const lost = (err: Error) => {
+        if (client !== c) return;
+        client = undefined;
+        c.end().catch(() => undefined);
+        if (stopped) return;
+        onError(err);
+        timer = setTimeout(() => { void connect(); }, retryMs);
+      };
+      c.on('error', lost);
+      c.on('end', () => lost(new Error('listener connection ended')));
+      c.on('notification', (n) => {
+        if (n.channel !== CHANGES_CHANNEL || !n.payload) return;
+        try { onIds(JSON.parse(n.payload) as string[]); } catch (err) { onError(err as Error); }
+      });
+      try {
+        await c.connect();
+        await c.query(`LISTEN ${CHANGES_CHANNEL}`);
+        if (!first) onResync();
+        first = false;
+      } catch (err) {
+        lost(err as Error);
+      }
+    };
+    void connect();
+    return {
+      async stop() {
+        stopped = true;
+        clearTimeout(timer);
+        const c = client;
+        client = undefined;
+        await c?.end().catch(() => undefined);
+      },
+    };
+  }
+
+  /** Every stored customer id (for a full resync). */
+  async customerIds(): Promise<string[]> {
+    return (await this.rows('SELECT id FROM customers')).map((r) => r.id as string);
   }
 
   async saveChanges(changes: StoreChanges): Promise<void> {
@@ -245,11 +315,6 @@ export class PostgresStore implements Store {
     return this.membershipsOf('SELECT customer_id, cohort FROM memberships ORDER BY since, cohort');
   }
 
-  /** Memberships of these customers only (see loadCustomersById). */
-  async loadMembershipsById(ids: string[]): Promise<Map<string, string[]>> {
-    return this.membershipsOf('SELECT customer_id, cohort FROM memberships WHERE customer_id = ANY($1) ORDER BY since, cohort', [ids]);
-  }
-
   private async membershipsOf(sql: string, args: unknown[] = []): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();
     for (const row of await this.rows(sql, args)) {
@@ -267,12 +332,6 @@ export class PostgresStore implements Store {
 
   async usageTotals(): Promise<Map<string, { usedMicros: number; settled: number }>> {
     const rows = await this.rows('SELECT customer_id, used_micros, settled FROM usage_totals');
-    return new Map(rows.map((r) => [r.customer_id, { usedMicros: r.used_micros, settled: r.settled }]));
-  }
-
-  /** Usage totals of these customers only (see loadCustomersById). */
-  async usageTotalsById(ids: string[]): Promise<Map<string, { usedMicros: number; settled: number }>> {
-    const rows = await this.rows('SELECT customer_id, used_micros, settled FROM usage_totals WHERE customer_id = ANY($1)', [ids]);
     return new Map(rows.map((r) => [r.customer_id, { usedMicros: r.used_micros, settled: r.settled }]));
   }
 
