@@ -35,7 +35,7 @@ export interface RunningService {
  * are gathered for a moment and reloaded together; after a lost connection,
  * everything is reloaded.
  */
-function followChanges(store: PostgresStore, engine: Engine, log: Logger): { stop(): Promise<void> } {
+function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; stop(): Promise<void> } {
   let pending = new Set<string>();
   let scheduled = false;
   const read = (ids: string[]) => store.readCustomers(ids);
@@ -66,6 +66,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   await engine.init();
   // Several replicas on PostgreSQL: each follows the others' changes, and one leads the singleton work.
   const changes = store instanceof PostgresStore ? followChanges(store, engine, log) : undefined;
+  await changes?.ready;
   const leadership: Leadership = config.postgres
     ? new PostgresLeadership(config.postgres.url, { onError: (err) => log.warn({ err: err.message }, 'leader connection lost') })
     : soleLeader();

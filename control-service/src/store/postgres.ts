@@ -183,7 +183,7 @@ export class PostgresStore implements Store {
    * `onIds` with the customer ids each commit touched. When the connection is
    * lost it reconnects and calls `onResync` (notifications in between are lost).
    */
-  listenForChanges(onIds: (ids: string[]) => void, onResync: () => void, onError: (err: Error) => void, retryMs = 500): { stop(): Promise<void> } {
+  listenForChanges(onIds: (ids: string[]) => void, onResync: () => void, onError: (err: Error) => void, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
     let client: pg.Client | undefined;
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
@@ -214,8 +214,10 @@ export class PostgresStore implements Store {
         lost(err as Error);
       }
     };
-    void connect();
+    // Ready once the first LISTEN is in place (or failed and is being retried).
+    const ready = connect();
     return {
+      ready,
       async stop() {
         stopped = true;
         clearTimeout(timer);
