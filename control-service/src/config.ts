@@ -38,7 +38,14 @@ const rawConfig = z.object({
     host: z.string().default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(8080),
   }).strict().default({}),
-  store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
+  store: z.object({
+    sqlite: z.string().optional(),
+    // Several replicas share one PostgreSQL database; the URL (it holds a password) is best given as PAYG_DATABASE_URL.
+    postgres: z.object({
+      url: z.string().optional(),
+      pool_size: z.number().int().min(2).max(100).default(10),
+    }).strict().optional(),
+  }).strict().refine((s) => !(s.sqlite && s.postgres), 'set either sqlite or postgres, not both').default({}),
   auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
@@ -123,7 +130,10 @@ export interface Config {
   listen: { host: string; port: number };
   /** Serve the plugin-facing APIs without PAYG_CONTROL_TOKEN on a non-loopback address (an explicit choice). */
   auth: { allowUnauthenticated: boolean };
+  /** The SQLite file (the embedded default; unused when `postgres` is set). */
   sqlitePath: string;
+  /** Set when the store is PostgreSQL: several replicas may share it. */
+  postgres: { url: string; poolSize: number } | undefined;
   stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
   unknownConsumer: 'allow' | 'block';
   decisionTtlMs: number;
@@ -275,7 +285,8 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   return {
     listen: { host: raw.listen.host, port },
     auth: { allowUnauthenticated: raw.auth.allow_unauthenticated },
-    sqlitePath: path.resolve(baseDir, raw.store.sqlite),
+    sqlitePath: path.resolve(baseDir, raw.store.sqlite ?? 'payg.sqlite'),
+    postgres: raw.store.postgres ? { url: postgresUrl(raw.store.postgres.url, env), poolSize: raw.store.postgres.pool_size } : undefined,
     stripe: {
       poll: raw.stripe.poll,
       consumerMetadataKey: raw.stripe.consumer_metadata_key,
@@ -321,6 +332,17 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     },
     secrets: secretsFromEnv(env),
   };
+}
+
+/** PAYG_DATABASE_URL wins over store.postgres.url; either must be a postgres:// URL. Never echoed: it holds a password. */
+function postgresUrl(fromFile: string | undefined, env: NodeJS.ProcessEnv): string {
+  const field = env.PAYG_DATABASE_URL ? 'PAYG_DATABASE_URL' : 'store.postgres.url';
+  const url = env.PAYG_DATABASE_URL || fromFile;
+  if (!url) throw new ConfigError('store.postgres.url', 'is required (or set PAYG_DATABASE_URL)');
+  let parsed: URL;
+  try { parsed = new URL(url); } catch { throw new ConfigError(field, 'is not a URL'); }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') throw new ConfigError(field, 'must start with postgres:// or postgresql://');
+  return url;
 }
 
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {

@@ -65,6 +65,9 @@ function pendingOf(row: SettlementRow) {
   return { id: row.id, amount: row.amount, mode: row.mode, createdAt: row.createdAt };
 }
 
+/** A customer as stored, for Engine.reload. */
+export interface ReloadedCustomer { customer: StoredCustomer; cohorts: string[]; unsettledMicros: number; pending: SettlementRow[] }
+
 export class Engine {
   private readonly entries = new Map<string, Entry>();
   /** consumer metadata value → the customer id claiming it, or the ids when several do (a conflict) */
@@ -330,6 +333,24 @@ export class Engine {
       const failSettlementChange = { id: row.id, error, at: this.now() };
       if (held) held.ledger = failSettlement(held.ledger, row.id);
       await this.store.saveChanges({ upserts: [], deletes: [], transitions: [], failSettlement: failSettlementChange });
+    });
+  }
+
+  /**
+   * Another replica changed these customers (PostgreSQL NOTIFY): take their
+   * stored state as it is. Nothing is decided again here (the replica that
+   * made the change wrote its transitions and emails); only what this replica
+   * serves follows. `read` runs in turn with apply/ingest, so it sees at least
+   * what this replica wrote before. Added for several replicas (issue 13).
+   */
+  reload(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
+    return this.run(async () => {
+      const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
+      for (const id of ids) {
+        const r = found.get(id);
+        if (r) this.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
+        else this.remove(id);
+      }
     });
   }
 

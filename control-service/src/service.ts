@@ -9,6 +9,8 @@ import { checkExposure, ConfigError, loadConfig, type Config } from './config';
 import { Engine } from './engine';
 import { createHttpServer } from './http';
 import { createMetrics } from './metrics';
+import { PostgresLeadership, soleLeader, type Leadership } from './leader';
+import { PostgresStore } from './store/postgres';
 import { SqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { StripeGateway } from './stripe/gateway';
@@ -28,7 +30,36 @@ export interface RunningService {
   store: Store;
   /** The operator console, when `console` is configured. */
   console: ConsoleServer | undefined;
+  leadership: Leadership;
   stop(): Promise<void>;
+}
+
+/**
+ * Keeps this replica's book in step with the others: customer ids from NOTIFY
+ * are gathered for a moment and reloaded together; after a lost connection,
+ * everything is reloaded.
+ */
+function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; stop(): Promise<void> } {
+  let pending = new Set<string>();
+  let scheduled = false;
+  const read = (ids: string[]) => store.readCustomers(ids);
+  const flush = () => {
+    scheduled = false;
+    const ids = [...pending];
+    pending = new Set();
+    engine.reload(ids, read).catch((err) => log.error({ err: (err as Error).message }, 'reloading changed customers failed'));
+  };
+  return store.listenForChanges(
+    (ids) => {
+      for (const id of ids) pending.add(id);
+      if (!scheduled) { scheduled = true; setImmediate(flush); }
+    },
+    () => {
+      store.customerIds().then((ids) => engine.reload([...new Set([...ids, ...engine.knownIds()])], read))
+        .catch((err) => log.error({ err: (err as Error).message }, 'resync after a lost listener failed'));
+    },
+    (err) => log.warn({ err: err.message }, 'change listener connection lost; reconnecting'),
+  );
 }
 
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
@@ -37,9 +68,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const exposure = checkExposure(config);
   if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
   if ('warn' in exposure) log.warn(exposure.warn);
-  const store = opts.store ?? new SqliteStore(config.sqlitePath);
+  const store = opts.store ?? (config.postgres ? await PostgresStore.open(config.postgres.url, { poolSize: config.postgres.poolSize }) : new SqliteStore(config.sqlitePath));
   const engine = new Engine(config, store);
   await engine.init();
+  // Several replicas on PostgreSQL: each follows the others' changes, and one leads the singleton work.
+  const changes = store instanceof PostgresStore ? followChanges(store, engine, log) : undefined;
+  await changes?.ready;
+  const leadership: Leadership = config.postgres
+    ? new PostgresLeadership(config.postgres.url, { onError: (err) => log.warn({ err: err.message }, 'leader connection lost') })
+    : soleLeader();
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -53,26 +90,34 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
 
   let emails: EmailSender | undefined;
   let recurringTimer: NodeJS.Timeout | undefined;
-  if (config.emails.length && config.secrets.smtpUrl) {
+  // Only the leader sends; a sender (and its SMTP pool) lives for one term of leadership.
+  const startSender = async () => {
+    if (!config.emails.length || !config.secrets.smtpUrl || emails) return;
     const d = config.emailDelivery;
     const transport = nodemailer.createTransport({
       url: config.secrets.smtpUrl, pool: true, maxConnections: 1,
       connectionTimeout: d.timeoutMs, greetingTimeout: d.timeoutMs, socketTimeout: d.timeoutMs,
     } as Parameters<typeof nodemailer.createTransport>[0]);
-    emails = new EmailSender({
+    const sender = new EmailSender({
       store, templates: config.emails, isActive: engine.isTemplateActive, staleReason: engine.emailStaleReason, transport, delivery: d, log,
       onResult: (result, template) => metrics.emails.inc({ template, result }),
     });
-    engine.onEmailsEnqueued = () => emails!.wake();
-    await emails.start();
-  } else if (config.emails.length) {
+    emails = sender;
+    await sender.start();
+  };
+  const stopSender = async () => {
+    const sender = emails;
+    emails = undefined;
+    await sender?.stop();
+  };
+  engine.onEmailsEnqueued = () => emails?.wake();
+  if (config.emails.length && !config.secrets.smtpUrl) {
     log.warn('SMTP_URL is not set: emails are decided and kept in the outbox, and delivered once SMTP_URL is set');
   }
   // Re-enrollment emails are decided like entry emails, whether or not SMTP is there to deliver them yet.
   if (config.emails.some((t) => t.reenrollAfterMs)) {
-    const checkRecurring = () => { engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed')); };
+    const checkRecurring = () => { if (leadership.isLeader) engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed')); };
     recurringTimer = setInterval(checkRecurring, config.emailDelivery.recurringCheckIntervalMs);
-    checkRecurring();
   }
   let gateway: StripeGateway | undefined;
   if (config.secrets.stripeSecretKey) {
@@ -112,7 +157,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
+    config, engine, sync, get emails() { return emails; }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
@@ -122,28 +167,43 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, emails, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
+    if (!leadership.isLeader) return;
     if (sync!.sweeping) { log.warn('previous sweep still running; this tick is skipped'); return; }
     void sync!.sweep();
   }) : undefined;
-  if (sync && opts.sweepOnStart !== false) void sync.sweep();
   // Hourly: forget usage events and webhook ids kept only for dedupe (Stripe retries webhooks for 3 days).
   const prune = () => store.prune({ usageBefore: Date.now() - config.metering.keepEventsMs, webhooksBefore: Date.now() - 7 * 86_400_000 })
     .then((r) => { if (r.usageEvents || r.webhookEvents) log.info(r, 'pruned events kept for dedupe'); })
     .catch((err) => log.error({ err: (err as Error).message }, 'pruning failed'));
-  const pruneTimer = setInterval(() => { void prune(); }, 3_600_000).unref();
-  const settleTask = settler ? cron.schedule(config.metering.settle.schedule, () => { void settler!.settle(); }) : undefined;
-  // Settlements left pending by a stop are sent again (same idempotency keys) at once.
-  if (settler && opts.sweepOnStart !== false) void settler.settle();
+  const pruneTimer = setInterval(() => { if (leadership.isLeader) void prune(); }, 3_600_000).unref();
+  const settleTask = settler ? cron.schedule(config.metering.settle.schedule, () => { if (leadership.isLeader) void settler!.settle(); }) : undefined;
+  // Taking the lead (at start, or after the leader died): sweep, resend pending settlements
+  // (same idempotency keys), requeue emails the last leader left in flight, and send.
+  const lead = async () => {
+    log.info('leading: sweep, settlement and email sending run here');
+    await startSender().catch((err) => log.error({ err: (err as Error).message }, 'email sender did not start'));
+    if (config.emails.some((t) => t.reenrollAfterMs)) engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed'));
+    if (sync && opts.sweepOnStart !== false) void sync.sweep();
+    if (settler && opts.sweepOnStart !== false) void settler.settle();
+  };
+  leadership.onChange((leader) => {
+    if (leader) void lead();
+    else { log.warn('no longer leading: singleton work stops here'); void stopSender(); }
+  });
+  if (leadership instanceof PostgresLeadership) await leadership.start();
+  else await lead();
 
   return {
-    url, engine, sync, emails, settler, store, console: consoleServer,
+    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership,
     async stop() {
       await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();
       clearInterval(pruneTimer);
       clearInterval(recurringTimer);
-      await emails?.stop();
+      await leadership.stop();
+      await changes?.stop();
+      await stopSender();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

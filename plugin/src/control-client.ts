@@ -19,6 +19,8 @@ type RawOutcome = { ok: true; res: RawResponse } | { ok: false; reason: FailureR
 
 export interface ControlClientOptions {
   baseUrl: URL;
+  /** More replicas of the control service: tried in order when the one in use fails. */
+  fallbackUrls?: URL[];
   token: string | undefined;
   timeoutMs: number;
   defaultTtlMs: number;
@@ -34,23 +36,26 @@ function refusedEvents(body: string): SendOutcome {
   return events.length ? { refusedEvents: events } : undefined;
 }
 
+interface Target { url: URL; transport: typeof http | typeof https; agent: http.Agent; basePath: string }
+
 export class ControlClient {
-  private readonly agent: http.Agent;
-  private readonly transport: typeof http | typeof https;
-  private readonly basePath: string;
+  private readonly targets: Target[];
+  /** The replica in use; it stays until it fails (refused, 5xx, timeout), then the next one serves. */
+  private current = 0;
   private readonly headers: Record<string, string>;
 
   constructor(private readonly opts: ControlClientOptions) {
-    this.transport = opts.baseUrl.protocol === 'https:' ? https : http;
-    this.agent = new this.transport.Agent({ keepAlive: true, maxSockets: 128, scheduling: 'lifo' });
-    this.basePath = opts.baseUrl.pathname.replace(/\/+$/, '');
+    this.targets = [opts.baseUrl, ...(opts.fallbackUrls ?? [])].map((url) => {
+      const transport = url.protocol === 'https:' ? https : http;
+      return { url, transport, agent: new transport.Agent({ keepAlive: true, maxSockets: 128, scheduling: 'lifo' }), basePath: url.pathname.replace(/\/+$/, '') };
+    });
     this.headers = { accept: 'application/json' };
     if (opts.token) this.headers.authorization = `Bearer ${opts.token}`;
   }
 
   async fetchDecision(consumer: string): Promise<FetchOutcome> {
     // encodeURIComponent escapes / ? % # and non-ASCII, so a consumer id can never change the path.
-    const raw = await this.request('GET', `${this.basePath}/v1/decisions/${encodeURIComponent(consumer)}`);
+    const raw = await this.request('GET', `/v1/decisions/${encodeURIComponent(consumer)}`);
     if (!raw.ok) return { kind: 'UNAVAILABLE', reason: raw.reason, detail: raw.detail };
     if (raw.res.status !== 200) {
       return { kind: 'UNAVAILABLE', reason: 'HTTP_STATUS', detail: `control service answered ${raw.res.status}` };
@@ -69,7 +74,7 @@ export class ControlClient {
   /** POSTs a usage batch; resolves to an error text when it must be retried. */
   /** 400, 413 and 422 say the batch itself is wrong: it is refused, not retried. */
   async postUsage(events: unknown[], timeoutMs: number): Promise<SendOutcome> {
-    const raw = await this.request('POST', `${this.basePath}/v1/usage`, JSON.stringify({ events }), timeoutMs);
+    const raw = await this.request('POST', '/v1/usage', JSON.stringify({ events }), timeoutMs);
     if (!raw.ok) return { retry: `${raw.reason}: ${raw.detail}` };
     const status = raw.res.status;
     if (status >= 200 && status < 300) return refusedEvents(raw.res.body);
@@ -78,10 +83,28 @@ export class ControlClient {
   }
 
   close(): void {
-    this.agent.destroy();
+    for (const t of this.targets) t.agent.destroy();
   }
 
-  private request(method: string, path: string, body?: string, timeoutMs = this.opts.timeoutMs): Promise<RawOutcome> {
+  /**
+   * Sends to the replica in use. A refused connection or a 5xx moves on to the
+   * next replica at once, in the same call; a timeout moves on for the next
+   * call (this one's time is spent).
+   */
+  private async request(method: string, path: string, body?: string, timeoutMs = this.opts.timeoutMs): Promise<RawOutcome> {
+    let outcome: RawOutcome | undefined;
+    for (let tries = 0; tries < this.targets.length; tries++) {
+      const index = this.current;
+      outcome = await this.requestTo(this.targets[index], method, path, body, timeoutMs);
+      const failed = outcome.ok ? outcome.res.status >= 500 : outcome.reason === 'CONNECTION' || outcome.reason === 'TIMEOUT';
+      if (!failed || this.targets.length === 1) return outcome;
+      if (this.current === index) this.current = (index + 1) % this.targets.length;
+      if (!outcome.ok && outcome.reason === 'TIMEOUT') return outcome;
+    }
+    return outcome!;
+  }
+
+  private requestTo(target: Target, method: string, path: string, body: string | undefined, timeoutMs: number): Promise<RawOutcome> {
     return new Promise((resolve) => {
       let settled = false;
       const finish = (outcome: RawOutcome) => {
@@ -93,14 +116,14 @@ export class ControlClient {
       const headers = body === undefined
         ? this.headers
         : { ...this.headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
-      const req = this.transport.request({
-        protocol: this.opts.baseUrl.protocol,
-        hostname: this.opts.baseUrl.hostname,
-        port: this.opts.baseUrl.port || undefined,
+      const req = target.transport.request({
+        protocol: target.url.protocol,
+        hostname: target.url.hostname,
+        port: target.url.port || undefined,
         method,
-        path,
+        path: `${target.basePath}${path}`,
         headers,
-        agent: this.agent,
+        agent: target.agent,
       }, (res) => {
         const chunks: Buffer[] = [];
         let size = 0;

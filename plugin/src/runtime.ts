@@ -18,7 +18,7 @@ export interface Runtime {
 const runtimes = new Map<string, Runtime>();
 
 function keyOf(opts: PaygOptions): string {
-  return JSON.stringify({ ...opts, controlServiceUrl: opts.controlServiceUrl.href });
+  return JSON.stringify({ ...opts, controlServiceUrl: opts.controlServiceUrl.href, controlServiceUrls: opts.controlServiceUrls.map((u) => u.href) });
 }
 
 export function runtimeFor(opts: PaygOptions): Runtime {
@@ -27,6 +27,7 @@ export function runtimeFor(opts: PaygOptions): Runtime {
   if (!runtime) {
     const client = new ControlClient({
       baseUrl: opts.controlServiceUrl,
+      fallbackUrls: opts.controlServiceUrls,
       token: opts.controlServiceToken,
       timeoutMs: opts.timeoutMs,
       defaultTtlMs: opts.cacheTtlMs,

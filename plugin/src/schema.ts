@@ -19,6 +19,8 @@ export interface KongField {
   referenceable?: boolean;
   encrypted?: boolean;
   fields?: KongSchemaField[];
+  /** An array's element type. */
+  elements?: { type: KongField['type']; match?: string };
 }
 export type KongSchemaField = Record<string, KongField>;
 
@@ -49,6 +51,10 @@ export const Schema: KongSchemaField[] = [
   { control_service_url: {
     type: 'string', required: true, match: '^https?://',
     description: 'Base URL of the payg control service, e.g. http://payg-control:8080.',
+  } },
+  { control_service_urls: {
+    type: 'array', required: false, elements: { type: 'string', match: '^https?://' },
+    description: 'More replicas of the control service, tried in order when the one in use fails (refused, 5xx or timeout).',
   } },
   { consumer_field: {
     type: 'string', required: true, default: 'custom_id', one_of: CONSUMER_FIELDS,
@@ -94,6 +100,8 @@ export interface UsageQueueOptions {
 
 export interface PaygOptions {
   controlServiceUrl: URL;
+  /** Further replicas (control_service_urls), after controlServiceUrl. */
+  controlServiceUrls: URL[];
   consumerField: ConsumerField;
   timeoutMs: number;
   cacheTtlMs: number;
@@ -150,6 +158,13 @@ function read(fields: KongSchemaField[], raw: Raw, name: string, path: string): 
     case 'record':
       if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(path, 'expected a record');
       return value;
+    case 'array':
+      if (!Array.isArray(value)) throw new ConfigError(path, 'expected an array');
+      value.forEach((v, i) => {
+        if (typeof v !== 'string') throw new ConfigError(`${path}[${i}]`, 'expected a string');
+        if (def.elements?.match && !new RegExp(def.elements.match).test(v)) throw new ConfigError(`${path}[${i}]`, `must match ${def.elements.match}`);
+      });
+      return value;
     default:
       throw new Error(`unsupported schema type ${def.type}`);
   }
@@ -188,9 +203,13 @@ export function parseConfig(raw: unknown): PaygOptions {
   } catch {
     throw new ConfigError('control_service_url', 'is not a valid URL');
   }
+  const controlServiceUrls = ((get('control_service_urls') ?? []) as string[]).map((text, i) => {
+    try { return new URL(text); } catch { throw new ConfigError(`control_service_urls[${i}]`, 'is not a valid URL'); }
+  });
   const token = bearerToken(get('control_service_token') as string | undefined);
   return {
     controlServiceUrl,
+    controlServiceUrls,
     consumerField: get('consumer_field') as ConsumerField,
     timeoutMs: get('timeout_ms') as number,
     cacheTtlMs: get('cache_ttl_ms') as number,

@@ -1,0 +1,489 @@
+// The store for several replicas: one PostgreSQL database through `pg`.
+// Versioned migrations (schema_migrations) run in one transaction under an
+// advisory lock, so replicas starting together apply each version once.
+// Everything another replica may do at the same moment is a single statement
+// or a row lock: usage dedupe by a unique id, running totals by upsert, one
+// pending settlement per customer by a partial unique index, email claims by
+// FOR UPDATE SKIP LOCKED. saveChanges notifies the other replicas (channel
+// `payg_changes`, payload: the customer ids touched) when it commits.
+
+import { createHash } from 'node:crypto';
+import pg from 'pg';
+import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+
+/** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
+export const CHANGES_CHANNEL = 'payg_changes';
+/** The advisory lock key migrations run under (any constant unique to payg). */
+const MIGRATION_LOCK = 0x70617967; // "payg"
+/** NOTIFY payloads must stay under 8000 bytes. */
+const MAX_NOTIFY_BYTES = 7000;
+
+const MIGRATIONS: string[] = [
+  // 1: everything the SQLite store has at its version 3
+  `CREATE TABLE customers (
+     id TEXT PRIMARY KEY, balance BIGINT NOT NULL, currency TEXT, name TEXT, email TEXT,
+     metadata TEXT NOT NULL, version BIGINT NOT NULL);
+   CREATE TABLE memberships (customer_id TEXT NOT NULL, cohort TEXT NOT NULL, since BIGINT NOT NULL,
+     PRIMARY KEY (customer_id, cohort));
+   CREATE TABLE cohort_transitions (id BIGSERIAL PRIMARY KEY, customer_id TEXT NOT NULL,
+     cohort TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('enter','leave')), at BIGINT NOT NULL, balance BIGINT NOT NULL);
+   CREATE INDEX cohort_transitions_customer ON cohort_transitions (customer_id, id);
+   CREATE TABLE rule_overrides (rule_id TEXT PRIMARY KEY, enabled BOOLEAN NOT NULL);
+   CREATE TABLE webhook_events (id TEXT PRIMARY KEY, at BIGINT NOT NULL);
+   CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   CREATE TABLE email_outbox (id BIGSERIAL PRIMARY KEY, dedupe_key TEXT NOT NULL UNIQUE,
+     template_id TEXT NOT NULL, customer_id TEXT NOT NULL, to_address TEXT NOT NULL, context TEXT NOT NULL,
+     status TEXT NOT NULL CHECK (status IN ('pending','sending','delivered','failed','cancelled')),
+     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL, last_error TEXT, message_id TEXT,
+     created_at BIGINT NOT NULL, delivered_at BIGINT);
+   CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
+   CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);
+   CREATE TABLE template_overrides (template_id TEXT PRIMARY KEY, active BOOLEAN NOT NULL);
+   CREATE TABLE usage_events (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, customer_id TEXT,
+     consumer TEXT NOT NULL, at BIGINT NOT NULL, route TEXT, status INTEGER NOT NULL, cost_micros BIGINT NOT NULL);
+   CREATE TABLE usage_totals (customer_id TEXT PRIMARY KEY, used_micros BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+     charged BIGINT NOT NULL DEFAULT 0, settled BIGINT NOT NULL DEFAULT 0);
+   CREATE TABLE settlements (id BIGSERIAL PRIMARY KEY, customer_id TEXT NOT NULL, from_seq BIGINT NOT NULL,
+     upto_seq BIGINT NOT NULL, amount BIGINT NOT NULL CHECK (amount > 0), currency TEXT NOT NULL, mode TEXT NOT NULL,
+     idempotency_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL CHECK (status IN ('pending','confirmed')),
+     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at BIGINT NOT NULL, confirmed_at BIGINT);
+   CREATE INDEX settlements_customer ON settlements (customer_id, id);
+   -- At most one pending settlement per customer, whichever replica opens it.
+   CREATE UNIQUE INDEX settlements_one_pending ON settlements (customer_id) WHERE status = 'pending';`,
+];
+
+// BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
+const types = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+};
+
+function toSettlement(r: Record<string, any>): SettlementRow {
+  return {
+    id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
+    idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
+    createdAt: r.created_at, confirmedAt: r.confirmed_at,
+  };
+}
+
+function toOutboxRow(r: Record<string, any>): OutboxRow {
+  return {
+    id: r.id, dedupeKey: r.dedupe_key, templateId: r.template_id, customerId: r.customer_id, to: r.to_address, context: r.context,
+    createdAt: r.created_at, status: r.status, attempts: r.attempts, nextAttemptAt: r.next_attempt_at, lastError: r.last_error,
+    messageId: r.message_id, deliveredAt: r.delivered_at,
+  };
+}
+
+/** Splits ids into JSON arrays that each fit one NOTIFY payload. */
+export function notifyPayloads(ids: Iterable<string>): string[] {
+  const out: string[] = [];
+  let batch: string[] = [];
+  let size = 2;
+  for (const id of ids) {
+    const bytes = Buffer.byteLength(JSON.stringify(id)) + 1;
+    if (batch.length && size + bytes > MAX_NOTIFY_BYTES) { out.push(JSON.stringify(batch)); batch = []; size = 2; }
+    batch.push(id);
+    size += bytes;
+  }
+  if (batch.length) out.push(JSON.stringify(batch));
+  return out;
+}
+
+export class PostgresStore implements Store {
+  private constructor(readonly pool: pg.Pool, readonly url: string) {}
+
+  /** Connects and brings the schema up to date (once, however many replicas start together). */
+  static async open(url: string, opts: { poolSize?: number } = {}): Promise<PostgresStore> {
+    const pool = new pg.Pool({ connectionString: url, max: opts.poolSize ?? 10, types, application_name: 'payg-control' });
+    // An idle client that loses its server emits 'error'; the pool drops it and the next query reconnects.
+    pool.on('error', () => {});
+    const store = new PostgresStore(pool, url);
+    try {
+      await store.migrate();
+    } catch (err) {
+      await pool.end();
+      throw err;
+    }
+    return store;
+  }
+
+  get schemaVersion(): number {
+    return MIGRATIONS.length;
+  }
+
+  private async migrate(): Promise<void> {
+    await this.tx(async (c) => {
+      // Replicas starting together queue here; the first applies, the others find nothing left to do.
+      await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+      await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)');
+      const done = new Set((await c.query('SELECT version FROM schema_migrations')).rows.map((r) => r.version as number));
+      for (let v = 1; v <= MIGRATIONS.length; v++) {
+        if (done.has(v)) continue;
+        await c.query(MIGRATIONS[v - 1]);
+        await c.query('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [v, Date.now()]);
+      }
+    });
+  }
+
+  /** Runs `fn` in one transaction on one connection; rolls back on any error. */
+  private async tx<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      const result = await fn(c);
+      await c.query('COMMIT');
+      return result;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  }
+
+  private async rows(sql: string, args: unknown[] = []): Promise<Array<Record<string, any>>> {
+    return (await this.pool.query(sql, args)).rows;
+  }
+
+  async loadCustomers(): Promise<StoredCustomer[]> {
+    return this.customerRows('SELECT * FROM customers');
+  }
+
+  private async customerRows(sql: string, args: unknown[] = []): Promise<StoredCustomer[]> {
+    return (await this.rows(sql, args)).map((r) => ({
+      id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email,
+      metadata: JSON.parse(r.metadata), version: r.version,
+    }));
+  }
+
+  /**
+   * The stored state of these customers as a replica serves it: the customer,
+   * its memberships and its unsettled usage (micros), read in one snapshot.
+   */
+  async readCustomers(ids: string[]): Promise<Array<{ customer: StoredCustomer; cohorts: string[]; unsettledMicros: number }>> {
+    if (!ids.length) return [];
+    return this.tx(async (c) => {
+      await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const customers = (await c.query('SELECT * FROM customers WHERE id = ANY($1)', [ids])).rows;
+      const cohorts = new Map<string, string[]>();
+      for (const r of (await c.query('SELECT customer_id, cohort FROM memberships WHERE customer_id = ANY($1) ORDER BY since, cohort', [ids])).rows) {
+        cohorts.set(r.customer_id, [...(cohorts.get(r.customer_id) ?? []), r.cohort]);
+      }
+      const totals = new Map((await c.query('SELECT customer_id, used_micros, settled FROM usage_totals WHERE customer_id = ANY($1)', [ids])).rows
+        .map((r) => [r.customer_id as string, (r.used_micros as number) - (r.settled as number) * 1_000_000]));
+      return customers.map((r) => ({
+        customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
+        cohorts: cohorts.get(r.id) ?? [], unsettledMicros: totals.get(r.id) ?? 0,
+      }));
+    });
+  }
+
+  /**
+   * Follows other replicas' changes: LISTEN on a dedicated connection and call
+   * `onIds` with the customer ids each commit touched. When the connection is
+   * lost it reconnects and calls `onResync` (notifications in between are lost).
+   */
+  listenForChanges(onIds: (ids: string[]) => void, onResync: () => void, onError: (err: Error) => void, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
+    let client: pg.Client | undefined;
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    let first = true;
+    const connect = async () => {
+      const c = new pg.Client({ connectionString: this.url, keepAlive: true, application_name: 'payg-control listener' });
+      client = c;
+      const lost = (err: Error) => {
+        if (client !== c) return;
+        client = undefined;
+        c.end().catch(() => undefined);
+        if (stopped) return;
+        onError(err);
+        timer = setTimeout(() => { void connect(); }, retryMs);
+      };
+      c.on('error', lost);
+      c.on('end', () => lost(new Error('listener connection ended')));
+      c.on('notification', (n) => {
+        if (n.channel !== CHANGES_CHANNEL || !n.payload) return;
+        try { onIds(JSON.parse(n.payload) as string[]); } catch (err) { onError(err as Error); }
+      });
+      try {
+        await c.connect();
+        await c.query(`LISTEN ${CHANGES_CHANNEL}`);
+        if (!first) onResync();
+        first = false;
+      } catch (err) {
+        lost(err as Error);
+      }
+    };
+    // Ready once the first LISTEN is in place (or failed and is being retried).
+    const ready = connect();
+    return {
+      ready,
+      async stop() {
+        stopped = true;
+        clearTimeout(timer);
+        const c = client;
+        client = undefined;
+        await c?.end().catch(() => undefined);
+      },
+    };
+  }
+
+  /** Every stored customer id (for a full resync). */
+  async customerIds(): Promise<string[]> {
+    return (await this.rows('SELECT id FROM customers')).map((r) => r.id as string);
+  }
+
+  async saveChanges(changes: StoreChanges): Promise<void> {
+    const touched = new Set<string>();
+    await this.tx(async (c) => {
+      const usage = changes.usage ?? [];
+      if (usage.length) {
+        const inserted = await c.query(`INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
+          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
+          ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros`, [
+          usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
+          usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros)]);
+        // Running totals per customer, so settlement never scans the events.
+        const added = new Map<string, { micros: number; seq: number }>();
+        for (const r of inserted.rows) {
+          if (!r.customer_id) continue;
+          const t = added.get(r.customer_id) ?? { micros: 0, seq: 0 };
+          t.micros += r.cost_micros;
+          t.seq = Math.max(t.seq, r.seq);
+          added.set(r.customer_id, t);
+        }
+        // Rows locked in id order, so two replicas adding usage for the same customers never deadlock.
+        const ids = [...added.keys()].sort();
+        if (ids.length) {
+          await c.query(`INSERT INTO usage_totals (customer_id, used_micros, last_seq)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+            ON CONFLICT (customer_id) DO UPDATE SET used_micros = usage_totals.used_micros + excluded.used_micros,
+              last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq)`,
+          [ids, ids.map((id) => added.get(id)!.micros), ids.map((id) => added.get(id)!.seq)]);
+        }
+        for (const id of ids) touched.add(id);
+      }
+      const confirm = changes.confirmSettlement;
+      if (confirm) {
+        const row = (await c.query(`UPDATE settlements SET status = 'confirmed', stripe_ref = $1, confirmed_at = $2, attempts = attempts + 1
+          WHERE id = $3 AND status = 'pending' RETURNING customer_id, amount`, [confirm.stripeRef, confirm.at, confirm.id])).rows[0];
+        if (row) {
+          await c.query('UPDATE usage_totals SET settled = settled + $1 WHERE customer_id = $2', [row.amount, row.customer_id]);
+          touched.add(row.customer_id);
+        }
+      }
+      const emails = changes.emails ?? [];
+      if (emails.length) await this.insertEmails(c, emails);
+      const upserts = [...changes.upserts].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      if (upserts.length) {
+        await c.query(`INSERT INTO customers (id, balance, currency, name, email, metadata, version)
+          SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+          ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, currency = excluded.currency, name = excluded.name,
+            email = excluded.email, metadata = excluded.metadata, version = excluded.version`, [
+          upserts.map((u) => u.id), upserts.map((u) => u.balance), upserts.map((u) => u.currency), upserts.map((u) => u.name),
+          upserts.map((u) => u.email), upserts.map((u) => JSON.stringify(u.metadata)), upserts.map((u) => u.version)]);
+        for (const u of upserts) touched.add(u.id);
+      }
+      if (changes.deletes.length) {
+        await c.query('DELETE FROM customers WHERE id = ANY($1)', [changes.deletes]);
+        for (const id of changes.deletes) touched.add(id);
+      }
+      for (const t of changes.transitions) {
+        await c.query('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES ($1, $2, $3, $4, $5)',
+          [t.customerId, t.cohort, t.kind, t.at, t.balance]);
+        if (t.kind === 'enter') {
+          await c.query(`INSERT INTO memberships (customer_id, cohort, since) VALUES ($1, $2, $3)
+            ON CONFLICT (customer_id, cohort) DO UPDATE SET since = excluded.since`, [t.customerId, t.cohort, t.at]);
+        } else {
+          await c.query('DELETE FROM memberships WHERE customer_id = $1 AND cohort = $2', [t.customerId, t.cohort]);
+        }
+        touched.add(t.customerId);
+      }
+      // Delivered to listeners only when this transaction commits.
+      for (const payload of notifyPayloads(touched)) await c.query('SELECT pg_notify($1, $2)', [CHANGES_CHANNEL, payload]);
+    });
+  }
+
+  private async insertEmails(c: pg.PoolClient | pg.Pool, emails: OutboxRecord[]): Promise<number> {
+    const r = await c.query(`INSERT INTO email_outbox (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
+      SELECT d, t, cu, a, cx, 'pending', at, at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) AS x(d, t, cu, a, cx, at)
+      ON CONFLICT (dedupe_key) DO NOTHING`, [
+      emails.map((e) => e.dedupeKey), emails.map((e) => e.templateId), emails.map((e) => e.customerId), emails.map((e) => e.to),
+      emails.map((e) => e.context), emails.map((e) => e.createdAt)]);
+    return r.rowCount ?? 0;
+  }
+
+  async loadMemberships(): Promise<Map<string, string[]>> {
+    return this.membershipsOf('SELECT customer_id, cohort FROM memberships ORDER BY since, cohort');
+  }
+
+  private async membershipsOf(sql: string, args: unknown[] = []): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    for (const row of await this.rows(sql, args)) {
+      const list = out.get(row.customer_id) ?? [];
+      list.push(row.cohort);
+      out.set(row.customer_id, list);
+    }
+    return out;
+  }
+
+  async knownUsageIds(ids: string[]): Promise<Set<string>> {
+    if (!ids.length) return new Set();
+    return new Set((await this.rows('SELECT id FROM usage_events WHERE id = ANY($1)', [ids])).map((r) => r.id as string));
+  }
+
+  async usageTotals(): Promise<Map<string, { usedMicros: number; settled: number }>> {
+    const rows = await this.rows('SELECT customer_id, used_micros, settled FROM usage_totals');
+    return new Map(rows.map((r) => [r.customer_id, { usedMicros: r.used_micros, settled: r.settled }]));
+  }
+
+  async openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]> {
+    return this.tx(async (c) => {
+      // The totals rows are locked, so `charged` is current while we add to it; a replica
+      // opening settlements at the same moment skips the customers this one holds.
+      const due = (await c.query(`
+        SELECT t.customer_id, t.used_micros, t.last_seq, t.charged,
+          COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = t.customer_id), 0) AS prev_upto
+        FROM usage_totals t
+        WHERE t.used_micros / 1000000 > t.charged
+          AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.customer_id = t.customer_id AND s.status = 'pending')
+        ORDER BY t.customer_id
+        FOR UPDATE OF t SKIP LOCKED`)).rows;
+      for (const r of due) {
+        // Charged so far + this amount = floor(all usage up to last_seq): exact, the fraction carries over.
+        const amount = Math.floor(r.used_micros / 1_000_000) - r.charged;
+        const currency = currencyOf(r.customer_id);
+        if (amount < 1 || !currency) continue;
+        // The key names exactly what is charged: this customer's events after prev_upto up to last_seq, for this amount.
+        const key = `payg-settle-${createHash('sha256').update(`${r.customer_id}|${r.prev_upto}|${r.last_seq}|${amount}|${currency}|${mode}`).digest('hex').slice(0, 40)}`;
+        const opened = await c.query(`INSERT INTO settlements (customer_id, from_seq, upto_seq, amount, currency, mode, idempotency_key, status, created_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING`,
+        [r.customer_id, r.prev_upto + 1, r.last_seq, amount, currency, mode, key, now]);
+        if (opened.rowCount) await c.query('UPDATE usage_totals SET charged = charged + $1 WHERE customer_id = $2', [amount, r.customer_id]);
+      }
+      return (await c.query(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`)).rows.map(toSettlement);
+    });
+  }
+
+  async prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }> {
+    const usage = await this.pool.query(`DELETE FROM usage_events e WHERE e.at < $1 AND (e.customer_id IS NULL OR e.cost_micros = 0
+      OR e.seq <= COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = e.customer_id AND s.status = 'confirmed'), 0))`,
+    [opts.usageBefore]);
+    const hooks = await this.pool.query('DELETE FROM webhook_events WHERE at < $1', [opts.webhooksBefore]);
+    return { usageEvents: usage.rowCount ?? 0, webhookEvents: hooks.rowCount ?? 0 };
+  }
+
+  async settlementFailed(id: number, error: string): Promise<void> {
+    await this.pool.query('UPDATE settlements SET attempts = attempts + 1, last_error = $1 WHERE id = $2', [error, id]);
+  }
+
+  async settlements(customerId?: string): Promise<SettlementRow[]> {
+    const rows = customerId
+      ? await this.rows('SELECT * FROM settlements WHERE customer_id = $1 ORDER BY id', [customerId])
+      : await this.rows('SELECT * FROM settlements ORDER BY id');
+    return rows.map(toSettlement);
+  }
+
+  async membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>> {
+    return (await this.rows('SELECT customer_id, since FROM memberships WHERE cohort = $1', [cohort]))
+      .map((r) => ({ customerId: r.customer_id, since: r.since }));
+  }
+
+  async enqueueEmails(emails: OutboxRecord[]): Promise<number> {
+    return emails.length ? this.insertEmails(this.pool, emails) : 0;
+  }
+
+  async claimDueEmail(now: number): Promise<OutboxRow | undefined> {
+    // One statement: the row is locked while claimed, and a concurrent claimer skips it.
+    const row = (await this.rows(`UPDATE email_outbox SET status = 'sending', attempts = attempts + 1
+      WHERE id = (SELECT id FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= $1
+                  ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+      RETURNING *`, [now]))[0];
+    return row ? toOutboxRow(row) : undefined;
+  }
+
+  async nextEmailDueAt(): Promise<number | undefined> {
+    const row = (await this.rows(`SELECT MIN(next_attempt_at) AS due FROM email_outbox WHERE status = 'pending'`))[0];
+    return row.due ?? undefined;
+  }
+
+  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void> {
+    await this.pool.query(`UPDATE email_outbox SET status = $1, delivered_at = $2, message_id = COALESCE($3, message_id), last_error = COALESCE($4, last_error) WHERE id = $5`,
+      [outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, id]);
+  }
+
+  async retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void> {
+    await this.pool.query(`UPDATE email_outbox SET status = 'pending', next_attempt_at = $1, last_error = $2 WHERE id = $3`, [nextAttemptAt, error, id]);
+  }
+
+  async requeueInterruptedEmails(): Promise<number> {
+    return (await this.pool.query(`UPDATE email_outbox SET status = 'pending' WHERE status = 'sending'`)).rowCount ?? 0;
+  }
+
+  async cancelPendingEmails(templateId: string, at: number): Promise<number> {
+    return (await this.pool.query(`UPDATE email_outbox SET status = 'cancelled', last_error = 'template switched off', delivered_at = NULL, next_attempt_at = $1
+      WHERE template_id = $2 AND status = 'pending'`, [at, templateId])).rowCount ?? 0;
+  }
+
+  async countEmails(status: EmailStatus): Promise<number> {
+    return Number((await this.rows('SELECT COUNT(*) AS n FROM email_outbox WHERE status = $1', [status]))[0].n);
+  }
+
+  async emailLog(filter: { customerId?: string; templateId?: string; status?: EmailStatus; limit: number }): Promise<OutboxRow[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.customerId) { args.push(filter.customerId); where.push(`customer_id = $${args.length}`); }
+    if (filter.templateId) { args.push(filter.templateId); where.push(`template_id = $${args.length}`); }
+    if (filter.status) { args.push(filter.status); where.push(`status = $${args.length}`); }
+    args.push(filter.limit);
+    const sql = `SELECT * FROM email_outbox ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT $${args.length}`;
+    return (await this.rows(sql, args)).map(toOutboxRow);
+  }
+
+  async templateOverrides(): Promise<Map<string, boolean>> {
+    return new Map((await this.rows('SELECT template_id, active FROM template_overrides')).map((r) => [r.template_id, r.active]));
+  }
+
+  async setTemplateActive(templateId: string, active: boolean): Promise<void> {
+    await this.pool.query(`INSERT INTO template_overrides (template_id, active) VALUES ($1, $2)
+      ON CONFLICT (template_id) DO UPDATE SET active = excluded.active`, [templateId, active]);
+  }
+
+  async history(customerId: string): Promise<TransitionRecord[]> {
+    return (await this.rows('SELECT * FROM cohort_transitions WHERE customer_id = $1 ORDER BY id', [customerId]))
+      .map((r) => ({ customerId: r.customer_id, cohort: r.cohort, kind: r.kind, at: r.at, balance: r.balance }));
+  }
+
+  async ruleOverrides(): Promise<Map<string, boolean>> {
+    return new Map((await this.rows('SELECT rule_id, enabled FROM rule_overrides')).map((r) => [r.rule_id, r.enabled]));
+  }
+
+  async setRuleEnabled(ruleId: string, enabled: boolean): Promise<void> {
+    await this.pool.query(`INSERT INTO rule_overrides (rule_id, enabled) VALUES ($1, $2)
+      ON CONFLICT (rule_id) DO UPDATE SET enabled = excluded.enabled`, [ruleId, enabled]);
+  }
+
+  async claimWebhookEvent(eventId: string, at: number): Promise<boolean> {
+    return ((await this.pool.query('INSERT INTO webhook_events (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING', [eventId, at])).rowCount ?? 0) === 1;
+  }
+
+  async forgetWebhookEvent(eventId: string): Promise<void> {
+    await this.pool.query('DELETE FROM webhook_events WHERE id = $1', [eventId]);
+  }
+
+  async getMeta(key: string): Promise<string | undefined> {
+    return (await this.rows('SELECT value FROM meta WHERE key = $1', [key]))[0]?.value;
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    await this.pool.query('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('SELECT 1');
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}

@@ -1,0 +1,88 @@
+// Several control-service replicas on one PostgreSQL database (a real server,
+// spec/support/postgres.ts): each follows the others' usage, one leads the
+// singleton work, and kill -9 of the leader hands the lead to another.
+import { expect } from 'chai';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startControlProcess, type ControlProcess } from '../support/control-process';
+import { freshDatabase } from '../support/postgres';
+import { until } from '../support/until';
+import { StripeEmulator } from '../../testkit/stripe-emulator';
+
+const ADMIN = 'admin-token-for-tests';
+
+describe('replicas on PostgreSQL', function () {
+  this.timeout(40_000);
+  let dir: string;
+  let stripe: StripeEmulator;
+  let replicas: ControlProcess[] = [];
+  let configFile: string;
+  let env: NodeJS.ProcessEnv;
+
+  const admin = (r: ControlProcess, p: string, method = 'GET') =>
+    fetch(`${r.url}/admin/${p}`, { method, headers: { authorization: `Bearer ${ADMIN}` } });
+  const decision = async (r: ControlProcess, consumer: string) => (await fetch(`${r.url}/v1/decisions/${consumer}`)).json() as Promise<Record<string, any>>;
+  const leading = (r: ControlProcess) => r.output().includes('"msg":"leading');
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-replicas-'));
+    stripe = await new StripeEmulator().start();
+  });
+  beforeEach(async () => {
+    configFile = path.join(dir, 'payg.yml');
+    fs.writeFileSync(configFile, JSON.stringify({
+      listen: { port: 0 }, store: { postgres: {} }, stripe: { poll: '0 0 1 1 *' },
+      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+      metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+    }));
+    env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_DATABASE_URL: await freshDatabase() };
+    replicas = [await startControlProcess(configFile, env), await startControlProcess(configFile, env)];
+  });
+  afterEach(async () => {
+    await Promise.all(replicas.map((r) => r.kill('SIGKILL')));
+  });
+  after(async () => {
+    await stripe.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('usage taken by one replica moves the decision of the other', async () => {
+    const [a, b] = replicas;
+    const c = stripe.create({ name: 'Ada', balance: -100 });
+    await (await admin(a, 'sweep', 'POST')).json();
+    await until(async () => (await decision(b, c.id)).max_requests === 100, 3000, 'replica b never saw the customer');
+    const events = Array.from({ length: 60 }, (_, i) => ({ id: `a-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 }));
+    expect((await fetch(`${a.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) })).status).to.equal(200);
+    await until(async () => (await decision(b, c.id)).max_requests === 40, 2000, 'replica b did not follow the usage taken by a');
+    const more = Array.from({ length: 40 }, (_, i) => ({ id: `b-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 }));
+    expect((await fetch(`${b.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events: more }) })).status).to.equal(200);
+    // Both see the credit spent, whichever took the usage.
+    for (const r of replicas) await until(async () => (await decision(r, c.id)).status === 402, 2000, 'the credit is spent but a replica still allows');
+    const states = await Promise.all(replicas.map(async (r) => (await admin(r, `customers/${c.id}`)).json() as Promise<any>));
+    expect(states.map((s) => s.unsettled_usage)).to.deep.equal([100, 100]);
+  });
+
+  it('exactly one leads; kill -9 of the leader hands the lead to the other, and a settlement is charged once', async () => {
+    await until(() => replicas.filter(leading).length === 1, 5000, 'no replica leads');
+    await new Promise((r) => setTimeout(r, 1500)); // a second try by the follower still loses
+    expect(replicas.filter(leading)).to.have.length(1);
+    const leader = replicas.find(leading)!;
+    const follower = replicas.find((r) => r !== leader)!;
+    const c = stripe.create({ name: 'Bo', balance: -1000 });
+    await (await admin(follower, 'sweep', 'POST')).json();
+    const events = Array.from({ length: 42 }, (_, i) => ({ id: `s-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 }));
+    expect((await fetch(`${follower.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) })).status).to.equal(200);
+    await leader.kill('SIGKILL');
+    const killedAt = Date.now();
+    await until(() => leading(follower), 10_000, 'the follower did not take the lead within 10 s');
+    const takeoverMs = Date.now() - killedAt;
+    // Both replicas settle at once: one settlement, one charge.
+    await Promise.all([admin(follower, 'settle', 'POST'), admin(follower, 'settle', 'POST')]);
+    await until(async () => ((await (await admin(follower, `settlements?customer=${c.id}`)).json()) as any).settlements?.every((s: any) => s.status === 'confirmed'), 5000);
+    expect(stripe.balanceTransactions.filter((t) => t.customer === c.id).map((t) => t.amount)).to.deep.equal([42]);
+    expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
+    console.log(`      takeover after kill -9: ${takeoverMs} ms`);
+  });
+});
