@@ -10,16 +10,20 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import type { ReloadedCustomer } from '../engine';
 
 /** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
 export const CHANGES_CHANNEL = 'payg_changes';
+/** The NOTIFY channel rule and template switches write to; its payload names which: `rules` or `templates`. */
+export const SWITCHES_CHANNEL = 'payg_switches';
+export type SwitchKind = 'rules' | 'templates';
 /** The advisory lock key migrations run under (any constant unique to payg). */
 const MIGRATION_LOCK = 0x70617967; // "payg"
 /** NOTIFY payloads must stay under 8000 bytes. */
 const MAX_NOTIFY_BYTES = 7000;
 
 const MIGRATIONS: string[] = [
-  // 1: everything the SQLite store has at its version 3
+  // 1: everything the SQLite store has at its version 3 (never edit a released version: add one)
   `CREATE TABLE customers (
      id TEXT PRIMARY KEY, balance BIGINT NOT NULL, currency TEXT, name TEXT, email TEXT,
      metadata TEXT NOT NULL, version BIGINT NOT NULL);
@@ -50,6 +54,15 @@ const MIGRATIONS: string[] = [
    CREATE INDEX settlements_customer ON settlements (customer_id, id);
    -- At most one pending settlement per customer, whichever replica opens it.
    CREATE UNIQUE INDEX settlements_one_pending ON settlements (customer_id) WHERE status = 'pending';`,
+  // 2: as SQLite's 4 and 5: when each usage event was received (pruning goes by it); settlements Stripe
+  // refused for good are 'failed'; emails cancelled at delivery as no longer true are 'stale'
+  `ALTER TABLE usage_events ADD COLUMN received_at BIGINT;
+   UPDATE usage_events SET received_at = at;
+   CREATE INDEX usage_events_received ON usage_events (received_at);
+   ALTER TABLE settlements DROP CONSTRAINT settlements_status_check,
+     ADD CONSTRAINT settlements_status_check CHECK (status IN ('pending','confirmed','failed'));
+   ALTER TABLE email_outbox DROP CONSTRAINT email_outbox_status_check,
+     ADD CONSTRAINT email_outbox_status_check CHECK (status IN ('pending','sending','delivered','failed','cancelled','stale'));`,
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -158,9 +171,10 @@ export class PostgresStore implements Store {
 
   /**
    * The stored state of these customers as a replica serves it: the customer,
-   * its memberships and its unsettled usage (micros), read in one snapshot.
+   * its memberships, its unsettled usage (micros) and its pending settlements,
+   * read in one snapshot.
    */
-  async readCustomers(ids: string[]): Promise<Array<{ customer: StoredCustomer; cohorts: string[]; unsettledMicros: number }>> {
+  async readCustomers(ids: string[]): Promise<ReloadedCustomer[]> {
     if (!ids.length) return [];
     return this.tx(async (c) => {
       await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -171,19 +185,27 @@ export class PostgresStore implements Store {
       }
       const totals = new Map((await c.query('SELECT customer_id, used_micros, settled FROM usage_totals WHERE customer_id = ANY($1)', [ids])).rows
         .map((r) => [r.customer_id as string, (r.used_micros as number) - (r.settled as number) * 1_000_000]));
+      const pending = new Map<string, SettlementRow[]>();
+      for (const r of (await c.query(`SELECT * FROM settlements WHERE customer_id = ANY($1) AND status = 'pending' ORDER BY id`, [ids])).rows) {
+        pending.set(r.customer_id, [...(pending.get(r.customer_id) ?? []), toSettlement(r)]);
+      }
       return customers.map((r) => ({
         customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
-        cohorts: cohorts.get(r.id) ?? [], unsettledMicros: totals.get(r.id) ?? 0,
+        cohorts: cohorts.get(r.id) ?? [], unsettledMicros: totals.get(r.id) ?? 0, pending: pending.get(r.id) ?? [],
       }));
     });
   }
 
   /**
    * Follows other replicas' changes: LISTEN on a dedicated connection and call
-   * `onIds` with the customer ids each commit touched. When the connection is
-   * lost it reconnects and calls `onResync` (notifications in between are lost).
+   * `onIds` with the customer ids each commit touched, `onSwitches` when rule or
+   * template switches changed. When the connection is lost it reconnects and
+   * calls `onResync` (notifications in between are lost).
    */
-  listenForChanges(onIds: (ids: string[]) => void, onResync: () => void, onError: (err: Error) => void, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
+  listenForChanges(handlers: {
+    onIds(ids: string[]): void; onSwitches(kind: SwitchKind): void; onResync(): void; onError(err: Error): void;
+  }, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
+    const { onIds, onSwitches, onResync, onError } = handlers;
     let client: pg.Client | undefined;
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
@@ -202,12 +224,13 @@ export class PostgresStore implements Store {
       c.on('error', lost);
       c.on('end', () => lost(new Error('listener connection ended')));
       c.on('notification', (n) => {
+        if (n.channel === SWITCHES_CHANNEL && (n.payload === 'rules' || n.payload === 'templates')) { onSwitches(n.payload); return; }
         if (n.channel !== CHANGES_CHANNEL || !n.payload) return;
         try { onIds(JSON.parse(n.payload) as string[]); } catch (err) { onError(err as Error); }
       });
       try {
         await c.connect();
-        await c.query(`LISTEN ${CHANGES_CHANNEL}`);
+        await c.query(`LISTEN ${CHANGES_CHANNEL}; LISTEN ${SWITCHES_CHANNEL}`);
         if (!first) onResync();
         first = false;
       } catch (err) {
@@ -238,11 +261,12 @@ export class PostgresStore implements Store {
     await this.tx(async (c) => {
       const usage = changes.usage ?? [];
       if (usage.length) {
-        const inserted = await c.query(`INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
-          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
+        const inserted = await c.query(`INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
+          SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
+            AS x(i, cu, co, a, r, st, m)
           ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros`, [
           usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
-          usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros)]);
+          usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now()]);
         // Running totals per customer, so settlement never scans the events.
         const added = new Map<string, { micros: number; seq: number }>();
         for (const r of inserted.rows) {
@@ -263,14 +287,22 @@ export class PostgresStore implements Store {
         }
         for (const id of ids) touched.add(id);
       }
-      const confirm = changes.confirmSettlement;
-      if (confirm) {
+      for (const confirm of changes.confirmSettlements ?? []) {
         const row = (await c.query(`UPDATE settlements SET status = 'confirmed', stripe_ref = $1, confirmed_at = $2, attempts = attempts + 1
           WHERE id = $3 AND status = 'pending' RETURNING customer_id, amount`, [confirm.stripeRef, confirm.at, confirm.id])).rows[0];
         if (row) {
           await c.query('UPDATE usage_totals SET settled = settled + $1 WHERE customer_id = $2', [row.amount, row.customer_id]);
           touched.add(row.customer_id);
         }
+      }
+      const fail = changes.failSettlement;
+      if (fail) {
+        const row = (await c.query(`UPDATE settlements SET status = 'failed', last_error = $1, attempts = attempts + 1
+          WHERE id = $2 AND status = 'pending' RETURNING customer_id`, [fail.error, fail.id])).rows[0];
+        if (row) touched.add(row.customer_id);
+      }
+      if (changes.webhookEvent) {
+        await c.query('INSERT INTO webhook_events (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING', [changes.webhookEvent.id, changes.webhookEvent.at]);
       }
       const emails = changes.emails ?? [];
       if (emails.length) await this.insertEmails(c, emails);
@@ -304,7 +336,25 @@ export class PostgresStore implements Store {
     });
   }
 
-  private async insertEmails(c: pg.PoolClient | pg.Pool, emails: OutboxRecord[]): Promise<number> {
+  private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
+    // A reminder makes the earlier pending reminders of its template and customer stale, in order: one at a time.
+    if (emails.some((e) => e.reminder)) {
+      let added = 0;
+      for (const e of emails) {
+        const n = await this.insertEmailBatch(c, [e]);
+        added += n;
+        if (n && e.reminder) {
+          await c.query(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
+            WHERE template_id = $1 AND customer_id = $2 AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> $3`,
+          [e.templateId, e.customerId, e.dedupeKey]);
+        }
+      }
+      return added;
+    }
+    return this.insertEmailBatch(c, emails);
+  }
+
+  private async insertEmailBatch(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
     const r = await c.query(`INSERT INTO email_outbox (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
       SELECT d, t, cu, a, cx, 'pending', at, at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) AS x(d, t, cu, a, cx, at)
       ON CONFLICT (dedupe_key) DO NOTHING`, [
@@ -349,6 +399,7 @@ export class PostgresStore implements Store {
           AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.customer_id = t.customer_id AND s.status = 'pending')
         ORDER BY t.customer_id
         FOR UPDATE OF t SKIP LOCKED`)).rows;
+      const openedFor: string[] = [];
       for (const r of due) {
         // Charged so far + this amount = floor(all usage up to last_seq): exact, the fraction carries over.
         const amount = Math.floor(r.used_micros / 1_000_000) - r.charged;
@@ -359,21 +410,30 @@ export class PostgresStore implements Store {
         const opened = await c.query(`INSERT INTO settlements (customer_id, from_seq, upto_seq, amount, currency, mode, idempotency_key, status, created_at)
           VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING`,
         [r.customer_id, r.prev_upto + 1, r.last_seq, amount, currency, mode, key, now]);
-        if (opened.rowCount) await c.query('UPDATE usage_totals SET charged = charged + $1 WHERE customer_id = $2', [amount, r.customer_id]);
+        if (opened.rowCount) {
+          await c.query('UPDATE usage_totals SET charged = charged + $1 WHERE customer_id = $2', [amount, r.customer_id]);
+          openedFor.push(r.customer_id);
+        }
       }
+      // Other replicas learn of the settlement in flight (a plain balance read must not be applied meanwhile).
+      for (const payload of notifyPayloads(openedFor)) await c.query('SELECT pg_notify($1, $2)', [CHANGES_CHANNEL, payload]);
       return (await c.query(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`)).rows.map(toSettlement);
     });
   }
 
   async prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }> {
-    const usage = await this.pool.query(`DELETE FROM usage_events e WHERE e.at < $1 AND (e.customer_id IS NULL OR e.cost_micros = 0
+    const usage = await this.pool.query(`DELETE FROM usage_events e WHERE e.received_at < $1 AND (e.customer_id IS NULL OR e.cost_micros = 0
       OR e.seq <= COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = e.customer_id AND s.status = 'confirmed'), 0))`,
     [opts.usageBefore]);
     const hooks = await this.pool.query('DELETE FROM webhook_events WHERE at < $1', [opts.webhooksBefore]);
     return { usageEvents: usage.rowCount ?? 0, webhookEvents: hooks.rowCount ?? 0 };
   }
 
-  async settlementFailed(id: number, error: string): Promise<void> {
+  async pendingSettlements(): Promise<SettlementRow[]> {
+    return (await this.rows(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`)).map(toSettlement);
+  }
+
+  async settlementAttemptFailed(id: number, error: string): Promise<void> {
     await this.pool.query('UPDATE settlements SET attempts = attempts + 1, last_error = $1 WHERE id = $2', [error, id]);
   }
 
@@ -389,13 +449,18 @@ export class PostgresStore implements Store {
       .map((r) => ({ customerId: r.customer_id, since: r.since }));
   }
 
+  async membershipSince(customerId: string, cohort: string): Promise<number | undefined> {
+    return (await this.rows('SELECT since FROM memberships WHERE customer_id = $1 AND cohort = $2', [customerId, cohort]))[0]?.since;
+  }
+
   async enqueueEmails(emails: OutboxRecord[]): Promise<number> {
-    return emails.length ? this.insertEmails(this.pool, emails) : 0;
+    return emails.length ? this.tx((c) => this.insertEmails(c, emails)) : 0;
   }
 
   async claimDueEmail(now: number): Promise<OutboxRow | undefined> {
     // One statement: the row is locked while claimed, and a concurrent claimer skips it.
-    const row = (await this.rows(`UPDATE email_outbox SET status = 'sending', attempts = attempts + 1
+    // Attempts count server answers only (finishEmail/retryEmail), as in SqliteStore.
+    const row = (await this.rows(`UPDATE email_outbox SET status = 'sending'
       WHERE id = (SELECT id FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= $1
                   ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
       RETURNING *`, [now]))[0];
@@ -407,13 +472,16 @@ export class PostgresStore implements Store {
     return row.due ?? undefined;
   }
 
-  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void> {
-    await this.pool.query(`UPDATE email_outbox SET status = $1, delivered_at = $2, message_id = COALESCE($3, message_id), last_error = COALESCE($4, last_error) WHERE id = $5`,
-      [outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, id]);
+  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled' | 'stale'; at: number; messageId?: string; error?: string; answered?: boolean }): Promise<void> {
+    await this.pool.query(`UPDATE email_outbox SET status = $1, delivered_at = $2, message_id = COALESCE($3, message_id), last_error = COALESCE($4, last_error),
+      attempts = attempts + $5 WHERE id = $6`,
+    [outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, outcome.answered ? 1 : 0, id]);
   }
 
-  async retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void> {
-    await this.pool.query(`UPDATE email_outbox SET status = 'pending', next_attempt_at = $1, last_error = $2 WHERE id = $3`, [nextAttemptAt, error, id]);
+  async retryEmail(id: number, nextAttemptAt: number, error: string, answered: boolean): Promise<void> {
+    // Only a row still being sent goes back to the queue: one replaced meanwhile (stale) stays so.
+    await this.pool.query(`UPDATE email_outbox SET status = 'pending', next_attempt_at = $1, last_error = $2, attempts = attempts + $3 WHERE id = $4 AND status = 'sending'`,
+      [nextAttemptAt, error, answered ? 1 : 0, id]);
   }
 
   async requeueInterruptedEmails(): Promise<number> {
@@ -445,8 +513,11 @@ export class PostgresStore implements Store {
   }
 
   async setTemplateActive(templateId: string, active: boolean): Promise<void> {
-    await this.pool.query(`INSERT INTO template_overrides (template_id, active) VALUES ($1, $2)
-      ON CONFLICT (template_id) DO UPDATE SET active = excluded.active`, [templateId, active]);
+    await this.tx(async (c) => {
+      await c.query(`INSERT INTO template_overrides (template_id, active) VALUES ($1, $2)
+        ON CONFLICT (template_id) DO UPDATE SET active = excluded.active`, [templateId, active]);
+      await c.query('SELECT pg_notify($1, $2)', [SWITCHES_CHANNEL, 'templates' satisfies SwitchKind]);
+    });
   }
 
   async history(customerId: string): Promise<TransitionRecord[]> {
@@ -459,16 +530,15 @@ export class PostgresStore implements Store {
   }
 
   async setRuleEnabled(ruleId: string, enabled: boolean): Promise<void> {
-    await this.pool.query(`INSERT INTO rule_overrides (rule_id, enabled) VALUES ($1, $2)
-      ON CONFLICT (rule_id) DO UPDATE SET enabled = excluded.enabled`, [ruleId, enabled]);
+    await this.tx(async (c) => {
+      await c.query(`INSERT INTO rule_overrides (rule_id, enabled) VALUES ($1, $2)
+        ON CONFLICT (rule_id) DO UPDATE SET enabled = excluded.enabled`, [ruleId, enabled]);
+      await c.query('SELECT pg_notify($1, $2)', [SWITCHES_CHANNEL, 'rules' satisfies SwitchKind]);
+    });
   }
 
-  async claimWebhookEvent(eventId: string, at: number): Promise<boolean> {
-    return ((await this.pool.query('INSERT INTO webhook_events (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING', [eventId, at])).rowCount ?? 0) === 1;
-  }
-
-  async forgetWebhookEvent(eventId: string): Promise<void> {
-    await this.pool.query('DELETE FROM webhook_events WHERE id = $1', [eventId]);
+  async webhookEventSeen(eventId: string): Promise<boolean> {
+    return (await this.rows('SELECT 1 FROM webhook_events WHERE id = $1', [eventId])).length > 0;
   }
 
   async getMeta(key: string): Promise<string | undefined> {
