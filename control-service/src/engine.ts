@@ -169,6 +169,18 @@ export class Engine {
     return true;
   }
 
+  /**
+   * Another replica switched a rule or a template (PostgreSQL NOTIFY): take the
+   * stored switches, and answer with them from now on.
+   */
+  reloadSwitches(): Promise<void> {
+    return this.run(async () => {
+      this.ruleEnabled = await this.store.ruleOverrides();
+      this.templateActive = await this.store.templateOverrides();
+      for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.ledger);
+    });
+  }
+
   isTemplateActive = (id: string): boolean => this.templateActive.get(id) ?? this.config.emails.find((t) => t.id === id)?.active ?? false;
 
   /** Switches an email template on or off (persisted); off cancels its pending sends at once. */

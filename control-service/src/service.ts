@@ -36,30 +36,42 @@ export interface RunningService {
 
 /**
  * Keeps this replica's book in step with the others: customer ids from NOTIFY
- * are gathered for a moment and reloaded together; after a lost connection,
- * everything is reloaded.
+ * are gathered for a moment and reloaded together; rule and template switches
+ * are reloaded; after a lost connection, everything is reloaded. It listens
+ * before the engine loads anything and holds what arrives until `start()`
+ * (after engine.init()), then reloads it: no change can fall between the
+ * initial load and the LISTEN.
  */
-function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; stop(): Promise<void> } {
+function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; start(): void; stop(): Promise<void> } {
   let pending = new Set<string>();
+  let switches = false;
+  let started = false;
   let scheduled = false;
   const read = (ids: string[]) => store.readCustomers(ids);
   const flush = () => {
     scheduled = false;
+    if (!started) return;
     const ids = [...pending];
     pending = new Set();
-    engine.reload(ids, read).catch((err) => log.error({ err: (err as Error).message }, 'reloading changed customers failed'));
+    if (ids.length) engine.reload(ids, read).catch((err) => log.error({ err: (err as Error).message }, 'reloading changed customers failed'));
+    if (switches) {
+      switches = false;
+      engine.reloadSwitches().catch((err) => log.error({ err: (err as Error).message }, 'reloading rule and template switches failed'));
+    }
   };
-  return store.listenForChanges(
-    (ids) => {
-      for (const id of ids) pending.add(id);
-      if (!scheduled) { scheduled = true; setImmediate(flush); }
-    },
-    () => {
+  const schedule = () => { if (!scheduled) { scheduled = true; setImmediate(flush); } };
+  const listener = store.listenForChanges({
+    onIds: (ids) => { for (const id of ids) pending.add(id); schedule(); },
+    onSwitches: () => { switches = true; schedule(); },
+    onResync: () => {
+      if (!started) return; // init loads everything after this anyway
       store.customerIds().then((ids) => engine.reload([...new Set([...ids, ...engine.knownIds()])], read))
         .catch((err) => log.error({ err: (err as Error).message }, 'resync after a lost listener failed'));
+      engine.reloadSwitches().catch((err) => log.error({ err: (err as Error).message }, 'reloading rule and template switches failed'));
     },
-    (err) => log.warn({ err: err.message }, 'change listener connection lost; reconnecting'),
-  );
+    onError: (err) => log.warn({ err: err.message }, 'change listener connection lost; reconnecting'),
+  });
+  return { ready: listener.ready, stop: listener.stop, start() { started = true; schedule(); } };
 }
 
 export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
@@ -70,10 +82,11 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? (config.postgres ? await PostgresStore.open(config.postgres.url, { poolSize: config.postgres.poolSize }) : new SqliteStore(config.sqlitePath));
   const engine = new Engine(config, store);
-  await engine.init();
-  // Several replicas on PostgreSQL: each follows the others' changes, and one leads the singleton work.
+  // Several replicas on PostgreSQL: each follows the others' changes (listening before it loads), and one leads the singleton work.
   const changes = store instanceof PostgresStore ? followChanges(store, engine, log) : undefined;
   await changes?.ready;
+  await engine.init();
+  changes?.start();
   const leadership: Leadership = config.postgres
     ? new PostgresLeadership(config.postgres.url, { onError: (err) => log.warn({ err: err.message }, 'leader connection lost') })
     : soleLeader();
@@ -91,17 +104,26 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   let emails: EmailSender | undefined;
   let recurringTimer: NodeJS.Timeout | undefined;
   // Only the leader sends; a sender (and its SMTP pool) lives for one term of leadership.
-  const startSender = async () => {
-    if (!config.emails.length || !config.secrets.smtpUrl || emails) return;
+  const newSender = (pool: boolean) => {
     const d = config.emailDelivery;
     const transport = nodemailer.createTransport({
-      url: config.secrets.smtpUrl, pool: true, maxConnections: 1,
+      url: config.secrets.smtpUrl, pool, maxConnections: 1,
       connectionTimeout: d.timeoutMs, greetingTimeout: d.timeoutMs, socketTimeout: d.timeoutMs,
     } as Parameters<typeof nodemailer.createTransport>[0]);
-    const sender = new EmailSender({
+    return new EmailSender({
       store, templates: config.emails, isActive: engine.isTemplateActive, staleReason: engine.emailStaleReason, transport, delivery: d, log,
       onResult: (result, template) => metrics.emails.inc({ template, result }),
     });
+  };
+  // A follower sends an operator's test email itself, on a connection of its own (never started: it sends no outbox row).
+  let testSender: EmailSender | undefined;
+  const sendsTests = (): EmailSender | undefined => {
+    if (!config.emails.length || !config.secrets.smtpUrl) return undefined;
+    return emails ?? (testSender ??= newSender(false));
+  };
+  const startSender = async () => {
+    if (!config.emails.length || !config.secrets.smtpUrl || emails) return;
+    const sender = newSender(true);
     emails = sender;
     await sender.start();
   };
@@ -157,14 +179,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, get emails() { return emails; }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
+    config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
+    followsStoredSweep: () => !leadership.isLeader,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
-  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, emails, metrics, log }) : undefined;
+  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, get emails() { return sendsTests(); }, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
     if (!leadership.isLeader) return;
@@ -204,6 +227,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       await leadership.stop();
       await changes?.stop();
       await stopSender();
+      testSender?.stop().catch(() => undefined);
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

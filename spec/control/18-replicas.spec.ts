@@ -9,6 +9,7 @@ import { startControlProcess, type ControlProcess } from '../support/control-pro
 import { freshDatabase } from '../support/postgres';
 import { until } from '../support/until';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { SmtpCapture } from '../../testkit/smtp-capture';
 
 const ADMIN = 'admin-token-for-tests';
 
@@ -19,6 +20,7 @@ describe('replicas on PostgreSQL', function () {
   let replicas: ControlProcess[] = [];
   let configFile: string;
   let env: NodeJS.ProcessEnv;
+  let smtp: SmtpCapture;
 
   const admin = (r: ControlProcess, p: string, method = 'GET') =>
     fetch(`${r.url}/admin/${p}`, { method, headers: { authorization: `Bearer ${ADMIN}` } });
@@ -28,6 +30,8 @@ describe('replicas on PostgreSQL', function () {
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-replicas-'));
     stripe = await new StripeEmulator().start();
+    smtp = await new SmtpCapture().start();
+    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hello {{customer.name}}, your credit has run out.');
   });
   beforeEach(async () => {
     configFile = path.join(dir, 'payg.yml');
@@ -36,8 +40,9 @@ describe('replicas on PostgreSQL', function () {
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+      emails: [{ id: 'out-of-credit', cohort: 'no-credit', active: false, from: { address: 'billing@example.com' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
     }));
-    env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_DATABASE_URL: await freshDatabase() };
+    env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_DATABASE_URL: await freshDatabase(), SMTP_URL: smtp.url };
     replicas = [await startControlProcess(configFile, env), await startControlProcess(configFile, env)];
   });
   afterEach(async () => {
@@ -45,6 +50,7 @@ describe('replicas on PostgreSQL', function () {
   });
   after(async () => {
     await stripe.stop();
+    await smtp.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -84,5 +90,31 @@ describe('replicas on PostgreSQL', function () {
     expect(stripe.balanceTransactions.filter((t) => t.customer === c.id).map((t) => t.amount)).to.deep.equal([42]);
     expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
     console.log(`      takeover after kill -9: ${takeoverMs} ms`);
+  });
+
+  it('a follower follows rule and template switches, sends a test email itself, and reports the leader\'s last sweep', async () => {
+    await until(() => replicas.filter(leading).length === 1, 5000, 'no replica leads');
+    const leader = replicas.find(leading)!;
+    const follower = replicas.find((r) => r !== leader)!;
+    const c = stripe.create({ name: 'Cy', balance: 0 });
+    await (await admin(leader, 'sweep', 'POST')).json();
+    await until(async () => (await decision(follower, c.id)).status === 402, 3000, 'the follower never blocked the customer without credit');
+    // The follower's /health gives the leader's sweep, not the one it read at start.
+    const leaderHealth = await (await fetch(`${leader.url}/health`)).json() as Record<string, any>;
+    const followerHealth = await (await fetch(`${follower.url}/health`)).json() as Record<string, any>;
+    expect(followerHealth.last_successful_sweep).to.equal(leaderHealth.last_successful_sweep).and.not.equal(null);
+    // A rule switched off at the leader stops blocking at the follower, without a restart.
+    expect((await fetch(`${leader.url}/admin/rules/block`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}` }, body: JSON.stringify({ enabled: false }) })).status).to.equal(200);
+    await until(async () => (await decision(follower, c.id)).allow === true, 2000, 'the follower still blocks after the rule was switched off');
+    // A template switched on at the follower is on at the leader.
+    expect((await fetch(`${follower.url}/admin/emails/out-of-credit`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}` }, body: JSON.stringify({ active: true }) })).status).to.equal(200);
+    await until(async () => ((await (await admin(leader, 'emails')).json()) as any).emails[0].active === true, 2000, 'the leader did not follow the template switch');
+    // A test send at the follower goes out from the follower.
+    const before = smtp.raw.length;
+    const sent = await fetch(`${follower.url}/admin/emails/out-of-credit/test`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` }, body: JSON.stringify({ to: 'ops@example.com' }) });
+    expect(sent.status).to.equal(200);
+    const [mail] = (await smtp.waitForCount(before + 1)).slice(before);
+    expect(mail.subject).to.equal('Out of credit');
+    expect(mail.to && !Array.isArray(mail.to) ? mail.to.text : '').to.equal('ops@example.com');
   });
 });

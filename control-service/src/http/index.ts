@@ -29,6 +29,8 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
+  /** True on a replica that does not lead: it sweeps nothing itself, so /health reads the leader's last sweep from the store. */
+  followsStoredSweep?(): boolean;
   /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
   publicBodyTimeoutMs?: number;
 }
@@ -155,6 +157,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
     try { await deps.store.ping(); } catch { storeOk = false; }
+    if (storeOk && deps.followsStoredSweep?.()) await deps.sync?.readStored().catch(() => undefined);
     const last = deps.sync?.lastSuccessAt;
     const ageSeconds = last === undefined ? null : Math.round((Date.now() - last) / 1000);
     const lastResult = deps.sync?.lastResult;

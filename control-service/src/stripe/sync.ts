@@ -26,9 +26,24 @@ export class BalanceSync {
   ) {}
 
   async init(): Promise<void> {
-    const last = await this.store.getMeta('last_sweep_success_at');
-    if (last) this.lastSuccessAt = Number(last);
+    await this.readStored();
   }
+
+  /**
+   * Takes the last sweep as stored (a follower's /health reports the leader's
+   * sweeps this way): its success time, and whether the newest one failed.
+   */
+  async readStored(): Promise<void> {
+    const last = await this.store.getMeta('last_sweep_success_at');
+    if (last) this.lastSuccessAt = Math.max(this.lastSuccessAt ?? 0, Number(last));
+    const stored = await this.store.getMeta('last_sweep_result');
+    if (stored) {
+      const r = JSON.parse(stored) as SweepResult & { at: number };
+      if (r.at >= (this.lastResultAt ?? 0)) { this.lastResult = r; this.lastResultAt = r.at; }
+    }
+  }
+
+  private lastResultAt: number | undefined;
 
   /** Starts a sweep, or joins the one already running. */
   sweep(): Promise<SweepResult> {
@@ -74,6 +89,9 @@ export class BalanceSync {
       result = { ok: false, customers: present.size, pages, durationMs: Date.now() - started, applyMs, error: (err as Error).message };
     }
     this.lastResult = result;
+    this.lastResultAt = Date.now();
+    // Other replicas read it for their /health; a store that is down now cannot take it, and that is all.
+    await this.store.setMeta('last_sweep_result', JSON.stringify({ ...result, at: this.lastResultAt })).catch(() => undefined);
     this.opts.onSweep?.(result);
     return result;
   }
