@@ -81,9 +81,9 @@ export async function startStack(opts: { logLevel?: string } = {}): Promise<Stac
   try {
     ps = await startPluginServer();
     kong = new KongHarness(ps.socketPath);
-    // kong.yml's payg config as is, but for where the control service listens and the
+    // kong.yml's payg config as is, but for where the (one) control service listens and the
     // token its vault reference would resolve to.
-    const pluginId = await kong.startInstance('payg', { ...kongYml.paygConfig, control_service_url: svc.url, control_service_token: CONTROL_TOKEN }, 'payg-example-route');
+    const pluginId = await kong.startInstance('payg', { ...kongYml.paygConfig, control_service_url: svc.url, control_service_urls: [], control_service_token: CONTROL_TOKEN }, 'payg-example-route');
     const gateway = await new DemoGateway({
       kong, pluginId, upstream: upstream.url, route: kongYml.route, path: kongYml.route.path,
       keys: Object.fromEntries(kongYml.consumers.map(({ key, ...consumer }) => [key, consumer])),

@@ -27,16 +27,52 @@ function flag(cmd: string, name: string): string | undefined {
 }
 
 describe('deployment files', () => {
-  const compose = YAML.parse(read('docker-compose.yml')) as { services: Record<string, Service>; volumes?: Record<string, unknown> };
+  const compose = YAML.parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service>; volumes?: Record<string, unknown> };
   const kongYml = YAML.parse(read('kong.yml'));
   const kong = compose.services.kong;
-  const control = compose.services['payg-control'];
+  const replicas = ['payg-control-1', 'payg-control-2'].map((name) => compose.services[name]);
+  const control = replicas[0];
   const kongEnv = kong.environment ?? {};
   const controlEnv = control.environment ?? {};
   const payg = kongYml.services[0].plugins.find((p: { name: string }) => p.name === 'payg').config;
 
-  it('has Kong, the control service, a mail catcher and the upstream', () => {
-    expect(compose.services).to.have.keys('kong', 'payg-control', 'mailpit', 'upstream');
+  it('has Kong, two control-service replicas, PostgreSQL, a mail catcher and the upstream', () => {
+    expect(compose.services).to.have.keys('kong', 'payg-control-1', 'payg-control-2', 'postgres', 'mailpit', 'upstream');
+  });
+
+  it('both replicas run the same image, config and env on one PostgreSQL database, each on its own host port', () => {
+    const [one, two] = replicas;
+    expect(two.build).to.deep.equal(one.build);
+    expect(two.environment).to.deep.equal(one.environment);
+    expect(two.volumes).to.deep.equal(one.volumes);
+    expect(two.env_file).to.deep.equal(one.env_file);
+    const hostPorts = replicas.map((r) => (r.ports ?? []).map((p) => p.split(':').slice(0, -1).join(':')));
+    expect(new Set(hostPorts.flat()).size, 'host ports do not collide').to.equal(hostPorts.flat().length);
+    // The URL names the compose postgres service, its database, user and the password .env gives both.
+    const pgService = compose.services.postgres;
+    const pgEnv = pgService.environment ?? {};
+    const url = new URL(controlEnv.PAYG_DATABASE_URL.replace(/\$\{POSTGRES_PASSWORD[^}]*\}/, 'secret'));
+    expect(url.protocol).to.equal('postgres:');
+    expect(compose.services).to.have.property(url.hostname);
+    expect(url.hostname).to.equal('postgres');
+    expect(url.port).to.equal('5432');
+    expect(url.pathname.slice(1)).to.equal(pgEnv.POSTGRES_DB);
+    expect(url.username).to.equal(pgEnv.POSTGRES_USER);
+    expect(controlEnv.PAYG_DATABASE_URL).to.match(/:\$\{POSTGRES_PASSWORD[:?}]/);
+    expect(pgEnv.POSTGRES_PASSWORD).to.match(/^\$\{POSTGRES_PASSWORD[:?}]/);
+    expect(mounts(pgService).get('payg-postgres'), 'the database lives on a named volume').to.equal('/var/lib/postgresql/data');
+    expect(compose.volumes).to.have.property('payg-postgres');
+    for (const r of replicas) expect((r as { depends_on?: Record<string, { condition: string }> }).depends_on?.postgres?.condition).to.equal('service_healthy');
+  });
+
+  it('the replicas\' config is the example config but for the store, which is PostgreSQL', () => {
+    const { store: replicaStore, ...replicaRest } = YAML.parse(read('control-service/payg.replicas.example.yml'));
+    const { store: soleStore, ...soleRest } = YAML.parse(read('control-service/payg.example.yml'));
+    expect(replicaRest).to.deep.equal(soleRest);
+    expect(replicaStore).to.have.property('postgres');
+    expect(soleStore).to.have.property('sqlite');
+    const config = loadConfig(path.join(ROOT, 'control-service/payg.replicas.example.yml'), { PAYG_DATABASE_URL: 'postgres://payg:x@postgres:5432/payg' });
+    expect(config.postgres).to.deep.include({ url: 'postgres://payg:x@postgres:5432/payg' });
   });
 
   it('Kong runs DB-less with kong.yml and registers payg\'s plugin server as Kong documents it', () => {
@@ -52,11 +88,14 @@ describe('deployment files', () => {
     expect(kong.ports).to.include('8000:8000');
   });
 
-  it('kong.yml reaches the control service and the upstream by their compose names and ports', () => {
-    const controlUrl = new URL(payg.control_service_url);
-    expect(compose.services).to.have.property(controlUrl.hostname);
-    expect(controlUrl.port).to.equal(controlEnv.PORT);
-    expect((control.ports ?? []).some((p) => p.endsWith(`:${controlEnv.PORT}`))).to.equal(true);
+  it('kong.yml reaches every control-service replica and the upstream by their compose names and ports', () => {
+    const urls = [payg.control_service_url, ...(payg.control_service_urls ?? [])].map((u: string) => new URL(u));
+    expect(urls.map((u) => u.hostname).sort()).to.deep.equal(['payg-control-1', 'payg-control-2']);
+    for (const controlUrl of urls) {
+      const replica = compose.services[controlUrl.hostname];
+      expect(controlUrl.port).to.equal(replica.environment!.PORT);
+      expect((replica.ports ?? []).some((p) => p.endsWith(`:${replica.environment!.PORT}`))).to.equal(true);
+    }
     const upstream = new URL(kongYml.services[0].url);
     expect(compose.services).to.have.property(upstream.hostname);
     expect(upstream.port).to.equal('8080'); // go-httpbin's default port
@@ -70,17 +109,16 @@ describe('deployment files', () => {
     expect(kongEnv[envName]).to.match(/^\$\{PAYG_CONTROL_TOKEN/);
   });
 
-  it('the control service reads the mounted config, keeps SQLite on the volume, finds its templates, mails Mailpit', () => {
+  it('the control service reads the mounted config, finds its templates, mails Mailpit; the image has a folder for SQLite', () => {
     const dockerfile = read(control.build!.dockerfile);
     const cmd = JSON.parse(/^CMD (.+)$/m.exec(dockerfile)![1]) as string[];
     const configTarget = cmd[cmd.indexOf('--config') + 1];
-    expect(mounts(control).get('./control-service/payg.example.yml')).to.equal(configTarget);
+    expect(mounts(control).get('./control-service/payg.replicas.example.yml')).to.equal(configTarget);
     expect(mounts(control).get('./control-service/templates')).to.equal(path.posix.join(path.posix.dirname(configTarget), 'templates'));
-    const config = loadConfig(path.join(ROOT, 'control-service/payg.example.yml'), {});
-    const dataMount = mounts(control).get('payg-data');
-    expect(compose.volumes).to.have.property('payg-data');
-    expect(path.posix.dirname(config.sqlitePath), 'the SQLite file lives on the named volume').to.equal(dataMount);
-    expect(dockerfile).to.include(`mkdir -p ${dataMount}`);
+    const config = loadConfig(path.join(ROOT, 'control-service/payg.replicas.example.yml'), { PAYG_DATABASE_URL: 'postgres://payg:x@postgres:5432/payg' });
+    // The one-process path (README): payg.example.yml's SQLite file goes in a folder the image makes for it.
+    const sole = loadConfig(path.join(ROOT, 'control-service/payg.example.yml'), {});
+    expect(dockerfile).to.include(`mkdir -p ${path.posix.dirname(sole.sqlitePath)}`);
     for (const e of config.emails) expect(e.html ?? e.text).to.be.a('function'); // every template file resolved and compiled
     const smtp = new URL(controlEnv.SMTP_URL);
     expect(compose.services).to.have.property(smtp.hostname);
@@ -99,12 +137,15 @@ describe('deployment files', () => {
   });
 
   it('secrets come from an env file that is not committed; .env.example names every one', () => {
-    expect(control.env_file).to.equal('.env');
+    for (const r of replicas) expect(r.env_file).to.equal('.env');
     expect(read('.gitignore').split('\n')).to.include('.env');
     const example = new Set(read('.env.example').split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=')[0]));
     const referenced = [...read('docker-compose.yml').matchAll(/\$\{([A-Z_]+)/g)].map((m) => m[1]);
-    for (const name of [...referenced, 'STRIPE_SECRET_KEY', 'STRIPE_WEBHOOK_SECRET', 'PAYG_ADMIN_TOKEN', 'PAYG_CONTROL_TOKEN']) expect(example, name).to.include(name);
+    for (const name of [...referenced, 'STRIPE_SECRET_KEY', 'STRIPE_WEBHOOK_SECRET', 'PAYG_ADMIN_TOKEN', 'PAYG_CONTROL_TOKEN', 'POSTGRES_PASSWORD']) expect(example, name).to.include(name);
+    expect(referenced).to.include('POSTGRES_PASSWORD');
     expect(controlEnv).to.not.have.any.keys('STRIPE_SECRET_KEY', 'STRIPE_WEBHOOK_SECRET', 'PAYG_ADMIN_TOKEN');
+    // No literal database password in the compose file.
+    expect(controlEnv.PAYG_DATABASE_URL).to.not.match(/:\/\/[^:]+:[^$][^@]*@/);
   });
 
   it('both images build from the lockfile', () => {

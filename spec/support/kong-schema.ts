@@ -51,6 +51,11 @@ function validateValue(f: Field, value: unknown, at: string): string[] {
     case 'record':
       if (typeof value !== 'object' || value === null || Array.isArray(value)) return [`${at}: expected a record`];
       return validateConfig(f.fields ?? [], value as Record<string, unknown>, `${at}.`);
+    case 'array':
+    case 'set':
+      if (!Array.isArray(value)) return [`${at}: expected an array`];
+      if (!f.elements) return [`${at}: array needs elements`];
+      return value.flatMap((v, i) => validateValue(f.elements as Field, v, `${at}[${i}]`));
     default:
       return [`${at}: type ${f.type} not checked here`];
   }
