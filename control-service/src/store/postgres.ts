@@ -54,7 +54,7 @@ const MIGRATIONS: string[] = [
    CREATE INDEX settlements_customer ON settlements (customer_id, id);
    -- At most one pending settlement per customer, whichever replica opens it.
    CREATE UNIQUE INDEX settlements_one_pending ON settlements (customer_id) WHERE status = 'pending';`,
-  // 2: as SQLite's 4 and 5: when each usage event was received (pruning goes by it); settlements Stripe
+  // 2: as SQLite's 4 and 5 (and a transition's estimated balance keeps its fraction, as SQLite does): when each usage event was received (pruning goes by it); settlements Stripe
   // refused for good are 'failed'; emails cancelled at delivery as no longer true are 'stale'
   `ALTER TABLE usage_events ADD COLUMN received_at BIGINT;
    UPDATE usage_events SET received_at = at;
@@ -62,7 +62,9 @@ const MIGRATIONS: string[] = [
    ALTER TABLE settlements DROP CONSTRAINT settlements_status_check,
      ADD CONSTRAINT settlements_status_check CHECK (status IN ('pending','confirmed','failed'));
    ALTER TABLE email_outbox DROP CONSTRAINT email_outbox_status_check,
-     ADD CONSTRAINT email_outbox_status_check CHECK (status IN ('pending','sending','delivered','failed','cancelled','stale'));`,
+     ADD CONSTRAINT email_outbox_status_check CHECK (status IN ('pending','sending','delivered','failed','cancelled','stale'));
+   -- A transition records the estimated balance, which holds fractions of a cent of unsettled usage.
+   ALTER TABLE cohort_transitions ALTER COLUMN balance TYPE DOUBLE PRECISION;`,
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
