@@ -42,6 +42,8 @@ export interface RunningService {
  * (after engine.init()), then reloads it: no change can fall between the
  * initial load and the LISTEN.
  */
+const FOLLOW_BATCH_MS = 10;
+
 function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; start(): void; stop(): Promise<void> } {
   let pending = new Set<string>();
   let switches = false;
@@ -59,7 +61,8 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger): { rea
       engine.reloadSwitches().catch((err) => log.error({ err: (err as Error).message }, 'reloading rule and template switches failed'));
     }
   };
-  const schedule = () => { if (!scheduled) { scheduled = true; setImmediate(flush); } };
+  // Gathered for FOLLOW_BATCH_MS: under load, one read serves many commits (the book still follows within ~10 ms).
+  const schedule = () => { if (!scheduled) { scheduled = true; setTimeout(flush, FOLLOW_BATCH_MS); } };
   const listener = store.listenForChanges({
     onIds: (ids) => { for (const id of ids) pending.add(id); schedule(); },
     onSwitches: () => { switches = true; schedule(); },

@@ -107,12 +107,18 @@ export function notifyPayloads(ids: Iterable<string>): string[] {
 export class PostgresStore implements Store {
   private constructor(readonly pool: pg.Pool, readonly url: string) {}
 
+  /** Backend process ids of this store's pool connections (a NOTIFY names the session that sent it). */
+  private readonly ownSessions = new Set<number>();
+
   /** Connects and brings the schema up to date (once, however many replicas start together). */
   static async open(url: string, opts: { poolSize?: number } = {}): Promise<PostgresStore> {
     const pool = new pg.Pool({ connectionString: url, max: opts.poolSize ?? 10, types, application_name: 'payg-control' });
     // An idle client that loses its server emits 'error'; the pool drops it and the next query reconnects.
     pool.on('error', () => {});
     const store = new PostgresStore(pool, url);
+    // Our own commits are already in this replica's book: the listener skips notifications from these sessions.
+    pool.on('connect', (c) => { store.ownSessions.add((c as unknown as { processID: number }).processID); });
+    pool.on('remove', (c) => { store.ownSessions.delete((c as unknown as { processID: number }).processID); });
     try {
       await store.migrate();
     } catch (err) {
@@ -178,24 +184,16 @@ export class PostgresStore implements Store {
    */
   async readCustomers(ids: string[]): Promise<ReloadedCustomer[]> {
     if (!ids.length) return [];
-    return this.tx(async (c) => {
-      await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      const customers = (await c.query('SELECT * FROM customers WHERE id = ANY($1)', [ids])).rows;
-      const cohorts = new Map<string, string[]>();
-      for (const r of (await c.query('SELECT customer_id, cohort FROM memberships WHERE customer_id = ANY($1) ORDER BY since, cohort', [ids])).rows) {
-        cohorts.set(r.customer_id, [...(cohorts.get(r.customer_id) ?? []), r.cohort]);
-      }
-      const totals = new Map((await c.query('SELECT customer_id, used_micros, settled FROM usage_totals WHERE customer_id = ANY($1)', [ids])).rows
-        .map((r) => [r.customer_id as string, (r.used_micros as number) - (r.settled as number) * 1_000_000]));
-      const pending = new Map<string, SettlementRow[]>();
-      for (const r of (await c.query(`SELECT * FROM settlements WHERE customer_id = ANY($1) AND status = 'pending' ORDER BY id`, [ids])).rows) {
-        pending.set(r.customer_id, [...(pending.get(r.customer_id) ?? []), toSettlement(r)]);
-      }
-      return customers.map((r) => ({
-        customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
-        cohorts: cohorts.get(r.id) ?? [], unsettledMicros: totals.get(r.id) ?? 0, pending: pending.get(r.id) ?? [],
-      }));
-    });
+    // One statement is one snapshot, and one round trip (followers run this for every batch of changes).
+    const rows = await this.rows(`SELECT c.*,
+        (SELECT COALESCE(array_agg(m.cohort ORDER BY m.since, m.cohort), '{}') FROM memberships m WHERE m.customer_id = c.id) AS cohorts,
+        (SELECT t.used_micros - t.settled * 1000000 FROM usage_totals t WHERE t.customer_id = c.id) AS unsettled_micros,
+        (SELECT COALESCE(json_agg(s ORDER BY s.id), '[]') FROM settlements s WHERE s.customer_id = c.id AND s.status = 'pending') AS pending
+      FROM customers c WHERE c.id = ANY($1)`, [ids]);
+    return rows.map((r) => ({
+      customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
+      cohorts: r.cohorts as string[], unsettledMicros: r.unsettled_micros ?? 0, pending: (r.pending as Array<Record<string, any>>).map(toSettlement),
+    }));
   }
 
   /**
@@ -226,6 +224,7 @@ export class PostgresStore implements Store {
       c.on('error', lost);
       c.on('end', () => lost(new Error('listener connection ended')));
       c.on('notification', (n) => {
+        if (this.ownSessions.has(n.processId)) return;
         if (n.channel === SWITCHES_CHANNEL && (n.payload === 'rules' || n.payload === 'templates')) { onSwitches(n.payload); return; }
         if (n.channel !== CHANGES_CHANNEL || !n.payload) return;
         try { onIds(JSON.parse(n.payload) as string[]); } catch (err) { onError(err as Error); }
