@@ -9,7 +9,7 @@
 
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store';
 import type { ReloadedCustomer } from '../engine';
 
 /** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
@@ -87,6 +87,13 @@ function toOutboxRow(r: Record<string, any>): OutboxRow {
     createdAt: r.created_at, status: r.status, attempts: r.attempts, nextAttemptAt: r.next_attempt_at, lastError: r.last_error,
     messageId: r.message_id, deliveredAt: r.delivered_at,
   };
+}
+
+/** Only usage, for customer ids short enough that 100 of them fit one NOTIFY payload. */
+function isUsageOnly(c: StoreChanges): boolean {
+  return Boolean(c.usage?.length) && !c.upserts.length && !c.deletes.length && !c.transitions.length && !c.emails?.length
+    && !c.confirmSettlements?.length && !c.failSettlement && !c.webhookEvent
+    && c.usage!.every((u) => u.customerId === null || u.customerId.length <= 60);
 }
 
 /** Splits ids into JSON arrays that each fit one NOTIFY payload. */
@@ -258,6 +265,7 @@ export class PostgresStore implements Store {
   }
 
   async saveChanges(changes: StoreChanges): Promise<void> {
+    if (isUsageOnly(changes)) return this.saveUsage(changes.usage!);
     const touched = new Set<string>();
     await this.tx(async (c) => {
       const usage = changes.usage ?? [];
@@ -335,6 +343,33 @@ export class PostgresStore implements Store {
       // Delivered to listeners only when this transaction commits.
       for (const payload of notifyPayloads(touched)) await c.query('SELECT pg_notify($1, $2)', [CHANGES_CHANNEL, payload]);
     });
+  }
+
+  /**
+   * A batch of usage and nothing else (the hot path): one statement, so one round
+   * trip and one commit. It stores the events not seen before, adds them to the
+   * running totals (rows locked in id order) and NOTIFYs the customers touched,
+   * in chunks of 100 ids (ids are at most 60 characters here: under 8000 bytes).
+   */
+  private async saveUsage(usage: UsageRecord[]): Promise<void> {
+    await this.pool.query(`WITH ins AS (
+        INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
+        SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
+          AS x(i, cu, co, a, r, st, m)
+        ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros
+      ), added AS (
+        SELECT customer_id, SUM(cost_micros)::bigint AS micros, MAX(seq) AS seq FROM ins WHERE customer_id IS NOT NULL GROUP BY customer_id
+      ), totals AS (
+        INSERT INTO usage_totals (customer_id, used_micros, last_seq)
+        SELECT customer_id, micros, seq FROM added ORDER BY customer_id
+        ON CONFLICT (customer_id) DO UPDATE SET used_micros = usage_totals.used_micros + excluded.used_micros,
+          last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq)
+        RETURNING customer_id
+      )
+      SELECT pg_notify($9, json_agg(customer_id)::text)
+      FROM (SELECT customer_id, (row_number() OVER (ORDER BY customer_id) - 1) / 100 AS chunk FROM totals) t GROUP BY chunk`, [
+      usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
+      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), CHANGES_CHANNEL]);
   }
 
   private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
