@@ -15,10 +15,14 @@ import { BalanceSync } from './stripe/sync';
 import nodemailer from 'nodemailer';
 import { EmailSender } from './emails/sender';
 import { Settler } from './stripe/settlement';
+import { LeaseDesk } from './lease-desk';
+import { ChangeStream } from './http/stream';
 
 export interface RunningService {
   url: string;
   engine: Engine;
+  leases: LeaseDesk;
+  stream: ChangeStream;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
   settler: Settler | undefined;
@@ -32,6 +36,10 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
+  const stream = new ChangeStream();
+  engine.onChange = (consumers) => stream.changed(consumers);
+  const leases = new LeaseDesk(config, engine, store, stream);
+  await leases.init();
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -103,13 +111,14 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, leases, stream,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
+  if (leases.recoveryEndsAt) log.warn({ until: new Date(leases.recoveryEndsAt).toISOString() }, 'leases of the previous run may still be in use: granting none until then');
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
     if (sync!.sweeping) { log.warn('previous sweep still running; this tick is skipped'); return; }
@@ -126,13 +135,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (settler && opts.sweepOnStart !== false) void settler.settle();
 
   return {
-    url, engine, sync, emails, settler, store,
+    url, engine, sync, emails, settler, store, leases, stream,
     async stop() {
       await task?.stop();
       await settleTask?.stop();
       clearInterval(pruneTimer);
       clearInterval(recurringTimer);
       await emails?.stop();
+      leases.stop();
+      stream.close();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

@@ -90,6 +90,7 @@ export class Plugin {
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
         route: entry.route?.name ?? entry.route?.id ?? null,
         status,
+        lease: this.runtime.decisions.takeDraw(consumer),
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');

@@ -14,6 +14,9 @@ import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
 import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
+import { createLeaseHandler } from './leases';
+import type { LeaseDesk } from '../lease-desk';
+import type { ChangeStream } from './stream';
 import { MAX_BODY_BYTES, readBody, send, tokenMatches } from './util';
 
 const DECISION_PREFIX = '/v1/decisions/';
@@ -28,6 +31,8 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
+  leases: LeaseDesk;
+  stream: ChangeStream;
 }
 
 const usageBatch = z.object({
@@ -75,6 +80,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     const result = await engine.ingestUsage(events.map((e) => ({
       id: e.id, consumer: e.consumer, at: typeof e.at === 'number' ? e.at : Date.parse(e.at), route: e.route, status: e.status,
     })));
+    // Their cost is unsettled usage now: the leases they were drawn from let go of them.
+    deps.leases.settle(events);
     metrics.usageEvents.inc({ result: 'accepted' }, result.accepted);
     metrics.usageEvents.inc({ result: 'duplicate' }, result.duplicates);
     send(res, 200, result);
@@ -109,6 +116,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
   };
   const admin = createAdminHandler(deps);
+  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }));
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -139,6 +147,10 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     const path = url.split('?')[0];
     const run = async () => {
+      if (path.startsWith('/v1/leases') || path === '/v1/stream') {
+        if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+        if (await leases(method, path, url, req, res)) return;
+      }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
       if (method === 'GET' && path === '/health') return health(res);
