@@ -142,6 +142,8 @@ export class LeaseCache {
   }
 
   private async fetchNow(consumer: string, want: number): Promise<LeaseOutcome> {
+    // Leases given back but not yet sent go first, or the service would still count them held.
+    if (this.pendingRelease.length) await this.flushReleases();
     const held = this.entries.get(consumer);
     const previous = this.closeLease(held?.lease, false);
     const sentAt = this.now();
@@ -201,12 +203,14 @@ export class LeaseCache {
     this.pendingRelease.push(ret);
     if (this.releaseScheduled) return;
     this.releaseScheduled = true;
-    setImmediate(() => {
-      this.releaseScheduled = false;
-      const batch = this.pendingRelease.splice(0);
-      // Not taken: the service keeps it reserved until it expires (safe, only slower to come back).
-      if (batch.length) void this.transport.release(batch).catch(() => false);
-    });
+    setImmediate(() => { void this.flushReleases(); });
+  }
+
+  private async flushReleases(): Promise<void> {
+    this.releaseScheduled = false;
+    const batch = this.pendingRelease.splice(0);
+    // Not taken: the service keeps it reserved until it expires (safe, only slower to come back).
+    if (batch.length) await this.transport.release(batch).catch(() => false);
   }
 
   private recordDraw(consumer: string, leaseId: string): void {
