@@ -85,6 +85,7 @@ const rawConfig = z.object({
     initial_requests: z.number().int().min(1).default(10),
     max_requests: z.number().int().min(1).default(10_000),
     expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
@@ -135,7 +136,7 @@ export interface Config {
     keepEventsMs: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
-  leases: { ttlMs: number; usageGraceMs: number; initialRequests: number; maxRequests: number; expireIntervalMs: number };
+  leases: { ttlMs: number; usageGraceMs: number; initialRequests: number; maxRequests: number; expireIntervalMs: number; recallWaitMs: number };
   emailDelivery: {
     messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
@@ -273,7 +274,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     },
     leases: {
       ttlMs: raw.leases.ttl_ms, usageGraceMs: raw.leases.usage_grace_ms, initialRequests: raw.leases.initial_requests,
-      maxRequests: raw.leases.max_requests, expireIntervalMs: raw.leases.expire_interval_ms,
+      maxRequests: raw.leases.max_requests, expireIntervalMs: raw.leases.expire_interval_ms, recallWaitMs: raw.leases.recall_wait_ms,
     },
     emailDelivery: {
       messagesPerSecond: raw.email_delivery.messages_per_second,

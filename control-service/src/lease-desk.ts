@@ -57,13 +57,17 @@ export class LeaseDesk {
     if (now < this.recoveringUntil) {
       return { status: 503, json: JSON.stringify({ error: 'recovering', message: 'leases of the previous run may still be in use', retry_after_ms: this.recoveringUntil - now }) };
     }
-    const state = this.engine.customer(customerId)!;
-    const creditMicros = -(state.customer.balance * MICROS_PER_UNIT + state.unsettledMicros);
-    const outcome = this.book.grant({ customerId, consumer: r.consumer, node: r.node, creditMicros, costMicros: cost, want: r.want, now });
+    let outcome = this.grant(customerId, r, now);
+    if (outcome.kind === 'EXHAUSTED' && this.othersHoldUndrawn(customerId, r.node, now)) {
+      // Other nodes hold leases they may not use: ask them to give back what they have not
+      // drawn, and wait a moment for it rather than refuse a customer who still has credit.
+      const state = this.engine.customer(customerId)!;
+      this.stream.recall(this.engine.consumersOf(state.customer));
+      await this.releasedOrTimeout(customerId, this.config.leases.recallWaitMs);
+      outcome = this.grant(customerId, r, this.now());
+    }
     if (outcome.kind === 'EXHAUSTED') {
       this.starved.add(customerId);
-      // Other nodes hold what is left: ask them to give back what they have not drawn.
-      if (outcome.reservedMicros > 0) this.stream.recall(this.engine.consumersOf(state.customer));
       return { status: 200, json: this.engine.exhaustedAnswer(customerId) ?? this.allowJson };
     }
     const { lease } = outcome;
@@ -81,6 +85,28 @@ export class LeaseDesk {
     return { status: 200, json: JSON.stringify({ allow: true, ttl_ms: this.config.decisionTtlMs, lease: { id: lease.id, requests: lease.requests, ttl_ms: this.config.leases.ttlMs } }) };
   }
 
+  private grant(customerId: string, r: LeaseRequest, now: number) {
+    const state = this.engine.customer(customerId)!;
+    const creditMicros = -(state.customer.balance * MICROS_PER_UNIT + state.unsettledMicros);
+    return this.book.grant({ customerId, consumer: r.consumer, node: r.node, creditMicros, costMicros: this.engine.dearestMicros, want: r.want, now });
+  }
+
+  private othersHoldUndrawn(customerId: string, node: string, now: number): boolean {
+    return this.book.leasesOf(customerId, now).some((l) => l.node !== node && l.drawn === undefined && now < l.expiresAt);
+  }
+
+  private readonly releaseWaiters = new Map<string, Array<() => void>>();
+
+  private releasedOrTimeout(customerId: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() { clearTimeout(timer); resolve(); }
+      const list = this.releaseWaiters.get(customerId) ?? [];
+      list.push(done);
+      this.releaseWaiters.set(customerId, list);
+    });
+  }
+
   /** A node gives leases back, saying how many requests it drew from each. */
   release(node: string, leases: Array<{ id: string; drawn: number }>): number {
     const now = this.now();
@@ -88,6 +114,11 @@ export class LeaseDesk {
     for (const l of leases) {
       const customerId = this.book.close(node, l.id, l.drawn, now);
       if (customerId !== undefined) freed.push(customerId);
+    }
+    for (const id of freed) {
+      const waiting = this.releaseWaiters.get(id);
+      this.releaseWaiters.delete(id);
+      for (const wake of waiting ?? []) wake();
     }
     this.wake(freed);
     return freed.length;

@@ -63,6 +63,8 @@ export class LeaseBook {
   /** The size of the next lease per customer and node: doubles while leases run out, shrinks to what was drawn. */
   private readonly nextSize = new Map<string, number>();
   private seq = 0;
+  /** Customers whose leases ended since the last expire() (however they were noticed). */
+  private readonly ended = new Set<string>();
 
   constructor(private readonly opts: LeaseOptions, private readonly newId: () => string = () => `l${Date.now().toString(36)}${(++this.seq).toString(36)}`) {}
 
@@ -129,13 +131,12 @@ export class LeaseBook {
     return true;
   }
 
-  /** Leases past their grace: dropped; returns the customers whose credit came back. */
+  /** Drops leases past their grace; returns the customers whose leases ended since the last call. */
   expire(now: number): string[] {
-    const freed = new Set<string>();
-    for (const l of this.byId.values()) {
-      if (this.heldRequests(l, now) === 0) { this.drop(l); freed.add(l.customerId); }
-    }
-    return [...freed];
+    for (const l of this.byId.values()) if (this.heldRequests(l, now) === 0) this.drop(l);
+    const ended = [...this.ended];
+    this.ended.clear();
+    return ended;
   }
 
   /** Open leases of a customer (for recalls) and all its leases, read-only. */
@@ -152,6 +153,7 @@ export class LeaseBook {
   get size(): number { return this.byId.size; }
 
   private drop(l: Lease): void {
+    this.ended.add(l.customerId);
     this.byId.delete(l.id);
     const set = this.byCustomer.get(l.customerId);
     set?.delete(l);

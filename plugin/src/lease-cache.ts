@@ -42,7 +42,7 @@ export interface LeaseTransport {
 }
 
 /** Fetch rounds one request may take while the leases it waits on are drawn by others. */
-const MAX_ROUNDS = 8;
+const MAX_ROUNDS = 64;
 /** Draws remembered per consumer before their log phase; past it the oldest are forgotten. */
 const MAX_DRAWS = 100_000;
 

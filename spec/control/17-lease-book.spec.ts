@@ -34,7 +34,8 @@ describe('lease book (pure)', () => {
     expect(o.kind).to.equal('GRANTED');
     expect(book.reservedMicros('c', 1499)).to.equal(10 * COST);
     expect(book.reservedMicros('c', 1500)).to.equal(0);
-    expect(book.expire(1500)).to.deep.equal([]); // already dropped by the read above
+    expect(book.expire(1500), 'noticed by the read above, reported once').to.deep.equal(['c']);
+    expect(book.expire(1600)).to.deep.equal([]);
   });
 
   it('closing returns what was not drawn; usage events settle what was, each event once', () => {

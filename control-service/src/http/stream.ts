@@ -11,12 +11,14 @@ interface Client { node: string; res: http.ServerResponse }
 export class ChangeStream {
   private readonly clients = new Set<Client>();
   private readonly heartbeat: NodeJS.Timeout;
+  private closed = false;
 
   constructor(heartbeatMs = 15_000) {
     this.heartbeat = setInterval(() => { for (const c of this.clients) c.res.write(': ping\n\n'); }, heartbeatMs).unref();
   }
 
   open(node: string, req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.closed) { res.writeHead(503, { 'content-type': 'application/json' }); res.end('{"error":"stopping"}'); return; }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
     res.flushHeaders();
     req.socket.setNoDelay(true);
@@ -43,7 +45,9 @@ export class ChangeStream {
     return [...new Set([...this.clients].map((c) => c.node))].sort();
   }
 
+  /** Ends every stream and refuses new ones (the service is stopping). */
   close(): void {
+    this.closed = true;
     clearInterval(this.heartbeat);
     for (const c of this.clients) c.res.end();
     this.clients.clear();
