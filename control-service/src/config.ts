@@ -71,7 +71,8 @@ const rawConfig = z.object({
     count_upstream_5xx: z.boolean().default(false),
     low_credit_requests: z.number().int().min(0).default(100),
     min_ttl_ms: z.number().int().min(0).default(0),
-    gateway_nodes: z.number().int().min(1).default(1),
+    // Gone: nodes identify themselves and serve only on leases, so there is nothing to count by hand.
+    gateway_nodes: z.unknown().refine((v) => v === undefined, 'is no longer used: each plugin server identifies itself and serves only on credit leased to it, so overspend no longer depends on a node count; delete this key').optional(),
     max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
     keep_events: duration.default('7d'),
     settle: z.object({
@@ -80,6 +81,14 @@ const rawConfig = z.object({
       meter_event_name: z.string().min(1).default('payg_api_usage'),
       enabled: z.boolean().default(true),
     }).strict().default({}),
+  }).strict().default({}),
+  leases: z.object({
+    ttl_ms: z.number().int().min(100).max(600_000).default(10_000),
+    usage_grace_ms: z.number().int().min(0).max(3_600_000).default(60_000),
+    initial_requests: z.number().int().min(1).default(10),
+    max_requests: z.number().int().min(1).default(10_000),
+    expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
@@ -134,11 +143,11 @@ export interface Config {
     pricing: Pricing;
     lowCreditRequests: number;
     minTtlMs: number;
-    gatewayNodes: number;
     maxBatchEvents: number;
     keepEventsMs: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
+  leases: { ttlMs: number; usageGraceMs: number; initialRequests: number; maxRequests: number; expireIntervalMs: number; recallWaitMs: number };
   emailDelivery: {
     messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
@@ -297,13 +306,16 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       },
       lowCreditRequests: raw.metering.low_credit_requests,
       minTtlMs: raw.metering.min_ttl_ms,
-      gatewayNodes: raw.metering.gateway_nodes,
       maxBatchEvents: raw.metering.max_batch_events,
       keepEventsMs: parseDuration(raw.metering.keep_events)!,
       settle: {
         mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,
         meterEventName: raw.metering.settle.meter_event_name, enabled: raw.metering.settle.enabled,
       },
+    },
+    leases: {
+      ttlMs: raw.leases.ttl_ms, usageGraceMs: raw.leases.usage_grace_ms, initialRequests: raw.leases.initial_requests,
+      maxRequests: raw.leases.max_requests, expireIntervalMs: raw.leases.expire_interval_ms, recallWaitMs: raw.leases.recall_wait_ms,
     },
     emailDelivery: {
       messagesPerSecond: raw.email_delivery.messages_per_second,

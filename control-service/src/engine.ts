@@ -79,6 +79,8 @@ export class Engine {
   private lastAt = 0;
   /** Called after emails were written to the outbox (the sender wakes up). */
   onEmailsEnqueued: () => void = () => undefined;
+  /** Called after Stripe news or a rule switch changed customers' answers (pushed to gateway nodes); not for usage. */
+  onChange: (consumers: string[] | 'all') => void = () => undefined;
   private readonly allowJson: string;
   private readonly unknownJson: string;
   private readonly dearestCostMicros: number;
@@ -163,6 +165,7 @@ export class Engine {
     await this.store.setRuleEnabled(ruleId, enabled);
     this.ruleEnabled.set(ruleId, enabled);
     for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.ledger);
+    this.onChange('all');
     return true;
   }
 
@@ -340,6 +343,7 @@ export class Engine {
     const emails: OutboxRecord[] = [];
     const saved: StoredCustomer[] = [];
     const removed: string[] = [];
+    const removedConsumers: string[] = [];
     const staged: Array<() => void> = [];
     for (const { customer: fields, ledger } of updates) {
       const c: StoredCustomer = fields.balance === ledger.balance && fields.version === ledger.asOf ? fields : { ...fields, balance: ledger.balance, version: ledger.asOf };
@@ -370,6 +374,7 @@ export class Engine {
       if (!held || held.customer.version > d.version) continue;
       for (const cohort of held.cohorts) transitions.push({ customerId: d.id, cohort, kind: 'leave', at, balance: held.customer.balance });
       removed.push(d.id);
+      removedConsumers.push(...this.consumersOf(held.customer));
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
@@ -382,7 +387,34 @@ export class Engine {
     }
     for (const commit of staged) commit();
     if (emails.length) this.onEmailsEnqueued();
+    // Stripe news (not usage, not a settlement, not a config reload): gateway nodes drop what they hold.
+    if (!opts.force && !extra.usage && !extra.confirmSettlements?.length && (saved.length || removed.length)) {
+      this.onChange([...saved.flatMap((c) => this.consumersOf(c)), ...removedConsumers]);
+    }
     return transitions;
+  }
+
+  /** The dearest price of one request, in micros (0: nothing is metered). */
+  get dearestMicros(): number { return this.dearestCostMicros; }
+
+  /** The consumer values that name a customer: its id and its metadata claim. */
+  consumersOf(customer: StoredCustomer): string[] {
+    const claim = customer.metadata[this.config.stripe.consumerMetadataKey];
+    return claim && claim !== customer.id ? [customer.id, claim] : [customer.id];
+  }
+
+  /**
+   * The answer for a customer with no spendable credit left (what is not held by leases
+   * is worth less than one request): the rules' verdict with a balance of at most zero.
+   * Undefined when the rules still allow it (no blocking rule at zero: the operator's choice).
+   */
+  exhaustedAnswer(customerId: string): string | undefined {
+    const e = this.entries.get(customerId);
+    if (!e) return undefined;
+    const view = estimated(e.customer, e.ledger);
+    const spent = { ...view, balance: Math.max(0, view.balance) };
+    const v = verdict(this.config.rules, cohortsOf(this.config.cohorts, spent), this.isEnabled);
+    return v.outcome === 'ALLOW' ? undefined : decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs);
   }
 
   private put(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): void {
@@ -433,17 +465,13 @@ export class Engine {
 
   /**
    * What a cached allow may serve when usage is metered: with r requests of
-   * credit left at the dearest price, `max_requests` = ⌈r / gateway_nodes⌉
-   * (the plugin asks again once it has served that many), and below
+   * credit left at the dearest price, `max_requests` = r, and below
    * low_credit_requests (L) also a shorter `ttl_ms` = T·(r − 1)/L, not below
-   * min_ttl_ms. The plugin subtracts the requests it served but has not yet
-   * reported, and reports them before asking again once they use the budget
-   * up, so one node cannot overspend; with several nodes each can overspend by
-   * what the others have not reported yet: ρ·(max_coalescing_delay + a round
-   * trip) requests per other node. Undefined when nothing is metered.
+   * min_ttl_ms. Read-only (GET /v1/decisions): nodes serve on leases
+   * (POST /v1/leases), which reserve credit. Undefined when nothing is metered.
    */
   private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
-    const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;
+    const { lowCreditRequests, minTtlMs } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (this.dearestCostMicros === 0) return undefined;
     // In integer micros, so the boundary is exact.
@@ -451,6 +479,6 @@ export class Engine {
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     const ttlMs = remaining >= lowCreditRequests ? full
       : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
-    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes) };
+    return { ttlMs, maxRequests: remaining };
   }
 }

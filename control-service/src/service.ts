@@ -18,10 +18,14 @@ import { EmailSender } from './emails/sender';
 import { Settler } from './stripe/settlement';
 import { mountConsole } from './console';
 import type { ConsoleServer } from './console/server';
+import { LeaseDesk } from './lease-desk';
+import { ChangeStream } from './http/stream';
 
 export interface RunningService {
   url: string;
   engine: Engine;
+  leases: LeaseDesk;
+  stream: ChangeStream;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
   settler: Settler | undefined;
@@ -40,6 +44,10 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
+  const stream = new ChangeStream();
+  engine.onChange = (consumers) => stream.changed(consumers);
+  const leases = new LeaseDesk(config, engine, store, stream);
+  await leases.init();
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -112,13 +120,14 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases, stream,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
+  if (leases.recoveryEndsAt) log.warn({ until: new Date(leases.recoveryEndsAt).toISOString() }, 'leases of the previous run may still be in use: granting none until then');
   const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, emails, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
@@ -136,7 +145,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (settler && opts.sweepOnStart !== false) void settler.settle();
 
   return {
-    url, engine, sync, emails, settler, store, console: consoleServer,
+    url, engine, sync, emails, settler, store, console: consoleServer, leases, stream,
     async stop() {
       await consoleServer?.stop();
       await task?.stop();
@@ -144,6 +153,8 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       clearInterval(pruneTimer);
       clearInterval(recurringTimer);
       await emails?.stop();
+      leases.stop();
+      stream.close();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

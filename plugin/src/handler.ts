@@ -106,6 +106,7 @@ export class Plugin {
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
         route: routeName(entry.route?.name ?? entry.route?.id),
         status,
+        lease: this.runtime.decisions.takeDraw(consumer),
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');

@@ -9,6 +9,8 @@ export interface UsageEvent {
   at: string;
   route: string | null;
   status: number;
+  /** The lease the request was served on (see lease-cache.ts); absent when it was served without one. */
+  lease?: string;
 }
 
 /**
@@ -78,6 +80,15 @@ export class UsageQueue {
       if (!(await this.sendBatch())) break;
     }
     if (this.droppedSinceLog > 0) this.logDrops();
+  }
+
+  /** Takes everything still queued out of the queue (to keep it on disk at shutdown). */
+  takeRemaining(): UsageEvent[] {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const rest = this.queue.splice(0);
+    this.settled(rest);
+    return rest;
   }
 
   private logDrops(): void {

@@ -142,7 +142,7 @@ describe('metering', function () {
     }
   });
 
-  it('an allow carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms, gateway_nodes)', async () => {
+  it('GET /v1/decisions (read-only) carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms)', async () => {
     const rich = stripe.create({ balance: -100000 });
     const near = stripe.create({ balance: -25 });
     const broke = stripe.create({ balance: -1 });
@@ -151,9 +151,13 @@ describe('metering', function () {
     expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
     expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
     expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
-    await svc.stop();
-    await start({ default_cost: 1, low_credit_requests: 100, gateway_nodes: 3 });
-    expect((await decision(near.id)).max_requests, '25 requests over 3 gateway nodes').to.equal(9);
+  });
+
+  it('refuses metering.gateway_nodes at start-up, saying why', async () => {
+    let error: Error | undefined;
+    svc = undefined as unknown as RunningService; // nothing to stop after this test
+    try { await start({ default_cost: 1, gateway_nodes: 3 }); } catch (err) { error = err as Error; }
+    expect(error?.message).to.match(/metering\.gateway_nodes: is no longer used: each plugin server identifies itself/);
   });
 
   it('10,000 events over 50 customers at fractional prices settle to exactly the expected sums, with no gap or double count', async () => {

@@ -16,6 +16,9 @@ import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
 import { ByteBudget, MAX_BODY_BYTES, readBody, refuseBody, send, tokenMatches } from './util';
 import type { UsageEventInput } from '../engine';
+import { createLeaseHandler } from './leases';
+import type { LeaseDesk } from '../lease-desk';
+import type { ChangeStream } from './stream';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -31,6 +34,8 @@ export interface HttpDeps {
   webhooks: Stripe['webhooks'] | undefined;
   /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
   publicBodyTimeoutMs?: number;
+  leases: LeaseDesk;
+  stream: ChangeStream;
 }
 
 const usageEvent = z.object({
@@ -84,7 +89,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     if (raw.length > maxEvents) return send(res, 413, { error: 'too_large', message: `${raw.length} events; at most ${maxEvents} per batch` });
 
     // One bad event does not cost its batch: the valid ones are stored, the others refused by index.
-    const valid: UsageEventInput[] = [];
+    const valid: Array<UsageEventInput & { lease?: string }> = [];
     const refused: Array<{ index: number; error: string }> = [];
     const latest = Date.now() + MAX_FUTURE_USAGE_MS;
     for (let i = 0; i < raw.length; i++) {
@@ -98,7 +103,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       const e = parsed.data;
       const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
       if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
-      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status });
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined });
     }
     let accepted = 0;
     let duplicates = 0;
@@ -108,6 +113,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       accepted += r.accepted;
       duplicates += r.duplicates;
     }
+    // Their cost is unsettled usage now: the leases they were drawn from let go of them.
+    deps.leases.settle(valid);
     metrics.usageEvents.inc({ result: 'accepted' }, accepted);
     metrics.usageEvents.inc({ result: 'duplicate' }, duplicates);
     if (refused.length) {
@@ -151,6 +158,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
   };
   const admin = createAdminHandler(deps);
+  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }));
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -181,6 +189,10 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     const path = url.split('?')[0];
     const run = async () => {
+      if (path.startsWith('/v1/leases') || path === '/v1/stream') {
+        if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+        if (await leases(method, path, url, req, res)) return;
+      }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
       if (method === 'GET' && path === '/health') return health(res);
