@@ -5,15 +5,17 @@
 import type { Config } from '../config';
 import { formatMoney } from '../customer';
 import type { EmailSender } from '../emails/sender';
-import type { Engine } from '../engine';
+import type { DecisionAnswer, Engine } from '../engine';
 import { mergeContext, SAMPLE_CUSTOMER, type EmailMergeContext } from '../merge-tags';
 import type { Metrics } from '../metrics';
+import { estimatedBalance } from '../ledger';
 import { MICROS_PER_UNIT } from '../pricing';
 import { verdict } from '../rules';
 import type { ConsoleQueries } from '../store/console-queries';
 import type { EmailStatus, Store } from '../store/store';
 import type { BalanceSync } from '../stripe/sync';
 import type { ActivityRecorder } from './activity';
+import { pageOrder } from './page-order';
 
 export interface ConsoleDeps {
   config: Config;
@@ -89,34 +91,22 @@ export function createConsoleApi(deps: ConsoleDeps) {
     const sort = ['id', 'name', 'estimated_balance'].includes(q.get('sort') ?? '') ? q.get('sort')! : 'estimated_balance';
     const dir = q.get('dir') === 'desc' ? -1 : 1;
     const key = config.stripe.consumerMetadataKey;
-    // One pass over memory; only the page is turned into JSON.
+    // One pass over memory, reading the engine's entries in place; only the page's rows become objects.
+    const match = search ? new RegExp(search.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'i') : undefined;
     const ids: string[] = [];
     const names: string[] = [];
     const balances: number[] = [];
-    for (const id of engine.knownIds()) {
-      const s = engine.customer(id)!;
-      if (cohort && !s.cohorts.includes(cohort)) continue;
-      if (search) {
-        const c = s.customer;
-        if (!(id.toLowerCase().includes(search) || c.name?.toLowerCase().includes(search) || c.email?.toLowerCase().includes(search) || c.metadata[key]?.toLowerCase().includes(search))) continue;
-      }
-      ids.push(id); names.push(s.customer.name ?? ''); balances.push(s.estimatedBalance);
-    }
-    const start = (page - 1) * perPage;
-    const end = Math.min(ids.length, start + perPage);
-    let order: number[] = [];
+    engine.forEachCustomer((c, cohorts, ledger) => {
+      if (cohort && !cohorts.includes(cohort)) return;
+      if (match && !(match.test(c.id) || (c.name !== null && match.test(c.name)) || (c.email !== null && match.test(c.email)) || (c.metadata[key] !== undefined && match.test(c.metadata[key])))) return;
+      ids.push(c.id); names.push(c.name ?? ''); balances.push(estimatedBalance(ledger));
+    });
     const byId = (a: number, b: number) => (ids[a] < ids[b] ? -1 : ids[a] > ids[b] ? 1 : 0);
-    if (sort === 'estimated_balance' && end > start) {
-      // Only the rows up to this page need sorting: find the page's last balance with a typed sort, keep those at or before it.
-      const sorted = Float64Array.from(balances).sort();
-      const limit = dir === 1 ? sorted[end - 1] : sorted[ids.length - end];
-      for (let i = 0; i < ids.length; i++) if (dir === 1 ? balances[i] <= limit : balances[i] >= limit) order.push(i);
-      order.sort((a, b) => dir * (balances[a] - balances[b]) || byId(a, b));
-    } else if (sort !== 'estimated_balance') {
-      order = ids.map((_, i) => i);
-      order.sort(sort === 'id' ? (a, b) => dir * byId(a, b) : (a, b) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b));
-    }
-    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.slice(start, end).map((i) => summary(ids[i])) });
+    const compare = sort === 'id' ? (a: number, b: number) => dir * byId(a, b)
+      : sort === 'name' ? (a: number, b: number) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b)
+        : (a: number, b: number) => dir * (balances[a] - balances[b]) || byId(a, b);
+    const order = pageOrder(ids.length, compare, (page - 1) * perPage, page * perPage);
+    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.map((i) => summary(ids[i])) });
   }
 
   async function customer(id: string): Promise<ApiResult> {
@@ -149,10 +139,14 @@ export function createConsoleApi(deps: ConsoleDeps) {
   function rules(): ApiResult {
     const sizes = engine.cohortSizes();
     const blocked = new Map<string, number>();
-    for (const id of engine.knownIds()) {
-      const d = engine.customer(id)!.decision;
-      if (d.outcome === 'block') { const rule = JSON.parse(d.json).rule as string; blocked.set(rule, (blocked.get(rule) ?? 0) + 1); }
-    }
+    // Block answers are shared per rendered body, so each distinct answer is parsed once.
+    const ruleOf = new Map<DecisionAnswer, string>();
+    engine.forEachCustomer((_c, _cohorts, _ledger, d) => {
+      if (d.outcome !== 'block') return;
+      let rule = ruleOf.get(d);
+      if (rule === undefined) { rule = JSON.parse(d.json).rule as string; ruleOf.set(d, rule); }
+      blocked.set(rule, (blocked.get(rule) ?? 0) + 1);
+    });
     return ok({ rules: engine.rules().map(({ rule, enabled }) => ({
       id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status, cohort_size: sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
     })) });

@@ -35,7 +35,13 @@ function securityHeaders(res: http.ServerResponse, csp = CSP): void {
 
 export interface ConsoleServer { url: string; stop(): Promise<void> }
 
-export async function startConsole(deps: ConsoleDeps & { log: Logger; assetsDir?: string }): Promise<ConsoleServer> {
+/** What specs and the demo may change; production uses the defaults. */
+export interface ConsoleOptions {
+  /** The built front end (default dist/console). */
+  assetsDir?: string;
+}
+
+export async function startConsole(deps: ConsoleDeps & { log: Logger } & ConsoleOptions): Promise<ConsoleServer> {
   const { config, log } = deps;
   const settings = config.console!;
   const sessions = new SessionStore(config.secrets.adminToken, settings.sessionTtlMs);
