@@ -11,7 +11,7 @@ import type { Metrics } from '../metrics';
 import { estimatedBalance } from '../ledger';
 import { MICROS_PER_UNIT } from '../pricing';
 import { verdict } from '../rules';
-import type { ConsoleQueries } from '../store/console-queries';
+import { SETTLEMENT_VIEWS, settlementView, type ConsoleQueries, type SettlementView } from '../store/console-queries';
 import type { EmailStatus, Store } from '../store/store';
 import type { BalanceSync } from '../stripe/sync';
 import type { ActivityRecorder } from './activity';
@@ -34,7 +34,7 @@ const DAY = 86_400_000;
 const iso = (t: number | null | undefined) => (t ? new Date(t).toISOString() : null);
 const ok = (body: unknown): ApiResult => ({ status: 200, body });
 const fail = (status: number, error: string, message: string): ApiResult => ({ status, body: { error, message } });
-const EMAIL_STATUSES = ['pending', 'sending', 'delivered', 'failed', 'cancelled'];
+const EMAIL_STATUSES: EmailStatus[] = ['pending', 'sending', 'delivered', 'failed', 'cancelled', 'stale'];
 
 export function createConsoleApi(deps: ConsoleDeps) {
   const { config, engine, store, activity, queries } = deps;
@@ -131,7 +131,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
         .map((d) => ({ at: iso(d.at), consumer: d.consumer, outcome: d.outcome, rule: d.rule, would_block: d.wouldBlock })),
       usage_by_route: queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs)
         .map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
-      settlements: (await store.settlements(id)).reverse().slice(0, 100).map(settlementJson),
+      settlements: queries.settlements({ customerId: id, limit: 100 }).map(settlementJson),
       emails: (await store.emailLog({ customerId: id, limit: 100 })).map(emailJson),
     });
   }
@@ -224,16 +224,16 @@ export function createConsoleApi(deps: ConsoleDeps) {
 
   async function emailLog(q: URLSearchParams): Promise<ApiResult> {
     const status = q.get('status') || undefined;
-    if (status && !EMAIL_STATUSES.includes(status)) return fail(400, 'bad_request', `status: one of ${EMAIL_STATUSES.join(', ')}`);
+    if (status && !EMAIL_STATUSES.includes(status as EmailStatus)) return fail(400, 'bad_request', `status: one of ${EMAIL_STATUSES.join(', ')}`);
     const rows = await store.emailLog({ templateId: q.get('template') || undefined, customerId: q.get('customer') || undefined, status: status as EmailStatus | undefined, limit: 200 });
     return ok({ emails: rows.map(emailJson) });
   }
 
-  async function settlements(q: URLSearchParams): Promise<ApiResult> {
+  function settlements(q: URLSearchParams): ApiResult {
     const status = q.get('status') || undefined;
-    const rows = (await store.settlements(q.get('customer') || undefined)).reverse().map(settlementJson)
-      .filter((s) => !status || s.status === status);
-    return ok({ counts: queries.settlementCounts(), settlements: rows.slice(0, 500) });
+    if (status && !(SETTLEMENT_VIEWS as readonly string[]).includes(status)) return fail(400, 'bad_request', `status: one of ${SETTLEMENT_VIEWS.join(', ')}`);
+    const rows = queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 });
+    return ok({ counts: queries.settlementCounts(), settlements: rows.map(settlementJson) });
   }
 
   /** Routes one API call; `parts` is the path after /console/api/. */
@@ -272,7 +272,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
 function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number]) {
   return {
     id: r.id, customer: r.customerId, amount: r.amount, currency: r.currency, formatted: formatMoney(r.amount, r.currency), mode: r.mode,
-    status: r.status === 'pending' && r.lastError ? 'failed' : r.status, attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
+    status: settlementView(r), attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
     last_error: r.lastError, created_at: iso(r.createdAt), confirmed_at: iso(r.confirmedAt),
   };
 }

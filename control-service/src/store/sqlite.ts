@@ -64,7 +64,7 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
 ];
 
-function toSettlement(r: Record<string, any>): SettlementRow {
+export function toSettlement(r: Record<string, any>): SettlementRow {
   return {
     id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
     idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
