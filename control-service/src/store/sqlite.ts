@@ -62,6 +62,8 @@ const MIGRATIONS: string[] = [
    ALTER TABLE email_outbox_v4 RENAME TO email_outbox;
    CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
+  // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
+  'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
 ];
 
 export function toSettlement(r: Record<string, any>): SettlementRow {
