@@ -36,8 +36,10 @@ export function customerFixture(i: number, balance: number, now = Date.now()): S
   return { id, balance, currency: 'usd', name: `Customer ${i % 97}`, email: `c${i}@example.com`, metadata: { kong_consumer: `consumer-${i}` }, version: now };
 }
 
-export async function startConsoleFixture(opts: { customers?: StoredCustomer[]; config?: Record<string, unknown>; console?: ConsoleOptions } = {}): Promise<ConsoleFixture> {
+/** `files` are written into the config's folder first (e.g. email templates). */
+export async function startConsoleFixture(opts: { customers?: StoredCustomer[]; config?: Record<string, unknown>; files?: Record<string, string>; console?: ConsoleOptions } = {}): Promise<ConsoleFixture> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-console-spec-'));
+  for (const [name, text] of Object.entries(opts.files ?? {})) fs.writeFileSync(path.join(dir, name), text);
   const config = parseConfig({
     store: { sqlite: path.join(dir, 'payg.sqlite') },
     cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }, { id: 'low-credit', filter: { balance: { gt: -500 } } }],
