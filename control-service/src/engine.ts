@@ -138,6 +138,15 @@ export class Engine {
 
   knownIds(): string[] { return [...this.entries.keys()]; }
 
+  /**
+   * Visits every customer as held, read-only and without copying (the
+   * console's pages scan 100k customers per request). `visit` must not keep
+   * or change what it is given.
+   */
+  forEachCustomer(visit: (customer: Readonly<StoredCustomer>, cohorts: readonly string[], ledger: LedgerState, decision: DecisionAnswer) => void): void {
+    for (const e of this.entries.values()) visit(e.customer, e.cohorts, e.ledger, e.answer);
+  }
+
   cohortMembers(cohort: string): string[] {
     return [...this.entries.values()].filter((e) => e.cohorts.includes(cohort)).map((e) => e.customer.id);
   }
