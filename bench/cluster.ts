@@ -146,11 +146,14 @@ async function main() {
     }));
     await sleep(200); // streams connect
     console.log(`N = ${count} node${count > 1 ? 's' : ''}`);
-    for (const rate of [50, 200, 1000, 5000]) console.log((await roundRobin(nodes, rate)).line(`round robin ${rate} req/s`, count));
-    console.log((await burst(nodes, false)).line('burst 200/node, cold', count));
-    console.log((await burst(nodes, true)).line('burst 200/node, warm', count));
-    for (const clients of [8, 64]) console.log((await parallel(nodes, clients)).line(`${clients} parallel clients`, count));
-    const { block, restore } = await pushLatency(nodes, 10);
+    // PUSH_ONLY=1 measures only webhook→every node (PUSH_ROUNDS changes, default 10).
+    if (!process.env.PUSH_ONLY) {
+      for (const rate of [50, 200, 1000, 5000]) console.log((await roundRobin(nodes, rate)).line(`round robin ${rate} req/s`, count));
+      console.log((await burst(nodes, false)).line('burst 200/node, cold', count));
+      console.log((await burst(nodes, true)).line('burst 200/node, warm', count));
+      for (const clients of [8, 64]) console.log((await parallel(nodes, clients)).line(`${clients} parallel clients`, count));
+    }
+    const { block, restore } = await pushLatency(nodes, Number(process.env.PUSH_ROUNDS ?? 10));
     const fmt = (xs: number[]) => `p50 ${pct(xs, 50).toFixed(1)}  p90 ${pct(xs, 90).toFixed(1)}  max ${Math.max(...xs).toFixed(1)} ms`;
     console.log(`  webhook→402 at every node     ${fmt(block)}`);
     console.log(`  top-up→200 at every node      ${fmt(restore)}`);

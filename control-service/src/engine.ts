@@ -280,11 +280,12 @@ export class Engine {
    * Usage seen at the gateway: stored once per event id, priced, and added to
    * the customer's unsettled usage, so cohorts and decisions move at once.
    */
-  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+  /** `acceptedIds`: the events counted now (not seen before). */
+  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
     return this.run(() => this.ingestNow(events));
   }
 
-  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
     const fresh: UsageRecord[] = [];
     const ledgers = new Map<string, LedgerState>();
@@ -300,7 +301,7 @@ export class Engine {
       const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
       await this.applyNow(updates, [], {}, { usage: fresh });
     }
-    return { accepted: fresh.length, duplicates: events.length - fresh.length };
+    return { accepted: fresh.length, duplicates: events.length - fresh.length, acceptedIds: new Set(fresh.map((e) => e.id)) };
   }
 
   /** Settlements written and about to be sent: in flight until confirmed, so plain reads of these customers get reconciled. */

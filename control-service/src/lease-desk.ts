@@ -124,10 +124,13 @@ export class LeaseDesk {
     return freed.length;
   }
 
-  /** Usage events that name their lease, after the engine counted their cost as unsettled. */
-  settle(events: Array<{ id: string; lease?: unknown }>): void {
+  /**
+   * Usage events that name their lease, after the engine counted their cost as unsettled.
+   * Only events counted just now (not duplicates) and only against their own consumer's lease.
+   */
+  settle(events: Array<{ id: string; consumer: string; lease?: unknown }>): void {
     const now = this.now();
-    for (const e of events) if (typeof e.lease === 'string') this.book.settle(e.lease, e.id, now);
+    for (const e of events) if (typeof e.lease === 'string') this.book.settle(e.lease, e.id, now, e.consumer);
   }
 
   leasesOf(customerId: string): Array<Record<string, unknown>> {

@@ -120,10 +120,15 @@ export class LeaseBook {
     return l.customerId;
   }
 
-  /** A usage event reported against a lease: it no longer needs reserving. False when unknown or seen. */
-  settle(leaseId: string, eventId: string, now: number): boolean {
+  /**
+   * A usage event reported against a lease: it no longer needs reserving. False when unknown,
+   * seen, or for another consumer (its cost counts against someone else: letting go of this
+   * reservation would free credit nobody spent).
+   */
+  settle(leaseId: string, eventId: string, now: number, consumer?: string): boolean {
     const l = this.byId.get(leaseId);
     if (!l || l.settled.has(eventId)) return false;
+    if (consumer !== undefined && consumer !== l.consumer) return false;
     const limit = l.drawn ?? l.requests;
     if (l.settled.size >= limit) return false;
     l.settled.add(eventId);

@@ -85,8 +85,8 @@ export class ControlClient {
   }
 
   /** POST /v1/leases: the decision for a consumer, with the lease it may draw on when it allows. */
-  async fetchLease(body: { node: string; consumer: string; want: number; previous?: LeaseReturn }): Promise<LeaseOutcome> {
-    const raw = await this.request('POST', `${this.basePath}/v1/leases`, JSON.stringify(body));
+  async fetchLease(body: { node: string; consumer: string; want: number; previous?: LeaseReturn }, timeoutMs = this.opts.timeoutMs): Promise<LeaseOutcome> {
+    const raw = await this.request('POST', `${this.basePath}/v1/leases`, JSON.stringify(body), timeoutMs);
     if (!raw.ok) return { kind: 'UNAVAILABLE', reason: raw.reason, detail: raw.detail };
     if (raw.res.status !== 200) return { kind: 'UNAVAILABLE', reason: 'HTTP_STATUS', detail: `control service answered ${raw.res.status}` };
     let json: unknown;

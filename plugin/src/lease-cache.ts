@@ -34,6 +34,12 @@ export interface LeaseCacheOptions {
   trackDraws: boolean;
   maxEntries?: number;
   now?: () => number;
+  /**
+   * How long a request waits for a lease call (timeout_ms). The call itself may run longer
+   * (the transport's own limit): a lease granted late is kept for the next requests, not
+   * dropped, so its credit is neither stranded nor asked for twice.
+   */
+  waitMs?: number;
 }
 
 export interface LeaseTransport {
@@ -81,7 +87,7 @@ export class LeaseCache {
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const decision = this.fresh(consumer);
       if (decision) return { kind: last ? 'FETCHED' : 'FRESH', decision };
-      last = await this.fetchShared(consumer);
+      last = await this.waitAtMost(this.fetchShared(consumer));
       if (last.kind === 'UNAVAILABLE') return this.fallback(consumer, last);
       // A block, or an allow with nothing to reserve: it applies to every waiter as is.
       if (!last.decision.allow || last.lease === undefined) return { kind: 'FETCHED', decision: last.decision };
@@ -127,6 +133,16 @@ export class LeaseCache {
     let n = 0;
     for (const e of this.entries.values()) if (e.lease && !e.lease.closed) n++;
     return n;
+  }
+
+  private waitAtMost(call: Promise<LeaseOutcome>): Promise<LeaseOutcome> {
+    const ms = this.opts.waitMs;
+    if (ms === undefined) return call;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<LeaseOutcome>((resolve) => {
+      timer = setTimeout(() => resolve({ kind: 'UNAVAILABLE', reason: 'TIMEOUT', detail: `no answer within ${ms} ms` }), ms);
+    });
+    return Promise.race([call, late]).finally(() => clearTimeout(timer));
   }
 
   private fetchShared(consumer: string): Promise<LeaseOutcome> {

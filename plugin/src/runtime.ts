@@ -38,10 +38,13 @@ export function runtimeFor(opts: PaygOptions): Runtime {
     });
     // A usage batch is larger than a decision and off the request path: give it more time.
     const usageTimeoutMs = Math.max(opts.timeoutMs * 4, 2000);
+    // A request waits timeout_ms for a lease call; the call itself may take longer, so a lease the
+    // service granted late is kept for the next requests instead of stranding its credit.
+    const leaseCallTimeoutMs = Math.max(opts.timeoutMs * 4, 2000);
     const decisions = new LeaseCache({
-      fetch: (consumer, want, previous) => client.fetchLease({ node: NODE_ID, consumer, want, previous }),
+      fetch: (consumer, want, previous) => client.fetchLease({ node: NODE_ID, consumer, want, previous }, leaseCallTimeoutMs),
       release: (leases) => client.releaseLeases(NODE_ID, leases),
-    }, { cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage });
+    }, { cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage, waitMs: opts.timeoutMs });
     const origin = opts.controlServiceUrl.origin;
     const stream = new StreamClient({ baseUrl: opts.controlServiceUrl, token: opts.controlServiceToken, node: NODE_ID }, {
       changed: (consumers) => (consumers === 'all' ? decisions.dropAll() : decisions.drop(consumers)),

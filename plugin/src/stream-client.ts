@@ -44,7 +44,7 @@ export class StreamClient {
     req.on('response', (res) => {
       if (res.statusCode !== 200) {
         res.resume();
-        this.retry(`control service answered ${res.statusCode}`);
+        if (this.req === req) this.retry(`control service answered ${res.statusCode}`);
         return;
       }
       res.setEncoding('utf8');
@@ -58,10 +58,13 @@ export class StreamClient {
         }
         if (buffer.length > 1_000_000) { req.destroy(); } // not an event stream
       });
-      res.on('end', () => this.retry('stream ended'));
-      res.on('error', () => undefined);
+      // A reset or cut connection ends a chunked stream with 'error'/'close' and no 'end'.
+      // (Only this connection's own end counts: never one already replaced.)
+      res.on('end', () => { if (this.req === req) this.retry('stream ended'); });
+      res.on('error', (err) => { if (this.req === req) this.retry(err.message); });
+      res.on('close', () => { if (this.req === req) this.retry('stream closed'); });
     });
-    req.on('error', (err) => this.retry(err.message));
+    req.on('error', (err) => { if (this.req === req) this.retry(err.message); });
     req.end();
   }
 

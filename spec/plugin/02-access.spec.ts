@@ -173,6 +173,17 @@ describe('payg access phase (through the plugin server)', function () {
       expect(Date.now() - started).to.be.below(1000);
     });
 
+    it('a lease answered after timeout_ms is not lost: the next requests draw on it, with no second call', async () => {
+      svc.decide = () => ({ ...leased(5, { id: 'late' }), delayMs: 300 });
+      const id = await instance({ fail_open: false, timeout_ms: 100 });
+      expect((await access(id)).exit?.status, 'the waiting request gets the fail mode at timeout_ms').to.equal(503);
+      await sleep(400); // the service answers meanwhile
+      svc.decide = () => leased(5, { id: 'second' });
+      for (let i = 0; i < 5; i++) expect((await access(id)).exit, `request ${i + 1} drawn on the late lease`).to.equal(undefined);
+      // Before: the late lease was dropped (its credit stranded until ttl + usage grace) and a second one asked for.
+      expect(svc.leaseRequests).to.have.length(1);
+    });
+
     it('fail_open=false: 503 when the connection is refused', async () => {
       const id = await kong.startInstance('payg', { control_service_url: 'http://127.0.0.1:9', fail_open: false }, `plugin-${++plugin}`);
       expect((await access(id)).exit?.status).to.equal(503);

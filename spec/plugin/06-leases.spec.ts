@@ -151,17 +151,66 @@ describe('leases: exact credit on every node', function () {
     for (const n of four) await until(async () => await request(n, consumer) === 200, 2000, 'a node kept refusing after the top-up');
   });
 
-  it('stream down: nodes fall back to the TTL, and the stream reconnects by itself', async () => {
+  /** The service's own (read-only) answer for a consumer, once it has applied what Stripe said. */
+  const serviceAllows = async (consumer: string) =>
+    ((await (await fetch(`${svc.url}/v1/decisions/${consumer}`, { headers: { authorization: `Bearer ${CONTROL}` } })).json()) as { allow: boolean }).allow;
+
+  /**
+   * A node caches a block for `ttl` ms; the customer tops up. Returns when the node first answers 200,
+   * in ms after the block was fetched, and how many 402s it gave after the service already allowed.
+   */
+  async function topUpSeenAfter(node: Node, customerId: string, ttl: number): Promise<{ firstAllowAt: number; staleRefusals: number }> {
+    const consumer = { id: 'k1', custom_id: customerId };
+    const fetchedAt = Date.now(); // taken before the call: the node's ttl runs from no earlier than this
+    expect(await request(node, consumer)).to.equal(402);
+    stripe.addBalanceTransaction(customerId, -1000);
+    await until(() => serviceAllows(customerId), 2000, 'the service never saw the top-up');
+    let staleRefusals = 0;
+    for (;;) {
+      const status = await request(node, consumer);
+      if (status === 200) return { firstAllowAt: Date.now() - fetchedAt, staleRefusals };
+      expect(status).to.equal(402);
+      staleRefusals++;
+      expect(Date.now() - fetchedAt, 'still refusing long after the TTL').to.be.below(ttl + 3000);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  it('stream down (refused): a change is seen only when the TTL runs out, not before', async () => {
     const c = stripe.create({ balance: 0 });
     await startControl();
-    const [node] = await startNodes(1, { cache_ttl_ms: 300 });
-    const consumer = { id: 'k1', custom_id: c.id };
+    const ttl = 1500;
+    const [node] = await startNodes(1, { cache_ttl_ms: ttl });
     await until(() => svc.stream.nodes().length === 1, 3000, 'no stream');
-    expect(await request(node, consumer)).to.equal(402);
-    svc.stream.close(); // every stream connection ends; pushes go nowhere until the node reconnects
+    svc.stream.close(); // every stream connection ends, and reconnects are refused (503): no push reaches the node
     await until(() => node.ps.logs.some((l) => /change stream down/.test(String(l.msg))), 3000, 'the node did not notice');
+    const seen = await topUpSeenAfter(node, c.id, ttl);
+    expect(seen.staleRefusals, 'the cached block kept answering after the top-up').to.be.greaterThan(0);
+    expect(seen.firstAllowAt, 'seen before the TTL: something other than the TTL told the node').to.be.at.least(ttl);
+  });
+
+  it('stream up: the same change is pushed, and seen well before the TTL', async () => {
+    const c = stripe.create({ balance: 0 });
+    await startControl();
+    const ttl = 1500;
+    const [node] = await startNodes(1, { cache_ttl_ms: ttl });
+    await until(() => svc.stream.nodes().length === 1, 3000, 'no stream');
+    const seen = await topUpSeenAfter(node, c.id, ttl);
+    expect(seen.firstAllowAt, 'not pushed: the node waited for its TTL').to.be.below(ttl);
+  });
+
+  it('the stream reconnects by itself after the connection drops', async () => {
+    const c = stripe.create({ balance: 0 });
+    await startControl();
+    const [node] = await startNodes(1);
+    await until(() => svc.stream.nodes().length === 1, 3000, 'no stream');
+    const consumer = { id: 'k1', custom_id: c.id };
+    expect(await request(node, consumer)).to.equal(402); // cached for 60 s
+    svc.stream.disconnectAll();
+    await until(() => node.ps.logs.some((l) => /change stream down/.test(String(l.msg))), 3000, 'the node did not notice');
+    await until(() => svc.stream.nodes().length === 1, 3000, 'the node did not reconnect');
     stripe.addBalanceTransaction(c.id, -1000);
-    await until(async () => await request(node, consumer) === 200, 2000, 'the TTL did not apply');
+    await until(async () => await request(node, consumer) === 200, 2000, 'a push after the reconnect did not arrive');
   });
 
   it('control service down: a node serves what its lease holds, then fail_open=false answers 503', async () => {

@@ -107,14 +107,18 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     let accepted = 0;
     let duplicates = 0;
+    const counted: typeof valid = [];
     for (let i = 0; i < valid.length; i += USAGE_CHUNK) {
       if (i > 0) await nextTurn();
-      const r = await engine.ingestUsage(valid.slice(i, i + USAGE_CHUNK));
+      const chunk = valid.slice(i, i + USAGE_CHUNK);
+      const r = await engine.ingestUsage(chunk);
       accepted += r.accepted;
       duplicates += r.duplicates;
+      for (const e of chunk) if (r.acceptedIds.has(e.id)) counted.push(e);
     }
-    // Their cost is unsettled usage now: the leases they were drawn from let go of them.
-    deps.leases.settle(valid);
+    // Their cost is unsettled usage now: the leases they were drawn from let go of them. A duplicate
+    // was counted (and let go of) the first time: naming another lease now must free nothing.
+    deps.leases.settle(counted);
     metrics.usageEvents.inc({ result: 'accepted' }, accepted);
     metrics.usageEvents.inc({ result: 'duplicate' }, duplicates);
     if (refused.length) {

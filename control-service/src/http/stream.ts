@@ -45,6 +45,12 @@ export class ChangeStream {
     return [...new Set([...this.clients].map((c) => c.node))].sort();
   }
 
+  /** Ends every stream now; nodes reconnect (a network blip, for tests). */
+  disconnectAll(): void {
+    for (const c of this.clients) c.res.destroy();
+    this.clients.clear();
+  }
+
   /** Ends every stream and refuses new ones (the service is stopping). */
   close(): void {
     this.closed = true;
