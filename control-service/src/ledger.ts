@@ -30,7 +30,15 @@ export interface LedgerState {
    * when that answer was heard: a plain read that began before it cannot say
    * whether it includes that settlement.
    */
-  readonly lastConfirmed?: { id: number; heardAt: number };
+  readonly lastConfirmed?: {
+    id: number; heardAt: number;
+    /**
+     * The start of the newest reconciled read applied since that lists it but
+     * began before it was heard: such reads are placed by their start among
+     * themselves, so an older one never replaces a newer one.
+     */
+    containedBy?: number;
+  };
 }
 
 export type BalanceRead =
@@ -90,13 +98,16 @@ export function applyRead(s: LedgerState, read: BalanceRead): ReadOutcome {
     case 'reconciled': {
       // Older than the held balance, unless the held balance is a confirmation's
       // ending_balance that this read already contains (it lists that settlement).
-      const containsHeld = s.lastConfirmed !== undefined && s.asOf === s.lastConfirmed.heardAt && read.applied.has(s.lastConfirmed.id);
+      const held = s.lastConfirmed;
+      const containsHeld = held !== undefined && s.asOf === held.heardAt && read.applied.has(held.id)
+        && read.startedAt > (held.containedBy ?? -Infinity);
       if (read.startedAt < s.asOf && !containsHeld) return { kind: 'stale' };
       const confirmed = s.pending.filter((p) => read.applied.has(p.id));
       const unsettledMicros = confirmed.reduce((u, p) => u - p.amount * MICROS_PER_UNIT, s.unsettledMicros);
+      const lastConfirmed = containsHeld && read.startedAt < s.asOf ? { ...held, containedBy: read.startedAt } : s.lastConfirmed;
       return {
         kind: 'applied',
-        state: { ...s, balance: read.balance, asOf: Math.max(s.asOf, read.startedAt), unsettledMicros, pending: s.pending.filter((p) => !read.applied.has(p.id)) },
+        state: { ...s, balance: read.balance, asOf: Math.max(s.asOf, read.startedAt), unsettledMicros, pending: s.pending.filter((p) => !read.applied.has(p.id)), lastConfirmed },
         confirmed: confirmed.map((p) => ({ id: p.id, stripeRef: read.applied.get(p.id)! })),
       };
     }
