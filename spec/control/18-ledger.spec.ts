@@ -11,7 +11,7 @@
 // snapshot's balance, and its unsettled usage exactly the usage that snapshot
 // does not contain: never counted twice, never skipped.
 import { expect } from 'chai';
-import { addUsage, applyRead, estimatedBalance, openLedger, openSettlement, type BalanceRead, type LedgerState } from '../../control-service/src/ledger';
+import { addUsage, applyRead, estimatedBalance, openLedger, openSettlement, type BalanceRead, type LedgerState, type PendingSettlement } from '../../control-service/src/ledger';
 
 const M = 1_000_000;
 
@@ -34,6 +34,7 @@ class World {
   nextSettlement = 1;
   /** Opened and not yet applied by Stripe: the settlement pass sends it (again) until answered. */
   open: { id: number; amount: number } | undefined;
+  lastOpened: PendingSettlement | undefined;
   /** Applied by Stripe; answers that may still be delivered (first or replayed). */
   readonly answers: Answer[] = [];
   readonly inflight: Inflight[] = [];
@@ -94,7 +95,8 @@ class World {
       if (this.open || this.state.pending.length || amount < 1) return;
       this.open = { id: this.nextSettlement++, amount };
       this.chargedUnits += amount;
-      this.state = openSettlement(this.state, { id: this.open.id, amount, mode: 'balance_transactions', createdAt: this.clock });
+      this.lastOpened = { id: this.open.id, amount, mode: 'balance_transactions', createdAt: this.clock };
+      this.state = openSettlement(this.state, this.lastOpened);
       this.log.push(`open #${this.open.id} ${amount}`);
     } else if (r < 0.35) {
       // Stripe applies the settlement (a send, or a resend after a lost answer).
@@ -110,6 +112,11 @@ class World {
       const a = this.pick(this.answers);
       if (this.random() < 0.3) return; // lost this time
       this.apply({ kind: 'confirmation', settlementId: a.settlementId, stripeRef: a.stripeRef, endingBalance: a.endingBalance, heardAt: this.stamp() }, a.snapshot);
+    } else if (r < 0.48) {
+      // A settlement pass read its pending rows just before a reconciled read confirmed one: it opens it again.
+      if (!this.lastOpened) return;
+      this.state = openSettlement(this.state, this.lastOpened);
+      this.log.push(`re-open #${this.lastOpened.id}`);
     } else if (r < 0.52) {
       const amount = -Math.ceil(this.random() * 1000);
       this.txns.push({ amount, endingBalance: this.stripeBalance() + amount });
