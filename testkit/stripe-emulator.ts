@@ -284,7 +284,7 @@ export class StripeEmulator extends LoopbackServer {
       }
       const customer = id ? this.customers.get(id) : undefined;
       if (!customer) {
-        if (id && this.deleted.has(id) && req.method === 'GET') return send({ id, object: 'customer', deleted: true });
+        if (id && this.deleted.has(id) && req.method === 'GET' && parts.length === 3) return send({ id, object: 'customer', deleted: true });
         return this.error(res, 404, 'invalid_request_error', `No such customer: '${id}'`, { param: 'id', code: 'resource_missing' });
       }
       if (req.method === 'GET' && parts.length === 3) return send(customer);
