@@ -12,7 +12,7 @@ import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
 import type { OutboxRecord, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
-import { costOf, MICROS_PER_UNIT } from './pricing';
+import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import type { Customer } from './customer';
 import { planEmails, planRecurring } from './emails/workflow';
 
@@ -41,7 +41,8 @@ function estimated<C extends Customer>(customer: C, unsettledMicros: number): C 
   return unsettledMicros === 0 ? customer : { ...customer, balance: customer.balance + unsettledMicros / MICROS_PER_UNIT };
 }
 
-export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number }
+/** `units`: what the gateway measured (tokens, header units, bytes); absent from older plugins. */
+export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number; units?: Units }
 
 interface ApplyExtra {
   /** New unsettled usage per customer (default: as held). */
@@ -208,8 +209,8 @@ export class Engine {
       if (known.has(e.id)) continue;
       known.add(e.id); // a repeat inside the batch
       const customerId = this.resolve(e.consumer) ?? null;
-      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status) : 0;
-      fresh.push({ ...e, customerId, costMicros });
+      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
+      fresh.push({ id: e.id, consumer: e.consumer, at: e.at, route: e.route, status: e.status, customerId, costMicros });
       if (customerId && costMicros > 0) {
         unsettled.set(customerId, (unsettled.get(customerId) ?? this.entries.get(customerId)!.unsettledMicros) + costMicros);
       }

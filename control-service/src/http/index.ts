@@ -14,8 +14,10 @@ import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
 import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
+import { createBalanceHandler } from './balance';
 import { ByteBudget, MAX_BODY_BYTES, readBody, refuseBody, send, tokenMatches } from './util';
 import type { UsageEventInput } from '../engine';
+import { UNIT_KINDS, type UnitKind } from '../pricing';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -40,6 +42,8 @@ const usageEvent = z.object({
   at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
   route: z.string().max(512).nullable().default(null),
   status: z.number().int().min(0).max(599),
+  // What the gateway measured; each a non-negative integer (see pricing.ts). Unknown kinds are refused.
+  units: z.object(Object.fromEntries(UNIT_KINDS.map((k) => [k, z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional()])) as Record<UnitKind, z.ZodOptional<z.ZodNumber>>).strict().optional(),
 }).passthrough();
 
 /** Usage dated later than this ahead of our clock is refused: it would sit ahead of every prune. */
@@ -98,7 +102,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       const e = parsed.data;
       const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
       if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
-      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status });
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, units: e.units });
     }
     let accepted = 0;
     let duplicates = 0;
@@ -150,6 +154,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
   };
   const admin = createAdminHandler(deps);
+  const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader });
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -182,6 +187,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     const run = async () => {
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
+      if (method === 'GET' && path === '/v1/balance') return balance(req, res);
       if (method === 'GET' && path === '/health') return health(res);
       if (method === 'GET' && path === '/metrics') {
         const text = await metrics.registry.metrics();
