@@ -332,7 +332,7 @@ export class Engine {
     if (v.outcome === 'ALLOW') {
       const lease = this.allowLease(customer, unsettledMicros);
       if (!lease) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
-      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
+      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests, credit: lease.credit }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
     return { json: decisionJson(v, mergeContext(view, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
   }
@@ -348,7 +348,7 @@ export class Engine {
    * what the others have not reported yet: ρ·(max_coalescing_delay + a round
    * trip) requests per other node. Undefined when nothing is metered.
    */
-  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
+  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number; credit: number } | undefined {
     const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (this.dearestCostMicros === 0) return undefined;
@@ -357,6 +357,7 @@ export class Engine {
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     const ttlMs = remaining >= lowCreditRequests ? full
       : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
-    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes) };
+    // `credit`: the estimate in the smallest currency unit, for the plugin's optional credit header.
+    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes), credit: Math.max(0, creditMicros) / MICROS_PER_UNIT };
   }
 }
