@@ -110,11 +110,11 @@ export const Schema: KongSchemaField[] = [
     description: 'Bearer token sent on every call to the control service; may be a Kong vault reference.',
   } },
   { usage_units_header: {
-    type: 'string', required: false, match: '^[!#$%&\'*+\\-.^_`|~0-9A-Za-z]+$',
+    type: 'string', required: false,
     description: 'A response header in which the upstream reports the units a request used (e.g. X-Usage-Units); sent with usage as header_units, for routes priced per unit.',
   } },
   { credit_header: {
-    type: 'string', required: false, match: '^[!#$%&\'*+\\-.^_`|~0-9A-Za-z]+$',
+    type: 'string', required: false,
     description: 'A response header set on allowed requests with the remaining credit in the smallest currency unit (approximate: as of the decision this node holds).',
   } },
   { queue: {
@@ -223,6 +223,13 @@ function bearerToken(raw: string | undefined): string | undefined {
   return token;
 }
 
+/** Kong reads a schema's `match` as a Lua pattern, so header names are checked here instead (RFC 9110 tokens). */
+function headerName(value: unknown, field: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(value)) throw new ConfigError(field, 'is not an HTTP header name');
+  return value;
+}
+
 /**
  * Validates the config Kong passes to StartInstance. Kong has already checked
  * it against Schema; this is the second line, and it names the bad field.
@@ -275,8 +282,8 @@ export function parseConfig(raw: unknown): PaygOptions {
       maxBytes,
       maxRetryTimeMs: maxRetryTime < 0 ? Infinity : maxRetryTime * 1000,
     },
-    usageUnitsHeader: (get('usage_units_header') as string | undefined)?.toLowerCase(),
-    creditHeader: get('credit_header') as string | undefined,
+    usageUnitsHeader: headerName(get('usage_units_header'), 'usage_units_header')?.toLowerCase(),
+    creditHeader: headerName(get('credit_header'), 'credit_header'),
     warnings,
   };
 }
