@@ -9,11 +9,12 @@ import { parseConfig, type ConsumerField, type PaygOptions } from './schema';
 import { runtimeFor, type Runtime } from './runtime';
 import type { Decision } from './decision';
 import { log } from './log';
+import { measure } from './measure';
 
 /** The part of kong-pdk's `kong` object payg uses. */
 export interface KongPdk {
   client: { getConsumer(): Promise<unknown> };
-  response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void> };
+  response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void>; setHeader(name: string, value: string): Promise<unknown> };
   log: { serialize(): Promise<unknown> };
   ctx: { shared: { get(key: string): Promise<unknown>; set(key: string, value: string): Promise<unknown> } };
 }
@@ -57,6 +58,7 @@ export class Plugin {
   constructor(config: unknown) {
     this.opts = parseConfig(config);
     this.runtime = runtimeFor(this.opts);
+    for (const warning of this.opts.warnings) log.warn({}, `payg config: ${warning}`);
   }
 
   async access(kong: KongPdk): Promise<void> {
@@ -89,7 +91,7 @@ export class Plugin {
     if (!this.opts.reportUsage) return;
     try {
       const raw = await kong.log.serialize();
-      const entry = JSON.parse(typeof raw === 'string' ? raw : JSON.stringify(raw)) as {
+      const entry = JSON.parse(typeof raw === 'string' ? raw : JSON.stringify(raw)) as Record<string, unknown> & {
         consumer?: unknown; route?: { id?: string; name?: string } | null;
         response?: { status?: number }; started_at?: number;
       };
@@ -100,6 +102,7 @@ export class Plugin {
       const status = httpStatus(entry.response?.status);
       // A request payg refused used nothing. Only error answers need the (one RPC) check.
       if (status >= 400 && await kong.ctx.shared.get(REFUSED_KEY) === 'true') return;
+      const units = measure(entry, this.opts.usageUnitsHeader);
       this.runtime.usage.push({
         id: randomUUID(),
         consumer,
@@ -107,6 +110,7 @@ export class Plugin {
         route: routeName(entry.route?.name ?? entry.route?.id),
         status,
         lease: this.runtime.decisions.takeDraw(consumer),
+        ...(units ? { units } : {}),
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');
@@ -114,7 +118,11 @@ export class Plugin {
   }
 
   private async apply(kong: KongPdk, decision: Decision): Promise<void> {
-    if (decision.allow) return;
+    if (decision.allow) {
+      // One more PDK call, only when the operator asked for the header.
+      if (this.opts.creditHeader && decision.credit !== undefined) await kong.response.setHeader(this.opts.creditHeader, String(decision.credit));
+      return;
+    }
     await this.markRefused(kong);
     await kong.response.exit(decision.status, decision.body, decision.headers);
   }
