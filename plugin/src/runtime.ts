@@ -39,7 +39,7 @@ export function runtimeFor(opts: PaygOptions): Runtime {
     // A usage batch is larger than a decision and off the request path: give it more time.
     const usageTimeoutMs = Math.max(opts.timeoutMs * 4, 2000);
     const decisions = new LeaseCache({
-      fetch: (consumer, want, previous) => client.fetchLease({ node: NODE_ID, consumer, want, previous }),
+      fetch: (consumer, want, previous, reserve) => client.fetchLease({ node: NODE_ID, consumer, want, reserve, previous }),
       release: (leases) => client.releaseLeases(NODE_ID, leases),
     }, { cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage });
     const origin = opts.controlServiceUrl.origin;

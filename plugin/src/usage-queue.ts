@@ -12,6 +12,8 @@ export interface UsageEvent {
   status: number;
   /** The lease the request was served on (see lease-cache.ts); absent when it was served without one. */
   lease?: string;
+  /** Micros the request reserved from that lease at access (its route's max_cost); absent for a lease of requests. */
+  reserved?: number;
   /** What the gateway measured (see measure.ts); absent when nothing was. */
   units?: MeasuredUnits;
 }

@@ -48,6 +48,8 @@ const usageEvent = z.object({
   route: z.string().max(512).nullable().default(null),
   status: z.number().int().min(0).max(599),
   // What the gateway measured; each a non-negative integer (see pricing.ts). Unknown kinds are refused.
+  // The micros the request reserved from its lease at access (its route's max_cost); settles that much of the lease.
+  reserved: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
   units: z.object(Object.fromEntries(UNIT_KINDS.map((k) => [k, z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional()])) as Record<UnitKind, z.ZodOptional<z.ZodNumber>>).strict().optional(),
 }).passthrough();
 
@@ -93,7 +95,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     if (raw.length > maxEvents) return send(res, 413, { error: 'too_large', message: `${raw.length} events; at most ${maxEvents} per batch` });
 
     // One bad event does not cost its batch: the valid ones are stored, the others refused by index.
-    const valid: Array<UsageEventInput & { lease?: string }> = [];
+    const valid: Array<UsageEventInput & { lease?: string; reserved?: number }> = [];
     const refused: Array<{ index: number; error: string }> = [];
     const latest = Date.now() + MAX_FUTURE_USAGE_MS;
     for (let i = 0; i < raw.length; i++) {
@@ -107,7 +109,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       const e = parsed.data;
       const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
       if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
-      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined, units: e.units });
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined, reserved: e.reserved, units: e.units });
     }
     let accepted = 0;
     let duplicates = 0;
