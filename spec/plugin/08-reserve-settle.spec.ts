@@ -111,7 +111,8 @@ describe('reserve, then settle: variable-cost requests on the node\'s lease', fu
 
     const burst = (await Promise.all(two.map((n) => Promise.all(Array.from({ length: 25 }, () => request(n, consumer, 'chat')))))).flat();
     const served = burst.filter((r) => r.status === 200).length;
-    expect(served, 'no more in flight than 10 reservations of max_cost cover').to.be.within(1, 10);
+    // At most 10 reservations of max_cost are held at once; a request counted during the burst frees the rest of its own.
+    expect(served, 'never more than the credit covers at max_cost: 23').to.be.within(1, 23);
     expect(burst.filter((r) => r.status !== 200).every((r) => r.status === 402 && r.body === PAYMENT_BODY), 'the others get the rule\'s 402').to.equal(true);
     // Charged what the tokens cost, not what was reserved.
     await until(async () => (await unsettled(c.id)) === served * TOKENS, 5000, 'usage of the burst not counted');
