@@ -103,7 +103,8 @@ export class LeaseCache {
     if (lease !== undefined) {
       if (lease.closed || now >= lease.expiresAt) return undefined;
       const need = lease.amount ? this.reservation(route) ?? Math.max(lease.unit, this.dearestMaxCost) : 1;
-      if (lease.left < need || lease.left <= 0) return undefined;
+      // A free route (max_cost 0) draws nothing, but still needs a live lease.
+      if (lease.left < need) return undefined;
       lease.left -= need;
       lease.drawn++;
       if (lease.amount) lease.drawnMicros += need;
@@ -131,7 +132,8 @@ export class LeaseCache {
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const decision = this.fresh(consumer, route);
       if (decision) return { kind: last ? 'FETCHED' : 'FRESH', decision };
-      last = await this.fetchShared(consumer, this.reservation(route));
+      const need = this.reservation(route);
+      last = await this.fetchShared(consumer, need === undefined ? undefined : Math.max(1, need));
       if (last.kind === 'UNAVAILABLE') return this.fallback(consumer, last);
       // A block, or an allow with nothing to reserve: it applies to every waiter as is.
       if (!last.decision.allow || last.lease === undefined) return { kind: 'FETCHED', decision: last.decision };
