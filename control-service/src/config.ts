@@ -9,7 +9,7 @@ import { z } from 'zod';
 import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
-import { parseCost, type Pricing } from './pricing';
+import { parseCost, UNIT_KINDS, type Pricing, type RoutePrice, type UnitKind } from './pricing';
 import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
@@ -27,6 +27,14 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
 
 const cost = z.union([z.number(), z.string()]).refine((v) => parseCost(v) !== undefined, 'is not a cost: a non-negative amount of the smallest currency unit with at most 6 decimals, e.g. 1 or "0.25"');
 
+/** A fixed cost, or a fee plus prices per measured unit with the most one request may cost (see pricing.ts). */
+const price = z.union([cost, z.object({
+  request: cost.optional(),
+  ...Object.fromEntries(UNIT_KINDS.map((k) => [k, cost.optional()])) as Record<UnitKind, z.ZodOptional<typeof cost>>,
+  max_cost: cost.optional(),
+}).strict()]);
+type RawPrice = z.infer<typeof price>;
+
 const duration = z.string()
   .refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d')
   .refine((t) => (parseDuration(t) ?? 1) > 0, 'must be longer than zero');
@@ -40,6 +48,9 @@ const rawConfig = z.object({
   }).strict().default({}),
   store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
   auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
+  balance_api: z.object({
+    consumer_header: z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'is not an HTTP header name').default('X-Consumer-Custom-ID'),
+  }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
     consumer_metadata_key: z.string().min(1).default('kong_consumer'),
@@ -66,8 +77,8 @@ const rawConfig = z.object({
     body: z.string(),
   }).strict()).default([]),
   metering: z.object({
-    default_cost: cost.default(0),
-    routes: z.record(cost).default({}),
+    default_cost: price.default(0),
+    routes: z.record(price).default({}),
     count_upstream_5xx: z.boolean().default(false),
     low_credit_requests: z.number().int().min(0).default(100),
     min_ttl_ms: z.number().int().min(0).default(0),
@@ -132,6 +143,8 @@ export interface Config {
   listen: { host: string; port: number };
   /** Serve the plugin-facing APIs without PAYG_CONTROL_TOKEN on a non-loopback address (an explicit choice). */
   auth: { allowUnauthenticated: boolean };
+  /** GET /v1/balance reads the consumer from this (lower-case) header, which Kong sets upstream. */
+  balanceApi: { consumerHeader: string };
   sqlitePath: string;
   stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
   unknownConsumer: 'allow' | 'block';
@@ -279,11 +292,21 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     }
   });
 
+  const defaultPrice = routePrice(raw.metering.default_cost, 'metering.default_cost');
+  const routePrices = new Map(Object.entries(raw.metering.routes).map(([route, p]) => [route, routePrice(p, `metering.routes.${JSON.stringify(route)}`)]));
+  const pricing: Pricing = {
+    defaultCostMicros: defaultPrice.maxCostMicros,
+    routeCostMicros: new Map([...routePrices].map(([route, p]) => [route, p.maxCostMicros])),
+    defaultPrice, routePrices,
+    countUpstream5xx: raw.metering.count_upstream_5xx,
+  };
+
   const port = env.PORT !== undefined ? Number(env.PORT) : raw.listen.port;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
   return {
     listen: { host: raw.listen.host, port },
     auth: { allowUnauthenticated: raw.auth.allow_unauthenticated },
+    balanceApi: { consumerHeader: raw.balance_api.consumer_header.toLowerCase() },
     sqlitePath: path.resolve(baseDir, raw.store.sqlite),
     stripe: {
       poll: raw.stripe.poll,
@@ -299,11 +322,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     cohorts: raw.cohorts,
     rules,
     metering: {
-      pricing: {
-        defaultCostMicros: parseCost(raw.metering.default_cost)!,
-        routeCostMicros: new Map(Object.entries(raw.metering.routes).map(([route, c]) => [route, parseCost(c)!])),
-        countUpstream5xx: raw.metering.count_upstream_5xx,
-      },
+      pricing,
       lowCreditRequests: raw.metering.low_credit_requests,
       minTtlMs: raw.metering.min_ttl_ms,
       maxBatchEvents: raw.metering.max_batch_events,
@@ -333,6 +352,35 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     },
     secrets: secretsFromEnv(env),
   };
+}
+
+/**
+ * A price as configured → micros. A price with unit prices must say its
+ * max_cost (tokens, bytes and header units have no natural bound, and the
+ * request reserves it before it runs); a fixed price reserves its fee, so
+ * max_cost there would mean nothing and is refused.
+ */
+function routePrice(raw: RawPrice, field: string): RoutePrice {
+  if (typeof raw !== 'object') {
+    const micros = parseCost(raw)!;
+    return { requestMicros: micros, perUnitMicros: new Map(), maxCostMicros: micros };
+  }
+  if (Object.keys(raw).length === 0) throw new ConfigError(field, 'an empty price; give request and/or unit prices (prompt_tokens, completion_tokens, header_units, request_bytes, response_bytes)');
+  const requestMicros = raw.request === undefined ? 0 : parseCost(raw.request)!;
+  const perUnitMicros = new Map<UnitKind, number>();
+  for (const kind of UNIT_KINDS) {
+    const v = raw[kind];
+    const micros = v === undefined ? 0 : parseCost(v)!;
+    if (micros > 0) perUnitMicros.set(kind, micros);
+  }
+  if (perUnitMicros.size === 0) {
+    if (raw.max_cost !== undefined) throw new ConfigError(`${field}.max_cost`, 'applies to prices with unit prices only; a fixed price reserves its request fee');
+    return { requestMicros, perUnitMicros, maxCostMicros: requestMicros };
+  }
+  if (raw.max_cost === undefined) throw new ConfigError(`${field}.max_cost`, 'is required with unit prices: the most one request may cost, reserved before it runs and never exceeded');
+  const maxCostMicros = parseCost(raw.max_cost)!;
+  if (maxCostMicros <= requestMicros) throw new ConfigError(`${field}.max_cost`, 'must be more than the request fee, or the unit prices can never be charged');
+  return { requestMicros, perUnitMicros, maxCostMicros };
 }
 
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {

@@ -12,7 +12,7 @@ import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
 import type { OutboxRecord, OutboxRow, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
-import { costOf, MICROS_PER_UNIT } from './pricing';
+import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
 import { planEmails, planRecurring, staleReason } from './emails/workflow';
@@ -51,7 +51,8 @@ export interface ApplyResult {
   needsReconcile: StoredCustomer[];
 }
 
-export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number }
+/** `units`: what the gateway measured (tokens, header units, bytes); absent from older plugins. */
+export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number; units?: Units }
 
 interface ApplyExtra {
   usage?: UsageRecord[];
@@ -293,7 +294,7 @@ export class Engine {
       if (known.has(e.id)) continue;
       known.add(e.id); // a repeat inside the batch
       const customerId = this.resolve(e.consumer) ?? null;
-      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status) : 0;
+      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
       fresh.push({ ...e, customerId, costMicros });
       if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
@@ -468,7 +469,7 @@ export class Engine {
     if (v.outcome === 'ALLOW') {
       const lease = this.allowLease(customer, ledger.unsettledMicros);
       if (!lease) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
-      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
+      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests, credit: lease.credit }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
     return { json: decisionJson(v, mergeContext(view, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
   }
@@ -480,7 +481,7 @@ export class Engine {
    * min_ttl_ms. Read-only (GET /v1/decisions): nodes serve on leases
    * (POST /v1/leases), which reserve credit. Undefined when nothing is metered.
    */
-  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
+  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number; credit: number } | undefined {
     const { lowCreditRequests, minTtlMs } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (this.dearestCostMicros === 0) return undefined;
@@ -489,6 +490,7 @@ export class Engine {
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     const ttlMs = remaining >= lowCreditRequests ? full
       : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
-    return { ttlMs, maxRequests: remaining };
+    // `credit`: the estimate in the smallest currency unit, for the plugin's optional credit header.
+    return { ttlMs, maxRequests: remaining, credit: Math.max(0, creditMicros) / MICROS_PER_UNIT };
   }
 }

@@ -5,7 +5,7 @@
 
 import type { Engine } from './engine';
 import { LeaseBook, type Lease } from './leases';
-import { MICROS_PER_UNIT } from './pricing';
+import { isVariable, MICROS_PER_UNIT } from './pricing';
 import type { Store } from './store/store';
 import type { ChangeStream } from './http/stream';
 import type { Config } from './config';
@@ -14,7 +14,10 @@ const HORIZON_KEY = 'lease_horizon';
 /** The horizon is written ahead by this much, so a busy service writes it about once a minute. */
 const HORIZON_STEP_MS = 60_000;
 
-export interface LeaseRequest { node: string; consumer: string; want: number; previous?: { id: string; drawn: number } }
+/** `drawn_micros`: the credit drawn (route max_costs); without it, `drawn` requests at the lease's costMicros. */
+export interface LeaseReturn { id: string; drawn: number; drawn_micros?: number }
+/** `reserve`: the most one of the `want` waiting requests reserves (its route's max_cost), when the node knows it. */
+export interface LeaseRequest { node: string; consumer: string; want: number; reserve?: number; previous?: LeaseReturn }
 export type LeaseAnswer = { status: 200; json: string } | { status: 503; json: string };
 
 export class LeaseDesk {
@@ -25,11 +28,22 @@ export class LeaseDesk {
   private readonly starved = new Set<string>();
   private readonly allowJson: string;
   private timer: NodeJS.Timeout | undefined;
+  /**
+   * With prices by measured units: the max_cost a request reserves, by default and per
+   * route (name or id, as metering.routes keys it), sent with each lease so the node draws
+   * each request's own maximum (it reads the route only then). Undefined with fixed prices
+   * only: the node then draws the lease's costMicros (the dearest) per request.
+   */
+  private readonly maxCosts: { default: number; routes: Record<string, number> } | undefined;
 
   constructor(private readonly config: Config, private readonly engine: Engine, private readonly store: Store,
     private readonly stream: ChangeStream, private readonly now: () => number = Date.now) {
     this.book = new LeaseBook(config.leases);
     this.allowJson = JSON.stringify({ allow: true, ttl_ms: config.decisionTtlMs });
+    const pricing = config.metering.pricing;
+    this.maxCosts = isVariable(pricing.defaultPrice) || [...pricing.routePrices.values()].some(isVariable)
+      ? { default: pricing.defaultPrice.maxCostMicros, routes: Object.fromEntries([...pricing.routePrices].map(([r, p]) => [r, p.maxCostMicros])) }
+      : undefined;
   }
 
   async init(): Promise<void> {
@@ -82,13 +96,26 @@ export class LeaseDesk {
         return { status: 503, json: JSON.stringify({ error: 'store_unavailable' }) };
       }
     }
-    return { status: 200, json: JSON.stringify({ allow: true, ttl_ms: this.config.decisionTtlMs, lease: { id: lease.id, requests: lease.requests, ttl_ms: this.config.leases.ttlMs } }) };
+    // `credit`: the customer's estimated credit (smallest currency unit) at the grant, for the optional credit header.
+    const credit = Math.max(0, this.creditMicros(customerId)) / MICROS_PER_UNIT;
+    return { status: 200, json: JSON.stringify({ allow: true, ttl_ms: this.config.decisionTtlMs, lease: {
+      id: lease.id, requests: lease.requests, micros: lease.micros, ttl_ms: this.config.leases.ttlMs, credit,
+      ...(this.maxCosts ? { max_costs: this.maxCosts } : {}),
+    } }) };
+  }
+
+  /** −(Stripe balance) − unsettled usage, in micros, before any reservation. */
+  private creditMicros(customerId: string): number {
+    const state = this.engine.customer(customerId)!;
+    return -(state.ledger.balance * MICROS_PER_UNIT + state.ledger.unsettledMicros);
   }
 
   private grant(customerId: string, r: LeaseRequest, now: number) {
-    const state = this.engine.customer(customerId)!;
-    const creditMicros = -(state.ledger.balance * MICROS_PER_UNIT + state.ledger.unsettledMicros);
-    return this.book.grant({ customerId, consumer: r.consumer, node: r.node, creditMicros, costMicros: this.engine.dearestMicros, want: r.want, now });
+    const dearest = this.engine.dearestMicros;
+    // A node that knows its waiting requests' routes asks for no more than they reserve, so a
+    // cheap route is served on credit that would not cover the dearest one.
+    const costMicros = r.reserve !== undefined ? Math.min(dearest, Math.max(1, r.reserve)) : dearest;
+    return this.book.grant({ customerId, consumer: r.consumer, node: r.node, creditMicros: this.creditMicros(customerId), costMicros, want: r.want, now });
   }
 
   private othersHoldUndrawn(customerId: string, node: string, now: number): boolean {
@@ -107,12 +134,12 @@ export class LeaseDesk {
     });
   }
 
-  /** A node gives leases back, saying how many requests it drew from each. */
-  release(node: string, leases: Array<{ id: string; drawn: number }>): number {
+  /** A node gives leases back, saying how many requests (and how much credit) it drew from each. */
+  release(node: string, leases: LeaseReturn[]): number {
     const now = this.now();
     const freed: string[] = [];
     for (const l of leases) {
-      const customerId = this.book.close(node, l.id, l.drawn, now);
+      const customerId = this.book.close(node, l.id, l.drawn, now, l.drawn_micros);
       if (customerId !== undefined) freed.push(customerId);
     }
     for (const id of freed) {
@@ -125,21 +152,30 @@ export class LeaseDesk {
   }
 
   /**
-   * Usage events that name their lease, after the engine counted their cost as unsettled.
-   * Only events counted just now (not duplicates) and only against their own consumer's lease.
+   * Usage events that name their lease (and what they reserved from it), after the engine counted
+   * their cost as unsettled. Only events counted just now (not duplicates) and only against their
+   * own consumer's lease.
    */
-  settle(events: Array<{ id: string; consumer: string; lease?: unknown }>): void {
+  settle(events: Array<{ id: string; consumer: string; lease?: unknown; reserved?: number }>): void {
     const now = this.now();
-    for (const e of events) if (typeof e.lease === 'string') this.book.settle(e.lease, e.id, now, e.consumer);
+    for (const e of events) if (typeof e.lease === 'string') this.book.settle(e.lease, e.id, now, e.reserved, e.consumer);
   }
 
   leasesOf(customerId: string): Array<Record<string, unknown>> {
     const now = this.now();
     return this.book.leasesOf(customerId, now).map((l: Lease) => ({
       id: l.id, node: l.node, consumer: l.consumer, requests: l.requests, drawn: l.drawn ?? null, settled: l.settled.size,
-      open: l.drawn === undefined && now < l.expiresAt, held_requests: this.book.heldRequests(l, now),
+      micros: l.micros, drawn_micros: l.drawnMicros ?? null, settled_micros: l.settledMicros,
+      open: l.drawn === undefined && now < l.expiresAt, held_requests: this.book.heldRequests(l, now), held_micros: this.book.heldMicros(l, now),
       granted_at: new Date(l.grantedAt).toISOString(), expires_at: new Date(l.expiresAt).toISOString(),
     }));
+  }
+
+  /** The least one request may reserve: a starved customer with this much free may be served again. */
+  private get cheapestMicros(): number {
+    if (!this.maxCosts) return this.engine.dearestMicros;
+    const all = [this.maxCosts.default, ...Object.values(this.maxCosts.routes)].filter((m) => m > 0);
+    return all.length ? Math.min(...all) : this.engine.dearestMicros;
   }
 
   /** Starved customers whose credit came back: nodes drop the refusal they cached. */
@@ -150,7 +186,7 @@ export class LeaseDesk {
       const state = this.engine.customer(id);
       if (!state) { this.starved.delete(id); continue; }
       const free = -(state.ledger.balance * MICROS_PER_UNIT + state.ledger.unsettledMicros) - this.book.reservedMicros(id, now);
-      if (free >= this.engine.dearestMicros) {
+      if (free >= this.cheapestMicros) {
         this.starved.delete(id);
         this.stream.changed(this.engine.consumersOf(state.customer));
       }

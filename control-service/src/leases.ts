@@ -4,12 +4,15 @@
 // reservations. A node serves a consumer only on a lease granted from that available
 // credit, so the requests all nodes may serve never cost more than the credit.
 //
-// A lease is a number of requests at the dearest price (`costMicros`). It reserves
-//   open:   requests − settled   (the node may still draw any of them)
-//   closed: drawn − settled      (the node said how many it drew; the rest came back)
-// where `settled` counts the distinct usage events the node reported against it (their
-// real cost is now in the customer's unsettled usage, so the reservation lets go of
-// them). An open lease the node never closes (a node that died) keeps its reservation
+// A lease is an amount of credit (`micros`), sized as a number of requests at the
+// reservation of one request (`costMicros`: the dearest max_cost, or the one the node
+// asked for). A request draws its route's max_cost from it at access, so with prices
+// by measured units requests draw different amounts. It reserves
+//   open:   micros − settled       (the node may still draw any of it)
+//   closed: drawnMicros − settled  (the node said how much it drew; the rest came back)
+// where `settled` sums what the distinct usage events reported against it had reserved
+// (their real cost, never more than that, is now in the customer's unsettled usage, so
+// the reservation lets go of them: the difference is free credit again). An open lease the node never closes (a node that died) keeps its reservation
 // until `expiresAt + usageGraceMs`: the node stops drawing at `expiresAt`, and its usage
 // has `usageGraceMs` more to arrive.
 
@@ -31,12 +34,16 @@ export interface Lease {
   node: string;
   requests: number;
   costMicros: number;
+  /** The credit reserved: requests × costMicros. */
+  micros: number;
   grantedAt: number;
   expiresAt: number;
-  /** Set when the node closed the lease (renewal or release). */
+  /** Set when the node closed the lease (renewal or release): requests, and micros, drawn. */
   drawn: number | undefined;
-  /** Ids of usage events settled against this lease (dedupes resent batches). */
+  drawnMicros: number | undefined;
+  /** Ids of usage events settled against this lease (dedupes resent batches), and what they had reserved. */
   settled: Set<string>;
+  settledMicros: number;
 }
 
 export interface GrantInput {
@@ -45,7 +52,7 @@ export interface GrantInput {
   node: string;
   /** −(balance) − unsettled usage, in micros, before any reservation. */
   creditMicros: number;
-  /** The dearest price of one request, in micros (> 0). */
+  /** The reservation of one request, in micros (> 0): the dearest max_cost, or less when the node asks for less. */
   costMicros: number;
   /** Requests waiting at the node for this grant. */
   want: number;
@@ -74,8 +81,8 @@ export class LeaseBook {
     if (!leases) return 0;
     let sum = 0;
     for (const l of leases) {
-      const held = this.heldRequests(l, now);
-      if (held === 0) this.drop(l); else sum += held * l.costMicros;
+      const held = this.heldMicros(l, now);
+      if (held === 0) this.drop(l); else sum += held;
     }
     return sum;
   }
@@ -92,8 +99,8 @@ export class LeaseBook {
     const requests = Math.max(1, Math.min(this.opts.maxRequests, affordable, Math.max(input.want, Math.min(size, Math.ceil(affordable / 2)))));
     const lease: Lease = {
       id: this.newId(), customerId: input.customerId, consumer: input.consumer, node: input.node,
-      requests, costMicros: input.costMicros, grantedAt: input.now, expiresAt: input.now + this.opts.ttlMs,
-      drawn: undefined, settled: new Set(),
+      requests, costMicros: input.costMicros, micros: requests * input.costMicros, grantedAt: input.now, expiresAt: input.now + this.opts.ttlMs,
+      drawn: undefined, drawnMicros: undefined, settled: new Set(), settledMicros: 0,
     };
     this.byId.set(lease.id, lease);
     let set = this.byCustomer.get(lease.customerId);
@@ -103,42 +110,47 @@ export class LeaseBook {
   }
 
   /**
-   * The node is done with a lease and drew `drawn` requests from it: the rest comes back
-   * at once. Only the node that holds it can close it. Returns the customer, or undefined
-   * for a lease unknown here (already expired, or another node's).
+   * The node is done with a lease and drew `drawn` requests, `drawnMicros` of credit, from
+   * it (a node that does not say drew `drawn` × costMicros): the rest comes back at once.
+   * Only the node that holds it can close it. Returns the customer, or undefined for a
+   * lease unknown here (already expired, or another node's).
    */
-  close(node: string, leaseId: string, drawn: number, now: number): string | undefined {
+  close(node: string, leaseId: string, drawn: number, now: number, drawnMicros?: number): string | undefined {
     const l = this.byId.get(leaseId);
     if (!l || l.node !== node || l.drawn !== undefined) return undefined;
     l.drawn = Math.max(0, Math.min(l.requests, Math.floor(drawn)));
+    l.drawnMicros = Math.max(0, Math.min(l.micros, Math.floor(drawnMicros ?? l.drawn * l.costMicros)));
     const key = `${l.customerId}\n${l.node}`;
     const fast = now - l.grantedAt < this.opts.ttlMs / 2;
     this.nextSize.set(key, l.drawn >= l.requests && fast
       ? Math.min(this.opts.maxRequests, l.requests * 2)
       : Math.max(this.opts.initialRequests, l.drawn));
-    if (this.heldRequests(l, now) === 0) this.drop(l);
+    if (this.heldMicros(l, now) === 0) this.drop(l);
     return l.customerId;
   }
 
   /**
-   * A usage event reported against a lease: it no longer needs reserving. False when unknown,
-   * seen, or for another consumer (its cost counts against someone else: letting go of this
-   * reservation would free credit nobody spent).
+   * A usage event reported against a lease, which had reserved `reservedMicros` (default
+   * costMicros): that no longer needs reserving, since its real cost (capped at it) is now
+   * unsettled usage. Never more than the lease drew. False when unknown, seen, or for another
+   * consumer (its cost counts against someone else: letting go of this reservation would free
+   * credit nobody spent).
    */
-  settle(leaseId: string, eventId: string, now: number, consumer?: string): boolean {
+  settle(leaseId: string, eventId: string, now: number, reservedMicros?: number, consumer?: string): boolean {
     const l = this.byId.get(leaseId);
     if (!l || l.settled.has(eventId)) return false;
     if (consumer !== undefined && consumer !== l.consumer) return false;
-    const limit = l.drawn ?? l.requests;
-    if (l.settled.size >= limit) return false;
+    const limit = l.drawnMicros ?? l.micros;
+    if (l.settledMicros >= limit) return false;
     l.settled.add(eventId);
-    if (this.heldRequests(l, now) === 0) this.drop(l);
+    l.settledMicros += Math.min(limit - l.settledMicros, Math.max(0, Math.floor(reservedMicros ?? l.costMicros)));
+    if (this.heldMicros(l, now) === 0) this.drop(l);
     return true;
   }
 
   /** Drops leases past their grace; returns the customers whose leases ended since the last call. */
   expire(now: number): string[] {
-    for (const l of this.byId.values()) if (this.heldRequests(l, now) === 0) this.drop(l);
+    for (const l of this.byId.values()) if (this.heldMicros(l, now) === 0) this.drop(l);
     const ended = [...this.ended];
     this.ended.clear();
     return ended;
@@ -150,9 +162,14 @@ export class LeaseBook {
     return [...(this.byCustomer.get(customerId) ?? [])];
   }
 
-  heldRequests(l: Lease, now: number): number {
+  heldMicros(l: Lease, now: number): number {
     if (now >= l.expiresAt + this.opts.usageGraceMs) return 0;
-    return Math.max(0, (l.drawn ?? l.requests) - l.settled.size);
+    return Math.max(0, (l.drawnMicros ?? l.micros) - l.settledMicros);
+  }
+
+  /** What a lease holds, in requests of its costMicros (rounded up), for the admin view. */
+  heldRequests(l: Lease, now: number): number {
+    return Math.ceil(this.heldMicros(l, now) / l.costMicros);
   }
 
   get size(): number { return this.byId.size; }

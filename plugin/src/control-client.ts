@@ -22,7 +22,8 @@ export type LeaseOutcome =
   | { kind: 'DECISION'; decision: Decision; lease: LeaseGrant | undefined }
   | { kind: 'UNAVAILABLE'; reason: FailureReason; detail: string };
 
-export interface LeaseReturn { id: string; drawn: number }
+/** A lease given back: requests drawn, and the credit they reserved (micros) when the lease was an amount. */
+export interface LeaseReturn { id: string; drawn: number; drawn_micros?: number }
 
 export interface ControlClientOptions {
   baseUrl: URL;
@@ -85,7 +86,7 @@ export class ControlClient {
   }
 
   /** POST /v1/leases: the decision for a consumer, with the lease it may draw on when it allows. */
-  async fetchLease(body: { node: string; consumer: string; want: number; previous?: LeaseReturn }, timeoutMs = this.opts.timeoutMs): Promise<LeaseOutcome> {
+  async fetchLease(body: { node: string; consumer: string; want: number; reserve?: number; previous?: LeaseReturn }, timeoutMs = this.opts.timeoutMs): Promise<LeaseOutcome> {
     const raw = await this.request('POST', `${this.basePath}/v1/leases`, JSON.stringify(body), timeoutMs);
     if (!raw.ok) return { kind: 'UNAVAILABLE', reason: raw.reason, detail: raw.detail };
     if (raw.res.status !== 200) return { kind: 'UNAVAILABLE', reason: 'HTTP_STATUS', detail: `control service answered ${raw.res.status}` };

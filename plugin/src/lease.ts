@@ -2,10 +2,19 @@
 // credit, the lease it may be served on. Checked once when it arrives.
 import { parseDecision, type Decision } from './decision';
 
-export interface LeaseGrant { id: string; requests: number; ttlMs: number }
+/** What one request reserves with prices by measured units: by default and per route (name or id), in micros. */
+export interface MaxCosts { default: number; routes: ReadonlyMap<string, number> }
+
+/**
+ * `micros`: the credit the lease holds, drawn by each request's reservation (absent from an
+ * older service: then each request draws one of `requests`). `credit`: the customer's
+ * estimated credit when it was granted, in the smallest currency unit (for the credit header).
+ */
+export interface LeaseGrant { id: string; requests: number; ttlMs: number; micros?: number; credit?: number; maxCosts?: MaxCosts }
 export type LeaseAnswer = { decision: Decision; lease: LeaseGrant | undefined } | { invalid: string };
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isMicros = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
 export function parseLeaseAnswer(json: unknown, defaultTtlMs: number): LeaseAnswer {
   const decision = parseDecision(json, defaultTtlMs);
@@ -13,9 +22,25 @@ export function parseLeaseAnswer(json: unknown, defaultTtlMs: number): LeaseAnsw
   const lease = isRecord(json) ? json.lease : undefined;
   if (lease === undefined || lease === null || !decision.allow) return { decision, lease: undefined };
   if (!isRecord(lease)) return { invalid: 'lease is not an object' };
-  const { id, requests, ttl_ms: ttl } = lease;
+  const { id, requests, ttl_ms: ttl, micros, credit, max_costs: maxCosts } = lease;
   if (typeof id !== 'string' || id === '' || id.length > 128) return { invalid: 'lease.id is not a string' };
   if (typeof requests !== 'number' || !Number.isInteger(requests) || requests < 1) return { invalid: 'lease.requests is not a positive integer' };
   if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) return { invalid: 'lease.ttl_ms is not a non-negative number' };
-  return { decision, lease: { id, requests, ttlMs: ttl } };
+  const grant: LeaseGrant = { id, requests, ttlMs: ttl };
+  if (micros !== undefined) {
+    if (!isMicros(micros)) return { invalid: 'lease.micros is not a non-negative integer' };
+    grant.micros = micros;
+  }
+  // Only feeds the credit header: a bad one is dropped, not fatal.
+  if (typeof credit === 'number' && Number.isFinite(credit) && credit >= 0) grant.credit = credit;
+  if (maxCosts !== undefined) {
+    if (!isRecord(maxCosts) || !isMicros(maxCosts.default) || !isRecord(maxCosts.routes)) return { invalid: 'lease.max_costs is not {default, routes}' };
+    const routes = new Map<string, number>();
+    for (const [route, m] of Object.entries(maxCosts.routes)) {
+      if (!isMicros(m)) return { invalid: `lease.max_costs.routes.${route} is not a non-negative integer` };
+      routes.set(route, m);
+    }
+    grant.maxCosts = { default: maxCosts.default, routes };
+  }
+  return { decision, lease: grant };
 }

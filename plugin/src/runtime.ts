@@ -42,7 +42,7 @@ export function runtimeFor(opts: PaygOptions): Runtime {
     // service granted late is kept for the next requests instead of stranding its credit.
     const leaseCallTimeoutMs = Math.max(opts.timeoutMs * 4, 2000);
     const decisions = new LeaseCache({
-      fetch: (consumer, want, previous) => client.fetchLease({ node: NODE_ID, consumer, want, previous }, leaseCallTimeoutMs),
+      fetch: (consumer, want, previous, reserve) => client.fetchLease({ node: NODE_ID, consumer, want, reserve, previous }, leaseCallTimeoutMs),
       release: (leases) => client.releaseLeases(NODE_ID, leases),
     }, { cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage, waitMs: opts.timeoutMs });
     const origin = opts.controlServiceUrl.origin;

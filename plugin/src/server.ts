@@ -11,6 +11,12 @@ import * as paygModule from './index';
 import { log, pdkLogger, type PdkLogger } from './log';
 import { shutdownAll } from './runtime';
 import { setSpoolDir } from './usage-spool';
+import { PROTOCOLS } from './schema';
+
+/** Like Kong's typedefs.protocols_http: payg applies to HTTP and gRPC routes (they run the access phase), never to streams. */
+export const PROTOCOLS_FIELD = {
+  protocols: { type: 'set', required: true, default: [...PROTOCOLS], elements: { type: 'string', one_of: [...PROTOCOLS] } },
+};
 
 // kong-pdk's lib/mod.js runs require('ts-node').register() when loaded, which pulls
 // the TypeScript compiler (tens of MB, seconds of start-up) into a server that
@@ -48,6 +54,11 @@ export class PaygPluginServer extends KongPdkServer {
   constructor(logger: PdkLogger) {
     super(undefined, logger);
     this.plugins.set(paygModule.Name, new Module(paygModule.Name, undefined, paygModule));
+  }
+
+  override async GetPluginInfo(name: string): Promise<unknown> {
+    const info = await super.GetPluginInfo(name) as { Schema: { fields: unknown[] } };
+    return { ...info, Schema: { ...info.Schema, fields: [...info.Schema.fields, PROTOCOLS_FIELD] } };
   }
 
   override async HandleEvent(event: unknown): Promise<StepResult> {

@@ -148,9 +148,9 @@ describe('metering', function () {
     const broke = stripe.create({ balance: -1 });
     await start({ default_cost: 1, low_credit_requests: 100, min_ttl_ms: 50 });
     await svc.sync!.sweep();
-    expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
-    expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
-    expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
+    expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000, credit: 100000 });
+    expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25, credit: 25 }); // ttl: (25 - 1) / 100 of 5000
+    expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1, credit: 1 }); // ttl floored at min_ttl_ms
   });
 
   it('refuses metering.gateway_nodes at start-up, saying why', async () => {

@@ -14,11 +14,13 @@ import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
 import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
+import { createBalanceHandler } from './balance';
 import { ByteBudget, MAX_BODY_BYTES, readBody, refuseBody, send, tokenMatches } from './util';
 import type { UsageEventInput } from '../engine';
 import { createLeaseHandler } from './leases';
 import type { LeaseDesk } from '../lease-desk';
 import type { ChangeStream } from './stream';
+import { UNIT_KINDS, type UnitKind } from '../pricing';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -45,6 +47,10 @@ const usageEvent = z.object({
   at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
   route: z.string().max(512).nullable().default(null),
   status: z.number().int().min(0).max(599),
+  // What the gateway measured; each a non-negative integer (see pricing.ts). Unknown kinds are refused.
+  // The micros the request reserved from its lease at access (its route's max_cost); settles that much of the lease.
+  reserved: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
+  units: z.object(Object.fromEntries(UNIT_KINDS.map((k) => [k, z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional()])) as Record<UnitKind, z.ZodOptional<z.ZodNumber>>).strict().optional(),
 }).passthrough();
 
 /** Usage dated later than this ahead of our clock is refused: it would sit ahead of every prune. */
@@ -89,7 +95,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     if (raw.length > maxEvents) return send(res, 413, { error: 'too_large', message: `${raw.length} events; at most ${maxEvents} per batch` });
 
     // One bad event does not cost its batch: the valid ones are stored, the others refused by index.
-    const valid: Array<UsageEventInput & { lease?: string }> = [];
+    const valid: Array<UsageEventInput & { lease?: string; reserved?: number }> = [];
     const refused: Array<{ index: number; error: string }> = [];
     const latest = Date.now() + MAX_FUTURE_USAGE_MS;
     for (let i = 0; i < raw.length; i++) {
@@ -103,7 +109,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       const e = parsed.data;
       const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
       if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
-      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined });
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined, reserved: e.reserved, units: e.units });
     }
     let accepted = 0;
     let duplicates = 0;
@@ -163,6 +169,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   };
   const admin = createAdminHandler(deps);
   const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }));
+  const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader });
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -199,6 +206,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
+      if (method === 'GET' && path === '/v1/balance') return balance(req, res);
       if (method === 'GET' && path === '/health') return health(res);
       if (method === 'GET' && path === '/metrics') {
         const text = await metrics.registry.metrics();

@@ -1,6 +1,6 @@
 // The plugin-facing lease API (control token):
-//   POST /v1/leases          {node, consumer, want?, previous?: {id, drawn}} → a decision, with a lease when it allows
-//   POST /v1/leases/release  {node, leases: [{id, drawn}]}                   → {released}
+//   POST /v1/leases          {node, consumer, want?, reserve?, previous?: {id, drawn, drawn_micros?}} → a decision, with a lease when it allows
+//   POST /v1/leases/release  {node, leases: [{id, drawn, drawn_micros?}]}                       → {released}
 //   GET  /v1/stream?node=…   server-sent events (stream.ts)
 import http from 'node:http';
 import { z } from 'zod';
@@ -10,11 +10,13 @@ import type { ChangeStream } from './stream';
 import { readBody, send } from './util';
 
 const node = z.string().min(1).max(256);
-const leaseReturn = z.object({ id: z.string().min(1).max(128), drawn: z.number().int().min(0) });
+const micros = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const leaseReturn = z.object({ id: z.string().min(1).max(128), drawn: z.number().int().min(0), drawn_micros: micros.optional() });
 const leaseRequest = z.object({
   node,
   consumer: z.string().min(1).max(512),
   want: z.number().int().min(1).max(1_000_000).default(1),
+  reserve: micros.min(1).optional(),
   previous: leaseReturn.optional(),
 });
 const releaseRequest = z.object({ node, leases: z.array(leaseReturn).max(100_000) });
