@@ -63,6 +63,21 @@ export class StripeEmulator extends LoopbackServer {
   holdAnswers(path: RegExp | undefined): void { this.held = path; }
   private held: RegExp | undefined;
 
+  /**
+   * Stripe keeps idempotency keys for 24 hours: forgetting them is what a
+   * request sent again a day later meets (Stripe's own dedupe, such as a meter
+   * event's identifier, still holds).
+   */
+  forgetIdempotencyKeys(): void { this.idempotent.clear(); }
+
+  /**
+   * Error messages carry the API key the request was made with, in full, as
+   * error text from Stripe or a proxy in front of it can: for proving the key
+   * never reaches logs or answers.
+   */
+  echoKeyInErrors = false;
+  private keyGiven = '';
+
   /** Answer 429 past `perSecond` requests in any one-second window, as Stripe's limiter does. */
   limitRate(perSecond: number | undefined): void {
     this.rateLimit = perSecond === undefined ? undefined : { perSecond, windowStart: 0, count: 0 };
@@ -146,7 +161,8 @@ export class StripeEmulator extends LoopbackServer {
   // ---- the HTTP API ------------------------------------------------------------
   private error(res: http.ServerResponse, status: number, type: string, message: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
     res.writeHead(status, { 'content-type': 'application/json', 'request-id': rid('req'), ...headers });
-    res.end(JSON.stringify({ error: { type, message, ...extra } }));
+    const echoed = this.echoKeyInErrors ? `${message} (request made with API key ${this.keyGiven})` : message;
+    res.end(JSON.stringify({ error: { type, message: echoed, ...extra } }));
   }
 
   protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
@@ -159,6 +175,7 @@ export class StripeEmulator extends LoopbackServer {
       const origWriteHead = res.writeHead.bind(res);
       res.writeHead = ((status: number, ...rest: any[]) => { record(status); return origWriteHead(status, ...rest); }) as typeof res.writeHead;
 
+      this.keyGiven = (req.headers.authorization ?? '').replace(/^Bearer /, ''); // read by error() in this same turn
       if (req.headers.authorization !== `Bearer ${this.secretKey}`) {
         // Stripe echoes the key it was given, masked to its last four characters.
         const given = (req.headers.authorization ?? '').replace(/^Bearer /, '');
