@@ -38,7 +38,10 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
   const deadline = Date.now() + 10_000;
   while (!fs.existsSync(socketPath)) {
     if (proc.exitCode !== null) throw new Error(`plugin server exited with ${proc.exitCode}: ${JSON.stringify(logs)}`);
-    if (Date.now() > deadline) throw new Error('plugin server did not open its socket');
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL'); // nothing else holds it: do not leave it running
+      throw new Error('plugin server did not open its socket');
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
   return {

@@ -20,6 +20,9 @@ describe('behavioural emails', function () {
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
   let svc: RunningService;
+  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
+  const running = new Set<RunningService>();
+  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
   let dir: string;
 
   const outOfCredit = (extra: Record<string, unknown> = {}) => ({
@@ -40,6 +43,7 @@ describe('behavioural emails', function () {
       emails,
     }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+    running.add(svc);
     return svc;
   }
   const sweep = async () => { const r = await svc.sync!.sweep(); expect(r.ok, r.error).to.equal(true); };
@@ -61,10 +65,13 @@ describe('behavioural emails', function () {
     smtp = await new SmtpCapture().start();
   });
   afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    await smtp.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const s of [...running]) await stopSvc(s);
+    } finally {
+      await stripe.stop();
+      await smtp.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('entering the cohort sends the email once: subject, from name, merge tags, HTML-escaped HTML and a text part', async () => {

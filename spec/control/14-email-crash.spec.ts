@@ -34,10 +34,11 @@ describe('emails survive kill -9', function () {
     smtp = await new SmtpCapture().start();
   });
   after(async () => {
-    await control?.kill('SIGKILL');
-    await stripe.stop();
-    await smtp.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try { await control?.kill('SIGKILL'); } finally {
+      await stripe.stop();
+      await smtp.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('200 customers entering no-credit while the service is SIGKILLed 8 times: each has exactly one email', async () => {

@@ -22,6 +22,9 @@ describe('metering', function () {
   this.timeout(30_000);
   let stripe: StripeEmulator;
   let svc: RunningService;
+  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
+  const running = new Set<RunningService>();
+  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
   let dir: string;
 
   const baseDoc = (metering: Record<string, unknown> = {}) => ({
@@ -36,6 +39,7 @@ describe('metering', function () {
       STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL,
     }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, store });
+    running.add(svc);
     return svc;
   }
   const post = async (events: unknown, token: string | null = CONTROL) => {
@@ -56,9 +60,12 @@ describe('metering', function () {
     stripe.autoDeliver = false;
   });
   afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const s of [...running]) await stopSvc(s);
+    } finally {
+      await stripe.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   describe('POST /v1/usage', () => {
@@ -96,7 +103,7 @@ describe('metering', function () {
       await svc.sync!.sweep();
       expect((await post(Array.from({ length: 5 }, () => event(c.id)))).status).to.equal(200);
       expect((await decision(c.id)).allow).to.equal(false);
-      await svc.stop();
+      await stopSvc();
       await start();
       expect((await decision(c.id)).allow, 'still blocked after the restart').to.equal(false);
       expect((await customerState(c.id)).estimated_balance).to.equal(0);
@@ -151,7 +158,7 @@ describe('metering', function () {
     expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
     expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
     expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
-    await svc.stop();
+    await stopSvc();
     await start({ default_cost: 1, low_credit_requests: 100, gateway_nodes: 3 });
     expect((await decision(near.id)).max_requests, '25 requests over 3 gateway nodes').to.equal(9);
   });
@@ -205,7 +212,7 @@ describe('metering', function () {
     await post(Array.from({ length: 42 }, () => event(c.id)));
     expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 1 });
     expect(stripe.balanceTransactions).to.have.length(1);
-    await svc.stop();
+    await stopSvc();
 
     await start();
     const settled = await svc.settler!.settle();
@@ -233,7 +240,7 @@ describe('metering', function () {
     expect(pruned.usageEvents).to.equal(2);
     expect((await customerState(c.id)).estimated_balance, 'the estimate does not move').to.equal(-997);
     expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1 });
-    await svc.stop();
+    await stopSvc();
     await start();
     expect((await customerState(c.id)).estimated_balance, 'nor after a restart').to.equal(-997);
   });

@@ -24,9 +24,10 @@ describe('metering survives kill -9', function () {
     stripe.autoDeliver = false;
   });
   after(async () => {
-    await control?.kill('SIGKILL');
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try { await control?.kill('SIGKILL'); } finally {
+      await stripe.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('usage answered 200 is still counted after kill -9, and its ids still deduplicated', async () => {

@@ -19,8 +19,8 @@ describe('payg access phase (through the plugin server)', function () {
     kong = new KongHarness(server.socketPath);
   });
   after(async () => {
-    kong.close();
-    await server.stop();
+    kong?.close();
+    await server?.stop();
   });
   beforeEach(async () => { svc = await new FakeControlService().start(); });
   afterEach(async () => { await svc.stop(); });
@@ -68,7 +68,7 @@ describe('payg access phase (through the plugin server)', function () {
     expect((await access(id)).exit).to.equal(undefined);
     await svc.stop();
     expect((await access(id)).exit?.status).to.equal(503);
-    svc = await new FakeControlService().start(); // for afterEach
+    svc = await new FakeControlService().start(); // a running one again, for the next test
   });
 
   it('passes a request with no authenticated consumer without asking the service', async () => {

@@ -16,7 +16,7 @@ describe('payg log phase: usage reporting', function () {
   let svc: FakeControlService;
   let n = 0;
   before(async () => { server = await startPluginServer(); kong = new KongHarness(server.socketPath); });
-  after(async () => { kong.close(); await server.stop(); });
+  after(async () => { kong?.close(); await server?.stop(); });
   beforeEach(async () => { svc = await new FakeControlService().start(); });
   afterEach(() => svc.stop());
 
