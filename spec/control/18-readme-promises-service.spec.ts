@@ -133,6 +133,14 @@ describe('README promises: the running control service', function () {
       expect((await admin(`customers/${c.id}`)).body).to.include({ unsettled_usage: 2, estimated_balance: -998 });
     });
 
+    it('count_upstream_5xx: true charges a request the upstream answered 5xx', async () => {
+      const c = stripe.create({ balance: -1000 });
+      await start({ metering: { default_cost: 1, count_upstream_5xx: true, settle: { schedule: NEVER } } });
+      await sweep();
+      await postUsage([usage(c.id, { status: 502 }), usage(c.id, { status: 200 })]);
+      expect((await admin(`customers/${c.id}`)).body).to.include({ unsettled_usage: 2 });
+    });
+
     it('usage of a consumer that maps to no Stripe customer is stored but never billed', async () => {
       const c = stripe.create({ balance: -1000, metadata: { kong_consumer: 'ada' } });
       await start();
@@ -169,6 +177,19 @@ describe('README promises: the running control service', function () {
       const [row] = (await admin(`settlements?customer=${c.id}`)).body.settlements;
       expect(row).to.include({ status: 'confirmed', amount: 2 });
     });
+  });
+
+  it('top_up.metadata_key: a blocked customer\'s 402 body links to their own top-up page, others to top_up.url', async () => {
+    const own = stripe.create({ balance: 0, metadata: { top_up_link: 'https://vip.example.com/ada' } });
+    const plain = stripe.create({ balance: 0 });
+    await start({
+      top_up: { url: 'https://pay.example.com/{customer_id}', metadata_key: 'top_up_link' },
+      rules: [{ id: 'block', cohort: 'no-credit', body: '{"top_up":"{{top_up_url}}"}' }],
+    });
+    await sweep();
+    const body = async (id: string) => JSON.parse(JSON.parse(svc!.engine.decide(id).json).body);
+    expect(await body(own.id)).to.deep.equal({ top_up: 'https://vip.example.com/ada' });
+    expect(await body(plain.id)).to.deep.equal({ top_up: `https://pay.example.com/${plain.id}` });
   });
 
   describe('emails', () => {
