@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -36,7 +37,9 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
   });
   proc.stdout!.resume();
   const deadline = Date.now() + 10_000;
-  while (!fs.existsSync(socketPath)) {
+  // The socket file appears at bind(), a moment before listen(): on a busy machine a client
+  // can meet ECONNREFUSED in between. Ready means a connection is accepted.
+  while (!fs.existsSync(socketPath) || !(await accepts(socketPath))) {
     if (proc.exitCode !== null) throw new Error(`plugin server exited with ${proc.exitCode}: ${JSON.stringify(logs)}`);
     if (Date.now() > deadline) {
       proc.kill('SIGKILL'); // nothing else holds it: do not leave it running
@@ -59,4 +62,13 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** True when a connection to the Unix socket is accepted (then closed at once). */
+function accepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
 }
