@@ -18,6 +18,7 @@ async function main(): Promise<number> {
     code = 1;
   }
   if (serve) {
+    console.log(`\nOperator console: ${stack.svc.console!.url}   sign in with the admin token: ${ADMIN_TOKEN}`);
     console.log(`\nServing until Ctrl-C. Try:
   curl -i -H 'apikey: ${stack.keys.alice}' ${stack.gateway.url}/api/anything
   curl -i -H 'apikey: ${stack.keys.bob}' ${stack.gateway.url}/api/anything

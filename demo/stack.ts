@@ -64,6 +64,8 @@ export async function startStack(opts: { logLevel?: string } = {}): Promise<Stac
     store: { sqlite: path.join(dir, 'payg.sqlite') },
     decision_ttl_ms: 1000, // plugins reuse a decision at most 1 s, so a webhook's change shows within about a second
     email_delivery: { ...doc.email_delivery, poll_interval_ms: 100 },
+    // The operator console on its own loopback port (PAYG_CONSOLE_PORT, default: any free one).
+    console: { listen: { host: '127.0.0.1', port: Number(process.env.PAYG_CONSOLE_PORT ?? 0) } },
   });
   const config = parseConfig(doc, {
     STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,

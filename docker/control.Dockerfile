@@ -7,7 +7,9 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY plugin ./plugin
 COPY control-service ./control-service
-RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev
+COPY console ./console
+# The operator console's assets go to dist/console, which the service serves at /console/.
+RUN npx tsc -p tsconfig.build.json && npx tsc -p console/tsconfig.json && npx vite build --config console/vite.config.mjs && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 WORKDIR /opt/kong-payg

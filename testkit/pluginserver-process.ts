@@ -18,8 +18,9 @@ export interface PluginServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startPluginServer(opts: { command?: string[]; env?: NodeJS.ProcessEnv; cpu?: number } = {}): Promise<PluginServerProcess> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-ps-'));
+/** `prefix`: Kong's prefix directory to use (kept after stop, as Kong keeps its prefix across restarts). */
+export async function startPluginServer(opts: { command?: string[]; env?: NodeJS.ProcessEnv; cpu?: number; prefix?: string } = {}): Promise<PluginServerProcess> {
+  const dir = opts.prefix ?? fs.mkdtempSync(path.join(os.tmpdir(), 'payg-ps-'));
   const sockName = 'payg.sock';
   const socketPath = path.join(dir, sockName);
   let command = [...(opts.command ?? [process.execPath, PAYG_PLUGINSERVER]), '-p', dir, '--sock-name', sockName];
@@ -47,6 +48,16 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
     }
     await new Promise((r) => setTimeout(r, 20));
   }
+  // The file appears at bind(), a moment before listen(): wait until a connection is accepted.
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const probe = net.createConnection(socketPath, () => { probe.destroy(); resolve(true); });
+      probe.once('error', () => resolve(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error('plugin server did not accept connections');
+    await new Promise((r) => setTimeout(r, 20));
+  }
   return {
     proc, socketPath, logs,
     rssKb() {
@@ -59,7 +70,8 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
         proc.kill('SIGTERM');
         await exited;
       }
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (opts.prefix === undefined) fs.rmSync(dir, { recursive: true, force: true });
+      else fs.rmSync(socketPath, { force: true });
     },
   };
 }

@@ -1,7 +1,10 @@
 // A Stripe emulator the official SDK talks to through host/port/protocol:
 // form-encoded bodies, bearer auth, Stripe's list pagination and error JSON,
-// customer balance transactions, 429/5xx/outages on demand, and signed webhook
-// delivery of customer.* events with previous_attributes.
+// customer balance transactions (created and listed newest first; every balance
+// change is one, as in Stripe), 429/5xx/outages on demand, answers held or
+// lost after the request was carried out, idempotent replays of the original
+// answer, a pinned clock for same-second events, and signed webhook delivery
+// of customer.* events with previous_attributes.
 
 import http from 'node:http';
 import { LoopbackServer } from './loopback-server';
@@ -43,6 +46,12 @@ export class StripeEmulator extends LoopbackServer {
   private down = false;
   private rateLimit: { perSecond: number; windowStart: number; count: number } | undefined;
   private clock = Math.floor(Date.now() / 1000);
+  /** Every change to each customer's balance, oldest first, as Stripe lists them (newest first) at /balance_transactions. */
+  private readonly balanceHistory = new Map<string, Array<Record<string, unknown>>>();
+  private lost: { path: RegExp; count: number; method?: string } | undefined;
+  private pinnedClock: number | undefined;
+  /** Stripe's error JSON carries `code` (set false to check a client does not depend on it). */
+  errorCodes = true;
 
 
   // ---- test controls ------------------------------------------------------
@@ -60,15 +69,20 @@ export class StripeEmulator extends LoopbackServer {
    * client gives up or dies): the moment between "Stripe did it" and "the
    * caller heard it". undefined answers normally again.
    */
-  holdAnswers(path: RegExp | undefined): void { this.held = path; }
+  holdAnswers(path: RegExp | undefined, method?: string): void { this.held = path; this.heldMethod = method; }
   private held: RegExp | undefined;
+  private heldMethod: string | undefined;
+  /** Forgets every idempotency key, as Stripe does after 24 hours. */
+  forgetIdempotencyKeys(): void { this.idempotent.clear(); }
 
   /**
-   * Stripe keeps idempotency keys for 24 hours: forgetting them is what a
-   * request sent again a day later meets (Stripe's own dedupe, such as a meter
-   * event's identifier, still holds).
+   * The next `count` requests whose path matches are carried out, then their
+   * connection is cut before the answer: Stripe did it, the caller never hears.
    */
-  forgetIdempotencyKeys(): void { this.idempotent.clear(); }
+  loseAnswers(path: RegExp, count = 1, method?: string): void { this.lost = { path, count, method }; }
+
+  /** Pins `created` of new objects and events to one second (undefined: the clock runs again), e.g. two updates in one second. */
+  pinClock(seconds: number | undefined): void { this.pinnedClock = seconds; }
 
   /**
    * Error messages carry the API key the request was made with, in full, as
@@ -91,6 +105,8 @@ export class StripeEmulator extends LoopbackServer {
     };
     this.customers.set(c.id, c);
     this.listOrder = undefined;
+    // Stripe records a starting balance as an 'initial' balance transaction.
+    if (c.balance !== 0) this.recordBalanceChange(c, c.balance, 'initial', null, {});
     this.emit('customer.created', c);
     return c;
   }
@@ -99,7 +115,10 @@ export class StripeEmulator extends LoopbackServer {
     const c = this.customers.get(id)!;
     const previous: Record<string, unknown> = {};
     for (const k of Object.keys(fields) as Array<keyof EmuCustomer>) previous[k] = c[k];
+    const before = c.balance;
     Object.assign(c, fields);
+    // Setting the balance directly is an 'adjustment' balance transaction in Stripe.
+    if (c.balance !== before) this.recordBalanceChange(c, c.balance - before, 'adjustment', null, {});
     this.emit('customer.updated', c, previous);
     return c;
   }
@@ -116,9 +135,17 @@ export class StripeEmulator extends LoopbackServer {
     const previous = { balance: c.balance };
     c.balance += amount;
     c.currency ??= currency;
-    const txn = { id: rid('cbtxn'), object: 'customer_balance_transaction', amount, currency, customer: id, ending_balance: c.balance, type: 'adjustment', created: this.tick(), livemode: false, description, metadata };
+    const txn = this.recordBalanceChange(c, amount, 'adjustment', description, metadata ?? {});
     this.balanceTransactions.push(txn);
     this.emit('customer.updated', c, previous);
+    return txn;
+  }
+
+  private recordBalanceChange(c: EmuCustomer, amount: number, type: string, description: string | null, metadata: Record<string, string>): Record<string, unknown> {
+    const txn = { id: rid('cbtxn'), object: 'customer_balance_transaction', amount, currency: c.currency ?? 'usd', customer: c.id, ending_balance: c.balance, type, created: this.tick(), livemode: false, description, metadata };
+    const list = this.balanceHistory.get(c.id) ?? [];
+    list.push(txn);
+    this.balanceHistory.set(c.id, list);
     return txn;
   }
 
@@ -134,6 +161,7 @@ export class StripeEmulator extends LoopbackServer {
   }
 
   private tick(): number {
+    if (this.pinnedClock !== undefined) return this.pinnedClock;
     this.clock = Math.max(this.clock, Math.floor(Date.now() / 1000));
     return this.clock;
   }
@@ -161,8 +189,9 @@ export class StripeEmulator extends LoopbackServer {
   // ---- the HTTP API ------------------------------------------------------------
   private error(res: http.ServerResponse, status: number, type: string, message: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
     res.writeHead(status, { 'content-type': 'application/json', 'request-id': rid('req'), ...headers });
+    const { code, ...rest } = extra;
     const echoed = this.echoKeyInErrors ? `${message} (request made with API key ${this.keyGiven})` : message;
-    res.end(JSON.stringify({ error: { type, message: echoed, ...extra } }));
+    res.end(JSON.stringify({ error: { type, message: echoed, ...(this.errorCodes && code !== undefined ? { code } : {}), ...rest } }));
   }
 
   protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
@@ -198,7 +227,11 @@ export class StripeEmulator extends LoopbackServer {
       const body = parseForm(rawBody);
       // Idempotency as Stripe does it: the same key with the same request replays
       // the first answer; the same key with other parameters is a 400.
-      if (this.held?.test(url.pathname)) res.end = (() => res) as unknown as typeof res.end; // done, never answered
+      if (this.held?.test(url.pathname) && (!this.heldMethod || this.heldMethod === req.method)) res.end = (() => res) as unknown as typeof res.end; // done, never answered
+      if (this.lost && this.lost.count > 0 && this.lost.path.test(url.pathname) && (!this.lost.method || this.lost.method === req.method)) {
+        this.lost.count--;
+        res.end = (() => { req.socket.destroy(); return res; }) as unknown as typeof res.end; // done, answer lost on the way
+      }
       const idemKey = req.method === 'POST' ? req.headers['idempotency-key'] as string | undefined : undefined;
       if (idemKey) {
         const signature = `${req.method} ${url.pathname} ${[...new URLSearchParams(rawBody)].sort().map(([k, v]) => `${k}=${v}`).join('&')}`;
@@ -272,6 +305,22 @@ export class StripeEmulator extends LoopbackServer {
         if (body.balance !== undefined) fields.balance = Number(body.balance);
         if (body.metadata) fields.metadata = { ...customer.metadata, ...body.metadata };
         return send(this.update(id, fields));
+      }
+      if (req.method === 'GET' && parts[3] === 'balance_transactions' && parts.length === 4) {
+        const limitText = url.searchParams.get('limit');
+        const limit = limitText === null ? 10 : Number(limitText);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
+          return this.error(res, 400, 'invalid_request_error', 'Invalid integer: limit must be between 1 and 100', { param: 'limit' });
+        }
+        const all = [...(this.balanceHistory.get(id) ?? [])].reverse(); // newest first
+        const after = url.searchParams.get('starting_after');
+        let start = 0;
+        if (after) {
+          const idx = all.findIndex((t) => t.id === after);
+          if (idx < 0) return this.error(res, 400, 'invalid_request_error', `No such customer balance transaction: '${after}'`, { param: 'starting_after', code: 'resource_missing' });
+          start = idx + 1;
+        }
+        return send({ object: 'list', url: `/v1/customers/${id}/balance_transactions`, has_more: start + limit < all.length, data: all.slice(start, start + limit) });
       }
       if (req.method === 'POST' && parts[3] === 'balance_transactions') {
         const amount = Number(body.amount);

@@ -27,7 +27,9 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
 
 const cost = z.union([z.number(), z.string()]).refine((v) => parseCost(v) !== undefined, 'is not a cost: a non-negative amount of the smallest currency unit with at most 6 decimals, e.g. 1 or "0.25"');
 
-const duration = z.string().refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d');
+const duration = z.string()
+  .refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d')
+  .refine((t) => (parseDuration(t) ?? 1) > 0, 'must be longer than zero');
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'use lower-case letters, digits, - and _');
 
@@ -37,6 +39,7 @@ const rawConfig = z.object({
     port: z.number().int().min(0).max(65535).default(8080),
   }).strict().default({}),
   store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
+  auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
     consumer_metadata_key: z.string().min(1).default('kong_consumer'),
@@ -68,7 +71,8 @@ const rawConfig = z.object({
     count_upstream_5xx: z.boolean().default(false),
     low_credit_requests: z.number().int().min(0).default(100),
     min_ttl_ms: z.number().int().min(0).default(0),
-    gateway_nodes: z.number().int().min(1).default(1),
+    // Gone: nodes identify themselves and serve only on leases, so there is nothing to count by hand.
+    gateway_nodes: z.unknown().refine((v) => v === undefined, 'is no longer used: each plugin server identifies itself and serves only on credit leased to it, so overspend no longer depends on a node count; delete this key').optional(),
     max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
     keep_events: duration.default('7d'),
     settle: z.object({
@@ -77,6 +81,14 @@ const rawConfig = z.object({
       meter_event_name: z.string().min(1).default('payg_api_usage'),
       enabled: z.boolean().default(true),
     }).strict().default({}),
+  }).strict().default({}),
+  leases: z.object({
+    ttl_ms: z.number().int().min(100).max(600_000).default(10_000),
+    usage_grace_ms: z.number().int().min(0).max(3_600_000).default(60_000),
+    initial_requests: z.number().int().min(1).default(10),
+    max_requests: z.number().int().min(1).default(10_000),
+    expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
@@ -99,6 +111,12 @@ const rawConfig = z.object({
     text: z.string().min(1).optional(),
     recurring: z.object({ reenroll_after: duration }).strict().optional(),
   }).strict()).default([]),
+  // The operator console (off unless configured): its own listener, so it can stay on a private interface.
+  console: z.object({
+    listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).strict(),
+    session_ttl: duration.default('12h'),
+    stripe_dashboard_url: z.string().url().default('https://dashboard.stripe.com'),
+  }).strict().optional(),
 }).strict();
 
 export interface Secrets {
@@ -112,6 +130,8 @@ export interface Secrets {
 
 export interface Config {
   listen: { host: string; port: number };
+  /** Serve the plugin-facing APIs without PAYG_CONTROL_TOKEN on a non-loopback address (an explicit choice). */
+  auth: { allowUnauthenticated: boolean };
   sqlitePath: string;
   stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
   unknownConsumer: 'allow' | 'block';
@@ -123,17 +143,40 @@ export interface Config {
     pricing: Pricing;
     lowCreditRequests: number;
     minTtlMs: number;
-    gatewayNodes: number;
     maxBatchEvents: number;
     keepEventsMs: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
+  leases: { ttlMs: number; usageGraceMs: number; initialRequests: number; maxRequests: number; expireIntervalMs: number; recallWaitMs: number };
   emailDelivery: {
     messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
   };
   emails: EmailTemplate[];
+  /** The operator console; undefined when not configured (off). */
+  console: { listen: { host: string; port: number }; sessionTtlMs: number; stripeDashboardUrl: string } | undefined;
   secrets: Secrets;
+}
+
+/** RFC 9110 field names (tokens) and values: what Node and Kong accept, no CR/LF. */
+export const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+export const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+const LOOPBACK_HOSTS = new Set(['localhost', '::1', '[::1]']);
+export function isLoopbackHost(host: string): boolean {
+  return LOOPBACK_HOSTS.has(host.toLowerCase()) || /^127(\.\d{1,3}){3}$/.test(host) || /^::ffff:127(\.\d{1,3}){3}$/i.test(host);
+}
+
+/**
+ * Safe by default: the plugin-facing APIs spend and reveal customers' credit,
+ * so without PAYG_CONTROL_TOKEN they are served on loopback only, unless the
+ * config says `auth: { allow_unauthenticated: true }` (then warned at every start).
+ */
+export function checkExposure(config: Pick<Config, 'listen' | 'auth' | 'secrets'>): { ok: true } | { ok: false; refuse: string } | { ok: true; warn: string } {
+  if (config.secrets.controlToken || isLoopbackHost(config.listen.host)) return { ok: true };
+  const what = `listening on ${config.listen.host} without PAYG_CONTROL_TOKEN: anyone who can reach it can read decisions and spend any customer's credit through POST /v1/usage`;
+  if (config.auth.allowUnauthenticated) return { ok: true, warn: `${what} (auth.allow_unauthenticated is true)` };
+  return { ok: false, refuse: `config: listen.host: ${what}. Set PAYG_CONTROL_TOKEN (the plugin's control_service_token), listen on 127.0.0.1, or set auth: { allow_unauthenticated: true }` };
 }
 
 export class ConfigError extends Error {
@@ -157,8 +200,9 @@ export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {
     stripeSecretKey: nonEmpty(env.STRIPE_SECRET_KEY),
     stripeWebhookSecret: nonEmpty(env.STRIPE_WEBHOOK_SECRET),
     stripeApiBase,
-    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN),
-    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN),
+    // Tokens mounted from files often end in a newline; the plugin trims its token the same way.
+    adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN?.trim()),
+    controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN?.trim()),
     smtpUrl: nonEmpty(env.SMTP_URL),
   };
 }
@@ -184,6 +228,11 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     if (ruleIds.has(r.id)) throw new ConfigError(`rules[${i}].id`, `duplicate rule id ${r.id}`);
     ruleIds.add(r.id);
     if (!cohortIds.has(r.cohort)) throw new ConfigError(`rules[${i}].cohort`, `no cohort with id ${r.cohort}`);
+    for (const [name, value] of Object.entries(r.headers)) {
+      const field = `rules[${i}].headers.${JSON.stringify(name)}`;
+      if (!HEADER_NAME.test(name)) throw new ConfigError(field, 'is not a valid HTTP header name (letters, digits and !#$%&\'*+-.^_`|~ only)');
+      if (!HEADER_VALUE.test(value)) throw new ConfigError(field, 'has a character an HTTP header value may not hold (CR, LF or another control character)');
+    }
     const contentType = Object.entries(r.headers).find(([k]) => k.toLowerCase() === 'content-type')?.[1];
     const escaping = escapingFor(contentType);
     let render;
@@ -234,6 +283,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
   return {
     listen: { host: raw.listen.host, port },
+    auth: { allowUnauthenticated: raw.auth.allow_unauthenticated },
     sqlitePath: path.resolve(baseDir, raw.store.sqlite),
     stripe: {
       poll: raw.stripe.poll,
@@ -256,13 +306,16 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       },
       lowCreditRequests: raw.metering.low_credit_requests,
       minTtlMs: raw.metering.min_ttl_ms,
-      gatewayNodes: raw.metering.gateway_nodes,
       maxBatchEvents: raw.metering.max_batch_events,
       keepEventsMs: parseDuration(raw.metering.keep_events)!,
       settle: {
         mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,
         meterEventName: raw.metering.settle.meter_event_name, enabled: raw.metering.settle.enabled,
       },
+    },
+    leases: {
+      ttlMs: raw.leases.ttl_ms, usageGraceMs: raw.leases.usage_grace_ms, initialRequests: raw.leases.initial_requests,
+      maxRequests: raw.leases.max_requests, expireIntervalMs: raw.leases.expire_interval_ms, recallWaitMs: raw.leases.recall_wait_ms,
     },
     emailDelivery: {
       messagesPerSecond: raw.email_delivery.messages_per_second,
@@ -274,6 +327,10 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       timeoutMs: raw.email_delivery.timeout_ms,
     },
     emails,
+    console: raw.console && {
+      listen: raw.console.listen, sessionTtlMs: parseDuration(raw.console.session_ttl)!,
+      stripeDashboardUrl: raw.console.stripe_dashboard_url.replace(/\/+$/, ''),
+    },
     secrets: secretsFromEnv(env),
   };
 }

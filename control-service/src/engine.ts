@@ -11,10 +11,11 @@ import { cohortsOf, diffMemberships } from './cohorts';
 import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
-import type { OutboxRecord, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
+import type { OutboxRecord, OutboxRow, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
 import { costOf, MICROS_PER_UNIT } from './pricing';
+import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
-import { planEmails, planRecurring } from './emails/workflow';
+import { planEmails, planRecurring, staleReason } from './emails/workflow';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -28,26 +29,40 @@ function sameState(a: StoredCustomer, b: StoredCustomer): boolean {
 }
 
 interface Entry {
-  /** As Stripe last told us. */
+  /** As Stripe last told us; `balance` and `version` are the ledger's `balance` and `asOf`. */
   customer: StoredCustomer;
-  /** Cost of usage not yet settled to Stripe, in micros (see pricing.ts). */
-  unsettledMicros: number;
+  /** Balance, unsettled usage and settlements in flight (see ledger.ts). */
+  ledger: LedgerState;
   cohorts: string[];
   answer: DecisionAnswer;
 }
 
 /** The customer as cohorts, rules and emails see it: balance plus unsettled usage. */
-function estimated<C extends Customer>(customer: C, unsettledMicros: number): C {
-  return unsettledMicros === 0 ? customer : { ...customer, balance: customer.balance + unsettledMicros / MICROS_PER_UNIT };
+function estimated<C extends Customer>(customer: C, ledger: LedgerState): C {
+  return ledger.unsettledMicros === 0 ? customer : { ...customer, balance: estimatedBalance(ledger) };
+}
+
+/** A change decided for one customer: its fields as Stripe gave them and its next ledger. */
+interface Update { customer: StoredCustomer; ledger: LedgerState }
+
+export interface ApplyResult {
+  transitions: TransitionRecord[];
+  /** Customers whose plain read could not be placed against a settlement in flight: read their balance transactions. */
+  needsReconcile: StoredCustomer[];
 }
 
 export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number }
 
 interface ApplyExtra {
-  /** New unsettled usage per customer (default: as held). */
-  unsettled?: Map<string, number>;
   usage?: UsageRecord[];
-  confirmSettlement?: StoreChanges['confirmSettlement'];
+  confirmSettlements?: StoreChanges['confirmSettlements'];
+  failSettlement?: StoreChanges['failSettlement'];
+  /** Recorded as processed in the same transaction that applies it. */
+  webhookEventId?: string;
+}
+
+function pendingOf(row: SettlementRow) {
+  return { id: row.id, amount: row.amount, mode: row.mode, createdAt: row.createdAt };
 }
 
 export class Engine {
@@ -64,6 +79,8 @@ export class Engine {
   private lastAt = 0;
   /** Called after emails were written to the outbox (the sender wakes up). */
   onEmailsEnqueued: () => void = () => undefined;
+  /** Called after Stripe news or a rule switch changed customers' answers (pushed to gateway nodes); not for usage. */
+  onChange: (consumers: string[] | 'all') => void = () => undefined;
   private readonly allowJson: string;
   private readonly unknownJson: string;
   private readonly dearestCostMicros: number;
@@ -84,22 +101,32 @@ export class Engine {
     this.templateActive = await this.store.templateOverrides();
     const memberships = await this.store.loadMemberships();
     const usage = await this.store.usageTotals();
+    const pending = new Map<string, SettlementRow[]>();
+    for (const row of await this.store.pendingSettlements()) pending.set(row.customerId, [...(pending.get(row.customerId) ?? []), row]);
     for (const customer of await this.store.loadCustomers()) {
       const u = usage.get(customer.id);
-      this.put(customer, memberships.get(customer.id) ?? [], u ? u.usedMicros - u.settled * MICROS_PER_UNIT : 0);
+      const inFlight = (pending.get(customer.id) ?? []).map(pendingOf);
+      this.put(customer, memberships.get(customer.id) ?? [], openLedger(customer.balance, customer.version, u ? u.usedMicros - u.settled * MICROS_PER_UNIT : 0, inFlight));
     }
     // Config may have changed since the last run: bring memberships in line.
-    await this.apply([...this.entries.values()].map((e) => e.customer), [], { force: true });
+    const all = [...this.entries.values()].map((e) => ({ customer: e.customer, ledger: e.ledger }));
+    await this.run(() => this.applyNow(all, [], { force: true }));
   }
 
   get size(): number { return this.entries.size; }
 
-  customer(id: string): { customer: StoredCustomer; unsettledMicros: number; estimatedBalance: number; cohorts: string[]; decision: DecisionAnswer } | undefined {
+  customer(id: string): { customer: StoredCustomer; unsettledMicros: number; estimatedBalance: number; cohorts: string[]; decision: DecisionAnswer; ledger: LedgerState } | undefined {
     const e = this.entries.get(id);
     return e && {
-      customer: e.customer, unsettledMicros: e.unsettledMicros, estimatedBalance: estimated(e.customer, e.unsettledMicros).balance,
-      cohorts: e.cohorts, decision: e.answer,
+      customer: e.customer, unsettledMicros: e.ledger.unsettledMicros, estimatedBalance: estimatedBalance(e.ledger),
+      cohorts: e.cohorts, decision: e.answer, ledger: e.ledger,
     };
+  }
+
+  /** When the oldest settlement still in flight for this customer was opened, if any. */
+  oldestPendingSettlementAt(id: string): number | undefined {
+    const p = this.entries.get(id)?.ledger.pending;
+    return p?.length ? Math.min(...p.map((q) => q.createdAt)) : undefined;
   }
 
   /** The customer id a consumer value maps to, if exactly one. */
@@ -110,6 +137,15 @@ export class Engine {
   }
 
   knownIds(): string[] { return [...this.entries.keys()]; }
+
+  /**
+   * Visits every customer as held, read-only and without copying (the
+   * console's pages scan 100k customers per request). `visit` must not keep
+   * or change what it is given.
+   */
+  forEachCustomer(visit: (customer: Readonly<StoredCustomer>, cohorts: readonly string[], ledger: LedgerState, decision: DecisionAnswer) => void): void {
+    for (const e of this.entries.values()) visit(e.customer, e.cohorts, e.ledger, e.answer);
+  }
 
   cohortMembers(cohort: string): string[] {
     return [...this.entries.values()].filter((e) => e.cohorts.includes(cohort)).map((e) => e.customer.id);
@@ -137,7 +173,8 @@ export class Engine {
     if (!this.config.rules.some((r) => r.id === ruleId)) return false;
     await this.store.setRuleEnabled(ruleId, enabled);
     this.ruleEnabled.set(ruleId, enabled);
-    for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.unsettledMicros);
+    for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.ledger);
+    this.onChange('all');
     return true;
   }
 
@@ -152,6 +189,16 @@ export class Engine {
     return true;
   }
 
+  /** Why an email about to be delivered is no longer true (see workflow.staleReason), or undefined. */
+  emailStaleReason = async (row: OutboxRow): Promise<string | undefined> => {
+    const template = this.config.emails.find((t) => t.id === row.templateId);
+    if (!template) return undefined;
+    const e = this.entries.get(row.customerId);
+    if (!e) return 'customer deleted';
+    const since = template.trigger.kind === 'cohort' ? await this.store.membershipSince(row.customerId, template.trigger.cohort) : undefined;
+    return staleReason(template, row.dedupeKey, { since, credit: -estimatedBalance(e.ledger) });
+  };
+
   /** Enqueues re-enrollment emails that are due: members still in the cohort a window after entering. */
   async enqueueRecurring(now: number = this.now()): Promise<number> {
     let added = 0;
@@ -159,7 +206,7 @@ export class Engine {
       if (!t.reenrollAfterMs || t.trigger.kind !== 'cohort' || !this.isTemplateActive(t.id)) continue;
       const members = (await this.store.membersSince(t.trigger.cohort)).flatMap(({ customerId, since }) => {
         const e = this.entries.get(customerId);
-        return e ? [{ customer: estimated(e.customer, e.unsettledMicros), since }] : [];
+        return e ? [{ customer: estimated(e.customer, e.ledger), since }] : [];
       });
       added += await this.store.enqueueEmails(planRecurring(t, members, now, this.config.topUp, this.now()));
     }
@@ -177,13 +224,52 @@ export class Engine {
   }
 
   /**
-   * Applies customer states from Stripe. A state older than the one held
-   * (by `version`) is ignored, so a late event or a slow sweep page never rolls
-   * back a newer balance. Deletes name ids with the version of the news.
+   * Applies customer objects read from Stripe (sweep pages, webhook re-reads),
+   * each stamped with when its read started. A read older than the one held is
+   * ignored, so a late event or a slow sweep page never rolls back a newer
+   * balance. A read that cannot be placed against a settlement in flight is
+   * not applied and comes back in `needsReconcile`. Deletes name ids with the
+   * version of the news.
    */
-  apply(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean } = {}): Promise<TransitionRecord[]> {
-    // One apply at a time, so each sees the memberships the previous one left.
-    const run = this.applying.then(() => this.applyNow(upserts, deletes, opts));
+  apply(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { webhookEventId?: string } = {}): Promise<ApplyResult> {
+    return this.run(async () => {
+      const updates: Update[] = [];
+      const needsReconcile: StoredCustomer[] = [];
+      for (const c of upserts) {
+        const held = this.entries.get(c.id);
+        if (!held) { updates.push({ customer: c, ledger: openLedger(c.balance, c.version) }); continue; }
+        const outcome = applyRead(held.ledger, { kind: 'plain', balance: c.balance, startedAt: c.version });
+        if (outcome.kind === 'needs_reconcile') needsReconcile.push(c);
+        else if (outcome.kind === 'applied') updates.push({ customer: c, ledger: outcome.state });
+      }
+      // A webhook whose read still needs reconciling is recorded by that step, not this one.
+      const transitions = await this.applyNow(updates, deletes, {}, { webhookEventId: needsReconcile.length ? undefined : opts.webhookEventId });
+      return { transitions, needsReconcile };
+    });
+  }
+
+  /**
+   * Applies a reconciled read: the customer's fields from a plain read, and the
+   * balance and applied settlements from its balance transactions (`balance`
+   * and `version` of `customer` are the list's). The settlements it shows
+   * applied are confirmed in the same store transaction.
+   */
+  applyReconciled(customer: StoredCustomer, applied: ReadonlyMap<number, string>, opts: { webhookEventId?: string } = {}): Promise<ApplyResult> {
+    return this.run(async () => {
+      const held = this.entries.get(customer.id);
+      const read: BalanceRead = { kind: 'reconciled', balance: customer.balance, startedAt: customer.version, applied };
+      const outcome = held ? applyRead(held.ledger, read) : { kind: 'applied' as const, state: openLedger(customer.balance, customer.version), confirmed: [] };
+      const at = this.now();
+      const updates = outcome.kind === 'applied' ? [{ customer: { ...customer, version: outcome.state.asOf }, ledger: outcome.state }] : [];
+      const confirmSettlements = outcome.kind === 'applied' ? outcome.confirmed.map((c) => ({ ...c, at })) : [];
+      const transitions = await this.applyNow(updates, [], {}, { confirmSettlements, webhookEventId: opts.webhookEventId });
+      return { transitions, needsReconcile: [] };
+    });
+  }
+
+  /** Serializes every change: each sees the memberships and ledger the previous one left. */
+  private run<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.applying.then(fn);
     this.applying = run.catch(() => undefined);
     return run;
   }
@@ -195,74 +281,92 @@ export class Engine {
    * the customer's unsettled usage, so cohorts and decisions move at once.
    */
   ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
-    const run = this.applying.then(() => this.ingestNow(events));
-    this.applying = run.catch(() => undefined);
-    return run;
+    return this.run(() => this.ingestNow(events));
   }
 
   private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
     const fresh: UsageRecord[] = [];
-    const unsettled = new Map<string, number>();
+    const ledgers = new Map<string, LedgerState>();
     for (const e of events) {
       if (known.has(e.id)) continue;
       known.add(e.id); // a repeat inside the batch
       const customerId = this.resolve(e.consumer) ?? null;
       const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status) : 0;
       fresh.push({ ...e, customerId, costMicros });
-      if (customerId && costMicros > 0) {
-        unsettled.set(customerId, (unsettled.get(customerId) ?? this.entries.get(customerId)!.unsettledMicros) + costMicros);
-      }
+      if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
     if (fresh.length) {
-      const customers = [...unsettled.keys()].map((id) => this.entries.get(id)!.customer);
-      await this.applyNow(customers, [], {}, { usage: fresh, unsettled });
+      const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
+      await this.applyNow(updates, [], {}, { usage: fresh });
     }
     return { accepted: fresh.length, duplicates: events.length - fresh.length };
   }
 
-  /**
-   * Stripe confirmed a settlement: that usage is now in Stripe's hands, so it
-   * leaves the unsettled sum in the same step as the balance Stripe reported
-   * after it (balance transactions), leaving the estimate unchanged: no gap,
-   * no double count.
-   */
-  settlementConfirmed(row: SettlementRow, stripeRef: string, endingBalance: number | undefined): Promise<void> {
-    const run = this.applying.then(async () => {
-      const held = this.entries.get(row.customerId);
-      const confirmSettlement = { id: row.id, stripeRef, at: this.now() };
-      if (!held) { await this.store.saveChanges({ upserts: [], deletes: [], transitions: [], confirmSettlement }); return; }
-      const next = endingBalance === undefined ? held.customer
-        : { ...held.customer, balance: endingBalance, version: Math.max(this.now(), held.customer.version + 1) };
-      const unsettled = new Map([[row.customerId, held.unsettledMicros - row.amount * MICROS_PER_UNIT]]);
-      await this.applyNow([next], [], {}, { unsettled, confirmSettlement });
+  /** Settlements written and about to be sent: in flight until confirmed, so plain reads of these customers get reconciled. */
+  settlementsOpened(rows: readonly SettlementRow[]): Promise<void> {
+    return this.run(async () => {
+      for (const row of rows) {
+        const e = this.entries.get(row.customerId);
+        if (e) e.ledger = openSettlement(e.ledger, pendingOf(row));
+      }
     });
-    this.applying = run.catch(() => undefined);
-    return run;
   }
 
-  private async applyNow(upserts: StoredCustomer[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }, extra: ApplyExtra = {}): Promise<TransitionRecord[]> {
+  /**
+   * Stripe answered a settlement: that usage is now in Stripe's hands, so it
+   * leaves the unsettled sum in the same step as the balance Stripe reported
+   * after it (balance transactions), leaving the estimate unchanged. An answer
+   * for a settlement already seen applied (a replay, a late answer) changes
+   * nothing: its ending_balance is of its time, not the latest.
+   */
+  settlementConfirmed(row: SettlementRow, stripeRef: string, endingBalance: number | undefined, heardAt: number = this.now()): Promise<void> {
+    return this.run(async () => {
+      const held = this.entries.get(row.customerId);
+      const confirm = [{ id: row.id, stripeRef, at: this.now() }];
+      const outcome = held && applyRead(held.ledger, { kind: 'confirmation', settlementId: row.id, stripeRef, endingBalance, heardAt });
+      if (!held || outcome?.kind !== 'applied') {
+        // Unknown customer or already confirmed by a reconciled read: only the row (a no-op when already confirmed).
+        await this.store.saveChanges({ upserts: [], deletes: [], transitions: [], confirmSettlements: confirm });
+        return;
+      }
+      const customer = { ...held.customer, balance: outcome.state.balance, version: outcome.state.asOf };
+      await this.applyNow([{ customer, ledger: outcome.state }], [], {}, { confirmSettlements: confirm });
+    });
+  }
+
+  /** Stripe refused a settlement for good: marked failed; its amount stays counted against the estimate (see ledger.ts). */
+  settlementFailed(row: SettlementRow, error: string): Promise<void> {
+    return this.run(async () => {
+      const held = this.entries.get(row.customerId);
+      const failSettlementChange = { id: row.id, error, at: this.now() };
+      if (held) held.ledger = failSettlement(held.ledger, row.id);
+      await this.store.saveChanges({ upserts: [], deletes: [], transitions: [], failSettlement: failSettlementChange });
+    });
+  }
+
+  private async applyNow(updates: Update[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }, extra: ApplyExtra = {}): Promise<TransitionRecord[]> {
     // Strictly increasing, so an entry's time names it (emails are keyed by it).
     const at = this.lastAt = Math.max(this.now(), this.lastAt + 1);
     const transitions: TransitionRecord[] = [];
     const emails: OutboxRecord[] = [];
     const saved: StoredCustomer[] = [];
     const removed: string[] = [];
+    const removedConsumers: string[] = [];
     const staged: Array<() => void> = [];
-    for (const c of upserts) {
+    for (const { customer: fields, ledger } of updates) {
+      const c: StoredCustomer = fields.balance === ledger.balance && fields.version === ledger.asOf ? fields : { ...fields, balance: ledger.balance, version: ledger.asOf };
       const held = this.entries.get(c.id);
-      if (!opts.force && held && held.customer.version > c.version) continue;
       if ((this.tombstones.get(c.id) ?? -Infinity) >= c.version) continue;
-      const unsettled = extra.unsettled?.get(c.id) ?? held?.unsettledMicros ?? 0;
       const unchanged = held !== undefined && sameState(held.customer, c);
-      if (!opts.force && unchanged && unsettled === held!.unsettledMicros) {
+      if (!opts.force && unchanged && ledger.unsettledMicros === held!.ledger.unsettledMicros) {
         // Nothing changed (most customers on most sweeps): move the version on
         // in memory only, so a sweep does not rewrite every row.
-        staged.push(() => { held!.customer = c; });
+        staged.push(() => { held!.customer = c; held!.ledger = ledger; });
         continue;
       }
-      const viewBefore = held && estimated(held.customer, held.unsettledMicros);
-      const viewAfter = estimated(c, unsettled);
+      const viewBefore = held && estimated(held.customer, held.ledger);
+      const viewAfter = estimated(c, ledger);
       const before = held?.cohorts ?? [];
       const after = cohortsOf(this.config.cohorts, viewAfter);
       const mine = diffMemberships(before, after).map((t) => ({ customerId: c.id, ...t, at, balance: viewAfter.balance }));
@@ -272,31 +376,63 @@ export class Engine {
         emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: viewBefore, after: viewAfter, transitions: mine, at }, this.config.topUp));
       }
       if (!unchanged && (!opts.force || !held)) saved.push(c);
-      staged.push(() => this.put(c, after, unsettled));
+      staged.push(() => this.put(c, after, ledger));
     }
     for (const d of deletes) {
       const held = this.entries.get(d.id);
       if (!held || held.customer.version > d.version) continue;
       for (const cohort of held.cohorts) transitions.push({ customerId: d.id, cohort, kind: 'leave', at, balance: held.customer.balance });
       removed.push(d.id);
+      removedConsumers.push(...this.consumersOf(held.customer));
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
-    if (saved.length || removed.length || transitions.length || extra.usage?.length || extra.confirmSettlement) {
-      await this.store.saveChanges({ upserts: saved, deletes: removed, transitions, emails, usage: extra.usage, confirmSettlement: extra.confirmSettlement });
+    if (saved.length || removed.length || transitions.length || extra.usage?.length || extra.confirmSettlements?.length || extra.failSettlement || extra.webhookEventId) {
+      await this.store.saveChanges({
+        upserts: saved, deletes: removed, transitions, emails, usage: extra.usage,
+        confirmSettlements: extra.confirmSettlements, failSettlement: extra.failSettlement,
+        webhookEvent: extra.webhookEventId === undefined ? undefined : { id: extra.webhookEventId, at: this.now() },
+      });
     }
     for (const commit of staged) commit();
     if (emails.length) this.onEmailsEnqueued();
+    // Stripe news (not usage, not a settlement, not a config reload): gateway nodes drop what they hold.
+    if (!opts.force && !extra.usage && !extra.confirmSettlements?.length && (saved.length || removed.length)) {
+      this.onChange([...saved.flatMap((c) => this.consumersOf(c)), ...removedConsumers]);
+    }
     return transitions;
   }
 
-  private put(customer: StoredCustomer, cohorts: string[], unsettledMicros: number): void {
+  /** The dearest price of one request, in micros (0: nothing is metered). */
+  get dearestMicros(): number { return this.dearestCostMicros; }
+
+  /** The consumer values that name a customer: its id and its metadata claim. */
+  consumersOf(customer: StoredCustomer): string[] {
+    const claim = customer.metadata[this.config.stripe.consumerMetadataKey];
+    return claim && claim !== customer.id ? [customer.id, claim] : [customer.id];
+  }
+
+  /**
+   * The answer for a customer with no spendable credit left (what is not held by leases
+   * is worth less than one request): the rules' verdict with a balance of at most zero.
+   * Undefined when the rules still allow it (no blocking rule at zero: the operator's choice).
+   */
+  exhaustedAnswer(customerId: string): string | undefined {
+    const e = this.entries.get(customerId);
+    if (!e) return undefined;
+    const view = estimated(e.customer, e.ledger);
+    const spent = { ...view, balance: Math.max(0, view.balance) };
+    const v = verdict(this.config.rules, cohortsOf(this.config.cohorts, spent), this.isEnabled);
+    return v.outcome === 'ALLOW' ? undefined : decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs);
+  }
+
+  private put(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): void {
     const held = this.entries.get(customer.id);
     if (held) this.unclaim(held.customer);
     const key = cohorts.join('\n');
     let shared = this.cohortLists.get(key);
     if (!shared) { shared = Object.freeze([...cohorts]) as string[]; this.cohortLists.set(key, shared); }
-    this.entries.set(customer.id, { customer, unsettledMicros, cohorts: shared, answer: this.answerFor(customer, shared, unsettledMicros) });
+    this.entries.set(customer.id, { customer, ledger, cohorts: shared, answer: this.answerFor(customer, shared, ledger) });
     const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
     if (consumer) {
       const ids = this.claims.get(consumer);
@@ -325,11 +461,11 @@ export class Engine {
     if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
   }
 
-  private answerFor(customer: StoredCustomer, cohorts: string[], unsettledMicros: number): DecisionAnswer {
+  private answerFor(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): DecisionAnswer {
     const v = verdict(this.config.rules, cohorts, this.isEnabled);
-    const view = estimated(customer, unsettledMicros);
+    const view = estimated(customer, ledger);
     if (v.outcome === 'ALLOW') {
-      const lease = this.allowLease(customer, unsettledMicros);
+      const lease = this.allowLease(customer, ledger.unsettledMicros);
       if (!lease) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
       return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
@@ -338,17 +474,13 @@ export class Engine {
 
   /**
    * What a cached allow may serve when usage is metered: with r requests of
-   * credit left at the dearest price, `max_requests` = ⌈r / gateway_nodes⌉
-   * (the plugin asks again once it has served that many), and below
+   * credit left at the dearest price, `max_requests` = r, and below
    * low_credit_requests (L) also a shorter `ttl_ms` = T·(r − 1)/L, not below
-   * min_ttl_ms. The plugin subtracts the requests it served but has not yet
-   * reported, and reports them before asking again once they use the budget
-   * up, so one node cannot overspend; with several nodes each can overspend by
-   * what the others have not reported yet: ρ·(max_coalescing_delay + a round
-   * trip) requests per other node. Undefined when nothing is metered.
+   * min_ttl_ms. Read-only (GET /v1/decisions): nodes serve on leases
+   * (POST /v1/leases), which reserve credit. Undefined when nothing is metered.
    */
   private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
-    const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;
+    const { lowCreditRequests, minTtlMs } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (this.dearestCostMicros === 0) return undefined;
     // In integer micros, so the boundary is exact.
@@ -356,6 +488,6 @@ export class Engine {
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     const ttlMs = remaining >= lowCreditRequests ? full
       : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
-    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes) };
+    return { ttlMs, maxRequests: remaining };
   }
 }

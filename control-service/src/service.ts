@@ -1,10 +1,11 @@
 // Wires the control service together and runs it.
 
 import type http from 'node:http';
+import { parseArgs } from 'node:util';
 import type { AddressInfo } from 'node:net';
 import cron from 'node-cron';
 import pino, { type Logger } from 'pino';
-import { loadConfig, type Config } from './config';
+import { checkExposure, ConfigError, loadConfig, type Config } from './config';
 import { Engine } from './engine';
 import { createHttpServer } from './http';
 import { createMetrics } from './metrics';
@@ -15,23 +16,38 @@ import { BalanceSync } from './stripe/sync';
 import nodemailer from 'nodemailer';
 import { EmailSender } from './emails/sender';
 import { Settler } from './stripe/settlement';
+import { mountConsole } from './console';
+import type { ConsoleServer } from './console/server';
+import { LeaseDesk } from './lease-desk';
+import { ChangeStream } from './http/stream';
 
 export interface RunningService {
   url: string;
   engine: Engine;
+  leases: LeaseDesk;
+  stream: ChangeStream;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
   settler: Settler | undefined;
   store: Store;
+  /** The operator console, when `console` is configured. */
+  console: ConsoleServer | undefined;
   stop(): Promise<void>;
 }
 
-export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean } = {}): Promise<RunningService> {
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
+  const exposure = checkExposure(config);
+  if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
+  if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? new SqliteStore(config.sqlitePath);
   const engine = new Engine(config, store);
   await engine.init();
+  const stream = new ChangeStream();
+  engine.onChange = (consumers) => stream.changed(consumers);
+  const leases = new LeaseDesk(config, engine, store, stream);
+  await leases.init();
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -52,7 +68,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       connectionTimeout: d.timeoutMs, greetingTimeout: d.timeoutMs, socketTimeout: d.timeoutMs,
     } as Parameters<typeof nodemailer.createTransport>[0]);
     emails = new EmailSender({
-      store, templates: config.emails, isActive: engine.isTemplateActive, transport, delivery: d, log,
+      store, templates: config.emails, isActive: engine.isTemplateActive, staleReason: engine.emailStaleReason, transport, delivery: d, log,
       onResult: (result, template) => metrics.emails.inc({ template, result }),
     });
     engine.onEmailsEnqueued = () => emails!.wake();
@@ -93,8 +109,9 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
         onResult: (r) => {
           metrics.settlements.inc({ result: 'confirmed' }, r.confirmed);
           metrics.settlements.inc({ result: 'failed' }, r.failed);
+          metrics.settlements.inc({ result: 'retrying' }, r.retrying);
           metrics.settledAmount.inc(r.amount);
-          if (r.confirmed || r.failed) log.info(r, 'settlement pass finished');
+          if (r.confirmed || r.failed || r.retrying) log.info(r, 'settlement pass finished');
         },
       });
     }
@@ -103,13 +120,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks,
+    config, engine, sync, emails, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases, stream,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
+  if (leases.recoveryEndsAt) log.warn({ until: new Date(leases.recoveryEndsAt).toISOString() }, 'leases of the previous run may still be in use: granting none until then');
+  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, emails, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
     if (sync!.sweeping) { log.warn('previous sweep still running; this tick is skipped'); return; }
@@ -126,13 +145,16 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (settler && opts.sweepOnStart !== false) void settler.settle();
 
   return {
-    url, engine, sync, emails, settler, store,
+    url, engine, sync, emails, settler, store, console: consoleServer, leases, stream,
     async stop() {
+      await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();
       clearInterval(pruneTimer);
       clearInterval(recurringTimer);
       await emails?.stop();
+      leases.stop();
+      stream.close();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();
@@ -140,11 +162,37 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   };
 }
 
+const USAGE = 'usage: payg-control --config <file> [--help] [--version]';
+const HELP = `${USAGE}
+
+The kong-payg control service: Stripe balance sync, cohorts, rules, decisions, metering and emails.
+  --config <file>   the YAML config (see control-service/payg.example.yml)
+  --version         print the version and exit
+  --help            print this help and exit
+Secrets come from the environment: STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE,
+SMTP_URL, PAYG_ADMIN_TOKEN, PAYG_CONTROL_TOKEN; PORT overrides the listen port; PAYG_LOG_LEVEL.
+`;
+
 export async function main(argv: string[]): Promise<void> {
-  const i = argv.indexOf('--config');
-  const file = i >= 0 ? argv[i + 1] : undefined;
+  let values: { config?: string; help?: boolean; version?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv, strict: true, allowPositionals: false,
+      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean' } },
+    }));
+  } catch (err) {
+    process.stderr.write(`payg-control: ${(err as Error).message.split('\n')[0]}; ${USAGE}\n`);
+    process.exit(2);
+  }
+  if (values.help) { process.stdout.write(HELP); return; }
+  if (values.version) {
+    const { version } = require('../../../package.json') as { version: string };
+    process.stdout.write(`payg-control ${version}\n`);
+    return;
+  }
+  const file = values.config;
   if (!file) {
-    process.stderr.write('usage: payg-control --config <file>\n');
+    process.stderr.write(`${USAGE}\n`);
     process.exit(2);
   }
   let config: Config;
@@ -154,7 +202,14 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`payg-control: ${(err as Error).message}\n`);
     process.exit(1);
   }
-  const service = await startService(config);
+  let service: RunningService;
+  try {
+    service = await startService(config);
+  } catch (err) {
+    // A start-up failure (port in use, a refused listen address…) is one clear line, not a stack trace.
+    process.stderr.write(`payg-control: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
   const stop = () => { void service.stop().finally(() => process.exit(0)); };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

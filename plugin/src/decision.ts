@@ -6,6 +6,10 @@ export type Decision =
   | { allow: true; ttlMs: number; maxRequests?: number }
   | { allow: false; ttlMs: number; status: number; headers: Record<string, string>; body: string; rule: string | undefined };
 
+/** RFC 9110 field names (tokens) and values without CR, LF or other control characters. */
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
@@ -31,6 +35,11 @@ export function parseDecision(json: unknown, defaultTtlMs: number): Decision | {
   }
   if (!isRecord(headers) || !Object.values(headers).every((v) => typeof v === 'string')) {
     return { invalid: 'headers is not an object of strings' };
+  }
+  // Never handed to Kong: a CR/LF or a bad name could split or corrupt the response.
+  for (const [name, value] of Object.entries(headers as Record<string, string>)) {
+    if (!HEADER_NAME.test(name)) return { invalid: 'headers holds an invalid header name' };
+    if (!HEADER_VALUE.test(value)) return { invalid: `headers.${name} holds a character a header value may not (CR, LF or a control character)` };
   }
   if (typeof body !== 'string') return { invalid: 'body is not a string' };
   if (rule !== undefined && typeof rule !== 'string') return { invalid: 'rule is not a string' };

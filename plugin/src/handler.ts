@@ -35,6 +35,20 @@ function consumerKey(consumer: unknown, field: ConsumerField): string | undefine
   return undefined;
 }
 
+/** What the usage API accepts; events are normalised to fit, so a real request is never refused. */
+const MAX_CONSUMER_LENGTH = 512;
+const MAX_ROUTE_LENGTH = 512;
+
+/** A status Kong logged, as the usage API takes it: an integer 0-599; anything else (999, -1, none) is 0. */
+function httpStatus(status: unknown): number {
+  return typeof status === 'number' && Number.isInteger(status) && status >= 0 && status <= 599 ? status : 0;
+}
+
+function routeName(route: unknown): string | null {
+  if (typeof route !== 'string' || route === '') return null;
+  return route.length > MAX_ROUTE_LENGTH ? route.slice(0, MAX_ROUTE_LENGTH) : route;
+}
+
 export class Plugin {
   private readonly opts: PaygOptions;
   private readonly runtime: Runtime;
@@ -81,15 +95,18 @@ export class Plugin {
       };
       const consumer = consumerKey(entry.consumer, this.opts.consumerField);
       if (consumer === undefined) return;
-      const status = entry.response?.status ?? 0;
+      // Stripe metadata values hold at most 500 characters: a longer consumer maps to no customer, so bills no one.
+      if (consumer.length > MAX_CONSUMER_LENGTH) return;
+      const status = httpStatus(entry.response?.status);
       // A request payg refused used nothing. Only error answers need the (one RPC) check.
       if (status >= 400 && await kong.ctx.shared.get(REFUSED_KEY) === 'true') return;
       this.runtime.usage.push({
         id: randomUUID(),
         consumer,
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
-        route: entry.route?.name ?? entry.route?.id ?? null,
+        route: routeName(entry.route?.name ?? entry.route?.id),
         status,
+        lease: this.runtime.decisions.takeDraw(consumer),
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');

@@ -156,6 +156,20 @@ function read(fields: KongSchemaField[], raw: Raw, name: string, path: string): 
 }
 
 /**
+ * Secrets mounted from files often end in a newline: surrounding whitespace is
+ * trimmed (the control service trims PAYG_CONTROL_TOKEN the same way). What is
+ * left must fit in an Authorization header; the error never shows the token.
+ */
+function bearerToken(raw: string | undefined): string | undefined {
+  const token = raw?.trim();
+  if (!token) return undefined;
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new ConfigError('control_service_token', 'may hold only visible ASCII characters (no spaces, line breaks or control characters inside it)');
+  }
+  return token;
+}
+
+/**
  * Validates the config Kong passes to StartInstance. Kong has already checked
  * it against Schema; this is the second line, and it names the bad field.
  * Kong's own keys (`__seq__`, `__plugin_id`, `__key__`) are ignored.
@@ -174,7 +188,7 @@ export function parseConfig(raw: unknown): PaygOptions {
   } catch {
     throw new ConfigError('control_service_url', 'is not a valid URL');
   }
-  const token = get('control_service_token') as string | undefined;
+  const token = bearerToken(get('control_service_token') as string | undefined);
   return {
     controlServiceUrl,
     consumerField: get('consumer_field') as ConsumerField,
@@ -183,7 +197,7 @@ export function parseConfig(raw: unknown): PaygOptions {
     staleTtlMs: get('stale_ttl_ms') as number,
     failOpen: get('fail_open') as boolean,
     reportUsage: get('report_usage') as boolean,
-    controlServiceToken: token === '' ? undefined : token,
+    controlServiceToken: token,
     usageQueue: {
       maxBatchSize: q('max_batch_size'),
       maxCoalescingDelayMs: q('max_coalescing_delay') * 1000,

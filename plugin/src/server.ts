@@ -8,8 +8,9 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as paygModule from './index';
-import { log, type Logger } from './log';
-import { drainAll } from './runtime';
+import { log, pdkLogger, type PdkLogger } from './log';
+import { shutdownAll } from './runtime';
+import { setSpoolDir } from './usage-spool';
 
 // kong-pdk's lib/mod.js runs require('ts-node').register() when loaded, which pulls
 // the TypeScript compiler (tens of MB, seconds of start-up) into a server that
@@ -29,7 +30,7 @@ interface PdkServer {
   GetPluginInfo(name: string): Promise<unknown>;
   close(): void;
 }
-type PdkServerClass = new (pluginDir: string | undefined, logger: Logger, expireTtl?: number) => PdkServer;
+type PdkServerClass = new (pluginDir: string | undefined, logger: PdkLogger, expireTtl?: number) => PdkServer;
 export const KongPdkServer: PdkServerClass = require('kong-pdk/server');
 export const KongPdkListener: new (server: PdkServer, socketPath: string) => { serve(): unknown } = require('kong-pdk/listener');
 export const { Module }: { Module: new (name: string, path: undefined, literal: unknown) => unknown } = require('kong-pdk/lib/mod');
@@ -43,7 +44,8 @@ function endsTheEvent(data: unknown): boolean {
 }
 
 export class PaygPluginServer extends KongPdkServer {
-  constructor(logger: Logger) {
+  /** kong-pdk logs through `logger`; `pdkLogger` keeps RPC arguments (tokens, API keys) out of it. */
+  constructor(logger: PdkLogger) {
     super(undefined, logger);
     this.plugins.set(paygModule.Name, new Module(paygModule.Name, undefined, paygModule));
   }
@@ -62,8 +64,41 @@ export class PaygPluginServer extends KongPdkServer {
   }
 }
 
+const USAGE = 'usage: payg-pluginserver [-p <kong prefix>] [--sock-name <name>] [--dump-all-plugins | --dump-plugin-info <name>] [-v] [--version] [--help]';
+const HELP = `${USAGE}
+
+Kong's external plugin server for the payg plugin (it serves only payg).
+  -p, --kong-prefix <dir>     Kong's prefix; the socket is created there (default /usr/local/kong)
+  --sock-name <name>          socket file name (default payg.sock)
+  --dump-all-plugins          print the plugin info Kong reads at start-up, as JSON, and exit
+  --dump-plugin-info <name>   print one plugin's info as MessagePack, and exit
+  -v, --verbose               more logging (twice: debug); PAYG_LOG_LEVEL overrides
+  --version                   print the version and exit
+  --help                      print this help and exit
+`;
+
+/** How long a stopping plugin server tries to send queued usage before keeping the rest on disk. */
+const STOP_DEADLINE_MS = 2000;
+
 export function main(argv: string[]): void {
-  const { values } = parseArgs({
+  let parsed: ReturnType<typeof parseCli>;
+  try {
+    parsed = parseCli(argv);
+  } catch (err) {
+    process.stderr.write(`payg-pluginserver: ${(err as Error).message.split('\n')[0]}; ${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  serve(values);
+}
+
+function parseCli(argv: string[]) {
+  return parseArgs({
     args: argv,
     options: {
       'kong-prefix': { type: 'string', short: 'p', default: '/usr/local/kong' },
@@ -74,17 +109,21 @@ export function main(argv: string[]): void {
       'plugins-directory': { type: 'string', short: 'd' },
       verbose: { type: 'boolean', short: 'v', multiple: true },
       version: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
+    allowPositionals: false,
   });
+}
 
+function serve(values: ReturnType<typeof parseCli>['values']): void {
   if (values.version) {
     process.stdout.write(`payg ${paygModule.Version} (kong-pdk ${pdkVersion})\n`);
     return;
   }
   if ((values.verbose?.length ?? 0) > 1 && !process.env.PAYG_LOG_LEVEL) log.level = 'debug';
 
-  const server = new PaygPluginServer(log);
+  const server = new PaygPluginServer(pdkLogger(log));
   // Like kong-js-pluginserver: stop kong-pdk's idle-instance sweep (it would drop an
   // instance after 60 s idle and make Kong restart it on the next request).
   server.close();
@@ -99,6 +138,7 @@ export function main(argv: string[]): void {
     return;
   }
 
+  setSpoolDir(values['kong-prefix']);
   const socketPath = path.join(values['kong-prefix'], values['sock-name']);
   new KongPdkListener(server, socketPath).serve();
   log.info({ socket: socketPath, version: paygModule.Version }, 'payg plugin server listening');
@@ -107,9 +147,9 @@ export function main(argv: string[]): void {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'payg plugin server stopping; sending queued usage');
-    const deadline = setTimeout(() => process.exit(0), 2000);
-    void drainAll().finally(() => { clearTimeout(deadline); process.exit(0); });
+    log.info({ signal }, 'payg plugin server stopping; giving leases back and sending queued usage');
+    // Bounded: Kong waits for its plugin servers. What is not sent by then is kept on disk.
+    void shutdownAll(STOP_DEADLINE_MS).finally(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -9,10 +9,15 @@ export interface UsageEvent {
   at: string;
   route: string | null;
   status: number;
+  /** The lease the request was served on (see lease-cache.ts); absent when it was served without one. */
+  lease?: string;
 }
 
-/** A batch was taken (undefined), should be sent again, or was refused for what it holds (sending it again cannot help). */
-export type SendOutcome = undefined | { retry: string } | { refused: string };
+/**
+ * A batch was taken (undefined), taken except some events refused by index,
+ * should be sent again, or was refused for what it holds (sending it again cannot help).
+ */
+export type SendOutcome = undefined | { refusedEvents: Array<{ index: number; error: string }> } | { retry: string } | { refused: string };
 
 export interface UsageQueueDeps {
   send: (batch: UsageEvent[]) => Promise<SendOutcome>;
@@ -75,6 +80,15 @@ export class UsageQueue {
       if (!(await this.sendBatch())) break;
     }
     if (this.droppedSinceLog > 0) this.logDrops();
+  }
+
+  /** Takes everything still queued out of the queue (to keep it on disk at shutdown). */
+  takeRemaining(): UsageEvent[] {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const rest = this.queue.splice(0);
+    this.settled(rest);
+    return rest;
   }
 
   private logDrops(): void {
@@ -143,11 +157,19 @@ export class UsageQueue {
       outcome = { retry: String(err) };
     }
     this.sending = false;
-    if (outcome === undefined || 'refused' in outcome) {
+    if (outcome === undefined || 'refused' in outcome || 'refusedEvents' in outcome) {
       this.queue.splice(0, batch.length);
       this.settled(batch);
       this.failures = 0;
-      if (outcome) {
+      if (outcome && 'refusedEvents' in outcome) {
+        // The rest of the batch was stored; only these are dropped.
+        const refused = outcome.refusedEvents;
+        this.droppedTotal += refused.length;
+        (this.deps.error ?? this.deps.warn)({
+          dropped: refused.length, droppedTotal: this.droppedTotal,
+          refused: refused.slice(0, 10).map((r) => ({ id: batch[r.index]?.id, error: r.error })),
+        }, 'usage events refused by the control service; dropped (the rest of the batch was taken)');
+      } else if (outcome) {
         this.droppedTotal += batch.length;
         (this.deps.error ?? this.deps.warn)({ error: outcome.refused, dropped: batch.length, droppedTotal: this.droppedTotal },
           'usage batch refused by the control service; dropped (sending it again cannot help)');

@@ -18,6 +18,13 @@ describe('control-service config', () => {
     expect(cfg.rules[0]).to.include({ status: 402, enabled: true, logOnly: false });
     expect(cfg.stripe.consumerMetadataKey).to.equal('kong_consumer');
   });
+  it('zero durations stop start-up naming the field', () => {
+    expect(errorOf({ ...base(), email_delivery: { recurring_check_interval: '0ms' } })).to.match(/email_delivery\.recurring_check_interval: must be longer than zero/);
+    expect(errorOf({ ...base(), metering: { keep_events: '0s' } })).to.match(/metering\.keep_events: must be longer than zero/);
+    expect(errorOf({ ...base(), emails: [{ id: 'x', cohort: 'no-credit', from: { address: 'a@example.com' }, subject: 's', text: 't.hbs', recurring: { reenroll_after: '0s' } }] }))
+      .to.match(/emails\[0\]\.recurring\.reenroll_after: must be longer than zero/);
+    expect(errorOf({ ...base(), email_delivery: { recurring_check_interval: '-5m' } })).to.match(/email_delivery\.recurring_check_interval: is not a duration/);
+  });
   it('unknown key', () => expect(errorOf({ ...base(), colors: 1 })).to.match(/colors: unknown key/));
   it('unknown nested key', () => expect(errorOf({ ...base(), stripe: { pol: 'x' } })).to.match(/stripe\.pol: unknown key/));
   it('wrong type', () => expect(errorOf({ ...base(), decision_ttl_ms: 'soon' })).to.match(/decision_ttl_ms: Expected number/));
@@ -91,5 +98,36 @@ describe('control-service config: email templates', () => {
   });
   it('a bad re-enrollment window', () => expect(errorIn(email({ recurring: { reenroll_after: 'hourly' } }))).to.match(/emails\[0\]\.recurring\.reenroll_after: is not a duration/));
   it('recurring on a leave trigger', () => expect(errorIn(email({ on: 'leave', recurring: { reenroll_after: '1h' } }))).to.match(/emails\[0\]\.recurring: applies to cohort-entry emails only/));
+  it('a template file outside the config folder stops start-up without printing the file', () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-outside-'));
+    try {
+      fs.writeFileSync(path.join(outside, 'secret.hbs'), 'SECRET-CONTENT {{#if}}');
+      const viaDots = errorIn(email({ html: path.relative(dir, path.join(outside, 'secret.hbs')) }));
+      expect(viaDots).to.match(/emails\[0\]\.html: template file .*secret\.hbs lies outside the config file's folder/);
+      expect(viaDots).to.not.include('SECRET-CONTENT');
+      fs.symlinkSync(path.join(outside, 'secret.hbs'), path.join(dir, 'link.hbs'));
+      const viaLink = errorIn(email({ html: 'link.hbs' }));
+      expect(viaLink, 'a symlink is followed before the check').to.match(/emails\[0\]\.html: template file .*link\.hbs lies outside/);
+      expect(viaLink).to.not.include('SECRET-CONTENT');
+    } finally { fs.rmSync(outside, { recursive: true, force: true }); }
+  });
+  it('a template that does not compile is named without quoting its source', () => {
+    fs.writeFileSync(path.join(dir, 'leaky.hbs'), 'PRIVATE-LINE {{#if}}');
+    const message = errorIn(email({ html: 'leaky.hbs' }));
+    expect(message).to.match(/emails\[0\]\.html \(.*leaky\.hbs\): template does not compile: Parse error on line 1/);
+    expect(message).to.not.include('PRIVATE-LINE');
+  });
   it('a bad from address', () => expect(errorIn(email({ from: { address: 'billing' } }))).to.match(/emails\[0\]\.from\.address: Invalid email/));
+});
+
+describe('control-service config: rule headers', () => {
+  const withHeaders = (headers: Record<string, string>) => ({ ...base(), rules: [{ ...base().rules[0], headers }] });
+  it('a header value with CR/LF stops start-up, naming the header', () => {
+    expect(errorOf(withHeaders({ 'Content-Type': 'application/json', 'X-Note': 'ok\r\nSet-Cookie: admin=1' })))
+      .to.equal('config: rules[0].headers."X-Note": has a character an HTTP header value may not hold (CR, LF or another control character)');
+  });
+  it('an invalid header name stops start-up, naming it', () => {
+    expect(errorOf(withHeaders({ 'Bad Name': 'x' }))).to.match(/^config: rules\[0\]\.headers\."Bad Name": is not a valid HTTP header name/);
+    expect(errorOf(withHeaders({ 'X-A\nB': 'x' }))).to.match(/^config: rules\[0\]\.headers\."X-A\\nB": is not a valid HTTP header name/);
+  });
 });

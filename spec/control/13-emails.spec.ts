@@ -2,6 +2,9 @@
 // changes, writes the outbox, and delivers with nodemailer to a real SMTP
 // server on loopback; assertions read what arrived (mailparser).
 import { expect } from 'chai';
+import nodemailer from 'nodemailer';
+import { EmailSender } from '../../control-service/src/emails/sender';
+import { SqliteStore } from '../../control-service/src/store/sqlite';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -133,7 +136,8 @@ describe('behavioural emails', function () {
     const c = stripe.create({ name: 'Ada Byron', email: 'ada@example.com', balance: -1500 });
     await start([lowBalance]);
     await sweep();
-    const step = async (balance: number) => { stripe.update(c.id, { balance }); await sweep(); };
+    // Each step's email is delivered before the next (a warning for credit already back above its threshold is stale).
+    const step = async (balance: number) => { stripe.update(c.id, { balance }); await sweep(); await settle(); };
     await step(-900); // below $10
     await step(-800); // still below $10: nothing
     await step(-150); // below $2
@@ -165,8 +169,10 @@ describe('behavioural emails', function () {
     await smtp.down();
     stripe.addBalanceTransaction(a.id, 100);
     await sweep();
-    await until(async () => (await log())[0]?.attempts >= 1);
+    await until(async () => (await log())[0]?.last_error !== null && (await log())[0]?.last_error !== undefined);
     expect((await admin('emails/out-of-credit', { method: 'PUT', body: JSON.stringify({ active: false }) })).status).to.equal(200);
+    // Pending ones at once; one caught mid-attempt when it comes back to the queue.
+    await until(async () => (await log())[0]?.status === 'cancelled');
     expect((await log())[0]).to.include({ status: 'cancelled', last_error: 'template switched off' });
     stripe.addBalanceTransaction(b.id, 100);
     await sweep();
@@ -184,9 +190,10 @@ describe('behavioural emails', function () {
     await smtp.down();
     stripe.addBalanceTransaction(c.id, 100);
     await sweep();
-    await until(async () => (await log())[0]?.attempts >= 2);
+    await until(async () => /ECONNREFUSED|ECONNECTION|connect/i.test((await log())[0]?.last_error ?? ''));
     const [pending] = await log();
     expect(pending.status).to.equal('pending');
+    expect(pending.attempts, 'no answer from the server: no attempt used').to.equal(0);
     expect(pending.last_error).to.match(/ECONNREFUSED|ECONNECTION|connect/i);
     await smtp.up();
     await smtp.waitForCount(1);
@@ -240,5 +247,122 @@ describe('behavioural emails', function () {
     expect(mails[1].text).to.include('your balance is $12.34');
     expect((await admin('emails/out-of-credit/test', { method: 'POST', body: JSON.stringify({ to: 'not an address' }) })).status).to.equal(400);
     expect((await admin('emails/nope/test', { method: 'POST', body: JSON.stringify({ to: 'ops@example.com' }) })).status).to.equal(404);
+  });
+
+  it('a customer email that is not exactly one address gets no email, and the log says why', async () => {
+    const two = stripe.create({ name: 'Two', email: 'a@example.com,b@example.net', balance: 0 });
+    const one = stripe.create({ name: 'One', email: 'one@example.com', balance: 0 });
+    await start([outOfCredit()]);
+    await sweep();
+    await settle();
+    await smtp.waitForCount(1);
+    const [mail] = await smtp.inbox();
+    expect(mail.to && !Array.isArray(mail.to) && mail.to.value.map((v) => v.address)).to.deep.equal(['one@example.com']);
+    expect(smtp.raw, 'nothing reached a@ or b@').to.have.length(1);
+    const [row] = await log(`?customer=${two.id}`);
+    expect(row).to.include({ status: 'failed', last_error: 'customer email is not exactly one valid address' });
+    expect((await log(`?customer=${one.id}`))[0]).to.include({ status: 'delivered' });
+  });
+
+  describe('never stale, nothing lost', () => {
+    it('an out-of-credit email still waiting when the customer tops up is not sent (stale in the log); the restored one is', async () => {
+      const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+      await start([outOfCredit(), restored]);
+      await sweep();
+      await smtp.down();
+      stripe.addBalanceTransaction(c.id, 100);
+      await sweep(); // out of credit: email waits for SMTP
+      stripe.addBalanceTransaction(c.id, -2500);
+      await sweep(); // restored
+      await smtp.up();
+      await settle();
+      expect((await smtp.inbox()).map((m) => m.subject)).to.deep.equal(['Access restored']);
+      const out = (await log('?template=out-of-credit'))[0];
+      expect(out).to.include({ status: 'stale' });
+      expect(out.last_error).to.match(/left cohort no-credit/);
+    });
+
+    it('re-enrollment reminders do not pile up while SMTP is down: at most one waits per customer and template', async () => {
+      const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+      await smtp.down();
+      await start([outOfCredit({ recurring: { reenroll_after: '100ms' } })]);
+      await sweep();
+      stripe.addBalanceTransaction(c.id, 100);
+      await sweep();
+      const svcAny = svc as any;
+      for (let i = 0; i < 5; i++) {
+        await new Promise((r) => setTimeout(r, 110));
+        await svcAny.engine.enqueueRecurring();
+      }
+      const rows = await log();
+      const waiting = rows.filter((r) => r.status === 'pending' || r.status === 'sending');
+      expect(waiting, 'the entry email and one reminder').to.have.length(2);
+      expect(rows.filter((r) => r.status === 'stale').length).to.be.greaterThan(0);
+    });
+
+    it('a template switched off while its email waits for the send slot: that email never goes', async () => {
+      const a = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
+      const b = stripe.create({ name: 'Bob', email: 'bob@example.com', balance: -100 });
+      const config = parseConfig({
+        listen: { port: 0 }, store: { sqlite: path.join(dir, 'slot.sqlite') },
+        cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+        email_delivery: { messages_per_second: 1, poll_interval_ms: 20 },
+        emails: [outOfCredit()],
+      }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url }, dir);
+      svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+      running.add(svc);
+      await sweep();
+      stripe.addBalanceTransaction(a.id, 100);
+      stripe.addBalanceTransaction(b.id, 100);
+      await sweep();
+      await smtp.waitForCount(1);
+      expect((await admin('emails/out-of-credit', { method: 'PUT', body: JSON.stringify({ active: false }) })).status).to.equal(200);
+      await settle();
+      await new Promise((r) => setTimeout(r, 1100)); // past the slot the second email waited for
+      expect(smtp.raw).to.have.length(1);
+      expect((await log()).map((r) => r.status).sort()).to.deep.equal(['cancelled', 'delivered']);
+    });
+
+    it('a 5-minute SMTP outage (clock 300× faster) uses no attempts and loses nothing; delivered once SMTP is back', async () => {
+      const store = new SqliteStore(path.join(dir, 'outage.sqlite'));
+      const config = parseConfig({
+        cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }], emails: [outOfCredit()],
+      }, {}, dir);
+      const realStart = Date.now();
+      const now = () => realStart + (Date.now() - realStart) * 300;
+      const sender = new EmailSender({
+        store, templates: config.emails, isActive: () => true, log: pino({ level: 'silent' }), now,
+        transport: nodemailer.createTransport({ url: smtp.url, connectionTimeout: 500 } as Parameters<typeof nodemailer.createTransport>[0]),
+        delivery: { ...config.emailDelivery, pollIntervalMs: 10 }, // defaults: 8 attempts, 1 s base delay, 5 min cap
+      });
+      await smtp.down();
+      await store.enqueueEmails([{ dedupeKey: 'out-of-credit|cus_1|no-credit|enter@1', templateId: 'out-of-credit', customerId: 'cus_1', to: 'ada@example.com', context: JSON.stringify({ customer: { name: 'Ada' } }), createdAt: now() }]);
+      await sender.start();
+      try {
+        await new Promise((r) => setTimeout(r, 1000)); // 5 minutes on the sender's clock
+        const [row] = await store.emailLog({ limit: 1 });
+        // 'sending' when the check lands during a connection attempt: still not failed, still no attempt used.
+        expect(['pending', 'sending'], 'not failed after 5 minutes of refused connections').to.include(row.status);
+        expect(row.attempts).to.equal(0);
+        await smtp.up();
+        await smtp.waitForCount(1, 5000);
+      } finally {
+        await sender.stop();
+      }
+      expect((await store.emailLog({ limit: 1 }))[0]).to.include({ status: 'delivered', attempts: 1 });
+      await store.close();
+    });
+
+    it('a kill during a send uses no attempt: the email is pending again with its attempts unchanged', async () => {
+      const file = path.join(dir, 'kill.sqlite');
+      const store = new SqliteStore(file);
+      await store.enqueueEmails([{ dedupeKey: 'k|cus_1|x', templateId: 'out-of-credit', customerId: 'cus_1', to: 'ada@example.com', context: '{}', createdAt: 0 }]);
+      expect(await store.claimDueEmail(Date.now())).to.not.equal(undefined); // in flight when the process dies
+      await store.close();
+      const restarted = new SqliteStore(file);
+      expect(await restarted.requeueInterruptedEmails()).to.equal(1);
+      expect((await restarted.emailLog({ limit: 1 }))[0]).to.include({ status: 'pending', attempts: 0 });
+      await restarted.close();
+    });
   });
 });

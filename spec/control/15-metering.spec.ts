@@ -69,19 +69,19 @@ describe('metering', function () {
   });
 
   describe('POST /v1/usage', () => {
-    it('401 without the control token; 400 naming the bad field; 413 past max_batch_events', async () => {
+    it('401 without the control token; a bad event is refused by index and the rest stored; 413 past max_batch_events', async () => {
       const c = stripe.create({ balance: -1000 });
       await start({ max_batch_events: 50 });
       await svc.sync!.sweep();
       expect((await post([event(c.id)], null)).status).to.equal(401);
       expect((await post([event(c.id)], 'wrong')).status).to.equal(401);
       const bad = await post([event(c.id), event(c.id), event(c.id, { status: 'ok' })]);
-      expect(bad).to.deep.equal({ status: 400, body: { error: 'bad_request', message: 'events[2].status: Expected number, received string' } });
-      expect((await post([event(c.id, { at: 'yesterday' })])).body.message).to.match(/^events\[0\]\.at: /);
+      expect(bad).to.deep.equal({ status: 200, body: { accepted: 2, duplicates: 0, refused: [{ index: 2, error: 'status: Expected number, received string' }] } });
+      expect((await post([event(c.id, { at: 'yesterday' })])).body.refused[0].error).to.match(/^at: /);
       expect((await post('not json')).body).to.deep.equal({ error: 'bad_request', message: 'body is not JSON' });
       expect((await post(JSON.stringify({ usage: [] }))).body.message).to.equal('events: Required');
       expect((await post(Array.from({ length: 51 }, () => event(c.id)))).status).to.equal(413);
-      expect((await customerState(c.id)).unsettled_usage, 'nothing stored from refused batches').to.equal(0);
+      expect((await customerState(c.id)).unsettled_usage, 'only the two valid events are stored').to.equal(2);
     });
 
     it('idempotent on event id: a replayed batch and repeats inside a batch count once', async () => {
@@ -89,9 +89,9 @@ describe('metering', function () {
       await start();
       await svc.sync!.sweep();
       const batch = [event(c.id), event(c.id), event(c.id)];
-      expect((await post(batch)).body).to.deep.equal({ accepted: 3, duplicates: 0 });
-      expect((await post(batch)).body).to.deep.equal({ accepted: 0, duplicates: 3 });
-      expect((await post([batch[0], event(c.id), batch[1]])).body).to.deep.equal({ accepted: 1, duplicates: 2 });
+      expect((await post(batch)).body).to.deep.equal({ accepted: 3, duplicates: 0, refused: [] });
+      expect((await post(batch)).body).to.deep.equal({ accepted: 0, duplicates: 3, refused: [] });
+      expect((await post([batch[0], event(c.id), batch[1]])).body).to.deep.equal({ accepted: 1, duplicates: 2, refused: [] });
       const state = await customerState(c.id);
       expect(state.unsettled_usage).to.equal(4);
       expect(state.estimated_balance).to.equal(-996);
@@ -149,7 +149,7 @@ describe('metering', function () {
     }
   });
 
-  it('an allow carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms, gateway_nodes)', async () => {
+  it('GET /v1/decisions (read-only) carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms)', async () => {
     const rich = stripe.create({ balance: -100000 });
     const near = stripe.create({ balance: -25 });
     const broke = stripe.create({ balance: -1 });
@@ -158,9 +158,13 @@ describe('metering', function () {
     expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
     expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
     expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
-    await stopSvc();
-    await start({ default_cost: 1, low_credit_requests: 100, gateway_nodes: 3 });
-    expect((await decision(near.id)).max_requests, '25 requests over 3 gateway nodes').to.equal(9);
+  });
+
+  it('refuses metering.gateway_nodes at start-up, saying why', async () => {
+    let error: Error | undefined;
+    svc = undefined as unknown as RunningService; // nothing to stop after this test
+    try { await start({ default_cost: 1, gateway_nodes: 3 }); } catch (err) { error = err as Error; }
+    expect(error?.message).to.match(/metering\.gateway_nodes: is no longer used: each plugin server identifies itself/);
   });
 
   it('10,000 events over 50 customers at fractional prices settle to exactly the expected sums, with no gap or double count', async () => {
@@ -203,14 +207,14 @@ describe('metering', function () {
     // A store that dies when it would record Stripe's confirmation, as a kill -9 at that moment would.
     class CrashingStore extends SqliteStore {
       override async saveChanges(changes: StoreChanges): Promise<void> {
-        if (changes.confirmSettlement) throw new Error('killed before the confirmation was written');
+        if (changes.confirmSettlements?.length) throw new Error('killed before the confirmation was written');
         return super.saveChanges(changes);
       }
     }
     await start({}, new CrashingStore(path.join(dir, 'payg.sqlite')));
     await svc.sync!.sweep();
     await post(Array.from({ length: 42 }, () => event(c.id)));
-    expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 1 });
+    expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 0, retrying: 1 });
     expect(stripe.balanceTransactions).to.have.length(1);
     await stopSvc();
 
@@ -219,7 +223,7 @@ describe('metering', function () {
     expect(settled).to.include({ confirmed: 1, amount: 42 });
     expect(stripe.balanceTransactions, 'charged once').to.have.length(1);
     expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
-    const posts = stripe.requests.filter((r) => r.path.endsWith('/balance_transactions'));
+    const posts = stripe.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/balance_transactions'));
     expect(posts.map((r) => r.status)).to.deep.equal([200, 200]);
     expect((await customerState(c.id)).estimated_balance).to.equal(-958);
     const rows = await (await fetch(`${svc.url}/admin/settlements?customer=${c.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
@@ -227,19 +231,23 @@ describe('metering', function () {
     expect(rows.settlements[0]).to.include({ status: 'confirmed', amount: 42, attempts: 2 });
   });
 
-  it('pruning forgets settled events past keep_events, keeps the totals and the dedupe of recent ones', async () => {
+  it('pruning forgets settled events received before the cutoff, keeps the totals and the dedupe of recent ones', async () => {
     const c = stripe.create({ balance: -1000 });
     await start();
     await svc.sync!.sweep();
     const old = [event(c.id, { at: Date.now() - 10 * 86_400_000 }), event(c.id, { at: Date.now() - 9 * 86_400_000 })];
     await post(old);
     await svc.settler!.settle(); // settles the 2 cents
+    // Pruning goes by when events were received, not by the time they claim.
+    await new Promise((r) => setTimeout(r, 5));
+    const cutoff = Date.now();
+    await new Promise((r) => setTimeout(r, 5));
     const recent = [event(c.id)];
     await post(recent);
-    const pruned = await svc.store.prune({ usageBefore: Date.now() - 7 * 86_400_000, webhooksBefore: 0 });
+    const pruned = await svc.store.prune({ usageBefore: cutoff, webhooksBefore: 0 });
     expect(pruned.usageEvents).to.equal(2);
     expect((await customerState(c.id)).estimated_balance, 'the estimate does not move').to.equal(-997);
-    expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1 });
+    expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1, refused: [] });
     await stopSvc();
     await start();
     expect((await customerState(c.id)).estimated_balance, 'nor after a restart').to.equal(-997);

@@ -107,7 +107,7 @@ describe('README promises: the running control service', function () {
       expect(stripe.requests.filter((r) => r.path === '/v1/customers'), 'three pages listed once').to.have.length(3);
     });
 
-    it('a webhook that could not be applied answers 500, so Stripe retries it, and the retry applies', async () => {
+    it('a webhook that could not be applied answers 5xx, so Stripe retries it, and the retry applies', async () => {
       const c = stripe.create({ balance: -500 });
       await start();
       await sweep();
@@ -116,7 +116,7 @@ describe('README promises: the running control service', function () {
       const sync = svc!.sync!;
       const real = sync.applyEvent.bind(sync);
       sync.applyEvent = async () => { throw new Error('store busy'); };
-      expect(await stripe.deliver(event)).to.equal(500);
+      expect(await stripe.deliver(event)).to.be.within(500, 599);
       sync.applyEvent = real;
       expect(await stripe.deliver(event), 'the retry is not taken for a replay').to.equal(200);
       expect(JSON.parse(svc!.engine.decide(c.id).json).allow).to.equal(false);
@@ -129,7 +129,7 @@ describe('README promises: the running control service', function () {
       await start();
       await sweep();
       const e = usage(c.id);
-      expect((await postUsage([e, e, usage(c.id), e])).body).to.deep.equal({ accepted: 2, duplicates: 2 });
+      expect((await postUsage([e, e, usage(c.id), e])).body).to.include({ accepted: 2, duplicates: 2 });
       expect((await admin(`customers/${c.id}`)).body).to.include({ unsettled_usage: 2, estimated_balance: -998 });
     });
 
@@ -145,7 +145,7 @@ describe('README promises: the running control service', function () {
       const c = stripe.create({ balance: -1000, metadata: { kong_consumer: 'ada' } });
       await start();
       await sweep();
-      expect((await postUsage([usage('ada'), usage('cus_later'), usage('cus_later')])).body).to.deep.equal({ accepted: 3, duplicates: 0 });
+      expect((await postUsage([usage('ada'), usage('cus_later'), usage('cus_later')])).body).to.include({ accepted: 3, duplicates: 0 });
       // The unmapped consumer turns up in Stripe afterwards: its earlier usage still bills no one.
       stripe.create({ id: 'cus_later', balance: -1000 });
       await sweep();
@@ -169,7 +169,7 @@ describe('README promises: the running control service', function () {
       await sweep();
       await postUsage([usage(c.id), usage(c.id)]);
       stripe.holdAnswers(/meter_events/); // Stripe records the event; we never hear it
-      expect(await svc!.settler!.settle()).to.include({ confirmed: 0, failed: 1 });
+      expect(await svc!.settler!.settle()).to.include({ confirmed: 0, retrying: 1 });
       stripe.holdAnswers(undefined);
       stripe.forgetIdempotencyKeys();
       expect(await svc!.settler!.settle()).to.include({ confirmed: 1, failed: 0 });

@@ -6,9 +6,10 @@
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { loadConfig } from '../../control-service/src/config';
+import { checkExposure, loadConfig } from '../../control-service/src/config';
 import { PAYG_PLUGINSERVER, ROOT } from '../../testkit/pluginserver-process';
 
 const read = (file: string) => fs.readFileSync(path.join(ROOT, file), 'utf8');
@@ -89,6 +90,14 @@ describe('deployment files', () => {
     for (const route of config.metering.pricing.routeCostMicros.keys()) expect(routes).to.include(route);
   });
 
+  it('the example config listens off loopback, so it starts only with .env.example\'s PAYG_CONTROL_TOKEN set', () => {
+    const envExample = Object.fromEntries(read('.env.example').split('\n').filter((l) => /^[A-Z_]+=/.test(l)).map((l) => l.split('=', 2) as [string, string]));
+    expect(envExample.PAYG_CONTROL_TOKEN).to.be.a('string').that.is.not.empty;
+    const example = path.join(ROOT, 'control-service/payg.example.yml');
+    expect(checkExposure(loadConfig(example, { PAYG_CONTROL_TOKEN: envExample.PAYG_CONTROL_TOKEN }))).to.deep.equal({ ok: true });
+    expect(checkExposure(loadConfig(example, {}))).to.include({ ok: false });
+  });
+
   it('secrets come from an env file that is not committed; .env.example names every one', () => {
     expect(control.env_file).to.equal('.env');
     expect(read('.gitignore').split('\n')).to.include('.env');
@@ -103,6 +112,25 @@ describe('deployment files', () => {
       const text = read(file);
       expect(text, file).to.include('COPY package.json package-lock.json ./');
       expect(text, file).to.match(/RUN npm ci\b/);
+    }
+  });
+
+  it('both images build the product alone: no test folder is copied, and tsconfig.build.json compiles without it', () => {
+    for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
+      const text = read(file);
+      expect(text, file).to.not.match(/COPY (spec|testkit|bench|demo)\b/);
+      expect(text, file).to.include('tsconfig.build.json');
+    }
+    // Compiled in a copy holding only what the images copy, so an import of spec/ or testkit/ fails here.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-image-'));
+    try {
+      for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json']) fs.copyFileSync(path.join(ROOT, f), path.join(dir, f));
+      for (const d of ['plugin', 'control-service']) fs.cpSync(path.join(ROOT, d), path.join(dir, d), { recursive: true });
+      fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+      const tsc = spawnSync(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--noEmit'], { cwd: dir, encoding: 'utf8' });
+      expect(tsc.status, tsc.stdout + tsc.stderr).to.equal(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -2,7 +2,7 @@
 import { expect } from 'chai';
 import { KongHarness, accessPdk, type Consumer } from '../../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
-import { FakeControlService, allow, block } from '../../testkit/fake-control-service';
+import { FakeControlService, allow, block, leased } from '../../testkit/fake-control-service';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const alice: Consumer = { id: '8f0d6a0e-0000-4000-8000-000000000001', username: 'alice', custom_id: 'cus_alice' };
@@ -48,22 +48,23 @@ describe('payg access phase (through the plugin server)', function () {
     expect(Buffer.from(res.exit!.body!)).to.deep.equal(Buffer.from(PAYMENT_BODY));
   });
 
-  it('an allow with max_requests serves that many requests (the fetching one included), then asks again', async () => {
+  it('an allow with a lease serves that many requests (the fetching one included), then asks again, giving the lease back', async () => {
     let left = 3;
-    svc.decide = () => (left > 0 ? { body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: left }) } : block('{"error":"payment_required"}'));
+    svc.decide = () => (left > 0 ? leased(left, { id: `lease-${left}` }) : block('{"error":"payment_required"}'));
     const id = await instance();
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) {
       const res = await access(id);
       statuses.push(res.exit?.status ?? 200);
-      left--; // what the service would learn from usage reports
+      left--;
     }
     expect(statuses).to.deep.equal([200, 200, 200, 402, 402]);
     expect(svc.decisionPaths, 'asked once for 3 requests, then again when spent').to.have.length(2);
+    expect(svc.leaseRequests[1].previous).to.deep.equal({ id: 'lease-3', drawn: 3 });
   });
 
-  it('a spent max_requests is no fallback when the service is down: fail_open decides', async () => {
-    svc.decide = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: 1 }) });
+  it('a spent lease is no fallback when the service is down: fail_open decides', async () => {
+    svc.decide = () => leased(1);
     const id = await instance({ fail_open: false });
     expect((await access(id)).exit).to.equal(undefined);
     await svc.stop();
@@ -221,7 +222,8 @@ describe('payg access phase (through the plugin server)', function () {
   it('sends control_service_token as a bearer token', async () => {
     const id = await instance({ control_service_token: 's3cret-token' });
     await access(id);
-    expect(svc.authorizations).to.deep.equal(['Bearer s3cret-token']);
+    expect(svc.authorizations.length, 'the lease call (and the change stream)').to.be.at.least(1);
+    expect(new Set(svc.authorizations)).to.deep.equal(new Set(['Bearer s3cret-token']));
   });
 
   it('rejects an invalid config at StartInstance, naming the field', async () => {

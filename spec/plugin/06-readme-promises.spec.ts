@@ -1,9 +1,9 @@
 // README promises of the plugin's edges, checked on the modules themselves:
 // the control client against a loopback fake of the control service, the
-// usage queue sending through it, and the decision cache with a fake fetch.
+// usage queue sending through it, and the decision (lease) cache with a fake transport.
 import { expect } from 'chai';
-import { ControlClient, type FetchOutcome } from '../../plugin/src/control-client';
-import { DecisionCache } from '../../plugin/src/decision-cache';
+import { ControlClient, type LeaseOutcome } from '../../plugin/src/control-client';
+import { LeaseCache } from '../../plugin/src/lease-cache';
 import { UsageQueue, type UsageEvent } from '../../plugin/src/usage-queue';
 import { FakeControlService, block } from '../../testkit/fake-control-service';
 
@@ -50,21 +50,25 @@ describe('README promises: the plugin\'s control client, usage queue and decisio
   it('a decision answer over the size limit is treated as the service failing, not parsed', async () => {
     const padded = JSON.stringify({ allow: false, status: 402, headers: {}, body: 'x'.repeat(300 * 1024), rule: 'r', ttl_ms: 5000 });
     fake.decide = () => ({ body: padded });
-    const outcome = await client.fetchDecision('cus_a');
+    const ask = () => client.fetchLease({ node: 'node-1', consumer: 'cus_a', want: 1 });
+    const outcome = await ask();
     expect(outcome).to.deep.include({ kind: 'UNAVAILABLE', reason: 'BAD_SHAPE', detail: 'response too large' });
     // A block with a body of ordinary size is a decision.
     fake.decide = () => block('{"error":"payment_required"}');
-    expect((await client.fetchDecision('cus_a')).kind).to.equal('DECISION');
+    expect((await ask()).kind).to.equal('DECISION');
   });
 
   it('the decision cache holds at most maxEntries consumers, forgetting the least recently fetched first', async () => {
     let now = 0;
     const fetched: string[] = [];
     // a's decision is short-lived, so it is fetched again later; the others last.
-    const cache = new DecisionCache(async (consumer): Promise<FetchOutcome> => {
-      fetched.push(consumer);
-      return { kind: 'DECISION', decision: { allow: true, ttlMs: consumer === 'a' ? 1000 : 60_000 } };
-    }, { cacheTtlMs: 60_000, staleTtlMs: 60_000, maxEntries: 3, now: () => now });
+    const cache = new LeaseCache({
+      fetch: async (consumer): Promise<LeaseOutcome> => {
+        fetched.push(consumer);
+        return { kind: 'DECISION', decision: { allow: true, ttlMs: consumer === 'a' ? 1000 : 60_000 }, lease: undefined };
+      },
+      release: async () => true,
+    }, { cacheTtlMs: 60_000, staleTtlMs: 60_000, trackDraws: false, maxEntries: 3, now: () => now });
     const held = () => ['a', 'b', 'c', 'd'].filter((c) => cache.fresh(c) !== undefined);
     for (const c of ['a', 'b', 'c']) await cache.resolve(c);
     expect(held()).to.deep.equal(['a', 'b', 'c']);

@@ -1,9 +1,12 @@
 // Delivers the outbox with nodemailer over SMTP: one email at a time, paced to
 // messages_per_second. Each is claimed (sending), sent, then marked delivered
 // right after the server's 250, so a crash repeats at most the one email in
-// flight, and that one carries the same Message-ID. A 4xx answer or a
-// connection failure is retried with backoff up to max_attempts; a 5xx answer
-// fails at once.
+// flight, and that one carries the same Message-ID. Attempts count the
+// server's answers only: a 4xx is retried with backoff up to max_attempts, a
+// 5xx fails at once, and a connection that fails (refused, timed out, cut) is
+// retried with backoff without using an attempt, however long SMTP is away.
+// Right before sending, the email is checked again: template still on, and
+// still true (stale otherwise).
 
 import { createHash } from 'node:crypto';
 import type { Transporter } from 'nodemailer';
@@ -12,8 +15,9 @@ import type { Config } from '../config';
 import type { EmailMergeContext } from '../merge-tags';
 import type { OutboxRow, Store } from '../store/store';
 import type { EmailTemplate } from './templates';
+import { notOneAddress } from './address';
 
-export type SendResult = 'delivered' | 'retry' | 'failed' | 'cancelled';
+export type SendResult = 'delivered' | 'retry' | 'failed' | 'cancelled' | 'stale';
 
 export interface SenderDeps {
   store: Store;
@@ -23,6 +27,8 @@ export interface SenderDeps {
   delivery: Config['emailDelivery'];
   log: Logger;
   onResult?(result: SendResult, templateId: string): void;
+  /** Why this email is no longer true at delivery time (the customer left the cohort, is back above the threshold), or undefined. */
+  staleReason?(row: OutboxRow): Promise<string | undefined>;
   now?(): number;
 }
 
@@ -51,6 +57,8 @@ export class EmailSender {
   private loop: Promise<void> | undefined;
   private wakeUp: (() => void) | undefined;
   private nextSlot = 0;
+  /** Connection failures in a row: backs off while SMTP is away, without using any email's attempts. */
+  private unreachableStreak = 0;
 
   constructor(private readonly deps: SenderDeps) {
     this.templates = new Map(deps.templates.map((t) => [t.id, t]));
@@ -116,36 +124,64 @@ export class EmailSender {
     const { store, log } = this.deps;
     const row = await store.claimDueEmail(this.now());
     if (!row) return false;
-    const template = this.templates.get(row.templateId);
-    if (!template || !this.deps.isActive(row.templateId)) {
-      await store.finishEmail(row.id, { status: 'cancelled', at: this.now(), error: template ? 'template switched off' : 'template no longer configured' });
-      this.deps.onResult?.('cancelled', row.templateId);
+    if (await this.dropIfNotDue(row)) return true;
+    const badAddress = notOneAddress(row.to);
+    if (badAddress) {
+      // Never handed to SMTP: a list or a malformed address would reach whoever it names.
+      await store.finishEmail(row.id, { status: 'failed', at: this.now(), error: badAddress });
+      log.warn({ email: row.id, template: row.templateId, customer: row.customerId, reason: badAddress }, 'email not sent');
+      this.deps.onResult?.('failed', row.templateId);
       return true;
     }
     await this.pace();
+    // Checked again after waiting for the slot: a switch-off or a change meanwhile stops it.
+    if (await this.dropIfNotDue(row)) return true;
+    const template = this.templates.get(row.templateId)!;
     const message = renderEmail(template, row);
     try {
       await this.deps.transport.sendMail(message);
     } catch (err) {
       const e = err as Error & { responseCode?: number; code?: string };
-      const reason = e.responseCode ? `${e.responseCode} ${e.message}` : `${e.code ?? 'error'}: ${e.message}`;
-      const permanent = e.responseCode !== undefined && e.responseCode >= 500;
-      if (permanent || row.attempts >= this.deps.delivery.maxAttempts) {
-        await store.finishEmail(row.id, { status: 'failed', at: this.now(), error: reason });
-        log.error({ email: row.id, template: row.templateId, customer: row.customerId, attempts: row.attempts, reason }, 'email failed');
+      const answered = e.responseCode !== undefined;
+      const reason = answered ? `${e.responseCode} ${e.message}` : `${e.code ?? 'error'}: ${e.message}`;
+      const attempts = row.attempts + (answered ? 1 : 0);
+      const permanent = answered && e.responseCode! >= 500;
+      if (permanent || attempts >= this.deps.delivery.maxAttempts) {
+        await store.finishEmail(row.id, { status: 'failed', at: this.now(), error: reason, answered });
+        log.error({ email: row.id, template: row.templateId, customer: row.customerId, attempts, reason }, 'email failed');
         this.deps.onResult?.('failed', row.templateId);
       } else {
         const { retryBaseDelayMs: base, retryMaxDelayMs: cap } = this.deps.delivery;
-        const delay = Math.min(cap, base * 2 ** (row.attempts - 1));
-        await store.retryEmail(row.id, this.now() + delay, reason);
-        log.warn({ email: row.id, template: row.templateId, attempts: row.attempts, retryInMs: delay, reason }, 'email not delivered; will retry');
+        this.unreachableStreak = answered ? 0 : this.unreachableStreak + 1;
+        const delay = Math.min(cap, base * 2 ** (Math.max(attempts, this.unreachableStreak, 1) - 1));
+        await store.retryEmail(row.id, this.now() + delay, reason, answered);
+        log.warn({ email: row.id, template: row.templateId, attempts, retryInMs: delay, reason }, answered ? 'email not delivered; will retry' : 'SMTP server unreachable; will retry without using an attempt');
         this.deps.onResult?.('retry', row.templateId);
       }
       return true;
     }
+    this.unreachableStreak = 0;
     // Marked at once after the 250: nothing awaits between the server's answer and this write.
-    await store.finishEmail(row.id, { status: 'delivered', at: this.now(), messageId: message.messageId });
+    await store.finishEmail(row.id, { status: 'delivered', at: this.now(), messageId: message.messageId, answered: true });
     this.deps.onResult?.('delivered', row.templateId);
     return true;
+  }
+
+  /** Ends an email that must not go: template off or gone (cancelled), or no longer true (stale). */
+  private async dropIfNotDue(row: OutboxRow): Promise<boolean> {
+    const template = this.templates.get(row.templateId);
+    if (!template || !this.deps.isActive(row.templateId)) {
+      await this.deps.store.finishEmail(row.id, { status: 'cancelled', at: this.now(), error: template ? 'template switched off' : 'template no longer configured' });
+      this.deps.onResult?.('cancelled', row.templateId);
+      return true;
+    }
+    const stale = await this.deps.staleReason?.(row);
+    if (stale) {
+      await this.deps.store.finishEmail(row.id, { status: 'stale', at: this.now(), error: stale });
+      this.deps.log.info({ email: row.id, template: row.templateId, customer: row.customerId, reason: stale }, 'email no longer true; not sent');
+      this.deps.onResult?.('stale', row.templateId);
+      return true;
+    }
+    return false;
   }
 }

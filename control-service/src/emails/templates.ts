@@ -36,6 +36,13 @@ export class TemplateError extends Error {
   constructor(readonly field: string, reason: string) { super(reason); }
 }
 
+/** Handlebars' parse errors quote the source around the error; a config error never prints a file's contents. */
+function withoutExcerpt(message: string): string {
+  const lines = message.split('\n');
+  if (lines.length === 1) return message;
+  return [lines[0], ...lines.slice(1).filter((l) => /^Expecting /.test(l))].join(' ');
+}
+
 /** Reads and compiles one template source; `field` and `file` name it in errors. */
 export function compileEmailPart(source: string, escaping: 'html' | 'none', where: string, topUp: TopUpConfig): RenderFn {
   let render: RenderFn;
@@ -43,16 +50,32 @@ export function compileEmailPart(source: string, escaping: 'html' | 'none', wher
     render = compileTemplate(source, escaping, EMAIL_MERGE_TAGS);
     render({ ...mergeContext(SAMPLE_CUSTOMER, topUp), threshold: { cents: 1000, formatted: '$10.00' } });
   } catch (err) {
-    throw new TemplateError(where, `template does not compile: ${(err as Error).message}`);
+    throw new TemplateError(where, `template does not compile: ${withoutExcerpt((err as Error).message)}`);
   }
   return render;
 }
 
+/**
+ * Reads a template file, which must lie inside `baseDir` (the config file's
+ * folder) once symlinks are resolved: a config cannot make the service read,
+ * and echo in an error, a file elsewhere on the host.
+ */
 export function readTemplateFile(file: string, baseDir: string, field: string): { source: string; file: string } {
   const resolved = path.resolve(baseDir, file);
+  let real: string;
+  let realBase: string;
   try {
-    return { source: fs.readFileSync(resolved, 'utf8'), file: resolved };
+    realBase = fs.realpathSync(baseDir);
+    real = fs.realpathSync(resolved);
   } catch (err) {
+    throw new TemplateError(field, `cannot read template file ${resolved}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!real.startsWith(realBase + path.sep)) throw new TemplateError(field, `template file ${resolved} lies outside the config file's folder ${realBase}`);
+  try {
+    if (!fs.statSync(real).isFile()) throw new TemplateError(field, `template file ${resolved} is not a regular file`);
+    return { source: fs.readFileSync(real, 'utf8'), file: resolved };
+  } catch (err) {
+    if (err instanceof TemplateError) throw err;
     throw new TemplateError(field, `cannot read template file ${resolved}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
 }

@@ -65,7 +65,39 @@ export function planRecurring(template: EmailTemplate, members: ReadonlyArray<{ 
   const out: OutboxRecord[] = [];
   for (const { customer, since } of members) {
     const k = Math.floor((now - since) / window);
-    if (k >= 1 && customer.email) out.push(record(template, customer, `${template.trigger.cohort}|enter@${since}|repeat:${k}`, createdAt, topUp));
+    if (k >= 1 && customer.email) out.push({ ...record(template, customer, `${template.trigger.cohort}|enter@${since}|repeat:${k}`, createdAt, topUp), reminder: true });
   }
   return out;
+}
+
+/** The customer as it stands when an email is about to go. */
+export interface CustomerNow {
+  /** When it entered the template's cohort, if it is a member now. */
+  since: number | undefined;
+  /** Estimated credit in cents (−estimated balance). */
+  credit: number;
+}
+
+/**
+ * Why an email decided earlier is no longer true, or undefined when it still
+ * is: an entry email or reminder for a customer who has left the cohort (or
+ * left and entered again: the new entry has its own email), a "left" email for
+ * one who is back in, a low-balance warning for one back at or above the
+ * threshold. Read from the dedupe key, which names what the email is for.
+ */
+export function staleReason(template: EmailTemplate, dedupeKey: string, now: CustomerNow): string | undefined {
+  if (template.trigger.kind === 'cohort') {
+    const m = /\|(enter|leave)@(\d+)(\|repeat:\d+)?$/.exec(dedupeKey);
+    if (!m) return undefined;
+    const at = Number(m[2]);
+    if (m[1] === 'enter') {
+      if (now.since === undefined) return `customer left cohort ${template.trigger.cohort}`;
+      if (now.since !== at) return `customer left cohort ${template.trigger.cohort} and entered again`;
+      return undefined;
+    }
+    return now.since !== undefined && now.since > at ? `customer is back in cohort ${template.trigger.cohort}` : undefined;
+  }
+  const m = /\|below:(\d+)@\d+$/.exec(dedupeKey);
+  if (m && now.credit >= Number(m[1])) return `credit is back at or above ${m[1]}`;
+  return undefined;
 }

@@ -7,6 +7,7 @@ import { mergeContext, SAMPLE_CUSTOMER } from '../merge-tags';
 import { MICROS_PER_UNIT } from '../pricing';
 import type { HttpDeps } from './index';
 import { jsonBody, send, tokenMatches } from './util';
+import { notOneAddress } from '../emails/address';
 
 export function createAdminHandler(deps: HttpDeps): (method: string, parts: string[], req: http.IncomingMessage, res: http.ServerResponse) => Promise<void> {
   const { config, engine, log } = deps;
@@ -44,7 +45,7 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
       if (!deps.emails) return send(res, 503, { error: 'smtp_not_configured' });
       const body = await jsonBody(req);
       const to = body?.to;
-      if (typeof to !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(to)) return send(res, 400, { error: 'bad_request', message: 'body must be {"to": "<address>", "customer_id"?: "cus_…"}' });
+      if (typeof to !== 'string' || notOneAddress(to)) return send(res, 400, { error: 'bad_request', message: 'body must be {"to": "<address>", "customer_id"?: "cus_…"}' });
       let customer = SAMPLE_CUSTOMER;
       if (body?.customer_id !== undefined) {
         const state = typeof body.customer_id === 'string' ? engine.customer(body.customer_id) : undefined;
@@ -62,8 +63,11 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
     return send(res, 404, { error: 'not_found' });
   };
 
-  return async (method: string, parts: string[], req: http.IncomingMessage, res: http.ServerResponse) => {
+  /** `rawParts` are the path's segments still percent-encoded: nothing from the path is decoded before authentication. */
+  return async (method: string, rawParts: string[], req: http.IncomingMessage, res: http.ServerResponse) => {
     if (!adminToken || !tokenMatches(req.headers.authorization, adminToken)) return send(res, 401, { error: 'unauthorized' });
+    let parts: string[];
+    try { parts = rawParts.map(decodeURIComponent); } catch { return send(res, 400, { error: 'bad_request', message: 'path is not valid URL encoding' }); }
     const [resource, id, sub] = parts;
     if (method === 'GET' && resource === 'cohorts' && !id) {
       const sizes = engine.cohortSizes();
@@ -81,6 +85,8 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
         customer, cohorts: state.cohorts,
         estimated_balance: state.estimatedBalance, unsettled_usage: state.unsettledMicros / MICROS_PER_UNIT, decision: JSON.parse(state.decision.json), updated_at: new Date(version).toISOString(),
         history: (await deps.store.history(id)).map((t) => ({ cohort: t.cohort, kind: t.kind, at: new Date(t.at).toISOString(), balance: t.balance })),
+        // Read-only: credit reserved to gateway nodes (the decision above reserves nothing).
+        leases: deps.leases.leasesOf(id),
       });
     }
     if (method === 'GET' && resource === 'rules' && !id) {

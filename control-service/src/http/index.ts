@@ -14,7 +14,11 @@ import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
 import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
-import { MAX_BODY_BYTES, readBody, send, tokenMatches } from './util';
+import { ByteBudget, MAX_BODY_BYTES, readBody, refuseBody, send, tokenMatches } from './util';
+import type { UsageEventInput } from '../engine';
+import { createLeaseHandler } from './leases';
+import type { LeaseDesk } from '../lease-desk';
+import type { ChangeStream } from './stream';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -28,18 +32,33 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
+  /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
+  publicBodyTimeoutMs?: number;
+  leases: LeaseDesk;
+  stream: ChangeStream;
 }
 
-const usageBatch = z.object({
-  events: z.array(z.object({
-    id: z.string().min(1).max(128),
-    consumer: z.string().min(1).max(512),
-    // ISO 8601 text (what the plugin sends) or epoch milliseconds.
-    at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
-    route: z.string().max(512).nullable().default(null),
-    status: z.number().int().min(0).max(599),
-  }).passthrough()),
+const usageEvent = z.object({
+  id: z.string().min(1).max(128),
+  consumer: z.string().min(1).max(512),
+  // ISO 8601 text (what the plugin sends) or epoch milliseconds.
+  at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
+  route: z.string().max(512).nullable().default(null),
+  status: z.number().int().min(0).max(599),
 }).passthrough();
+
+/** Usage dated later than this ahead of our clock is refused: it would sit ahead of every prune. */
+export const MAX_FUTURE_USAGE_MS = 5 * 60_000;
+/** Stripe's events are a few KB; this fits any of them. */
+export const WEBHOOK_BODY_LIMIT = 64 * 1024;
+/** Bytes all unauthenticated request bodies together may hold in memory. */
+export const PUBLIC_BUFFER_BYTES = 8 * 1024 * 1024;
+/** How long an unauthenticated request may take to send its body. */
+export const PUBLIC_BODY_TIMEOUT_MS = 10_000;
+/** Events validated or stored per turn of the event loop, so decisions keep answering during a big batch. */
+const USAGE_CHUNK = 250;
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export function createHttpServer(deps: HttpDeps): http.Server {
   const { config, engine, metrics, log } = deps;
@@ -57,34 +76,63 @@ export function createHttpServer(deps: HttpDeps): http.Server {
 
   // A batch may hold up to max_batch_events events of about 200 bytes each.
   const usageBodyLimit = Math.max(MAX_BODY_BYTES, config.metering.maxBatchEvents * 512);
+  const maxEvents = config.metering.maxBatchEvents;
   const usage = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
     const body = await readBody(req, usageBodyLimit);
-    if (body === 'too_large') return send(res, 413, { error: 'too_large', message: `body over ${usageBodyLimit} bytes; send smaller batches` });
+    if (!Buffer.isBuffer(body)) return refuseBody(res, body, usageBodyLimit);
     let doc: unknown;
     try { doc = JSON.parse(body.toString()); } catch { return send(res, 400, { error: 'bad_request', message: 'body is not JSON' }); }
-    const parsed = usageBatch.safeParse(doc);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      return send(res, 400, { error: 'bad_request', message: `${fieldPath(issue.path, 'body')}: ${issue.message}` });
+    const raw = (doc as { events?: unknown } | null)?.events;
+    if (!Array.isArray(raw)) return send(res, 400, { error: 'bad_request', message: `events: ${raw === undefined ? 'Required' : 'Expected array'}` });
+    // Counted before anything is validated, so an oversized batch costs nothing.
+    if (raw.length > maxEvents) return send(res, 413, { error: 'too_large', message: `${raw.length} events; at most ${maxEvents} per batch` });
+
+    // One bad event does not cost its batch: the valid ones are stored, the others refused by index.
+    const valid: Array<UsageEventInput & { lease?: string }> = [];
+    const refused: Array<{ index: number; error: string }> = [];
+    const latest = Date.now() + MAX_FUTURE_USAGE_MS;
+    for (let i = 0; i < raw.length; i++) {
+      if (i > 0 && i % USAGE_CHUNK === 0) await nextTurn();
+      const parsed = usageEvent.safeParse(raw[i]);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        refused.push({ index: i, error: `${fieldPath(issue.path, '(event)')}: ${issue.message}` });
+        continue;
+      }
+      const e = parsed.data;
+      const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
+      if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined });
     }
-    const { events } = parsed.data;
-    if (events.length > config.metering.maxBatchEvents) {
-      return send(res, 413, { error: 'too_large', message: `${events.length} events; at most ${config.metering.maxBatchEvents} per batch` });
+    let accepted = 0;
+    let duplicates = 0;
+    for (let i = 0; i < valid.length; i += USAGE_CHUNK) {
+      if (i > 0) await nextTurn();
+      const r = await engine.ingestUsage(valid.slice(i, i + USAGE_CHUNK));
+      accepted += r.accepted;
+      duplicates += r.duplicates;
     }
-    const result = await engine.ingestUsage(events.map((e) => ({
-      id: e.id, consumer: e.consumer, at: typeof e.at === 'number' ? e.at : Date.parse(e.at), route: e.route, status: e.status,
-    })));
-    metrics.usageEvents.inc({ result: 'accepted' }, result.accepted);
-    metrics.usageEvents.inc({ result: 'duplicate' }, result.duplicates);
-    send(res, 200, result);
+    // Their cost is unsettled usage now: the leases they were drawn from let go of them.
+    deps.leases.settle(valid);
+    metrics.usageEvents.inc({ result: 'accepted' }, accepted);
+    metrics.usageEvents.inc({ result: 'duplicate' }, duplicates);
+    if (refused.length) {
+      metrics.usageEvents.inc({ result: 'refused' }, refused.length);
+      log.warn({ refused: refused.length, first: refused[0] }, 'usage events refused');
+    }
+    send(res, 200, { accepted, duplicates, refused });
   };
 
+  const publicBytes = new ByteBudget(PUBLIC_BUFFER_BYTES);
   const webhook = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const secret = config.secrets.stripeWebhookSecret;
     if (!secret || !deps.webhooks || !deps.sync) { metrics.webhooks.inc({ result: 'disabled' }); return send(res, 503, { error: 'webhooks_disabled' }); }
-    const body = await readBody(req);
-    if (body === 'too_large') return send(res, 413, { error: 'too_large' });
+    const body = await readBody(req, { limit: WEBHOOK_BODY_LIMIT, budget: publicBytes, timeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS });
+    if (!Buffer.isBuffer(body)) {
+      metrics.webhooks.inc({ result: body });
+      return refuseBody(res, body, WEBHOOK_BODY_LIMIT);
+    }
     let event: Stripe.Event;
     try {
       event = deps.webhooks.constructEvent(body, String(req.headers['stripe-signature'] ?? ''), secret);
@@ -93,7 +141,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       log.warn({ reason: (err as Error).message }, 'webhook rejected: signature check failed');
       return send(res, 400, { error: 'bad_signature' });
     }
-    if (!(await deps.store.claimWebhookEvent(event.id, Date.now()))) {
+    // Recorded as processed only in the transaction that applies it (see BalanceSync.applyEvent).
+    if (await deps.store.webhookEventSeen(event.id)) {
       metrics.webhooks.inc({ result: 'duplicate' });
       return send(res, 200, { received: true, duplicate: true });
     }
@@ -102,13 +151,14 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       metrics.webhooks.inc({ result });
       send(res, 200, { received: true, result });
     } catch (err) {
-      await deps.store.forgetWebhookEvent(event.id); // let Stripe's retry apply it
+      // Stripe could not be read (or the store failed): non-2xx, so Stripe retries.
       metrics.webhooks.inc({ result: 'error' });
-      log.error({ err: (err as Error).message, event: event.id }, 'webhook could not be applied');
-      send(res, 500, { error: 'internal' });
+      log.error({ err: (err as Error).message, event: event.id }, 'webhook could not be applied; Stripe will retry it');
+      send(res, 503, { error: 'unavailable' });
     }
   };
   const admin = createAdminHandler(deps);
+  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }));
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -129,7 +179,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     });
   };
 
-  return http.createServer((req, res) => {
+  const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     const method = req.method ?? 'GET';
     // Hot path first, without URL parsing.
@@ -139,6 +189,10 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     const path = url.split('?')[0];
     const run = async () => {
+      if (path.startsWith('/v1/leases') || path === '/v1/stream') {
+        if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+        if (await leases(method, path, url, req, res)) return;
+      }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
       if (method === 'GET' && path === '/health') return health(res);
@@ -147,7 +201,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
         res.writeHead(200, { 'content-type': metrics.registry.contentType });
         return res.end(text);
       }
-      if (path.startsWith('/admin/')) return admin(method, path.slice(7).split('/').filter(Boolean).map(decodeURIComponent), req, res);
+      if (path.startsWith('/admin/')) return admin(method, path.slice(7).split('/').filter(Boolean), req, res);
       send(res, 404, { error: 'not_found' });
     };
     run().catch((err) => {
@@ -155,4 +209,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       if (!res.headersSent) send(res, 500, { error: 'internal' });
     });
   });
+  // A client gets seconds, not Node's minutes, to send its headers. Bodies are timed per route
+  // (unauthenticated ones only), so keep-alive and long-lived authenticated connections stay up.
+  server.headersTimeout = 10_000;
+  return server;
 }

@@ -38,9 +38,35 @@ const MIGRATIONS: string[] = [
      attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at INTEGER NOT NULL, confirmed_at INTEGER);
    CREATE INDEX settlements_customer ON settlements (customer_id, id);
    CREATE INDEX settlements_pending ON settlements (status) WHERE status = 'pending';`,
+  // 4: when each usage event was received: pruning goes by it, so an event dated far back or ahead is kept no longer than any other
+  `ALTER TABLE usage_events ADD COLUMN received_at INTEGER;
+   UPDATE usage_events SET received_at = at;
+   CREATE INDEX usage_events_received ON usage_events (received_at);`,
+  // 5: settlements Stripe refused for good are 'failed'; emails cancelled at delivery as no longer true are 'stale'
+  `CREATE TABLE settlements_v4 (id INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, from_seq INTEGER NOT NULL,
+     upto_seq INTEGER NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), currency TEXT NOT NULL, mode TEXT NOT NULL,
+     idempotency_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL CHECK (status IN ('pending','confirmed','failed')),
+     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, stripe_ref TEXT, created_at INTEGER NOT NULL, confirmed_at INTEGER);
+   INSERT INTO settlements_v4 SELECT * FROM settlements;
+   DROP TABLE settlements;
+   ALTER TABLE settlements_v4 RENAME TO settlements;
+   CREATE INDEX settlements_customer ON settlements (customer_id, id);
+   CREATE INDEX settlements_pending ON settlements (status) WHERE status = 'pending';
+   CREATE TABLE email_outbox_v4 (id INTEGER PRIMARY KEY AUTOINCREMENT, dedupe_key TEXT NOT NULL UNIQUE,
+     template_id TEXT NOT NULL, customer_id TEXT NOT NULL, to_address TEXT NOT NULL, context TEXT NOT NULL,
+     status TEXT NOT NULL CHECK (status IN ('pending','sending','delivered','failed','cancelled','stale')),
+     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL, last_error TEXT, message_id TEXT,
+     created_at INTEGER NOT NULL, delivered_at INTEGER);
+   INSERT INTO email_outbox_v4 SELECT * FROM email_outbox;
+   DROP TABLE email_outbox;
+   ALTER TABLE email_outbox_v4 RENAME TO email_outbox;
+   CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
+   CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
+  // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
+  'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
 ];
 
-function toSettlement(r: Record<string, any>): SettlementRow {
+export function toSettlement(r: Record<string, any>): SettlementRow {
   return {
     id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
     idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
@@ -81,10 +107,14 @@ export class SqliteStore implements Store {
       logTransition: this.db.prepare('INSERT INTO cohort_transitions (customer_id, cohort, kind, at, balance) VALUES (?, ?, ?, ?, ?)'),
       enter: this.db.prepare('INSERT OR REPLACE INTO memberships (customer_id, cohort, since) VALUES (?, ?, ?)'),
       leave: this.db.prepare('DELETE FROM memberships WHERE customer_id = ? AND cohort = ?'),
-      insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros)
-        VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros)`),
+      insertUsage: this.db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
+        VALUES (@id, @customerId, @consumer, @at, @route, @status, @costMicros, @receivedAt)`),
       confirmSettlement: this.db.prepare(`UPDATE settlements SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'
         RETURNING customer_id, amount`),
+      failSettlement: this.db.prepare(`UPDATE settlements SET status = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
+      recordWebhook: this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)'),
+      staleReminders: this.db.prepare(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
+        WHERE template_id = ? AND customer_id = ? AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
       addUsage: this.db.prepare(`INSERT INTO usage_totals (customer_id, used_micros, last_seq) VALUES (?, ?, ?)
         ON CONFLICT (customer_id) DO UPDATE SET used_micros = used_micros + excluded.used_micros, last_seq = MAX(last_seq, excluded.last_seq)`),
@@ -92,7 +122,7 @@ export class SqliteStore implements Store {
         (dedupe_key, template_id, customer_id, to_address, context, status, next_attempt_at, created_at)
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
       dueEmail: this.db.prepare(`SELECT * FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1`),
-      claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending', attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
+      claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending' WHERE id = ? AND status = 'pending'`),
     };
   }
 
@@ -121,8 +151,9 @@ export class SqliteStore implements Store {
     this.db.transaction(() => {
       // Running totals per customer, so settlement never scans the events.
       const added = new Map<string, { micros: number; seq: number }>();
+      const receivedAt = Date.now();
       for (const u of changes.usage ?? []) {
-        const r = this.stmt.insertUsage.run(u);
+        const r = this.stmt.insertUsage.run({ ...u, receivedAt });
         if (r.changes === 0 || !u.customerId) continue;
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
@@ -130,12 +161,13 @@ export class SqliteStore implements Store {
         added.set(u.customerId, t);
       }
       for (const [customerId, t] of added) this.stmt.addUsage.run(customerId, t.micros, t.seq);
-      const confirm = changes.confirmSettlement;
-      if (confirm) {
+      for (const confirm of changes.confirmSettlements ?? []) {
         const row = this.stmt.confirmSettlement.get(confirm.stripeRef, confirm.at, confirm.id) as { customer_id: string; amount: number } | undefined;
         if (row) this.stmt.addSettled.run(row.amount, row.customer_id);
       }
-      for (const e of changes.emails ?? []) this.stmt.enqueueEmail.run(e);
+      if (changes.failSettlement) this.stmt.failSettlement.run(changes.failSettlement.error, changes.failSettlement.id);
+      if (changes.webhookEvent) this.stmt.recordWebhook.run(changes.webhookEvent.id, changes.webhookEvent.at);
+      for (const e of changes.emails ?? []) this.enqueueOne(e);
       for (const c of changes.upserts) this.stmt.upsertCustomer.run(c.id, c.balance, c.currency, c.name, c.email, JSON.stringify(c.metadata), c.version);
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
       for (const t of changes.transitions) {
@@ -202,14 +234,18 @@ export class SqliteStore implements Store {
   }
 
   async prune(opts: { usageBefore: number; webhooksBefore: number }): Promise<{ usageEvents: number; webhookEvents: number }> {
-    const usageEvents = this.db.prepare(`DELETE FROM usage_events WHERE at < ? AND (customer_id IS NULL OR cost_micros = 0
+    const usageEvents = this.db.prepare(`DELETE FROM usage_events WHERE received_at < ? AND (customer_id IS NULL OR cost_micros = 0
       OR seq <= COALESCE((SELECT MAX(s.upto_seq) FROM settlements s WHERE s.customer_id = usage_events.customer_id AND s.status = 'confirmed'), 0))`)
       .run(opts.usageBefore).changes;
     const webhookEvents = this.db.prepare('DELETE FROM webhook_events WHERE at < ?').run(opts.webhooksBefore).changes;
     return { usageEvents, webhookEvents };
   }
 
-  async settlementFailed(id: number, error: string): Promise<void> {
+  async pendingSettlements(): Promise<SettlementRow[]> {
+    return (this.db.prepare(`SELECT * FROM settlements WHERE status = 'pending' ORDER BY id`).all() as Array<Record<string, any>>).map(toSettlement);
+  }
+
+  async settlementAttemptFailed(id: number, error: string): Promise<void> {
     this.db.prepare('UPDATE settlements SET attempts = attempts + 1, last_error = ? WHERE id = ?').run(error, id);
   }
 
@@ -225,9 +261,19 @@ export class SqliteStore implements Store {
       .map((r) => ({ customerId: r.customer_id, since: r.since }));
   }
 
+  async membershipSince(customerId: string, cohort: string): Promise<number | undefined> {
+    return (this.db.prepare('SELECT since FROM memberships WHERE customer_id = ? AND cohort = ?').get(customerId, cohort) as { since: number } | undefined)?.since;
+  }
+
+  private enqueueOne(e: OutboxRecord): number {
+    const added = this.stmt.enqueueEmail.run({ dedupeKey: e.dedupeKey, templateId: e.templateId, customerId: e.customerId, to: e.to, context: e.context, createdAt: e.createdAt }).changes;
+    if (added && e.reminder) this.stmt.staleReminders.run(e.templateId, e.customerId, e.dedupeKey);
+    return added;
+  }
+
   async enqueueEmails(emails: OutboxRecord[]): Promise<number> {
     let added = 0;
-    this.db.transaction(() => { for (const e of emails) added += this.stmt.enqueueEmail.run(e).changes; })();
+    this.db.transaction(() => { for (const e of emails) added += this.enqueueOne(e); })();
     return added;
   }
 
@@ -236,7 +282,7 @@ export class SqliteStore implements Store {
       const row = this.stmt.dueEmail.get(now) as Record<string, any> | undefined;
       if (!row) return undefined;
       this.stmt.claimEmail.run(row.id);
-      return toOutboxRow({ ...row, status: 'sending', attempts: row.attempts + 1 });
+      return toOutboxRow({ ...row, status: 'sending' });
     })();
   }
 
@@ -245,13 +291,14 @@ export class SqliteStore implements Store {
     return row.due ?? undefined;
   }
 
-  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void> {
-    this.db.prepare(`UPDATE email_outbox SET status = ?, delivered_at = ?, message_id = COALESCE(?, message_id), last_error = COALESCE(?, last_error) WHERE id = ?`)
-      .run(outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, id);
+  async finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled' | 'stale'; at: number; messageId?: string; error?: string; answered?: boolean }): Promise<void> {
+    this.db.prepare(`UPDATE email_outbox SET status = ?, delivered_at = ?, message_id = COALESCE(?, message_id), last_error = COALESCE(?, last_error), attempts = attempts + ? WHERE id = ?`)
+      .run(outcome.status, outcome.status === 'delivered' ? outcome.at : null, outcome.messageId ?? null, outcome.error ?? null, outcome.answered ? 1 : 0, id);
   }
 
-  async retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void> {
-    this.db.prepare(`UPDATE email_outbox SET status = 'pending', next_attempt_at = ?, last_error = ? WHERE id = ?`).run(nextAttemptAt, error, id);
+  async retryEmail(id: number, nextAttemptAt: number, error: string, answered: boolean): Promise<void> {
+    // Only a row still being sent goes back to the queue: one replaced meanwhile (stale) stays so.
+    this.db.prepare(`UPDATE email_outbox SET status = 'pending', next_attempt_at = ?, last_error = ?, attempts = attempts + ? WHERE id = ? AND status = 'sending'`).run(nextAttemptAt, error, answered ? 1 : 0, id);
   }
 
   async requeueInterruptedEmails(): Promise<number> {
@@ -300,12 +347,8 @@ export class SqliteStore implements Store {
     this.db.prepare('INSERT OR REPLACE INTO rule_overrides (rule_id, enabled) VALUES (?, ?)').run(ruleId, enabled ? 1 : 0);
   }
 
-  async claimWebhookEvent(eventId: string, at: number): Promise<boolean> {
-    return this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)').run(eventId, at).changes === 1;
-  }
-
-  async forgetWebhookEvent(eventId: string): Promise<void> {
-    this.db.prepare('DELETE FROM webhook_events WHERE id = ?').run(eventId);
+  async webhookEventSeen(eventId: string): Promise<boolean> {
+    return this.db.prepare('SELECT 1 FROM webhook_events WHERE id = ?').get(eventId) !== undefined;
   }
 
   async getMeta(key: string): Promise<string | undefined> {

@@ -22,11 +22,16 @@ export interface StoreChanges {
   transitions: TransitionRecord[];
   emails?: OutboxRecord[];
   usage?: UsageRecord[];
-  /** Marks a settlement confirmed by Stripe (with the customer's new balance among the upserts). */
-  confirmSettlement?: { id: number; stripeRef: string; at: number };
+  /** Marks settlements confirmed by Stripe (with the customer's new balance among the upserts); already confirmed ones stay as they are. */
+  confirmSettlements?: Array<{ id: number; stripeRef: string; at: number }>;
+  /** Marks a settlement Stripe refused for good. */
+  failSettlement?: { id: number; error: string; at: number };
+  /** A webhook event processed by this change (its id is deduplicated from then on). */
+  webhookEvent?: { id: string; at: number };
 }
 
-export type EmailStatus = 'pending' | 'sending' | 'delivered' | 'failed' | 'cancelled';
+/** `stale`: cancelled at delivery time because what it announced is no longer true (or a newer reminder replaced it). */
+export type EmailStatus = 'pending' | 'sending' | 'delivered' | 'failed' | 'cancelled' | 'stale';
 
 /** An email decided on: written before it is delivered, unique by `dedupeKey`. */
 export interface OutboxRecord {
@@ -38,6 +43,8 @@ export interface OutboxRecord {
   /** The merge-tag values when the email was decided on (JSON). */
   context: string;
   createdAt: number;
+  /** A re-enrollment reminder: it replaces the pending reminders of its template and customer. */
+  reminder?: boolean;
 }
 
 export interface OutboxRow extends OutboxRecord {
@@ -74,7 +81,7 @@ export interface SettlementRow {
   currency: string;
   mode: SettlementMode;
   idempotencyKey: string;
-  status: 'pending' | 'confirmed';
+  status: 'pending' | 'confirmed' | 'failed';
   attempts: number;
   lastError: string | null;
   stripeRef: string | null;
@@ -101,9 +108,12 @@ export interface Store {
    * floor(all usage up to uptoSeq).
    */
   openSettlements(now: number, mode: SettlementMode, currencyOf: (customerId: string) => string | undefined): Promise<SettlementRow[]>;
-  settlementFailed(id: number, error: string): Promise<void>;
+  /** Settlements opened and not yet confirmed or failed, oldest first. */
+  pendingSettlements(): Promise<SettlementRow[]>;
+  /** A send that Stripe did not answer (or answered 429/5xx): counted, stays pending, resent with the same key. */
+  settlementAttemptFailed(id: number, error: string): Promise<void>;
   /**
-   * Forgets what is only kept for dedupe: usage events older than `usageBefore`
+   * Forgets what is only kept for dedupe: usage events received before `usageBefore`
    * that a confirmed settlement covers (or that bill no one), and webhook event
    * ids older than `webhooksBefore`. Running totals are kept.
    */
@@ -111,15 +121,22 @@ export interface Store {
   settlements(customerId?: string): Promise<SettlementRow[]>;
   /** Current members of a cohort and when they entered. */
   membersSince(cohort: string): Promise<Array<{ customerId: string; since: number }>>;
+  /** When a customer entered a cohort it is in now; undefined when not a member. */
+  membershipSince(customerId: string, cohort: string): Promise<number | undefined>;
 
-  /** Adds emails to the outbox; a dedupe key already there is ignored. Returns how many were new. */
+  /**
+   * Adds emails to the outbox; a dedupe key already there is ignored. Returns
+   * how many were new. A new reminder (`reminder: true`) makes the pending
+   * reminders of its template and customer `stale`: at most one waits.
+   */
   enqueueEmails(emails: OutboxRecord[]): Promise<number>;
-  /** Claims the oldest pending email due by `now` (status → sending, attempts + 1). */
+  /** Claims the oldest pending email due by `now` (status → sending). Attempts count server answers only (finish/retry). */
   claimDueEmail(now: number): Promise<OutboxRow | undefined>;
   /** When the next pending email is due, if any. */
   nextEmailDueAt(): Promise<number | undefined>;
-  finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled'; at: number; messageId?: string; error?: string }): Promise<void>;
-  retryEmail(id: number, nextAttemptAt: number, error: string): Promise<void>;
+  /** `answered`: the SMTP server answered this attempt (it counts as one). */
+  finishEmail(id: number, outcome: { status: 'delivered' | 'failed' | 'cancelled' | 'stale'; at: number; messageId?: string; error?: string; answered?: boolean }): Promise<void>;
+  retryEmail(id: number, nextAttemptAt: number, error: string, answered: boolean): Promise<void>;
   /** After a crash, emails left in `sending` are pending again (same row, same Message-ID). */
   requeueInterruptedEmails(): Promise<number>;
   /** Cancels pending emails of a template switched off. */
@@ -133,10 +150,8 @@ export interface Store {
   history(customerId: string): Promise<TransitionRecord[]>;
   ruleOverrides(): Promise<Map<string, boolean>>;
   setRuleEnabled(ruleId: string, enabled: boolean): Promise<void>;
-  /** True the first time an event id is seen. */
-  claimWebhookEvent(eventId: string, at: number): Promise<boolean>;
-  /** Undoes a claim whose event could not be applied, so Stripe's retry can apply it. */
-  forgetWebhookEvent(eventId: string): Promise<void>;
+  /** Whether a webhook event was processed (recorded by saveChanges in the transaction that applied it). */
+  webhookEventSeen(eventId: string): Promise<boolean>;
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
   ping(): Promise<void>;

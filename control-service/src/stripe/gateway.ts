@@ -21,6 +21,22 @@ export interface GatewayOptions {
 
 export class StripeUnavailable extends Error {}
 
+/** Stripe refused the request for good (a 4xx other than 429 and 409): sending it again gets the same answer. */
+export function isPermanentRefusal(err: unknown): boolean {
+  const status = (err as { statusCode?: number }).statusCode;
+  return status !== undefined && status >= 400 && status < 500 && status !== 429 && status !== 409;
+}
+
+/** What the customer's balance transactions say: the balance after the newest, and our settlements among them. */
+export interface BalanceLedgerRead { balance: number | undefined; applied: Map<number, string>; startedAt: number }
+
+let lastStamp = 0;
+/** When a read starts, strictly increasing: of two reads, the later-started one is newer even within one millisecond. */
+export function readStamp(): number {
+  lastStamp = Math.max(Date.now(), lastStamp + 1);
+  return lastStamp;
+}
+
 const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export function toCustomer(c: Stripe.Customer): Customer {
@@ -84,7 +100,7 @@ export class StripeGateway {
   }
 
   async listPage(limit: number, startingAfter: string | undefined): Promise<{ customers: Customer[]; hasMore: boolean; lastId?: string; fetchedAt: number }> {
-    const fetchedAt = Date.now();
+    const fetchedAt = readStamp();
     const page = await this.call((s) => s.customers.list({ limit, ...(startingAfter ? { starting_after: startingAfter } : {}) }));
     return { customers: page.data.map(toCustomer), hasMore: page.has_more, lastId: page.data.at(-1)?.id, fetchedAt };
   }
@@ -106,9 +122,45 @@ export class StripeGateway {
     return { identifier: event.identifier };
   }
 
-  /** The customer as Stripe holds it now, or 'deleted'. */
-  async retrieve(id: string): Promise<Customer | 'deleted'> {
-    const c = await this.call((s) => s.customers.retrieve(id));
-    return (c as Stripe.DeletedCustomer).deleted ? 'deleted' : toCustomer(c as Stripe.Customer);
+  /** The customer as Stripe holds it now, or 'deleted', with when the read started. */
+  async retrieve(id: string): Promise<{ customer: Customer | 'deleted'; startedAt: number }> {
+    const startedAt = readStamp();
+    let c: Stripe.Customer | Stripe.DeletedCustomer;
+    try {
+      c = await this.call((s) => s.customers.retrieve(id));
+    } catch (err) {
+      // Stripe says no such customer: as good as deleted (a signed event for it creates nothing).
+      if ((err as { statusCode?: number }).statusCode === 404) return { customer: 'deleted', startedAt };
+      throw err;
+    }
+    return { customer: (c as Stripe.DeletedCustomer).deleted ? 'deleted' : toCustomer(c as Stripe.Customer), startedAt };
+  }
+
+  /**
+   * Lists a customer's balance transactions newest first, back to a little
+   * before `since` (ms; our clock and Stripe's may differ by a few minutes).
+   * Every change to a Stripe balance is a balance transaction, so the newest
+   * one's ending_balance is the balance, and the ones carrying our
+   * `payg_settlement` metadata are the settlements Stripe has applied: one
+   * consistent answer, whatever is in flight.
+   */
+  async balanceLedger(customerId: string, since: number): Promise<BalanceLedgerRead> {
+    const startedAt = readStamp();
+    const applied = new Map<number, string>();
+    let balance: number | undefined;
+    let after: string | undefined;
+    const horizon = Math.floor((since - 10 * 60_000) / 1000);
+    for (;;) {
+      const page = await this.call((s) => s.customers.listBalanceTransactions(customerId, { limit: 100, ...(after ? { starting_after: after } : {}) }));
+      if (balance === undefined && page.data.length) balance = page.data[0].ending_balance;
+      for (const t of page.data) {
+        const ref = Number(t.metadata?.payg_settlement);
+        if (Number.isInteger(ref) && ref > 0) applied.set(ref, t.id);
+      }
+      const last = page.data.at(-1);
+      if (!page.has_more || !last || last.created < horizon) break;
+      after = last.id;
+    }
+    return { balance, applied, startedAt };
   }
 }

@@ -8,9 +8,13 @@
 import type { Logger } from 'pino';
 import type { Engine } from '../engine';
 import type { SettlementMode, SettlementRow, Store } from '../store/store';
-import type { StripeGateway } from './gateway';
+import { isPermanentRefusal, type StripeGateway } from './gateway';
 
-export interface SettleResult { confirmed: number; failed: number; amount: number; durationMs: number }
+/** `failed`: refused by Stripe for good; `retrying`: not confirmed this pass, resent with the same key. */
+export interface SettleResult { confirmed: number; failed: number; retrying: number; amount: number; durationMs: number }
+
+/** Stripe's answer when a meter event's identifier is taken (sent before, past the idempotency key's life). */
+const IDENTIFIER_TAKEN = /An event already exists with identifier/i;
 
 export class Settler {
   private running: Promise<SettleResult> | undefined;
@@ -31,17 +35,26 @@ export class Settler {
   private async run(): Promise<SettleResult> {
     const started = Date.now();
     const pending = await this.store.openSettlements(started, this.opts.mode, (id) => this.engine.customer(id)?.customer.currency ?? undefined);
-    const result: SettleResult = { confirmed: 0, failed: 0, amount: 0, durationMs: 0 };
+    // In flight from now on: a balance read of these customers is reconciled with their balance transactions.
+    await this.engine.settlementsOpened(pending);
+    const result: SettleResult = { confirmed: 0, failed: 0, retrying: 0, amount: 0, durationMs: 0 };
     for (const row of pending) {
       try {
         await this.send(row);
         result.confirmed++;
         result.amount += row.amount;
       } catch (err) {
-        result.failed++;
         const message = (err as Error).message;
-        await this.store.settlementFailed(row.id, message);
-        this.opts.log.warn({ settlement: row.id, customer: row.customerId, amount: row.amount, err: message }, 'settlement not confirmed; retried with the same idempotency key');
+        if (isPermanentRefusal(err)) {
+          // Sending it again gets the same answer: it must not hold up this customer's later settlements.
+          result.failed++;
+          await this.engine.settlementFailed(row, message);
+          this.opts.log.error({ settlement: row.id, customer: row.customerId, amount: row.amount, err: message }, 'settlement refused by Stripe; marked failed, its amount stays counted against the estimate');
+        } else {
+          result.retrying++;
+          await this.store.settlementAttemptFailed(row.id, message);
+          this.opts.log.warn({ settlement: row.id, customer: row.customerId, amount: row.amount, err: message }, 'settlement not confirmed; retried with the same idempotency key');
+        }
       }
     }
     result.durationMs = Date.now() - started;
@@ -53,7 +66,7 @@ export class Settler {
     if (row.mode === 'balance_transactions') {
       const txn = await this.gateway.debitBalance(row.customerId, row.amount, row.currency,
         `API usage (events ${row.fromSeq}–${row.uptoSeq})`, { payg_settlement: String(row.id) }, row.idempotencyKey);
-      await this.engine.settlementConfirmed(row, txn.id, txn.endingBalance);
+      await this.engine.settlementConfirmed(row, txn.id, txn.endingBalance, Date.now());
       return;
     }
     try {
@@ -61,7 +74,9 @@ export class Settler {
       await this.engine.settlementConfirmed(row, event.identifier, undefined);
     } catch (err) {
       // Stripe already holds an event with this identifier (sent past the idempotency key's life): it is settled.
-      if ((err as { code?: string }).code === 'meter_event_identifier_already_exists') {
+      // Matched on Stripe's message too: the error code is not always there.
+      const e = err as { code?: string; message?: string; raw?: { message?: string } };
+      if (e.code === 'meter_event_identifier_already_exists' || IDENTIFIER_TAKEN.test(e.raw?.message ?? e.message ?? '')) {
         await this.engine.settlementConfirmed(row, row.idempotencyKey, undefined);
         return;
       }

@@ -4,7 +4,7 @@
 
 import Stripe from 'stripe';
 import type { Engine } from '../engine';
-import { toCustomer, type StripeGateway } from './gateway';
+import type { StripeGateway } from './gateway';
 import type { Store, StoredCustomer } from '../store/store';
 
 const CUSTOMER_EVENTS = new Set(['customer.created', 'customer.updated', 'customer.deleted']);
@@ -58,7 +58,9 @@ export class BalanceSync {
         // The page's objects are ours: stamp them rather than copy 100 customers per page.
         const stamped = page.customers as StoredCustomer[];
         for (const c of stamped) c.version = page.fetchedAt;
-        await this.engine.apply(stamped, []);
+        const { needsReconcile } = await this.engine.apply(stamped, []);
+        // Only customers with a settlement in flight need the extra read.
+        for (const c of needsReconcile) await this.reconcile(c);
         applyMs += Date.now() - applyStarted;
         for (const c of page.customers) present.add(c.id);
       }
@@ -77,34 +79,36 @@ export class BalanceSync {
   }
 
   /**
+   * A plain read that could not be placed against a settlement in flight: the
+   * customer's balance transactions give the balance and the settlements
+   * applied in one answer, and both apply in one step.
+   */
+  private async reconcile(plain: StoredCustomer, webhookEventId?: string): Promise<void> {
+    const since = this.engine.oldestPendingSettlementAt(plain.id) ?? plain.version;
+    const read = await this.gateway.balanceLedger(plain.id, since);
+    await this.engine.applyReconciled({ ...plain, balance: read.balance ?? plain.balance, version: read.startedAt }, read.applied, { webhookEventId });
+  }
+
+  /**
    * Applies a verified webhook event. The customer is re-read from Stripe so
-   * the newest state wins whatever order events arrive in; if Stripe cannot be
-   * reached, the event's own object applies, ordered by the event's `created`.
+   * the newest state wins whatever order events arrive in (the event's own
+   * object is never trusted: `created` has one-second resolution). When Stripe
+   * cannot be read this throws, and the caller answers non-2xx so Stripe
+   * retries. The event id is recorded in the transaction that applies it.
    */
   async applyEvent(event: Stripe.Event): Promise<'applied' | 'ignored'> {
     if (!CUSTOMER_EVENTS.has(event.type)) {
       return 'ignored';
     }
     const object = event.data.object as Stripe.Customer;
-    const eventVersion = event.created * 1000;
-    if (event.type === 'customer.deleted') {
-      await this.engine.apply([], [{ id: object.id, version: Math.max(eventVersion, Date.now()) }]);
+    const { customer, startedAt } = await this.gateway.retrieve(object.id);
+    if (customer === 'deleted') {
+      await this.engine.apply([], [{ id: object.id, version: startedAt }], { webhookEventId: event.id });
       return 'applied';
     }
-    let current: Awaited<ReturnType<StripeGateway['retrieve']>> | undefined;
-    const readAt = Date.now();
-    try {
-      current = await this.gateway.retrieve(object.id);
-    } catch {
-      current = undefined;
-    }
-    if (current === 'deleted') {
-      await this.engine.apply([], [{ id: object.id, version: readAt }]);
-    } else if (current) {
-      await this.engine.apply([{ ...current, version: readAt }], []);
-    } else {
-      await this.engine.apply([{ ...toCustomer(object), version: eventVersion }], []);
-    }
+    const read: StoredCustomer = { ...customer, version: startedAt };
+    const { needsReconcile } = await this.engine.apply([read], [], { webhookEventId: event.id });
+    if (needsReconcile.length) await this.reconcile(read, event.id);
     return 'applied';
   }
 }

@@ -1,0 +1,287 @@
+// The console's JSON API (/console/api/…), behind a session. Reads come from
+// the engine's memory, the store and the read-model queries; writes reuse the
+// engine's switches and the email sender's test send, as the admin API does.
+
+import type { Config } from '../config';
+import { formatMoney } from '../customer';
+import type { EmailSender } from '../emails/sender';
+import type { DecisionAnswer, Engine } from '../engine';
+import { mergeContext, SAMPLE_CUSTOMER, type EmailMergeContext } from '../merge-tags';
+import type { Metrics } from '../metrics';
+import { estimatedBalance } from '../ledger';
+import { MICROS_PER_UNIT } from '../pricing';
+import { verdict } from '../rules';
+import { SETTLEMENT_VIEWS, settlementView, type ConsoleQueries, type SettlementView } from '../store/console-queries';
+import type { EmailStatus, Store } from '../store/store';
+import type { BalanceSync } from '../stripe/sync';
+import type { ActivityRecorder } from './activity';
+import { pageOrder } from './page-order';
+
+export interface ConsoleDeps {
+  config: Config;
+  engine: Engine;
+  store: Store;
+  sync: BalanceSync | undefined;
+  emails: EmailSender | undefined;
+  metrics: Metrics;
+  activity: ActivityRecorder;
+  queries: ConsoleQueries;
+}
+
+export type ApiResult = { status: number; body: unknown } | { status: number; html: string };
+
+const DAY = 86_400_000;
+const iso = (t: number | null | undefined) => (t ? new Date(t).toISOString() : null);
+const ok = (body: unknown): ApiResult => ({ status: 200, body });
+const fail = (status: number, error: string, message: string): ApiResult => ({ status, body: { error, message } });
+const EMAIL_STATUSES: EmailStatus[] = ['pending', 'sending', 'delivered', 'failed', 'cancelled', 'stale'];
+
+export function createConsoleApi(deps: ConsoleDeps) {
+  const { config, engine, store, activity, queries } = deps;
+  const testMode = /^(sk|rk)_test_/.test(config.secrets.stripeSecretKey ?? 'sk_test_');
+  const stripeLink = (id: string) => `${config.console?.stripeDashboardUrl ?? 'https://dashboard.stripe.com'}${testMode ? '/test' : ''}/customers/${encodeURIComponent(id)}`;
+
+  const summary = (id: string) => {
+    const s = engine.customer(id)!;
+    return {
+      id, name: s.customer.name, email: s.customer.email, currency: s.customer.currency, consumer: s.customer.metadata[config.stripe.consumerMetadataKey] ?? null,
+      balance: s.customer.balance, estimated_balance: s.estimatedBalance, unsettled_usage: s.unsettledMicros / MICROS_PER_UNIT,
+      cohorts: s.cohorts, blocked: s.decision.outcome === 'block',
+    };
+  };
+
+  async function overview(): Promise<ApiResult> {
+    const sizes = engine.cohortSizes();
+    // Sizes per day, rebuilt backwards from now with the recorded transitions.
+    const days = 14;
+    const today = Math.floor(Date.now() / DAY);
+    const net = queries.cohortNetByDay((today - days + 1) * DAY);
+    const history = config.cohorts.map((c) => {
+      const byDay = new Map(net.filter((r) => r.cohort === c.id).map((r) => [r.day, r.net]));
+      const points: Array<[number, number]> = [];
+      let size = sizes.get(c.id) ?? 0;
+      for (let d = today; d > today - days; d--) {
+        points.unshift([d * DAY, size]); // size at the end of day d (now, for today)
+        size -= byDay.get(d) ?? 0;
+      }
+      return { cohort: c.id, points };
+    });
+    const stripeErrors = (await deps.metrics.stripeErrors.get()).values.reduce((acc, v) => ({ ...acc, [String(v.labels.status)]: v.value }), {} as Record<string, number>);
+    const lastSweep = deps.sync?.lastSuccessAt;
+    return ok({
+      customers: engine.size,
+      cohorts: config.cohorts.map((c) => ({ id: c.id, size: sizes.get(c.id) ?? 0 })),
+      cohort_history: history,
+      blocks_per_minute: activity.perMinute('blocks'),
+      would_blocks_per_minute: activity.perMinute('would_blocks'),
+      emails: queries.emailCounts(),
+      settlements: queries.settlementCounts(),
+      last_sweep: { configured: Boolean(deps.sync), at: iso(lastSweep), age_seconds: lastSweep ? Math.round((Date.now() - lastSweep) / 1000) : null },
+      stripe_errors: stripeErrors,
+      conflicts: engine.conflicts().length,
+    });
+  }
+
+  function customers(q: URLSearchParams): ApiResult {
+    const cohort = q.get('cohort') || undefined;
+    if (cohort && !config.cohorts.some((c) => c.id === cohort)) return fail(404, 'not_found', `no cohort ${cohort}`);
+    const search = (q.get('q') ?? '').trim().toLowerCase();
+    const perPage = Math.min(200, Math.max(1, Number(q.get('per_page')) || 50));
+    const page = Math.max(1, Number(q.get('page')) || 1);
+    const sort = ['id', 'name', 'estimated_balance'].includes(q.get('sort') ?? '') ? q.get('sort')! : 'estimated_balance';
+    const dir = q.get('dir') === 'desc' ? -1 : 1;
+    const key = config.stripe.consumerMetadataKey;
+    // One pass over memory, reading the engine's entries in place; only the page's rows become objects.
+    const match = search ? new RegExp(search.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'i') : undefined;
+    const ids: string[] = [];
+    const names: string[] = [];
+    const balances: number[] = [];
+    engine.forEachCustomer((c, cohorts, ledger) => {
+      if (cohort && !cohorts.includes(cohort)) return;
+      if (match && !(match.test(c.id) || (c.name !== null && match.test(c.name)) || (c.email !== null && match.test(c.email)) || (c.metadata[key] !== undefined && match.test(c.metadata[key])))) return;
+      ids.push(c.id); names.push(c.name ?? ''); balances.push(estimatedBalance(ledger));
+    });
+    const byId = (a: number, b: number) => (ids[a] < ids[b] ? -1 : ids[a] > ids[b] ? 1 : 0);
+    const compare = sort === 'id' ? (a: number, b: number) => dir * byId(a, b)
+      : sort === 'name' ? (a: number, b: number) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b)
+        : (a: number, b: number) => dir * (balances[a] - balances[b]) || byId(a, b);
+    const order = pageOrder(ids.length, compare, (page - 1) * perPage, page * perPage);
+    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.map((i) => summary(ids[i])) });
+  }
+
+  async function customer(id: string): Promise<ApiResult> {
+    const s = engine.customer(id);
+    if (!s) return fail(404, 'not_found', `no customer ${id} is known; it may not exist in Stripe yet, or the first sweep has not run`);
+    const history = await store.history(id);
+    const consumer = s.customer.metadata[config.stripe.consumerMetadataKey];
+    // The estimated balance over time: cohort transitions (persisted) and samples taken at decisions (in memory), then now.
+    const points = [...history.map((t) => [t.at, t.balance] as [number, number]), ...activity.balanceSamples(id)]
+      .sort((a, b) => a[0] - b[0]);
+    points.push([Date.now(), s.estimatedBalance]);
+    return ok({
+      ...summary(id),
+      metadata: s.customer.metadata,
+      updated_at: iso(s.customer.version),
+      decision: JSON.parse(s.decision.json),
+      decision_outcome: s.decision.outcome,
+      stripe_dashboard_url: stripeLink(id),
+      balance_history: points,
+      transitions: history.slice().reverse().map((t) => ({ cohort: t.cohort, kind: t.kind, at: iso(t.at), balance: t.balance })),
+      recent_decisions: activity.recent((d) => d.customerId === id || (consumer !== undefined && d.consumer === consumer), 50)
+        .map((d) => ({ at: iso(d.at), consumer: d.consumer, outcome: d.outcome, rule: d.rule, would_block: d.wouldBlock })),
+      usage_by_route: queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs)
+        .map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
+      settlements: queries.settlements({ customerId: id, limit: 100 }).map(settlementJson),
+      emails: (await store.emailLog({ customerId: id, limit: 100 })).map(emailJson),
+    });
+  }
+
+  function rules(): ApiResult {
+    const sizes = engine.cohortSizes();
+    const blocked = new Map<string, number>();
+    // Block answers are shared per rendered body, so each distinct answer is parsed once.
+    const ruleOf = new Map<DecisionAnswer, string>();
+    engine.forEachCustomer((_c, _cohorts, _ledger, d) => {
+      if (d.outcome !== 'block') return;
+      let rule = ruleOf.get(d);
+      if (rule === undefined) { rule = JSON.parse(d.json).rule as string; ruleOf.set(d, rule); }
+      blocked.set(rule, (blocked.get(rule) ?? 0) + 1);
+    });
+    return ok({ rules: engine.rules().map(({ rule, enabled }) => ({
+      id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status, cohort_size: sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
+    })) });
+  }
+
+  /** Who the rule would block now if it were on (and, for a log-only rule, who it reports). */
+  function rulePreview(ruleId: string, q: URLSearchParams): ApiResult {
+    const current = engine.rules();
+    const target = current.find((r) => r.rule.id === ruleId);
+    if (!target) return fail(404, 'not_found', `no rule ${ruleId}`);
+    const enabled = new Map(current.map(({ rule, enabled: on }) => [rule.id, on]));
+    const limit = Math.min(500, Math.max(1, Number(q.get('limit')) || 50));
+    const hit: string[] = [];
+    let newly = 0;
+    for (const id of engine.knownIds()) {
+      const s = engine.customer(id)!;
+      if (!s.cohorts.includes(target.rule.cohort)) continue;
+      const v = verdict(config.rules, s.cohorts, (r) => (r.id === ruleId ? true : enabled.get(r.id) ?? r.enabled));
+      const caught = target.rule.logOnly ? v.wouldBlock.includes(ruleId) : v.outcome === 'BLOCK' && v.rule.id === ruleId;
+      if (!caught) continue;
+      hit.push(id);
+      if (s.decision.outcome !== 'block') newly++;
+    }
+    return ok({
+      rule: ruleId, enabled: target.enabled, log_only: target.rule.logOnly, would_block: hit.length, newly_blocked: target.rule.logOnly ? 0 : newly,
+      customers: hit.slice(0, limit).map(summary),
+    });
+  }
+
+  async function emailTemplates(): Promise<ApiResult> {
+    return ok({ smtp: Boolean(deps.emails), templates: config.emails.map((t) => ({
+      id: t.id, active: engine.isTemplateActive(t.id), from: t.from, has_html: Boolean(t.html), has_text: Boolean(t.text),
+      trigger: t.trigger.kind === 'cohort' ? `${t.trigger.on === 'enter' ? 'enters' : 'leaves'} ${t.trigger.cohort}` : `credit below ${t.trigger.belowCents.map((c) => formatMoney(c, 'usd')).join(', ')}`,
+      reenroll_after_ms: t.reenrollAfterMs ?? null,
+    })) });
+  }
+
+  /** Merge-tag values: the chosen customer's real ones (as the workflow sees them), else sample data. */
+  function contextFor(templateId: string, customerId: string | null): EmailMergeContext | ApiResult {
+    const t = config.emails.find((e) => e.id === templateId)!;
+    let c = SAMPLE_CUSTOMER;
+    if (customerId) {
+      const s = engine.customer(customerId);
+      if (!s) return fail(404, 'not_found', `no customer ${customerId}`);
+      c = { ...s.customer, balance: s.estimatedBalance };
+    }
+    const cents = t.trigger.kind === 'low_balance' ? t.trigger.belowCents[t.trigger.belowCents.length - 1] : 1000;
+    return { ...mergeContext(c, config.topUp), threshold: { cents, formatted: formatMoney(cents, c.currency) } };
+  }
+
+  function emailPreview(id: string, q: URLSearchParams, asHtml: boolean): ApiResult {
+    const t = config.emails.find((e) => e.id === id);
+    if (!t) return fail(404, 'not_found', `no email template ${id}`);
+    const ctx = contextFor(id, q.get('customer') || null);
+    if ('status' in ctx) return ctx;
+    if (asHtml) return { status: 200, html: t.html ? t.html(ctx) : '<p style="font-family:sans-serif;color:#666">This template has no HTML part; see the text part.</p>' };
+    return ok({ subject: t.subject(ctx), html: t.html ? t.html(ctx) : null, text: t.text ? t.text(ctx) : null, from: t.from, sample: !q.get('customer') });
+  }
+
+  async function testSend(id: string, body: Record<string, unknown> | undefined): Promise<ApiResult> {
+    if (!config.emails.some((e) => e.id === id)) return fail(404, 'not_found', `no email template ${id}`);
+    if (!deps.emails) return fail(503, 'smtp_not_configured', 'SMTP_URL is not set, so test emails cannot be sent');
+    const to = body?.to;
+    if (typeof to !== 'string' || !/^[^@\s]+@[^@\s]+$/.test(to)) return fail(400, 'bad_request', 'to: enter an email address');
+    const customerId = typeof body?.customer_id === 'string' && body.customer_id ? body.customer_id : null;
+    const ctx = contextFor(id, customerId);
+    if ('status' in ctx) return ctx;
+    try {
+      const sent = await deps.emails.sendTest(id, to, ctx);
+      return ok({ sent: true, message_id: sent.messageId, smtp_response: sent.response });
+    } catch (err) {
+      return fail(502, 'smtp_error', (err as Error).message);
+    }
+  }
+
+  async function emailLog(q: URLSearchParams): Promise<ApiResult> {
+    const status = q.get('status') || undefined;
+    if (status && !EMAIL_STATUSES.includes(status as EmailStatus)) return fail(400, 'bad_request', `status: one of ${EMAIL_STATUSES.join(', ')}`);
+    const rows = await store.emailLog({ templateId: q.get('template') || undefined, customerId: q.get('customer') || undefined, status: status as EmailStatus | undefined, limit: 200 });
+    return ok({ emails: rows.map(emailJson) });
+  }
+
+  function settlements(q: URLSearchParams): ApiResult {
+    const status = q.get('status') || undefined;
+    if (status && !(SETTLEMENT_VIEWS as readonly string[]).includes(status)) return fail(400, 'bad_request', `status: one of ${SETTLEMENT_VIEWS.join(', ')}`);
+    const rows = queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 });
+    return ok({ counts: queries.settlementCounts(), settlements: rows.map(settlementJson) });
+  }
+
+  /** Routes one API call; `parts` is the path after /console/api/. */
+  return async function handle(method: string, parts: string[], query: URLSearchParams, body: () => Promise<Record<string, unknown> | undefined>): Promise<ApiResult> {
+    const [resource, id, sub] = parts;
+    if (method === 'GET') {
+      if (resource === 'overview' && !id) return overview();
+      if (resource === 'cohorts' && !id) return ok({ cohorts: config.cohorts.map((c) => ({ id: c.id, filter: c.filter, size: engine.cohortSizes().get(c.id) ?? 0 })) });
+      if (resource === 'customers' && !id) return customers(query);
+      if (resource === 'customers' && id && !sub) return customer(id);
+      if (resource === 'rules' && !id) return rules();
+      if (resource === 'rules' && id && sub === 'preview') return rulePreview(id, query);
+      if (resource === 'emails' && !id) return emailTemplates();
+      if (resource === 'emails' && id === 'log') return emailLog(query);
+      if (resource === 'emails' && id && sub === 'preview') return emailPreview(id, query, false);
+      if (resource === 'emails' && id && sub === 'preview.html') return emailPreview(id, query, true);
+      if (resource === 'settlements' && !id) return settlements(query);
+    }
+    if (method === 'PUT' && resource === 'rules' && id && !sub) {
+      const enabled = (await body())?.enabled;
+      if (typeof enabled !== 'boolean') return fail(400, 'bad_request', 'enabled: true or false');
+      if (!(await engine.setRuleEnabled(id, enabled))) return fail(404, 'not_found', `no rule ${id}`);
+      return ok({ id, enabled });
+    }
+    if (method === 'PUT' && resource === 'emails' && id && !sub) {
+      const active = (await body())?.active;
+      if (typeof active !== 'boolean') return fail(400, 'bad_request', 'active: true or false');
+      if (!(await engine.setTemplateActive(id, active))) return fail(404, 'not_found', `no email template ${id}`);
+      return ok({ id, active });
+    }
+    if (method === 'POST' && resource === 'emails' && id && sub === 'test') return testSend(id, await body());
+    return fail(404, 'not_found', 'no such console API');
+  };
+}
+
+function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number]) {
+  return {
+    id: r.id, customer: r.customerId, amount: r.amount, currency: r.currency, formatted: formatMoney(r.amount, r.currency), mode: r.mode,
+    status: settlementView(r), attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
+    last_error: r.lastError, created_at: iso(r.createdAt), confirmed_at: iso(r.confirmedAt),
+  };
+}
+
+function emailJson(r: Awaited<ReturnType<Store['emailLog']>>[number]) {
+  return {
+    id: r.id, template: r.templateId, customer: r.customerId, to: r.to, status: r.status, attempts: r.attempts,
+    created_at: iso(r.createdAt), delivered_at: iso(r.deliveredAt), last_error: r.lastError, message_id: r.messageId,
+  };
+}
+
+export type ConsoleApi = ReturnType<typeof createConsoleApi>;
