@@ -38,9 +38,14 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
   });
   proc.stdout!.resume();
   const deadline = Date.now() + 10_000;
-  while (!fs.existsSync(socketPath)) {
+  // The socket file appears at bind(), a moment before listen(): on a busy machine a client
+  // can meet ECONNREFUSED in between. Ready means a connection is accepted.
+  while (!fs.existsSync(socketPath) || !(await accepts(socketPath))) {
     if (proc.exitCode !== null) throw new Error(`plugin server exited with ${proc.exitCode}: ${JSON.stringify(logs)}`);
-    if (Date.now() > deadline) throw new Error('plugin server did not open its socket');
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL'); // nothing else holds it: do not leave it running
+      throw new Error('plugin server did not open its socket');
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
   // The file appears at bind(), a moment before listen(): wait until a connection is accepted.
@@ -69,4 +74,13 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
       else fs.rmSync(socketPath, { force: true });
     },
   };
+}
+
+/** True when a connection to the Unix socket is accepted (then closed at once). */
+function accepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
 }

@@ -22,6 +22,9 @@ describe('metering', function () {
   this.timeout(30_000);
   let stripe: StripeEmulator;
   let svc: RunningService;
+  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
+  const running = new Set<RunningService>();
+  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
   let dir: string;
 
   const baseDoc = (metering: Record<string, unknown> = {}) => ({
@@ -36,6 +39,7 @@ describe('metering', function () {
       STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL,
     }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, store });
+    running.add(svc);
     return svc;
   }
   const post = async (events: unknown, token: string | null = CONTROL) => {
@@ -56,9 +60,12 @@ describe('metering', function () {
     stripe.autoDeliver = false;
   });
   afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const s of [...running]) await stopSvc(s);
+    } finally {
+      await stripe.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   describe('POST /v1/usage', () => {
@@ -96,7 +103,7 @@ describe('metering', function () {
       await svc.sync!.sweep();
       expect((await post(Array.from({ length: 5 }, () => event(c.id)))).status).to.equal(200);
       expect((await decision(c.id)).allow).to.equal(false);
-      await svc.stop();
+      await stopSvc();
       await start();
       expect((await decision(c.id)).allow, 'still blocked after the restart').to.equal(false);
       expect((await customerState(c.id)).estimated_balance).to.equal(0);
@@ -209,7 +216,7 @@ describe('metering', function () {
     await post(Array.from({ length: 42 }, () => event(c.id)));
     expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 0, retrying: 1 });
     expect(stripe.balanceTransactions).to.have.length(1);
-    await svc.stop();
+    await stopSvc();
 
     await start();
     const settled = await svc.settler!.settle();
@@ -242,7 +249,7 @@ describe('metering', function () {
     expect(pruned.usageEvents).to.equal(2);
     expect((await customerState(c.id)).estimated_balance, 'the estimate does not move').to.equal(-997);
     expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1, refused: [] });
-    await svc.stop();
+    await stopSvc();
     await start();
     expect((await customerState(c.id)).estimated_balance, 'nor after a restart').to.equal(-997);
   });

@@ -40,7 +40,8 @@ describe('reserve, then settle: variable-cost requests on the node\'s lease', fu
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: PAYMENT_BODY }],
       metering: { ...metering, settle: { enabled: false } },
-      leases: { expire_interval_ms: 20 },
+      // Recalls get time to finish on a loaded machine: this spec is about exact amounts, not recall latency.
+      leases: { expire_interval_ms: 20, recall_wait_ms: 3000 },
     }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
     await svc.sync!.sweep();

@@ -84,6 +84,8 @@ export class StripeGateway {
         return await fn(this.stripe);
       } catch (err) {
         const e = err as { statusCode?: number; type?: string; headers?: Record<string, string>; message?: string };
+        // Stripe's error text may repeat the key the request was made with: it must not travel on into logs or answers.
+        if (typeof e.message === 'string' && e.message.includes(this.opts.secretKey)) e.message = e.message.split(this.opts.secretKey).join('[redacted key]');
         const status = e.statusCode;
         this.opts.onError?.(status ? String(status) : 'connection');
         const retryable = status === undefined ? e.type === 'StripeConnectionError' || e.type === 'StripeAPIError'
