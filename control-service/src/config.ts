@@ -49,7 +49,9 @@ const rawConfig = z.object({
   store: z.object({ sqlite: z.string().default('payg.sqlite') }).strict().default({}),
   auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
   balance_api: z.object({
-    consumer_header: z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'is not an HTTP header name').default('X-Consumer-Custom-ID'),
+    consumer_header: z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'is not an HTTP header name')
+      // Authorization carries the control token on this route: it never names a consumer.
+      .refine((h) => h.toLowerCase() !== 'authorization', 'cannot be Authorization: it carries the control token').default('X-Consumer-Custom-ID'),
   }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
@@ -126,7 +128,8 @@ const rawConfig = z.object({
   console: z.object({
     listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).strict(),
     session_ttl: duration.default('12h'),
-    stripe_dashboard_url: z.string().url().default('https://dashboard.stripe.com'),
+    // Links on the console's pages: only http(s), never javascript: or data:.
+    stripe_dashboard_url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL').default('https://dashboard.stripe.com'),
   }).strict().optional(),
 }).strict();
 
@@ -231,6 +234,9 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   }
   const raw = parsed.data;
 
+  if (raw.leases.max_requests < raw.leases.initial_requests) {
+    throw new ConfigError('leases.max_requests', `must be at least leases.initial_requests (${raw.leases.initial_requests})`);
+  }
   const cohortIds = new Set<string>();
   raw.cohorts.forEach((c, i) => {
     if (cohortIds.has(c.id)) throw new ConfigError(`cohorts[${i}].id`, `duplicate cohort id ${c.id}`);

@@ -24,10 +24,10 @@ export function parseDecision(json: unknown, defaultTtlMs: number): Decision | {
   if (json.allow === true) {
     const max = json.max_requests;
     // `credit` (smallest currency unit) only feeds the optional credit header: a bad one is dropped, not fatal.
-    const credit = typeof json.credit === 'number' && Number.isFinite(json.credit) && json.credit >= 0 ? json.credit : undefined;
+    const credit = typeof json.credit === 'number' && json.credit >= 0 && json.credit * 1_000_000 <= Number.MAX_SAFE_INTEGER ? json.credit : undefined;
     const withCredit = credit === undefined ? {} : { credit };
     if (max === undefined || max === null) return { allow: true, ttlMs: ttl, ...withCredit };
-    if (typeof max !== 'number' || !Number.isInteger(max) || max < 0) return { invalid: 'max_requests is not a non-negative integer' };
+    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 0) return { invalid: 'max_requests is not a non-negative integer' };
     return { allow: true, ttlMs: ttl, maxRequests: max, ...withCredit };
   }
   if (json.allow !== false) return { invalid: 'allow is not a boolean' };

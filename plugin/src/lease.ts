@@ -16,6 +16,9 @@ export type LeaseAnswer = { decision: Decision; lease: LeaseGrant | undefined } 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isMicros = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
+/** A credit the header can show exactly: its micros stay a safe integer (about 9 billion units). */
+export const isCredit = (v: unknown): v is number => typeof v === 'number' && v >= 0 && v * 1_000_000 <= Number.MAX_SAFE_INTEGER;
+
 export function parseLeaseAnswer(json: unknown, defaultTtlMs: number): LeaseAnswer {
   const decision = parseDecision(json, defaultTtlMs);
   if ('invalid' in decision) return decision;
@@ -24,7 +27,8 @@ export function parseLeaseAnswer(json: unknown, defaultTtlMs: number): LeaseAnsw
   if (!isRecord(lease)) return { invalid: 'lease is not an object' };
   const { id, requests, ttl_ms: ttl, micros, credit, max_costs: maxCosts } = lease;
   if (typeof id !== 'string' || id === '' || id.length > 128) return { invalid: 'lease.id is not a string' };
-  if (typeof requests !== 'number' || !Number.isInteger(requests) || requests < 1) return { invalid: 'lease.requests is not a positive integer' };
+  // Safe integers only: 1e300 "requests" would make each request's share of the lease 0 micros.
+  if (typeof requests !== 'number' || !Number.isSafeInteger(requests) || requests < 1) return { invalid: 'lease.requests is not a positive integer' };
   if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) return { invalid: 'lease.ttl_ms is not a non-negative number' };
   const grant: LeaseGrant = { id, requests, ttlMs: ttl };
   if (micros !== undefined) {
@@ -32,7 +36,7 @@ export function parseLeaseAnswer(json: unknown, defaultTtlMs: number): LeaseAnsw
     grant.micros = micros;
   }
   // Only feeds the credit header: a bad one is dropped, not fatal.
-  if (typeof credit === 'number' && Number.isFinite(credit) && credit >= 0) grant.credit = credit;
+  if (isCredit(credit)) grant.credit = credit;
   if (maxCosts !== undefined) {
     if (!isRecord(maxCosts) || !isMicros(maxCosts.default) || !isRecord(maxCosts.routes)) return { invalid: 'lease.max_costs is not {default, routes}' };
     const routes = new Map<string, number>();

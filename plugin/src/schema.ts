@@ -230,6 +230,16 @@ function headerName(value: unknown, field: string): string | undefined {
   return value;
 }
 
+/** Headers that frame or route a response: a credit value set on one would corrupt it. */
+const RESERVED_RESPONSE_HEADERS = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer',
+  'content-type', 'content-encoding', 'content-range', 'location', 'set-cookie', 'www-authenticate', 'retry-after', 'date', 'server']);
+
+function creditHeaderName(value: unknown): string | undefined {
+  const name = headerName(value, 'credit_header');
+  if (name !== undefined && RESERVED_RESPONSE_HEADERS.has(name.toLowerCase())) throw new ConfigError('credit_header', `cannot be ${name}: the response itself needs that header`);
+  return name;
+}
+
 /**
  * Validates the config Kong passes to StartInstance. Kong has already checked
  * it against Schema; this is the second line, and it names the bad field.
@@ -254,6 +264,8 @@ export function parseConfig(raw: unknown): PaygOptions {
   const maxBytes = read(queueFields, queueRaw, 'max_bytes', 'queue.max_bytes') as number | undefined;
   if (maxBytes !== undefined && maxBytes < 1) throw new ConfigError('queue.max_bytes', 'must be at least 1');
   const maxRetryTime = q('max_retry_time');
+  // -1 is Kong's "for ever"; any other negative is a typo, not a wish to never drop usage.
+  if (maxRetryTime < 0 && maxRetryTime !== -1) throw new ConfigError('queue.max_retry_time', 'must be -1 (retry for ever) or at least 0');
   q('concurrency_limit'); // validated; payg sends one batch at a time whatever it says
 
   const urlText = get('control_service_url') as string;
@@ -283,7 +295,7 @@ export function parseConfig(raw: unknown): PaygOptions {
       maxRetryTimeMs: maxRetryTime < 0 ? Infinity : maxRetryTime * 1000,
     },
     usageUnitsHeader: headerName(get('usage_units_header'), 'usage_units_header')?.toLowerCase(),
-    creditHeader: headerName(get('credit_header'), 'credit_header'),
+    creditHeader: creditHeaderName(get('credit_header')),
     warnings,
   };
 }

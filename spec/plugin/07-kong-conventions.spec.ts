@@ -62,6 +62,13 @@ describe('Kong conventions', () => {
     expect(() => parseConfig({ control_service_url: 'http://x', credit_header: 'X Credit' })).to.throw(/credit_header: is not an HTTP header name/);
   });
 
+  it('a credit_header that would corrupt the response (Content-Length, Set-Cookie…) and a negative max_retry_time other than -1 fail StartInstance, naming the field', () => {
+    expect(() => parseConfig({ control_service_url: 'http://x', credit_header: 'Content-Length' })).to.throw(/credit_header: cannot be Content-Length/);
+    expect(() => parseConfig({ control_service_url: 'http://x', credit_header: 'set-cookie' })).to.throw(/credit_header: cannot be set-cookie/);
+    expect(() => parseConfig({ control_service_url: 'http://x', queue: { max_retry_time: -5 } })).to.throw(/queue\.max_retry_time: must be -1/);
+    expect(parseConfig({ control_service_url: 'http://x', queue: { max_retry_time: -1 } }).usageQueue.maxRetryTimeMs).to.equal(Infinity);
+  });
+
   it('the decK example validates against the dump and takes the token from the environment', () => {
     const deck = YAML.parse(fs.readFileSync(path.join(ROOT, 'deck/kong.yaml'), 'utf8'));
     expect(deck._format_version).to.equal('3.0');

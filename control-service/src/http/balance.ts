@@ -20,11 +20,15 @@ export interface BalanceDeps {
 export function createBalanceHandler({ engine, controlToken, consumerHeader }: BalanceDeps) {
   return (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
-    const raw = req.headers[consumerHeader];
-    // Several values mean something upstream of us added one: answer for nobody.
-    if (typeof raw !== 'string' || raw === '') {
+    // Kong's authentication plugins replace the header with one value: several mean something
+    // passed a client's own through (Node would join them with ", "), so answer for nobody.
+    const values = req.headersDistinct[consumerHeader];
+    // Kong's anonymous consumer (an auth plugin's `anonymous`) is no one's account: whoever failed to authenticate.
+    const anonymous = req.headers['x-anonymous-consumer'] !== undefined;
+    if (values?.length !== 1 || values[0] === '' || anonymous) {
       return send(res, 400, { error: 'no_consumer', message: 'no authenticated consumer on this request' });
     }
+    const raw = values[0];
     const id = engine.resolve(raw);
     const held = id === undefined ? undefined : engine.customer(id);
     if (!held) return send(res, 404, { error: 'no_billing_account', message: 'No billing account is linked to this API consumer.' });

@@ -34,7 +34,7 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   webhooks: Stripe['webhooks'] | undefined;
-  /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
+  /** How long a webhook or lease body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
   publicBodyTimeoutMs?: number;
   leases: LeaseDesk;
   stream: ChangeStream;
@@ -168,7 +168,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
   };
   const admin = createAdminHandler(deps);
-  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }));
+  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }), deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS);
   const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader });
 
   const health = async (res: http.ServerResponse) => {

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { fieldPath } from '../config';
 import type { LeaseDesk } from '../lease-desk';
 import type { ChangeStream } from './stream';
-import { readBody, send } from './util';
+import { readBody, refuseBody, send, MAX_BODY_BYTES } from './util';
 
 const node = z.string().min(1).max(256);
 const micros = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
@@ -21,9 +21,15 @@ const leaseRequest = z.object({
 });
 const releaseRequest = z.object({ node, leases: z.array(leaseReturn).max(100_000) });
 
-async function parse<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, req: http.IncomingMessage, res: http.ServerResponse): Promise<T | undefined> {
-  const body = await readBody(req);
-  if (body === 'too_large') { send(res, 413, { error: 'too_large' }); return undefined; }
+/** A lease request is a few hundred bytes; far larger is not one. */
+export const LEASE_BODY_LIMIT = 16 * 1024;
+/** A release names every lease a node holds (at shutdown, each consumer it served). */
+export const RELEASE_BODY_LIMIT = MAX_BODY_BYTES;
+
+async function parse<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, limit: number, timeoutMs: number, req: http.IncomingMessage, res: http.ServerResponse): Promise<T | undefined> {
+  // Authenticated, but still bounded: a larger body gets 413 unread, a stalled one 408; both close the connection.
+  const body = await readBody(req, { limit, timeoutMs });
+  if (!Buffer.isBuffer(body)) { refuseBody(res, body, limit); return undefined; }
   let doc: unknown;
   try { doc = JSON.parse(body.toString()); } catch { send(res, 400, { error: 'bad_request', message: 'body is not JSON' }); return undefined; }
   const parsed = schema.safeParse(doc);
@@ -36,10 +42,10 @@ async function parse<T>(schema: z.ZodType<T, z.ZodTypeDef, unknown>, req: http.I
 }
 
 /** Handles the lease and stream routes; false when the path is not one of them. Auth is checked by the caller. */
-export function createLeaseHandler(desk: LeaseDesk, stream: ChangeStream, onDecision: (allow: boolean) => void) {
+export function createLeaseHandler(desk: LeaseDesk, stream: ChangeStream, onDecision: (allow: boolean) => void, bodyTimeoutMs: number) {
   return async (method: string, path: string, url: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<boolean> => {
     if (method === 'POST' && path === '/v1/leases') {
-      const r = await parse(leaseRequest, req, res);
+      const r = await parse(leaseRequest, LEASE_BODY_LIMIT, bodyTimeoutMs, req, res);
       if (!r) return true;
       const answer = await desk.request(r);
       if (answer.status === 200) onDecision(answer.json.startsWith('{"allow":true'));
@@ -48,7 +54,7 @@ export function createLeaseHandler(desk: LeaseDesk, stream: ChangeStream, onDeci
       return true;
     }
     if (method === 'POST' && path === '/v1/leases/release') {
-      const r = await parse(releaseRequest, req, res);
+      const r = await parse(releaseRequest, RELEASE_BODY_LIMIT, bodyTimeoutMs, req, res);
       if (!r) return true;
       send(res, 200, { released: desk.release(r.node, r.leases) });
       return true;
