@@ -10,7 +10,7 @@ import { startPluginServer } from '../testkit/pluginserver-process';
 import { startControl } from './support';
 
 const RATES = (process.env.RATES ?? '10,50,200').split(',').map(Number);
-const COALESCING = process.env.COALESCING; // plugin usage_queue.max_coalescing_delay (s); default: the plugin's
+const COALESCING = process.env.COALESCING; // plugin queue.max_coalescing_delay (s); default: the plugin's
 
 async function main() {
   const control = await startControl({
@@ -28,7 +28,7 @@ async function main() {
     console.log(`$1.00 of credit at $0.01 a request; plugin and service defaults${COALESCING ? `, max_coalescing_delay ${COALESCING}s` : ''}`);
     for (const rate of RATES) {
       const id = await kong.startInstance('payg', {
-        control_service_url: control.url, ...(COALESCING ? { usage_queue: { max_coalescing_delay: Number(COALESCING) } } : {}),
+        control_service_url: control.url, ...(COALESCING ? { queue: { max_coalescing_delay: Number(COALESCING) } } : {}),
       }, `bench-${rate}`);
       const consumer = { id: `k-${rate}`, custom_id: `cus_rate${rate}` };
       const t0 = performance.now();

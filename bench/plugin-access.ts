@@ -1,13 +1,13 @@
 // Access-phase latency through the same Kong-side harness the tests use:
 //   (a) a plugin that only calls kong.client.getConsumer (the floor any plugin pays)
-//   (b) payg with a cached allow      (c) payg with a cached block
+//   (b) payg drawing on a live lease     (c) payg with a cached block
 // Each plugin server is pinned to one core (taskset) and the harness to the other,
 // and the three are measured in interleaved rounds so drift hits all alike.
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { KongHarness, accessPdk } from '../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../testkit/pluginserver-process';
-import { FakeControlService, allow, block } from '../testkit/fake-control-service';
+import { FakeControlService, block, leased } from '../testkit/fake-control-service';
 
 const ROUNDS = Number(process.env.ROUNDS ?? 10);
 const PER_ROUND = Number(process.env.PER_ROUND ?? 3000);
@@ -23,7 +23,7 @@ function quantile(sorted: number[], q: number): number {
 async function main() {
   try { require('node:os').setPriority(0); } catch { /* best effort */ }
   const svc = await new FakeControlService().start();
-  svc.decide = (consumer) => (consumer === 'cus_blocked' ? block('{"error":"payment_required"}', { ttlMs: 3_600_000 }) : allow(3_600_000));
+  svc.decide = (consumer) => (consumer === 'cus_blocked' ? block('{"error":"payment_required"}', { ttlMs: 3_600_000 }) : leased(1_000_000, { ttlMs: 3_600_000, leaseTtlMs: 3_600_000 }));
   const cfg = { control_service_url: svc.url, report_usage: false, cache_ttl_ms: 3_600_000 };
   const mk = async (name: string, command: string[] | undefined, consumer: string): Promise<Case & { consumer: string }> => {
     const server = await startPluginServer({ command, cpu: PINNED_CPU });
@@ -33,7 +33,7 @@ async function main() {
   };
   const cases = [
     await mk('a) getConsumer only', [process.execPath, VARIANT, '--server', 'payg', '--plugin', 'getconsumer'], 'cus_allowed'),
-    await mk('b) payg cached allow', undefined, 'cus_allowed'),
+    await mk('b) payg on a live lease', undefined, 'cus_allowed'),
     await mk('c) payg cached block', undefined, 'cus_blocked'),
   ];
   for (const c of cases) {

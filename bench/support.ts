@@ -49,15 +49,16 @@ export interface ControlProcess { url: string; child: ReturnType<typeof spawnPin
 /**
  * The control service as its own process pinned to CPU 1, listening on
  * `port`, in a temp dir with `config` (listen and store filled in) and a
- * SQLite file seeded with `customers`. Resolves once /health answers.
+ * SQLite file seeded with `customers` (and whatever `seed` writes). Resolves once /health answers.
  * CHILD_NODE_ARGS (e.g. "--cpu-prof") go to its node, to profile it.
  */
-export async function startControl(opts: { port: number; config: Record<string, unknown>; customers?: StoredCustomer[]; env?: NodeJS.ProcessEnv }): Promise<ControlProcess> {
+export async function startControl(opts: { port: number; config: Record<string, unknown>; customers?: StoredCustomer[]; seed?: (store: SqliteStore) => Promise<void>; env?: NodeJS.ProcessEnv }): Promise<ControlProcess> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-'));
   const sqlite = path.join(dir, 'payg.sqlite');
-  if (opts.customers?.length) {
+  if (opts.customers?.length || opts.seed) {
     const store = new SqliteStore(sqlite);
-    await store.saveChanges({ upserts: opts.customers, deletes: [], transitions: [] });
+    if (opts.customers?.length) await store.saveChanges({ upserts: opts.customers, deletes: [], transitions: [] });
+    await opts.seed?.(store);
     await store.close();
   }
   const configFile = path.join(dir, 'payg.yml');

@@ -70,6 +70,13 @@ export async function playStory(stack: Stack, print: (line: string) => void = co
   print(`✔ ${step} (${out.ms} ms after the block): "${out.mail.subject}"\n${indent(email(out.mail).text)}`);
 
   step = '5. Alice tops up $20.00';
+  // Her usage leaves the gateway after each response: wait until the service has all of it (no lease of hers
+  // still holds a drawn request), so the "restored" email shows the credit she really has.
+  for (const t0 = Date.now(); Date.now() - t0 < 5000; await sleep(20)) {
+    const r = await fetch(`${stack.svc.url}/admin/customers/${customers.alice}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    const { leases } = (await r.json()) as { leases: Array<{ held_requests: number; open: boolean }> };
+    if (leases.every((l) => !l.open && l.held_requests === 0)) break;
+  }
   const inboxBeforeRestore = smtp.raw.length;
   stripe.addBalanceTransaction(customers.alice, -2000);
   print(`✔ ${step}: a -$20.00 customer balance transaction`);
@@ -100,6 +107,11 @@ export async function playStory(stack: Stack, print: (line: string) => void = co
   print(`✔ ${step}: ${served} calls served, then 402 ${refused.body}\n    (first 402 ${bobMs} ms after the 50th call, the last his credit paid for)`);
 
   step = '9. Usage is settled to Stripe';
+  // Usage leaves the gateway in batches, after the response: wait until the service has all of Bob's.
+  for (const t0 = Date.now(); Date.now() - t0 < 5000; await sleep(20)) {
+    const r = await fetch(`${stack.svc.url}/admin/customers/${customers.bob}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    if (((await r.json()) as { unsettled_usage: number }).unsettled_usage >= served) break;
+  }
   const res = await fetch(`${stack.svc.url}/admin/settle`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
   const settle = await res.json() as { confirmed: number; failed: number };
   if (res.status !== 200 || settle.failed > 0) throw new StoryError(step, `settlement answered ${res.status} ${JSON.stringify(settle)}`);

@@ -7,7 +7,19 @@ import { LoopbackServer } from './loopback-server';
 export interface ScriptedAnswer { status?: number; body: string; delayMs?: number; headers?: Record<string, string> }
 
 export class FakeControlService extends LoopbackServer {
+  /** One per decision asked (POST /v1/leases), named by the consumer's path `/v1/decisions/{consumer}`. */
   readonly decisionPaths: string[] = [];
+  /** Bodies of POST /v1/leases and POST /v1/leases/release, in order. */
+  readonly leaseRequests: Array<Record<string, any>> = [];
+  readonly releases: Array<Record<string, any>> = [];
+  private readonly streams = new Set<http.ServerResponse>();
+
+  /** Pushes a server-sent event to every connected plugin server. */
+  push(event: string, data: unknown): void {
+    for (const res of this.streams) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
+  streamCount(): number { return this.streams.size; }
   readonly usageBatches: Array<Array<Record<string, unknown>>> = [];
   readonly authorizations: Array<string | undefined> = [];
   /** Answer for a decision request; by default everyone is allowed. */
@@ -24,9 +36,11 @@ export class FakeControlService extends LoopbackServer {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const url = req.url ?? '';
-      if (req.method === 'GET' && url.startsWith('/v1/decisions/')) {
-        this.decisionPaths.push(url);
-        const consumer = decodeURIComponent(url.slice('/v1/decisions/'.length));
+      if (req.method === 'POST' && url === '/v1/leases') {
+        const body = JSON.parse(Buffer.concat(chunks).toString()) as Record<string, any>;
+        this.leaseRequests.push(body);
+        const consumer = String(body.consumer);
+        this.decisionPaths.push(`/v1/decisions/${encodeURIComponent(consumer)}`);
         const answer = this.decide(consumer);
         const send = () => {
           if (res.destroyed) return;
@@ -34,6 +48,19 @@ export class FakeControlService extends LoopbackServer {
           res.end(answer.body);
         };
         if (answer.delayMs) setTimeout(send, answer.delayMs); else send();
+        return;
+      }
+      if (req.method === 'POST' && url === '/v1/leases/release') {
+        this.releases.push(JSON.parse(Buffer.concat(chunks).toString()));
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{"released":1}');
+        return;
+      }
+      if (req.method === 'GET' && url.startsWith('/v1/stream')) {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write('event: hello\ndata: {}\n\n');
+        this.streams.add(res);
+        req.on('close', () => this.streams.delete(res));
         return;
       }
       if (req.method === 'POST' && url === '/v1/usage') {
@@ -49,6 +76,11 @@ export class FakeControlService extends LoopbackServer {
     });
   }
 }
+
+/** An allow carrying a lease of `requests` requests. */
+export const leased = (requests: number, opts: { id?: string; ttlMs?: number; leaseTtlMs?: number } = {}): ScriptedAnswer => ({
+  body: JSON.stringify({ allow: true, ttl_ms: opts.ttlMs ?? 5000, lease: { id: opts.id ?? `lease-${requests}`, requests, ttl_ms: opts.leaseTtlMs ?? 10_000 } }),
+});
 
 export const allow = (ttlMs = 5000): ScriptedAnswer => ({ body: JSON.stringify({ allow: true, ttl_ms: ttlMs }) });
 export const block = (body: string, opts: { status?: number; headers?: Record<string, string>; ttlMs?: number; rule?: string } = {}): ScriptedAnswer => ({

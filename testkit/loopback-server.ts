@@ -14,7 +14,9 @@ export abstract class LoopbackServer {
     return this;
   }
 
+  /** Stops listening; a second call (a test stopped it, then its afterEach) does nothing. */
   async stop(): Promise<void> {
+    if (!this.server.listening) return;
     this.server.closeAllConnections();
     await new Promise((r) => this.server.close(r));
   }

@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -17,8 +18,9 @@ export interface PluginServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startPluginServer(opts: { command?: string[]; env?: NodeJS.ProcessEnv; cpu?: number } = {}): Promise<PluginServerProcess> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-ps-'));
+/** `prefix`: Kong's prefix directory to use (kept after stop, as Kong keeps its prefix across restarts). */
+export async function startPluginServer(opts: { command?: string[]; env?: NodeJS.ProcessEnv; cpu?: number; prefix?: string } = {}): Promise<PluginServerProcess> {
+  const dir = opts.prefix ?? fs.mkdtempSync(path.join(os.tmpdir(), 'payg-ps-'));
   const sockName = 'payg.sock';
   const socketPath = path.join(dir, sockName);
   let command = [...(opts.command ?? [process.execPath, PAYG_PLUGINSERVER]), '-p', dir, '--sock-name', sockName];
@@ -36,9 +38,24 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
   });
   proc.stdout!.resume();
   const deadline = Date.now() + 10_000;
-  while (!fs.existsSync(socketPath)) {
+  // The socket file appears at bind(), a moment before listen(): on a busy machine a client
+  // can meet ECONNREFUSED in between. Ready means a connection is accepted.
+  while (!fs.existsSync(socketPath) || !(await accepts(socketPath))) {
     if (proc.exitCode !== null) throw new Error(`plugin server exited with ${proc.exitCode}: ${JSON.stringify(logs)}`);
-    if (Date.now() > deadline) throw new Error('plugin server did not open its socket');
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL'); // nothing else holds it: do not leave it running
+      throw new Error('plugin server did not open its socket');
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  // The file appears at bind(), a moment before listen(): wait until a connection is accepted.
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const probe = net.createConnection(socketPath, () => { probe.destroy(); resolve(true); });
+      probe.once('error', () => resolve(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error('plugin server did not accept connections');
     await new Promise((r) => setTimeout(r, 20));
   }
   return {
@@ -53,7 +70,17 @@ export async function startPluginServer(opts: { command?: string[]; env?: NodeJS
         proc.kill('SIGTERM');
         await exited;
       }
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (opts.prefix === undefined) fs.rmSync(dir, { recursive: true, force: true });
+      else fs.rmSync(socketPath, { force: true });
     },
   };
+}
+
+/** True when a connection to the Unix socket is accepted (then closed at once). */
+function accepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => { probe.destroy(); resolve(true); });
+    probe.once('error', () => resolve(false));
+  });
 }

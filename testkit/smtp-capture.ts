@@ -10,6 +10,8 @@ import type { AddressInfo } from 'node:net';
 export class SmtpCapture {
   /** Raw messages accepted, in arrival order. */
   readonly raw: Buffer[] = [];
+  /** When each raw message was accepted (Date.now()), in the same order. */
+  readonly acceptedAt: number[] = [];
   port = 0;
   user = 'payg';
   password = 'smtp-test-password';
@@ -37,6 +39,7 @@ export class SmtpCapture {
           const failure = this.failures.shift();
           if (failure) return cb(Object.assign(new Error(failure.message), { responseCode: failure.code }));
           this.raw.push(Buffer.concat(chunks));
+          this.acceptedAt.push(Date.now());
           cb();
         });
       },

@@ -84,6 +84,14 @@ export class StripeEmulator extends LoopbackServer {
   /** Pins `created` of new objects and events to one second (undefined: the clock runs again), e.g. two updates in one second. */
   pinClock(seconds: number | undefined): void { this.pinnedClock = seconds; }
 
+  /**
+   * Error messages carry the API key the request was made with, in full, as
+   * error text from Stripe or a proxy in front of it can: for proving the key
+   * never reaches logs or answers.
+   */
+  echoKeyInErrors = false;
+  private keyGiven = '';
+
   /** Answer 429 past `perSecond` requests in any one-second window, as Stripe's limiter does. */
   limitRate(perSecond: number | undefined): void {
     this.rateLimit = perSecond === undefined ? undefined : { perSecond, windowStart: 0, count: 0 };
@@ -182,7 +190,8 @@ export class StripeEmulator extends LoopbackServer {
   private error(res: http.ServerResponse, status: number, type: string, message: string, extra: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
     res.writeHead(status, { 'content-type': 'application/json', 'request-id': rid('req'), ...headers });
     const { code, ...rest } = extra;
-    res.end(JSON.stringify({ error: { type, message, ...(this.errorCodes && code !== undefined ? { code } : {}), ...rest } }));
+    const echoed = this.echoKeyInErrors ? `${message} (request made with API key ${this.keyGiven})` : message;
+    res.end(JSON.stringify({ error: { type, message: echoed, ...(this.errorCodes && code !== undefined ? { code } : {}), ...rest } }));
   }
 
   protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
@@ -195,6 +204,7 @@ export class StripeEmulator extends LoopbackServer {
       const origWriteHead = res.writeHead.bind(res);
       res.writeHead = ((status: number, ...rest: any[]) => { record(status); return origWriteHead(status, ...rest); }) as typeof res.writeHead;
 
+      this.keyGiven = (req.headers.authorization ?? '').replace(/^Bearer /, ''); // read by error() in this same turn
       if (req.headers.authorization !== `Bearer ${this.secretKey}`) {
         // Stripe echoes the key it was given, masked to its last four characters.
         const given = (req.headers.authorization ?? '').replace(/^Bearer /, '');
@@ -284,7 +294,7 @@ export class StripeEmulator extends LoopbackServer {
       }
       const customer = id ? this.customers.get(id) : undefined;
       if (!customer) {
-        if (id && this.deleted.has(id) && req.method === 'GET') return send({ id, object: 'customer', deleted: true });
+        if (id && this.deleted.has(id) && req.method === 'GET' && parts.length === 3) return send({ id, object: 'customer', deleted: true });
         return this.error(res, 404, 'invalid_request_error', `No such customer: '${id}'`, { param: 'id', code: 'resource_missing' });
       }
       if (req.method === 'GET' && parts.length === 3) return send(customer);

@@ -12,18 +12,19 @@ interface Overview {
   blocks_per_minute: { minutes: number[]; rules: Sums };
   would_blocks_per_minute: { minutes: number[]; rules: Sums };
   emails: Record<string, number>;
-  settlements: { pending: number; failing: number; confirmed: number };
+  settlements: SettlementCounts;
   last_sweep: { configured: boolean; at: string | null; age_seconds: number | null };
   stripe_errors: Record<string, number>;
 }
 interface CustomerRow { id: string; name: string | null; email: string | null; currency: string | null; consumer: string | null; balance: number; estimated_balance: number; unsettled_usage: number; cohorts: string[]; blocked: boolean }
 interface EmailRow { id: number; template: string; customer: string; to: string; status: string; attempts: number; created_at: string; delivered_at: string | null; last_error: string | null; message_id: string | null }
+interface SettlementCounts { pending: number; retrying: number; failed: number; confirmed: number }
 interface SettlementRow { id: number; customer: string; amount: number; currency: string; formatted: string; mode: string; status: string; attempts: number; stripe_ref: string | null; idempotency_key: string; last_error: string | null; created_at: string; confirmed_at: string | null }
 
 const link = (href: string, text: string) => <a href={href}>{text}</a>;
 const customerLink = (id: string) => link(`#/customers/${encodeURIComponent(id)}`, id);
 const perMinute = (m: Sums) => Object.entries(m).map(([rule, v]) => ({ rule, v, total: v.reduce((a, b) => a + b, 0), last: v[v.length - 1] }));
-const statusTone = (s: string) => (s === 'delivered' || s === 'confirmed' ? 'ok' : s === 'failed' ? 'bad' : s === 'cancelled' ? 'muted' : 'warn');
+const statusTone = (s: string) => (s === 'delivered' || s === 'confirmed' ? 'ok' : s === 'failed' ? 'bad' : s === 'cancelled' || s === 'stale' ? 'muted' : 'warn');
 
 export function OverviewPage() {
   const { data, error, reload } = useApi<Overview>('overview');
@@ -40,9 +41,9 @@ export function OverviewPage() {
         <Stat label="Last sweep" value={!data.last_sweep.configured ? 'off' : sweepAge === null ? 'never' : ago(data.last_sweep.at)} tone={sweepAge === null || sweepAge > 300 ? 'bad' : 'ok'} hint={data.last_sweep.configured ? 'Stripe balances' : 'STRIPE_SECRET_KEY is not set'} />
         <Stat label="Stripe errors" value={stripeErrors} tone={stripeErrors ? 'warn' : 'ok'} hint={Object.entries(data.stripe_errors).map(([s, n]) => `${s}: ${n}`).join(' · ') || 'since start'} />
         <Stat label="Emails pending" value={data.emails.pending + data.emails.sending} tone={data.emails.pending > 50 ? 'warn' : 'ok'} testid="stat-emails-pending" />
-        <Stat label="Emails failed" value={data.emails.failed} tone={data.emails.failed ? 'bad' : 'ok'} />
-        <Stat label="Settlements pending" value={data.settlements.pending} tone={data.settlements.pending ? 'warn' : 'ok'} hint={`${data.settlements.confirmed} confirmed`} />
-        <Stat label="Settlements failing" value={data.settlements.failing} tone={data.settlements.failing ? 'bad' : 'ok'} hint="resent with the same key" />
+        <Stat label="Emails failed" value={data.emails.failed} tone={data.emails.failed ? 'bad' : 'ok'} hint={`${data.emails.stale ?? 0} stale: no longer true, not sent`} testid="stat-emails-failed" />
+        <Stat label="Settlements pending" value={data.settlements.pending + data.settlements.retrying} tone={data.settlements.retrying ? 'warn' : 'ok'} hint={`${data.settlements.retrying} retrying · ${data.settlements.confirmed} confirmed`} testid="stat-settlements-pending" />
+        <Stat label="Settlements failed" value={data.settlements.failed} tone={data.settlements.failed ? 'bad' : 'ok'} hint="refused by Stripe for good" testid="stat-settlements-failed" />
         <Stat label="Consumer conflicts" value={data.conflicts} tone={data.conflicts ? 'warn' : 'ok'} />
       </div>
       <div class="grid2">
@@ -216,7 +217,7 @@ function EmailLogTable(props: { rows: EmailRow[] }) {
     { key: 'to', label: 'To', render: (r) => <>{r.to}<div class="small">{customerLink(r.customer)}</div></>, value: (r) => r.to },
     { key: 'status', label: 'Status', render: (r) => <Badge tone={statusTone(r.status)}>{r.status}</Badge>, value: (r) => r.status },
     { key: 'attempts', label: 'Tries', render: (r) => r.attempts, value: (r) => r.attempts, align: 'right' },
-    { key: 'mid', label: 'Message-ID / last error', render: (r) => <span class="small">{r.message_id ? <code>{r.message_id}</code> : null}{r.last_error && <div class="bad-text">{r.last_error}</div>}</span> },
+    { key: 'mid', label: 'Message-ID / why', render: (r) => <span class="small">{r.message_id ? <code>{r.message_id}</code> : null}{r.last_error && <div class={r.status === 'stale' || r.status === 'cancelled' ? 'muted' : 'bad-text'}>{r.status === 'stale' ? `not sent: ${r.last_error}` : r.last_error}</div>}</span> },
   ]} />;
 }
 
@@ -272,9 +273,12 @@ export function RulesPage() {
 interface Template { id: string; active: boolean; trigger: string; from: { address: string; name?: string }; has_html: boolean; has_text: boolean; reenroll_after_ms: number | null }
 interface EmailPreview { subject: string; html: string | null; text: string | null; sample: boolean }
 
+const EMAIL_FILTERS = ['', 'pending', 'delivered', 'failed', 'stale', 'cancelled'];
+
 export function EmailsPage() {
   const { data, error, reload } = useApi<{ smtp: boolean; templates: Template[] }>('emails');
-  const log = useApi<{ emails: EmailRow[] }>('emails/log');
+  const [logStatus, setLogStatus] = useState('');
+  const log = useApi<{ emails: EmailRow[] }>(`emails/log${logStatus ? `?status=${logStatus}` : ''}`);
   const [selected, setSelected] = useState<string>();
   const [customer, setCustomer] = useState('');
   const [to, setTo] = useState('');
@@ -326,22 +330,26 @@ export function EmailsPage() {
           )}
         </Card>
       )}
-      <Card title="Email log">{log.data ? <EmailLogTable rows={log.data.emails} /> : <Loading error={log.error} />}</Card>
+      <Card title="Email log">
+        <div class="toolbar tabs" data-testid="email-log-filter">{EMAIL_FILTERS.map((s) => <button class={logStatus === s ? 'current' : 'ghost'} onClick={() => setLogStatus(s)}>{s || 'all'}</button>)}</div>
+        {log.data ? <EmailLogTable rows={log.data.emails} /> : <Loading error={log.error} />}
+      </Card>
     </Page>
   );
 }
 
 export function SettlementsPage() {
   const [status, setStatus] = useState('');
-  const { data, error } = useApi<{ counts: { pending: number; failing: number; confirmed: number }; settlements: SettlementRow[] }>(`settlements${status ? `?status=${status}` : ''}`);
+  const { data, error } = useApi<{ counts: SettlementCounts; settlements: SettlementRow[] }>(`settlements${status ? `?status=${status}` : ''}`);
   return (
-    <Page title="Settlements" sub="Usage charged to Stripe, each with an idempotency key; a failed one is resent with the same key until Stripe confirms.">
+    <Page title="Settlements" sub="Usage charged to Stripe, each with an idempotency key. An attempt Stripe did not answer is resent with the same key (retrying); one Stripe refused for good is failed and stays counted against the customer's credit.">
       {data && <div class="stats">
-        <Stat label="Pending" value={data.counts.pending - data.counts.failing} tone="warn" />
-        <Stat label="Failed, retrying" value={data.counts.failing} tone={data.counts.failing ? 'bad' : 'ok'} />
-        <Stat label="Confirmed" value={data.counts.confirmed} tone="ok" />
+        <Stat label="Pending" value={data.counts.pending} tone="ok" hint="waiting for Stripe's answer" testid="settlements-pending" />
+        <Stat label="Retrying" value={data.counts.retrying} tone={data.counts.retrying ? 'warn' : 'ok'} hint="resent with the same key" testid="settlements-retrying" />
+        <Stat label="Failed" value={data.counts.failed} tone={data.counts.failed ? 'bad' : 'ok'} hint="refused by Stripe for good" testid="settlements-failed" />
+        <Stat label="Confirmed" value={data.counts.confirmed} tone="ok" testid="settlements-confirmed" />
       </div>}
-      <div class="toolbar tabs">{['', 'pending', 'failed', 'confirmed'].map((s) => <button class={status === s ? 'current' : 'ghost'} onClick={() => setStatus(s)}>{s || 'all'}</button>)}</div>
+      <div class="toolbar tabs">{['', 'pending', 'retrying', 'failed', 'confirmed'].map((s) => <button class={status === s ? 'current' : 'ghost'} onClick={() => setStatus(s)}>{s || 'all'}</button>)}</div>
       <Card title="Settlements">{data ? <SettlementTable rows={data.settlements} /> : <Loading error={error} />}</Card>
     </Page>
   );

@@ -9,7 +9,7 @@ import { z } from 'zod';
 import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
-import { parseCost, type Pricing } from './pricing';
+import { parseCost, UNIT_KINDS, type Pricing, type RoutePrice, type UnitKind } from './pricing';
 import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
@@ -26,6 +26,14 @@ const filter: z.ZodType<Filter> = z.lazy(() => z.object({
 }).strict().refine((f) => Object.keys(f).length > 0, 'an empty filter matches everyone; say what it filters'));
 
 const cost = z.union([z.number(), z.string()]).refine((v) => parseCost(v) !== undefined, 'is not a cost: a non-negative amount of the smallest currency unit with at most 6 decimals, e.g. 1 or "0.25"');
+
+/** A fixed cost, or a fee plus prices per measured unit with the most one request may cost (see pricing.ts). */
+const price = z.union([cost, z.object({
+  request: cost.optional(),
+  ...Object.fromEntries(UNIT_KINDS.map((k) => [k, cost.optional()])) as Record<UnitKind, z.ZodOptional<typeof cost>>,
+  max_cost: cost.optional(),
+}).strict()]);
+type RawPrice = z.infer<typeof price>;
 
 const duration = z.string()
   .refine((t) => parseDuration(t) !== undefined, 'is not a duration like 90s, 15m, 1h or 2d')
@@ -47,6 +55,11 @@ const rawConfig = z.object({
     }).strict().optional(),
   }).strict().refine((s) => !(s.sqlite && s.postgres), 'set either sqlite or postgres, not both').default({}),
   auth: z.object({ allow_unauthenticated: z.boolean().default(false) }).strict().default({}),
+  balance_api: z.object({
+    consumer_header: z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'is not an HTTP header name')
+      // Authorization carries the control token on this route: it never names a consumer.
+      .refine((h) => h.toLowerCase() !== 'authorization', 'cannot be Authorization: it carries the control token').default('X-Consumer-Custom-ID'),
+  }).strict().default({}),
   stripe: z.object({
     poll: z.string().default('*/1 * * * *').refine((s) => cron.validate(s), 'is not a valid cron expression'),
     consumer_metadata_key: z.string().min(1).default('kong_consumer'),
@@ -73,12 +86,13 @@ const rawConfig = z.object({
     body: z.string(),
   }).strict()).default([]),
   metering: z.object({
-    default_cost: cost.default(0),
-    routes: z.record(cost).default({}),
+    default_cost: price.default(0),
+    routes: z.record(price).default({}),
     count_upstream_5xx: z.boolean().default(false),
     low_credit_requests: z.number().int().min(0).default(100),
     min_ttl_ms: z.number().int().min(0).default(0),
-    gateway_nodes: z.number().int().min(1).default(1),
+    // Gone: nodes identify themselves and serve only on leases, so there is nothing to count by hand.
+    gateway_nodes: z.unknown().refine((v) => v === undefined, 'is no longer used: each plugin server identifies itself and serves only on credit leased to it, so overspend no longer depends on a node count; delete this key').optional(),
     max_batch_events: z.number().int().min(1).max(100_000).default(10_000),
     keep_events: duration.default('7d'),
     settle: z.object({
@@ -87,6 +101,14 @@ const rawConfig = z.object({
       meter_event_name: z.string().min(1).default('payg_api_usage'),
       enabled: z.boolean().default(true),
     }).strict().default({}),
+  }).strict().default({}),
+  leases: z.object({
+    ttl_ms: z.number().int().min(100).max(600_000).default(10_000),
+    usage_grace_ms: z.number().int().min(0).max(3_600_000).default(60_000),
+    initial_requests: z.number().int().min(1).default(10),
+    max_requests: z.number().int().min(1).default(10_000),
+    expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
@@ -113,7 +135,8 @@ const rawConfig = z.object({
   console: z.object({
     listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }).strict(),
     session_ttl: duration.default('12h'),
-    stripe_dashboard_url: z.string().url().default('https://dashboard.stripe.com'),
+    // Links on the console's pages: only http(s), never javascript: or data:.
+    stripe_dashboard_url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL').default('https://dashboard.stripe.com'),
   }).strict().optional(),
 }).strict();
 
@@ -130,6 +153,8 @@ export interface Config {
   listen: { host: string; port: number };
   /** Serve the plugin-facing APIs without PAYG_CONTROL_TOKEN on a non-loopback address (an explicit choice). */
   auth: { allowUnauthenticated: boolean };
+  /** GET /v1/balance reads the consumer from this (lower-case) header, which Kong sets upstream. */
+  balanceApi: { consumerHeader: string };
   /** The SQLite file (the embedded default; unused when `postgres` is set). */
   sqlitePath: string;
   /** Set when the store is PostgreSQL: several replicas may share it. */
@@ -144,11 +169,11 @@ export interface Config {
     pricing: Pricing;
     lowCreditRequests: number;
     minTtlMs: number;
-    gatewayNodes: number;
     maxBatchEvents: number;
     keepEventsMs: number;
     settle: { mode: 'balance_transactions' | 'meter_events'; schedule: string; meterEventName: string; enabled: boolean };
   };
+  leases: { ttlMs: number; usageGraceMs: number; initialRequests: number; maxRequests: number; expireIntervalMs: number; recallWaitMs: number };
   emailDelivery: {
     messagesPerSecond: number; maxAttempts: number; retryBaseDelayMs: number; retryMaxDelayMs: number;
     pollIntervalMs: number; recurringCheckIntervalMs: number; timeoutMs: number;
@@ -219,6 +244,9 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   }
   const raw = parsed.data;
 
+  if (raw.leases.max_requests < raw.leases.initial_requests) {
+    throw new ConfigError('leases.max_requests', `must be at least leases.initial_requests (${raw.leases.initial_requests})`);
+  }
   const cohortIds = new Set<string>();
   raw.cohorts.forEach((c, i) => {
     if (cohortIds.has(c.id)) throw new ConfigError(`cohorts[${i}].id`, `duplicate cohort id ${c.id}`);
@@ -280,11 +308,21 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     }
   });
 
+  const defaultPrice = routePrice(raw.metering.default_cost, 'metering.default_cost');
+  const routePrices = new Map(Object.entries(raw.metering.routes).map(([route, p]) => [route, routePrice(p, `metering.routes.${JSON.stringify(route)}`)]));
+  const pricing: Pricing = {
+    defaultCostMicros: defaultPrice.maxCostMicros,
+    routeCostMicros: new Map([...routePrices].map(([route, p]) => [route, p.maxCostMicros])),
+    defaultPrice, routePrices,
+    countUpstream5xx: raw.metering.count_upstream_5xx,
+  };
+
   const port = env.PORT !== undefined ? Number(env.PORT) : raw.listen.port;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('PORT', 'is not a port number');
   return {
     listen: { host: raw.listen.host, port },
     auth: { allowUnauthenticated: raw.auth.allow_unauthenticated },
+    balanceApi: { consumerHeader: raw.balance_api.consumer_header.toLowerCase() },
     sqlitePath: path.resolve(baseDir, raw.store.sqlite ?? 'payg.sqlite'),
     postgres: raw.store.postgres ? { url: postgresUrl(raw.store.postgres.url, env), poolSize: raw.store.postgres.pool_size } : undefined,
     stripe: {
@@ -301,20 +339,19 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     cohorts: raw.cohorts,
     rules,
     metering: {
-      pricing: {
-        defaultCostMicros: parseCost(raw.metering.default_cost)!,
-        routeCostMicros: new Map(Object.entries(raw.metering.routes).map(([route, c]) => [route, parseCost(c)!])),
-        countUpstream5xx: raw.metering.count_upstream_5xx,
-      },
+      pricing,
       lowCreditRequests: raw.metering.low_credit_requests,
       minTtlMs: raw.metering.min_ttl_ms,
-      gatewayNodes: raw.metering.gateway_nodes,
       maxBatchEvents: raw.metering.max_batch_events,
       keepEventsMs: parseDuration(raw.metering.keep_events)!,
       settle: {
         mode: raw.metering.settle.mode, schedule: raw.metering.settle.schedule,
         meterEventName: raw.metering.settle.meter_event_name, enabled: raw.metering.settle.enabled,
       },
+    },
+    leases: {
+      ttlMs: raw.leases.ttl_ms, usageGraceMs: raw.leases.usage_grace_ms, initialRequests: raw.leases.initial_requests,
+      maxRequests: raw.leases.max_requests, expireIntervalMs: raw.leases.expire_interval_ms, recallWaitMs: raw.leases.recall_wait_ms,
     },
     emailDelivery: {
       messagesPerSecond: raw.email_delivery.messages_per_second,
@@ -343,6 +380,35 @@ function postgresUrl(fromFile: string | undefined, env: NodeJS.ProcessEnv): stri
   try { parsed = new URL(url); } catch { throw new ConfigError(field, 'is not a URL'); }
   if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') throw new ConfigError(field, 'must start with postgres:// or postgresql://');
   return url;
+}
+
+/**
+ * A price as configured → micros. A price with unit prices must say its
+ * max_cost (tokens, bytes and header units have no natural bound, and the
+ * request reserves it before it runs); a fixed price reserves its fee, so
+ * max_cost there would mean nothing and is refused.
+ */
+function routePrice(raw: RawPrice, field: string): RoutePrice {
+  if (typeof raw !== 'object') {
+    const micros = parseCost(raw)!;
+    return { requestMicros: micros, perUnitMicros: new Map(), maxCostMicros: micros };
+  }
+  if (Object.keys(raw).length === 0) throw new ConfigError(field, 'an empty price; give request and/or unit prices (prompt_tokens, completion_tokens, header_units, request_bytes, response_bytes)');
+  const requestMicros = raw.request === undefined ? 0 : parseCost(raw.request)!;
+  const perUnitMicros = new Map<UnitKind, number>();
+  for (const kind of UNIT_KINDS) {
+    const v = raw[kind];
+    const micros = v === undefined ? 0 : parseCost(v)!;
+    if (micros > 0) perUnitMicros.set(kind, micros);
+  }
+  if (perUnitMicros.size === 0) {
+    if (raw.max_cost !== undefined) throw new ConfigError(`${field}.max_cost`, 'applies to prices with unit prices only; a fixed price reserves its request fee');
+    return { requestMicros, perUnitMicros, maxCostMicros: requestMicros };
+  }
+  if (raw.max_cost === undefined) throw new ConfigError(`${field}.max_cost`, 'is required with unit prices: the most one request may cost, reserved before it runs and never exceeded');
+  const maxCostMicros = parseCost(raw.max_cost)!;
+  if (maxCostMicros <= requestMicros) throw new ConfigError(`${field}.max_cost`, 'must be more than the request fee, or the unit prices can never be charged');
+  return { requestMicros, perUnitMicros, maxCostMicros };
 }
 
 export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {

@@ -12,7 +12,7 @@ import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
 import type { OutboxRecord, OutboxRow, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
-import { costOf, MICROS_PER_UNIT } from './pricing';
+import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
 import { planEmails, planRecurring, staleReason } from './emails/workflow';
@@ -51,7 +51,8 @@ export interface ApplyResult {
   needsReconcile: StoredCustomer[];
 }
 
-export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number }
+/** `units`: what the gateway measured (tokens, header units, bytes); absent from older plugins. */
+export interface UsageEventInput { id: string; consumer: string; at: number; route: string | null; status: number; units?: Units }
 
 interface ApplyExtra {
   usage?: UsageRecord[];
@@ -82,6 +83,8 @@ export class Engine {
   private lastAt = 0;
   /** Called after emails were written to the outbox (the sender wakes up). */
   onEmailsEnqueued: () => void = () => undefined;
+  /** Called after Stripe news or a rule switch changed customers' answers (pushed to gateway nodes); not for usage. */
+  onChange: (consumers: string[] | 'all') => void = () => undefined;
   private readonly allowJson: string;
   private readonly unknownJson: string;
   private readonly dearestCostMicros: number;
@@ -139,6 +142,15 @@ export class Engine {
 
   knownIds(): string[] { return [...this.entries.keys()]; }
 
+  /**
+   * Visits every customer as held, read-only and without copying (the
+   * console's pages scan 100k customers per request). `visit` must not keep
+   * or change what it is given.
+   */
+  forEachCustomer(visit: (customer: Readonly<StoredCustomer>, cohorts: readonly string[], ledger: LedgerState, decision: DecisionAnswer) => void): void {
+    for (const e of this.entries.values()) visit(e.customer, e.cohorts, e.ledger, e.answer);
+  }
+
   cohortMembers(cohort: string): string[] {
     return [...this.entries.values()].filter((e) => e.cohorts.includes(cohort)).map((e) => e.customer.id);
   }
@@ -166,6 +178,7 @@ export class Engine {
     await this.store.setRuleEnabled(ruleId, enabled);
     this.ruleEnabled.set(ruleId, enabled);
     for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.ledger);
+    this.onChange('all');
     return true;
   }
 
@@ -283,11 +296,12 @@ export class Engine {
    * Usage seen at the gateway: stored once per event id, priced, and added to
    * the customer's unsettled usage, so cohorts and decisions move at once.
    */
-  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+  /** `acceptedIds`: the events counted now (not seen before). */
+  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
     return this.run(() => this.ingestNow(events));
   }
 
-  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number }> {
+  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
     const fresh: UsageRecord[] = [];
     const ledgers = new Map<string, LedgerState>();
@@ -295,7 +309,7 @@ export class Engine {
       if (known.has(e.id)) continue;
       known.add(e.id); // a repeat inside the batch
       const customerId = this.resolve(e.consumer) ?? null;
-      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status) : 0;
+      const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
       fresh.push({ ...e, customerId, costMicros });
       if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
@@ -303,7 +317,7 @@ export class Engine {
       const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
       await this.applyNow(updates, [], {}, { usage: fresh });
     }
-    return { accepted: fresh.length, duplicates: events.length - fresh.length };
+    return { accepted: fresh.length, duplicates: events.length - fresh.length, acceptedIds: new Set(fresh.map((e) => e.id)) };
   }
 
   /** Settlements written and about to be sent: in flight until confirmed, so plain reads of these customers get reconciled. */
@@ -358,11 +372,20 @@ export class Engine {
   reload(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
     return this.run(async () => {
       const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
+      // Stripe news another replica applied (not its usage): gateway nodes streaming from here drop what they hold.
+      const news: string[] = [];
       for (const id of ids) {
+        const held = this.entries.get(id);
         const r = found.get(id);
-        if (r) this.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
-        else this.remove(id);
+        if (r) {
+          if (held && held.customer.version !== r.customer.version) news.push(...this.consumersOf(r.customer));
+          this.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
+        } else if (held) {
+          news.push(...this.consumersOf(held.customer));
+          this.remove(id);
+        }
       }
+      if (news.length) this.onChange(news);
     });
   }
 
@@ -373,6 +396,7 @@ export class Engine {
     const emails: OutboxRecord[] = [];
     const saved: StoredCustomer[] = [];
     const removed: string[] = [];
+    const removedConsumers: string[] = [];
     const staged: Array<() => void> = [];
     for (const { customer: fields, ledger } of updates) {
       const c: StoredCustomer = fields.balance === ledger.balance && fields.version === ledger.asOf ? fields : { ...fields, balance: ledger.balance, version: ledger.asOf };
@@ -403,6 +427,7 @@ export class Engine {
       if (!held || held.customer.version > d.version) continue;
       for (const cohort of held.cohorts) transitions.push({ customerId: d.id, cohort, kind: 'leave', at, balance: held.customer.balance });
       removed.push(d.id);
+      removedConsumers.push(...this.consumersOf(held.customer));
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
@@ -415,7 +440,34 @@ export class Engine {
     }
     for (const commit of staged) commit();
     if (emails.length) this.onEmailsEnqueued();
+    // Stripe news (not usage, not a settlement, not a config reload): gateway nodes drop what they hold.
+    if (!opts.force && !extra.usage && !extra.confirmSettlements?.length && (saved.length || removed.length)) {
+      this.onChange([...saved.flatMap((c) => this.consumersOf(c)), ...removedConsumers]);
+    }
     return transitions;
+  }
+
+  /** The dearest price of one request, in micros (0: nothing is metered). */
+  get dearestMicros(): number { return this.dearestCostMicros; }
+
+  /** The consumer values that name a customer: its id and its metadata claim. */
+  consumersOf(customer: StoredCustomer): string[] {
+    const claim = customer.metadata[this.config.stripe.consumerMetadataKey];
+    return claim && claim !== customer.id ? [customer.id, claim] : [customer.id];
+  }
+
+  /**
+   * The answer for a customer with no spendable credit left (what is not held by leases
+   * is worth less than one request): the rules' verdict with a balance of at most zero.
+   * Undefined when the rules still allow it (no blocking rule at zero: the operator's choice).
+   */
+  exhaustedAnswer(customerId: string): string | undefined {
+    const e = this.entries.get(customerId);
+    if (!e) return undefined;
+    const view = estimated(e.customer, e.ledger);
+    const spent = { ...view, balance: Math.max(0, view.balance) };
+    const v = verdict(this.config.rules, cohortsOf(this.config.cohorts, spent), this.isEnabled);
+    return v.outcome === 'ALLOW' ? undefined : decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs);
   }
 
   private put(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): void {
@@ -459,24 +511,20 @@ export class Engine {
     if (v.outcome === 'ALLOW') {
       const lease = this.allowLease(customer, ledger.unsettledMicros);
       if (!lease) return v.wouldBlock.length ? this.wouldBlockAnswer : this.allowAnswer;
-      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
+      return { json: JSON.stringify({ allow: true, ttl_ms: lease.ttlMs, max_requests: lease.maxRequests, credit: lease.credit }), outcome: v.wouldBlock.length ? 'would_block' : 'allow' };
     }
     return { json: decisionJson(v, mergeContext(view, this.config.topUp), this.config.decisionTtlMs), outcome: 'block' };
   }
 
   /**
    * What a cached allow may serve when usage is metered: with r requests of
-   * credit left at the dearest price, `max_requests` = ⌈r / gateway_nodes⌉
-   * (the plugin asks again once it has served that many), and below
+   * credit left at the dearest price, `max_requests` = r, and below
    * low_credit_requests (L) also a shorter `ttl_ms` = T·(r − 1)/L, not below
-   * min_ttl_ms. The plugin subtracts the requests it served but has not yet
-   * reported, and reports them before asking again once they use the budget
-   * up, so one node cannot overspend; with several nodes each can overspend by
-   * what the others have not reported yet: ρ·(max_coalescing_delay + a round
-   * trip) requests per other node. Undefined when nothing is metered.
+   * min_ttl_ms. Read-only (GET /v1/decisions): nodes serve on leases
+   * (POST /v1/leases), which reserve credit. Undefined when nothing is metered.
    */
-  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number } | undefined {
-    const { lowCreditRequests, minTtlMs, gatewayNodes } = this.config.metering;
+  private allowLease(customer: Customer, unsettledMicros: number): { ttlMs: number; maxRequests: number; credit: number } | undefined {
+    const { lowCreditRequests, minTtlMs } = this.config.metering;
     const full = this.config.decisionTtlMs;
     if (this.dearestCostMicros === 0) return undefined;
     // In integer micros, so the boundary is exact.
@@ -484,6 +532,7 @@ export class Engine {
     const remaining = Math.floor(Math.max(0, creditMicros) / this.dearestCostMicros);
     const ttlMs = remaining >= lowCreditRequests ? full
       : Math.min(full, Math.max(minTtlMs, Math.floor((full * Math.max(0, remaining - 1)) / lowCreditRequests)));
-    return { ttlMs, maxRequests: Math.ceil(remaining / gatewayNodes) };
+    // `credit`: the estimate in the smallest currency unit, for the plugin's optional credit header.
+    return { ttlMs, maxRequests: remaining, credit: Math.max(0, creditMicros) / MICROS_PER_UNIT };
   }
 }

@@ -26,11 +26,25 @@ export interface LedgerState {
   /** Settlements opened and not yet confirmed, oldest first. */
   readonly pending: readonly PendingSettlement[];
   /**
+   * The highest settlement id confirmed or failed. A customer has one
+   * settlement in flight at a time and ids only grow, so an id at or below it
+   * is done: a settlement pass that read it as pending just before is late.
+   */
+  readonly doneThrough?: number;
+  /**
    * The last balance-transaction settlement confirmed by its own answer, and
    * when that answer was heard: a plain read that began before it cannot say
    * whether it includes that settlement.
    */
-  readonly lastConfirmed?: { id: number; heardAt: number };
+  readonly lastConfirmed?: {
+    id: number; heardAt: number;
+    /**
+     * The start of the newest reconciled read applied since that lists it but
+     * began before it was heard: such reads are placed by their start among
+     * themselves, so an older one never replaces a newer one.
+     */
+    containedBy?: number;
+  };
 }
 
 export type BalanceRead =
@@ -68,7 +82,7 @@ export function addUsage(s: LedgerState, micros: number): LedgerState {
 
 /** A settlement was written and is about to be sent: its amount stays in unsettled usage until confirmed. */
 export function openSettlement(s: LedgerState, p: PendingSettlement): LedgerState {
-  return s.pending.some((q) => q.id === p.id) ? s : { ...s, pending: [...s.pending, p] };
+  return s.pending.some((q) => q.id === p.id) || p.id <= (s.doneThrough ?? 0) ? s : { ...s, pending: [...s.pending, p] };
 }
 
 /**
@@ -77,7 +91,7 @@ export function openSettlement(s: LedgerState, p: PendingSettlement): LedgerStat
  * owed, it just was not billed (an operator sees it as failed).
  */
 export function failSettlement(s: LedgerState, id: number): LedgerState {
-  return s.pending.some((q) => q.id === id) ? { ...s, pending: s.pending.filter((q) => q.id !== id) } : s;
+  return s.pending.some((q) => q.id === id) ? { ...s, pending: s.pending.filter((q) => q.id !== id), doneThrough: Math.max(s.doneThrough ?? 0, id) } : s;
 }
 
 export function applyRead(s: LedgerState, read: BalanceRead): ReadOutcome {
@@ -90,13 +104,17 @@ export function applyRead(s: LedgerState, read: BalanceRead): ReadOutcome {
     case 'reconciled': {
       // Older than the held balance, unless the held balance is a confirmation's
       // ending_balance that this read already contains (it lists that settlement).
-      const containsHeld = s.lastConfirmed !== undefined && s.asOf === s.lastConfirmed.heardAt && read.applied.has(s.lastConfirmed.id);
+      const held = s.lastConfirmed;
+      const containsHeld = held !== undefined && s.asOf === held.heardAt && read.applied.has(held.id)
+        && read.startedAt > (held.containedBy ?? -Infinity);
       if (read.startedAt < s.asOf && !containsHeld) return { kind: 'stale' };
       const confirmed = s.pending.filter((p) => read.applied.has(p.id));
       const unsettledMicros = confirmed.reduce((u, p) => u - p.amount * MICROS_PER_UNIT, s.unsettledMicros);
+      const lastConfirmed = containsHeld && read.startedAt < s.asOf ? { ...held, containedBy: read.startedAt } : s.lastConfirmed;
+      const doneThrough = Math.max(s.doneThrough ?? 0, ...confirmed.map((p) => p.id));
       return {
         kind: 'applied',
-        state: { ...s, balance: read.balance, asOf: Math.max(s.asOf, read.startedAt), unsettledMicros, pending: s.pending.filter((p) => !read.applied.has(p.id)) },
+        state: { ...s, balance: read.balance, asOf: Math.max(s.asOf, read.startedAt), unsettledMicros, pending: s.pending.filter((p) => !read.applied.has(p.id)), lastConfirmed, doneThrough },
         confirmed: confirmed.map((p) => ({ id: p.id, stripeRef: read.applied.get(p.id)! })),
       };
     }
@@ -105,7 +123,7 @@ export function applyRead(s: LedgerState, read: BalanceRead): ReadOutcome {
       // carries the balance of its time and must not roll back a newer one.
       const p = s.pending.find((q) => q.id === read.settlementId);
       if (!p) return { kind: 'stale' };
-      const base = { ...s, unsettledMicros: s.unsettledMicros - p.amount * MICROS_PER_UNIT, pending: s.pending.filter((q) => q.id !== p.id) };
+      const base = { ...s, unsettledMicros: s.unsettledMicros - p.amount * MICROS_PER_UNIT, pending: s.pending.filter((q) => q.id !== p.id), doneThrough: Math.max(s.doneThrough ?? 0, p.id) };
       if (read.endingBalance === undefined) return { kind: 'applied', state: base, confirmed: [{ id: p.id, stripeRef: read.stripeRef }] };
       // While it was pending every read was reconciled and did not list it, so
       // its ending_balance is newer than the held balance.

@@ -20,10 +20,14 @@ import { EmailSender } from './emails/sender';
 import { Settler } from './stripe/settlement';
 import { mountConsole } from './console';
 import type { ConsoleServer } from './console/server';
+import { LeaseDesk } from './lease-desk';
+import { ChangeStream } from './http/stream';
 
 export interface RunningService {
   url: string;
   engine: Engine;
+  leases: LeaseDesk;
+  stream: ChangeStream;
   sync: BalanceSync | undefined;
   emails: EmailSender | undefined;
   settler: Settler | undefined;
@@ -93,6 +97,10 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const leadership: Leadership = config.postgres
     ? new PostgresLeadership(config.postgres.url, { onError: (err) => log.warn({ err: err.message }, 'leader connection lost') })
     : soleLeader();
+  const stream = new ChangeStream();
+  engine.onChange = (consumers) => stream.changed(consumers);
+  const leases = new LeaseDesk(config, engine, store, stream);
+  await leases.init();
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -182,14 +190,16 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   }
 
   const server: http.Server = createHttpServer({
-    config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs,
+    config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases, stream,
     followsStoredSweep: () => !leadership.isLeader,
+    grantsLeases: config.postgres ? () => leadership.isLeader : undefined,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
+  if (leases.recoveryEndsAt) log.warn({ until: new Date(leases.recoveryEndsAt).toISOString() }, 'leases of the previous run may still be in use: granting none until then');
   const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, get emails() { return sendsTests(); }, metrics, log }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
@@ -207,6 +217,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   // (same idempotency keys), requeue emails the last leader left in flight, and send.
   const lead = async () => {
     log.info('leading: sweep, settlement and email sending run here');
+    if (config.postgres) await leases.takeOver().catch((err) => log.error({ err: (err as Error).message }, 'reading the lease horizon failed'));
     await startSender().catch((err) => log.error({ err: (err as Error).message }, 'email sender did not start'));
     if (config.emails.some((t) => t.reenrollAfterMs)) engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed'));
     if (sync && opts.sweepOnStart !== false) void sync.sweep();
@@ -220,7 +231,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   else await lead();
 
   return {
-    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership,
+    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases, stream,
     async stop() {
       await consoleServer?.stop();
       await task?.stop();
@@ -231,6 +242,8 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       await changes?.stop();
       await stopSender();
       testSender?.stop().catch(() => undefined);
+      leases.stop();
+      stream.close();
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
       await store.close();

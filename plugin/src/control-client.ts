@@ -5,6 +5,7 @@ import type { SendOutcome } from './usage-queue';
 import http from 'node:http';
 import https from 'node:https';
 import { Decision, parseDecision } from './decision';
+import { parseLeaseAnswer, type LeaseGrant } from './lease';
 
 export type FailureReason = 'TIMEOUT' | 'CONNECTION' | 'HTTP_STATUS' | 'BAD_JSON' | 'BAD_SHAPE';
 export type FetchOutcome =
@@ -16,6 +17,13 @@ const MAX_RESPONSE_BYTES = 256 * 1024;
 
 interface RawResponse { status: number; body: string }
 type RawOutcome = { ok: true; res: RawResponse } | { ok: false; reason: FailureReason; detail: string };
+
+export type LeaseOutcome =
+  | { kind: 'DECISION'; decision: Decision; lease: LeaseGrant | undefined }
+  | { kind: 'UNAVAILABLE'; reason: FailureReason; detail: string };
+
+/** A lease given back: requests drawn, and the credit they reserved (micros) when the lease was an amount. */
+export interface LeaseReturn { id: string; drawn: number; drawn_micros?: number }
 
 export interface ControlClientOptions {
   baseUrl: URL;
@@ -80,6 +88,24 @@ export class ControlClient {
     if (status >= 200 && status < 300) return refusedEvents(raw.res.body);
     const detail = `control service answered ${status}${raw.res.body ? `: ${raw.res.body.slice(0, 200)}` : ''}`;
     return status === 400 || status === 413 || status === 422 ? { refused: detail } : { retry: detail };
+  }
+
+  /** POST /v1/leases: the decision for a consumer, with the lease it may draw on when it allows. */
+  async fetchLease(body: { node: string; consumer: string; want: number; reserve?: number; previous?: LeaseReturn }, timeoutMs = this.opts.timeoutMs): Promise<LeaseOutcome> {
+    const raw = await this.request('POST', '/v1/leases', JSON.stringify(body), timeoutMs);
+    if (!raw.ok) return { kind: 'UNAVAILABLE', reason: raw.reason, detail: raw.detail };
+    if (raw.res.status !== 200) return { kind: 'UNAVAILABLE', reason: 'HTTP_STATUS', detail: `control service answered ${raw.res.status}` };
+    let json: unknown;
+    try { json = JSON.parse(raw.res.body); } catch { return { kind: 'UNAVAILABLE', reason: 'BAD_JSON', detail: 'decision is not valid JSON' }; }
+    const answer = parseLeaseAnswer(json, this.opts.defaultTtlMs);
+    if ('invalid' in answer) return { kind: 'UNAVAILABLE', reason: 'BAD_SHAPE', detail: answer.invalid };
+    return { kind: 'DECISION', ...answer };
+  }
+
+  /** POST /v1/leases/release: gives leases back; false when the service did not take them. */
+  async releaseLeases(node: string, leases: LeaseReturn[], timeoutMs = this.opts.timeoutMs): Promise<boolean> {
+    const raw = await this.request('POST', '/v1/leases/release', JSON.stringify({ node, leases }), timeoutMs);
+    return raw.ok && raw.res.status === 200;
   }
 
   close(): void {

@@ -3,7 +3,7 @@
 
 export type Decision =
   /** `maxRequests`: how many requests (the fetching one included) this allow may serve before asking again. */
-  | { allow: true; ttlMs: number; maxRequests?: number }
+  | { allow: true; ttlMs: number; maxRequests?: number; credit?: number }
   | { allow: false; ttlMs: number; status: number; headers: Record<string, string>; body: string; rule: string | undefined };
 
 /** RFC 9110 field names (tokens) and values without CR, LF or other control characters. */
@@ -23,9 +23,12 @@ export function parseDecision(json: unknown, defaultTtlMs: number): Decision | {
   if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl < 0) return { invalid: 'ttl_ms is not a non-negative number' };
   if (json.allow === true) {
     const max = json.max_requests;
-    if (max === undefined || max === null) return { allow: true, ttlMs: ttl };
-    if (typeof max !== 'number' || !Number.isInteger(max) || max < 0) return { invalid: 'max_requests is not a non-negative integer' };
-    return { allow: true, ttlMs: ttl, maxRequests: max };
+    // `credit` (smallest currency unit) only feeds the optional credit header: a bad one is dropped, not fatal.
+    const credit = typeof json.credit === 'number' && json.credit >= 0 && json.credit * 1_000_000 <= Number.MAX_SAFE_INTEGER ? json.credit : undefined;
+    const withCredit = credit === undefined ? {} : { credit };
+    if (max === undefined || max === null) return { allow: true, ttlMs: ttl, ...withCredit };
+    if (typeof max !== 'number' || !Number.isSafeInteger(max) || max < 0) return { invalid: 'max_requests is not a non-negative integer' };
+    return { allow: true, ttlMs: ttl, maxRequests: max, ...withCredit };
   }
   if (json.allow !== false) return { invalid: 'allow is not a boolean' };
 

@@ -7,13 +7,16 @@
 import { randomUUID } from 'node:crypto';
 import { parseConfig, type ConsumerField, type PaygOptions } from './schema';
 import { runtimeFor, type Runtime } from './runtime';
+import type { RouteKey } from './lease-cache';
 import type { Decision } from './decision';
 import { log } from './log';
+import { measure } from './measure';
 
 /** The part of kong-pdk's `kong` object payg uses. */
 export interface KongPdk {
   client: { getConsumer(): Promise<unknown> };
-  response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void> };
+  router: { getRoute(): Promise<unknown> };
+  response: { exit(status: number, body?: string, headers?: Record<string, string>): Promise<void>; setHeader(name: string, value: string): Promise<unknown> };
   log: { serialize(): Promise<unknown> };
   ctx: { shared: { get(key: string): Promise<unknown>; set(key: string, value: string): Promise<unknown> } };
 }
@@ -44,6 +47,14 @@ function httpStatus(status: unknown): number {
   return typeof status === 'number' && Number.isInteger(status) && status >= 0 && status <= 599 ? status : 0;
 }
 
+/** The route as metering.routes keys it (name, else id); null for none. The same at access and log. */
+function routeKey(route: unknown): string | null {
+  if (typeof route !== 'object' || route === null) return null;
+  const { name, id } = route as { name?: unknown; id?: unknown };
+  if (typeof name === 'string' && name !== '') return name;
+  return typeof id === 'string' && id !== '' ? id : null;
+}
+
 function routeName(route: unknown): string | null {
   if (typeof route !== 'string' || route === '') return null;
   return route.length > MAX_ROUTE_LENGTH ? route.slice(0, MAX_ROUTE_LENGTH) : route;
@@ -57,6 +68,7 @@ export class Plugin {
   constructor(config: unknown) {
     this.opts = parseConfig(config);
     this.runtime = runtimeFor(this.opts);
+    for (const warning of this.opts.warnings) log.warn({}, `payg config: ${warning}`);
   }
 
   async access(kong: KongPdk): Promise<void> {
@@ -73,23 +85,25 @@ export class Plugin {
     // No authenticated consumer (or one without the configured field): not ours to judge.
     if (consumer === undefined) return;
 
-    const cached = this.runtime.decisions.fresh(consumer);
-    if (cached) return this.apply(kong, cached);
+    // The route decides what a request reserves only with prices by measured units: one PDK call, only then.
+    const route: RouteKey = this.runtime.decisions.routePriced ? routeKey(await kong.router.getRoute()) : undefined;
+    const cached = this.runtime.decisions.fresh(consumer, route);
+    if (cached) return this.apply(kong, cached, consumer);
 
-    const resolution = await this.runtime.decisions.resolve(consumer);
+    const resolution = await this.runtime.decisions.resolve(consumer, route);
     if (resolution.kind === 'UNAVAILABLE') {
       log.warn({ consumer, reason: resolution.reason, detail: resolution.detail, failOpen: this.opts.failOpen },
         'payg: no usable decision');
       return this.unavailable(kong);
     }
-    return this.apply(kong, resolution.decision);
+    return this.apply(kong, resolution.decision, consumer);
   }
 
   async log(kong: KongPdk): Promise<void> {
     if (!this.opts.reportUsage) return;
     try {
       const raw = await kong.log.serialize();
-      const entry = JSON.parse(typeof raw === 'string' ? raw : JSON.stringify(raw)) as {
+      const entry = JSON.parse(typeof raw === 'string' ? raw : JSON.stringify(raw)) as Record<string, unknown> & {
         consumer?: unknown; route?: { id?: string; name?: string } | null;
         response?: { status?: number }; started_at?: number;
       };
@@ -100,20 +114,30 @@ export class Plugin {
       const status = httpStatus(entry.response?.status);
       // A request payg refused used nothing. Only error answers need the (one RPC) check.
       if (status >= 400 && await kong.ctx.shared.get(REFUSED_KEY) === 'true') return;
+      const units = measure(entry, this.opts.usageUnitsHeader);
+      const draw = this.runtime.decisions.takeDraw(consumer, routeKey(entry.route));
       this.runtime.usage.push({
         id: randomUUID(),
         consumer,
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
         route: routeName(entry.route?.name ?? entry.route?.id),
         status,
+        lease: draw?.lease,
+        ...(draw?.reserved !== undefined ? { reserved: draw.reserved } : {}),
+        ...(units ? { units } : {}),
       });
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');
     }
   }
 
-  private async apply(kong: KongPdk, decision: Decision): Promise<void> {
-    if (decision.allow) return;
+  private async apply(kong: KongPdk, decision: Decision, consumer: string): Promise<void> {
+    if (decision.allow) {
+      // One more PDK call, only when the operator asked for the header. The lease's credit less what this node drew on it.
+      const credit = this.opts.creditHeader ? this.runtime.decisions.creditOf(consumer) ?? decision.credit : undefined;
+      if (this.opts.creditHeader && credit !== undefined) await kong.response.setHeader(this.opts.creditHeader, String(credit));
+      return;
+    }
     await this.markRefused(kong);
     await kong.response.exit(decision.status, decision.body, decision.headers);
   }

@@ -12,7 +12,7 @@ export interface KongField {
   description: string;
   required?: boolean;
   default?: unknown;
-  one_of?: readonly string[];
+  one_of?: readonly (string | number)[];
   between?: [number, number];
   gt?: number;
   match?: string;
@@ -24,7 +24,13 @@ export interface KongField {
 }
 export type KongSchemaField = Record<string, KongField>;
 
-const usageQueueFields: KongSchemaField[] = [
+/**
+ * Kong's `queue` record (kong/tools/queue_schema.lua): the same names, types
+ * and ranges. payg's defaults differ where billing needs it: batches of 200
+ * sent within 0.2 s (spent credit goes unseen until then), and a batch is
+ * retried for an hour, not a minute, before its usage is given up.
+ */
+const queueFields: KongSchemaField[] = [
   { max_batch_size: {
     type: 'integer', required: true, default: 200, between: [1, 10000],
     description: 'Most usage events sent to the control service in one POST /v1/usage.',
@@ -37,6 +43,14 @@ const usageQueueFields: KongSchemaField[] = [
     type: 'integer', required: true, default: 10000, between: [1, 1000000],
     description: 'Most usage events held in memory; when full, new events are dropped and counted.',
   } },
+  { max_bytes: {
+    type: 'integer', required: false,
+    description: 'Most bytes of usage events (as JSON) held in memory; when full, new events are dropped and counted. Unset: no byte bound.',
+  } },
+  { max_retry_time: {
+    type: 'number', required: true, default: 3600,
+    description: 'Seconds a failing batch is retried before its usage is dropped (and logged); -1 retries for ever.',
+  } },
   { initial_retry_delay: {
     type: 'number', required: true, default: 0.1, between: [0.001, 1000000],
     description: 'Seconds before the first retry of a failed batch; doubles on each retry.',
@@ -45,7 +59,24 @@ const usageQueueFields: KongSchemaField[] = [
     type: 'number', required: true, default: 30, between: [0.001, 1000000],
     description: 'Most seconds between retries of a failed batch (caps the exponential backoff).',
   } },
+  { concurrency_limit: {
+    type: 'integer', required: true, default: 1, one_of: [-1, 1],
+    description: 'Batches sent at once. payg always sends one at a time (usage must be counted in order); -1 is accepted for Kong compatibility and means 1.',
+  } },
 ];
+
+/** The pre-0.2 name of `queue`, kept for one release: no defaults, so payg can tell whether it was set. */
+const LEGACY_QUEUE_FIELDS = ['max_batch_size', 'max_coalescing_delay', 'max_entries', 'initial_retry_delay', 'max_retry_delay'];
+const usageQueueFields: KongSchemaField[] = queueFields
+  .filter((f) => LEGACY_QUEUE_FIELDS.includes(Object.keys(f)[0]))
+  .map((f) => {
+    const [name, def] = Object.entries(f)[0];
+    const { default: _omitted, ...rest } = def;
+    return { [name]: { ...rest, required: false } };
+  });
+
+/** Kong's HTTP protocols (typedefs.protocols_http): payg judges requests in the access phase, which only HTTP and gRPC requests have. */
+export const PROTOCOLS = ['grpc', 'grpcs', 'http', 'https'] as const;
 
 export const Schema: KongSchemaField[] = [
   { control_service_url: {
@@ -84,9 +115,21 @@ export const Schema: KongSchemaField[] = [
     type: 'string', required: false, referenceable: true, encrypted: true,
     description: 'Bearer token sent on every call to the control service; may be a Kong vault reference.',
   } },
+  { usage_units_header: {
+    type: 'string', required: false,
+    description: 'A response header in which the upstream reports the units a request used (e.g. X-Usage-Units); sent with usage as header_units, for routes priced per unit.',
+  } },
+  { credit_header: {
+    type: 'string', required: false,
+    description: 'A response header set on allowed requests with the remaining credit in the smallest currency unit (approximate: as of the decision this node holds).',
+  } },
+  { queue: {
+    type: 'record', required: true, fields: queueFields,
+    description: 'Bounded in-memory queue for usage events: Kong\'s plugin queue record (names, types and ranges).',
+  } },
   { usage_queue: {
-    type: 'record', required: true, fields: usageQueueFields,
-    description: 'Bounded in-memory queue for usage events (mirrors Kong\'s own plugin queue settings).',
+    type: 'record', required: false, fields: usageQueueFields,
+    description: 'Deprecated: the former name of queue. Fields set here still apply (over queue) with a warning; removed in the next release.',
   } },
 ];
 
@@ -96,6 +139,10 @@ export interface UsageQueueOptions {
   maxEntries: number;
   initialRetryDelayMs: number;
   maxRetryDelayMs: number;
+  /** Bound on the JSON bytes of queued events; undefined: none. */
+  maxBytes?: number;
+  /** How long one failing batch is retried before it is dropped; Infinity: for ever. */
+  maxRetryTimeMs?: number;
 }
 
 export interface PaygOptions {
@@ -110,6 +157,12 @@ export interface PaygOptions {
   reportUsage: boolean;
   controlServiceToken: string | undefined;
   usageQueue: UsageQueueOptions;
+  /** Lower-case name of the response header carrying the upstream's units, if priced by it. */
+  usageUnitsHeader: string | undefined;
+  /** Response header for the remaining credit, if wanted. */
+  creditHeader: string | undefined;
+  /** Deprecations to log once at start. */
+  warnings: string[];
 }
 
 export class ConfigError extends Error {
@@ -148,6 +201,7 @@ function read(fields: KongSchemaField[], raw: Raw, name: string, path: string): 
     case 'number':
       if (typeof value !== 'number' || !Number.isFinite(value)) throw new ConfigError(path, `expected a ${def.type}`);
       if (def.type === 'integer' && !Number.isInteger(value)) throw new ConfigError(path, 'expected an integer');
+      if (def.one_of && !def.one_of.includes(value)) throw new ConfigError(path, `expected one of: ${def.one_of.join(', ')}`);
       if (def.between && (value < def.between[0] || value > def.between[1])) {
         throw new ConfigError(path, `value should be between ${def.between[0]} and ${def.between[1]}`);
       }
@@ -184,6 +238,23 @@ function bearerToken(raw: string | undefined): string | undefined {
   return token;
 }
 
+/** Kong reads a schema's `match` as a Lua pattern, so header names are checked here instead (RFC 9110 tokens). */
+function headerName(value: unknown, field: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(value)) throw new ConfigError(field, 'is not an HTTP header name');
+  return value;
+}
+
+/** Headers that frame or route a response: a credit value set on one would corrupt it. */
+const RESERVED_RESPONSE_HEADERS = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer',
+  'content-type', 'content-encoding', 'content-range', 'location', 'set-cookie', 'www-authenticate', 'retry-after', 'date', 'server']);
+
+function creditHeaderName(value: unknown): string | undefined {
+  const name = headerName(value, 'credit_header');
+  if (name !== undefined && RESERVED_RESPONSE_HEADERS.has(name.toLowerCase())) throw new ConfigError('credit_header', `cannot be ${name}: the response itself needs that header`);
+  return name;
+}
+
 /**
  * Validates the config Kong passes to StartInstance. Kong has already checked
  * it against Schema; this is the second line, and it names the bad field.
@@ -193,8 +264,24 @@ export function parseConfig(raw: unknown): PaygOptions {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError('config', 'expected a record');
   const cfg = raw as Raw;
   const get = (name: string) => read(Schema, cfg, name, name);
-  const queueRaw = (get('usage_queue') ?? {}) as Raw;
-  const q = (name: string) => read(usageQueueFields, queueRaw, name, `usage_queue.${name}`) as number;
+  const queueRaw = (get('queue') ?? {}) as Raw;
+  const legacyRaw = (get('usage_queue') ?? {}) as Raw;
+  const warnings: string[] = [];
+  // A field set under the deprecated usage_queue wins: Kong fills queue's defaults, so it was the operator's intent.
+  const q = (name: string): number => {
+    if (LEGACY_QUEUE_FIELDS.includes(name) && legacyRaw[name] !== undefined && legacyRaw[name] !== null) {
+      const value = read(usageQueueFields, legacyRaw, name, `usage_queue.${name}`) as number;
+      warnings.push(`usage_queue.${name} is deprecated; set queue.${name} instead (usage_queue is removed in the next release)`);
+      return value;
+    }
+    return read(queueFields, queueRaw, name, `queue.${name}`) as number;
+  };
+  const maxBytes = read(queueFields, queueRaw, 'max_bytes', 'queue.max_bytes') as number | undefined;
+  if (maxBytes !== undefined && maxBytes < 1) throw new ConfigError('queue.max_bytes', 'must be at least 1');
+  const maxRetryTime = q('max_retry_time');
+  // -1 is Kong's "for ever"; any other negative is a typo, not a wish to never drop usage.
+  if (maxRetryTime < 0 && maxRetryTime !== -1) throw new ConfigError('queue.max_retry_time', 'must be -1 (retry for ever) or at least 0');
+  q('concurrency_limit'); // validated; payg sends one batch at a time whatever it says
 
   const urlText = get('control_service_url') as string;
   let controlServiceUrl: URL;
@@ -223,6 +310,11 @@ export function parseConfig(raw: unknown): PaygOptions {
       maxEntries: q('max_entries'),
       initialRetryDelayMs: q('initial_retry_delay') * 1000,
       maxRetryDelayMs: q('max_retry_delay') * 1000,
+      maxBytes,
+      maxRetryTimeMs: maxRetryTime < 0 ? Infinity : maxRetryTime * 1000,
     },
+    usageUnitsHeader: headerName(get('usage_units_header'), 'usage_units_header')?.toLowerCase(),
+    creditHeader: creditHeaderName(get('credit_header')),
+    warnings,
   };
 }

@@ -9,7 +9,14 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as paygModule from './index';
 import { log, pdkLogger, type PdkLogger } from './log';
-import { drainAll } from './runtime';
+import { shutdownAll } from './runtime';
+import { setSpoolDir } from './usage-spool';
+import { PROTOCOLS } from './schema';
+
+/** Like Kong's typedefs.protocols_http: payg applies to HTTP and gRPC routes (they run the access phase), never to streams. */
+export const PROTOCOLS_FIELD = {
+  protocols: { type: 'set', required: true, default: [...PROTOCOLS], elements: { type: 'string', one_of: [...PROTOCOLS] } },
+};
 
 // kong-pdk's lib/mod.js runs require('ts-node').register() when loaded, which pulls
 // the TypeScript compiler (tens of MB, seconds of start-up) into a server that
@@ -49,6 +56,11 @@ export class PaygPluginServer extends KongPdkServer {
     this.plugins.set(paygModule.Name, new Module(paygModule.Name, undefined, paygModule));
   }
 
+  override async GetPluginInfo(name: string): Promise<unknown> {
+    const info = await super.GetPluginInfo(name) as { Schema: { fields: unknown[] } };
+    return { ...info, Schema: { ...info.Schema, fields: [...info.Schema.fields, PROTOCOLS_FIELD] } };
+  }
+
   override async HandleEvent(event: unknown): Promise<StepResult> {
     return this.forgetIfEnded(await super.HandleEvent(event));
   }
@@ -75,6 +87,9 @@ Kong's external plugin server for the payg plugin (it serves only payg).
   --version                   print the version and exit
   --help                      print this help and exit
 `;
+
+/** How long a stopping plugin server tries to send queued usage before keeping the rest on disk. */
+const STOP_DEADLINE_MS = 2000;
 
 export function main(argv: string[]): void {
   let parsed: ReturnType<typeof parseCli>;
@@ -134,6 +149,7 @@ function serve(values: ReturnType<typeof parseCli>['values']): void {
     return;
   }
 
+  setSpoolDir(values['kong-prefix']);
   const socketPath = path.join(values['kong-prefix'], values['sock-name']);
   new KongPdkListener(server, socketPath).serve();
   log.info({ socket: socketPath, version: paygModule.Version }, 'payg plugin server listening');
@@ -142,9 +158,9 @@ function serve(values: ReturnType<typeof parseCli>['values']): void {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'payg plugin server stopping; sending queued usage');
-    const deadline = setTimeout(() => process.exit(0), 2000);
-    void drainAll().finally(() => { clearTimeout(deadline); process.exit(0); });
+    log.info({ signal }, 'payg plugin server stopping; giving leases back and sending queued usage');
+    // Bounded: Kong waits for its plugin servers. What is not sent by then is kept on disk.
+    void shutdownAll(STOP_DEADLINE_MS).finally(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

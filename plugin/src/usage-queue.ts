@@ -2,6 +2,7 @@
 // and are sent in batches by a background loop that retries with backoff.
 
 import type { UsageQueueOptions } from './schema';
+import type { MeasuredUnits } from './measure';
 
 export interface UsageEvent {
   id: string;
@@ -9,6 +10,12 @@ export interface UsageEvent {
   at: string;
   route: string | null;
   status: number;
+  /** The lease the request was served on (see lease-cache.ts); absent when it was served without one. */
+  lease?: string;
+  /** Micros the request reserved from that lease at access (its route's max_cost); absent for a lease of requests. */
+  reserved?: number;
+  /** What the gateway measured (see measure.ts); absent when nothing was. */
+  units?: MeasuredUnits;
 }
 
 /**
@@ -32,6 +39,11 @@ export class UsageQueue {
   private inFlight: Promise<boolean> | undefined;
   private flushTimer: NodeJS.Timeout | undefined;
   private failures = 0;
+  /** When the batch now failing first failed (queue.max_retry_time counts from it). */
+  private failingSince: number | undefined;
+  /** JSON bytes of the events queued (counted only when queue.max_bytes is set). */
+  private bytes = 0;
+  private readonly eventBytes = new WeakMap<UsageEvent, number>();
   private droppedSinceLog = 0;
   private dropLogTimer: NodeJS.Timeout | undefined;
   droppedTotal = 0;
@@ -51,6 +63,7 @@ export class UsageQueue {
 
   private settled(batch: UsageEvent[]): void {
     for (const e of batch) {
+      this.bytes -= this.eventBytes.get(e) ?? 0;
       const n = (this.unreportedByConsumer.get(e.consumer) ?? 1) - 1;
       if (n > 0) this.unreportedByConsumer.set(e.consumer, n); else this.unreportedByConsumer.delete(e.consumer);
     }
@@ -58,13 +71,15 @@ export class UsageQueue {
 
   /** Never blocks and never throws: a full queue drops the event and counts it. */
   push(event: UsageEvent): boolean {
-    if (this.queue.length >= this.opts.maxEntries) {
+    const size = this.opts.maxBytes === undefined ? 0 : Buffer.byteLength(JSON.stringify(event));
+    if (this.queue.length >= this.opts.maxEntries || (this.opts.maxBytes !== undefined && this.bytes + size > this.opts.maxBytes)) {
       this.droppedTotal++;
       this.droppedSinceLog++;
       this.dropLogTimer ??= setTimeout(() => this.logDrops(), DROP_LOG_INTERVAL_MS).unref();
       return false;
     }
     this.queue.push(event);
+    if (size) { this.bytes += size; this.eventBytes.set(event, size); }
     this.unreportedByConsumer.set(event.consumer, (this.unreportedByConsumer.get(event.consumer) ?? 0) + 1);
     this.schedule();
     return true;
@@ -78,6 +93,15 @@ export class UsageQueue {
       if (!(await this.sendBatch())) break;
     }
     if (this.droppedSinceLog > 0) this.logDrops();
+  }
+
+  /** Takes everything still queued out of the queue (to keep it on disk at shutdown). */
+  takeRemaining(): UsageEvent[] {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const rest = this.queue.splice(0);
+    this.settled(rest);
+    return rest;
   }
 
   private logDrops(): void {
@@ -150,6 +174,7 @@ export class UsageQueue {
       this.queue.splice(0, batch.length);
       this.settled(batch);
       this.failures = 0;
+      this.failingSince = undefined;
       if (outcome && 'refusedEvents' in outcome) {
         // The rest of the batch was stored; only these are dropped.
         const refused = outcome.refusedEvents;
@@ -166,6 +191,19 @@ export class UsageQueue {
       return true;
     }
     const error = outcome.retry;
+    const now = Date.now();
+    this.failingSince ??= now;
+    if (now - this.failingSince >= (this.opts.maxRetryTimeMs ?? Infinity)) {
+      // Kong's queue gives a batch up after max_retry_time; so does payg (its usage is lost, and logged).
+      this.queue.splice(0, batch.length);
+      this.settled(batch);
+      this.failures = 0;
+      this.failingSince = undefined;
+      this.droppedTotal += batch.length;
+      (this.deps.error ?? this.deps.warn)({ error, dropped: batch.length, droppedTotal: this.droppedTotal },
+        'usage batch not accepted within queue.max_retry_time; dropped');
+      return true;
+    }
     this.failures++;
     this.deps.warn({ error, attempt: this.failures, batchSize: batch.length, queued: this.queue.length },
       'usage batch not accepted; will retry');

@@ -20,6 +20,8 @@ describe('operator console (headless Chromium)', function () {
   let chrome: HeadlessBrowser;
   let page: Page;
   let consoleUrl: string;
+  /** What Chromium refused under the console's CSP (an inline script or style would land here). */
+  const cspViolations: string[] = [];
   const shots = process.env.PAYG_SCREENSHOTS === 'docs' ? path.join(ROOT, 'docs') : fs.mkdtempSync(path.join(os.tmpdir(), 'payg-shots-'));
   const shot = (name: string) => page.screenshot({ path: path.join(shots, `console-${name}.png`), fullPage: true });
   const gatewayStatus = async (key: string) => (await fetch(`${stack.gateway.url}/api/anything`, { headers: { apikey: key } })).status;
@@ -30,6 +32,7 @@ describe('operator console (headless Chromium)', function () {
     consoleUrl = stack.svc.console!.url;
     chrome = await launchChromium();
     page = await chrome.browser.newPage();
+    page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
     // The page may talk to the console only: anything else is a failure.
     const origin = new URL(consoleUrl).origin;
     await page.route('**/*', (route) => (route.request().url().startsWith(origin) ? route.continue() : route.abort()));
@@ -143,7 +146,10 @@ describe('operator console (headless Chromium)', function () {
     const table = page.getByTestId('settlements-table');
     await table.waitFor();
     expect(await table.innerText()).to.include('confirmed').and.include('cbtxn_');
+    expect(await page.getByTestId('settlements-failed').innerText()).to.match(/Failed\s+0/);
     await page.getByRole('button', { name: 'failed' }).click();
+    await page.locator('.empty', { hasText: 'No settlements' }).waitFor();
+    await page.getByRole('button', { name: 'retrying' }).click();
     await page.locator('.empty', { hasText: 'No settlements' }).waitFor();
     await page.getByRole('button', { name: 'all' }).click();
     await table.waitFor();
@@ -158,6 +164,10 @@ describe('operator console (headless Chromium)', function () {
     const crossSite = await page.request.put(url, { data: { enabled: false }, headers: { 'content-type': 'application/json', 'x-payg-csrf': csrf, origin: 'http://evil.example' } });
     expect(crossSite.status()).to.equal(403);
     expect(stack.svc.engine.rules().find((r) => r.rule.id === 'block-no-credit')!.enabled, 'the rule is still on').to.equal(true);
+  });
+
+  it('no page made Chromium refuse anything under the CSP (no inline script or style)', () => {
+    expect(cspViolations).to.deep.equal([]);
   });
 });
 

@@ -25,6 +25,15 @@ describe('control-service config', () => {
       .to.match(/emails\[0\]\.recurring\.reenroll_after: must be longer than zero/);
     expect(errorOf({ ...base(), email_delivery: { recurring_check_interval: '-5m' } })).to.match(/email_delivery\.recurring_check_interval: is not a duration/);
   });
+  it('new sections: a lease cap below the first lease, a console link that is not http(s), Authorization as the balance consumer header, zero lease and session durations: each stops start-up naming the field', () => {
+    expect(errorOf({ ...base(), leases: { initial_requests: 100, max_requests: 10 } })).to.match(/leases\.max_requests: must be at least leases\.initial_requests \(100\)/);
+    const consoleAt = { listen: { host: '127.0.0.1', port: 0 } };
+    expect(errorOf({ ...base(), console: { ...consoleAt, stripe_dashboard_url: 'javascript:alert(1)' } })).to.match(/console\.stripe_dashboard_url: must be an http\(s\) URL/);
+    expect(errorOf({ ...base(), balance_api: { consumer_header: 'authorization' } })).to.match(/balance_api\.consumer_header: cannot be Authorization/);
+    expect(errorOf({ ...base(), leases: { ttl_ms: 0 } })).to.match(/leases\.ttl_ms: /);
+    expect(errorOf({ ...base(), leases: { recall_wait_ms: -1 } })).to.match(/leases\.recall_wait_ms: /);
+    expect(errorOf({ ...base(), console: { ...consoleAt, session_ttl: '0s' } })).to.match(/console\.session_ttl: must be longer than zero/);
+  });
   it('unknown key', () => expect(errorOf({ ...base(), colors: 1 })).to.match(/colors: unknown key/));
   it('unknown nested key', () => expect(errorOf({ ...base(), stripe: { pol: 'x' } })).to.match(/stripe\.pol: unknown key/));
   it('wrong type', () => expect(errorOf({ ...base(), decision_ttl_ms: 'soon' })).to.match(/decision_ttl_ms: Expected number/));

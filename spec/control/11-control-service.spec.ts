@@ -31,6 +31,9 @@ describe('control service with the Stripe emulator', function () {
   this.timeout(20_000);
   let stripe: StripeEmulator;
   let svc: RunningService;
+  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
+  const running = new Set<RunningService>();
+  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
   let dir: string;
 
   async function start(overrides: Record<string, unknown> = {}): Promise<RunningService> {
@@ -38,6 +41,7 @@ describe('control service with the Stripe emulator', function () {
       STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, PAYG_ADMIN_TOKEN: ADMIN,
     }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+    running.add(svc);
     stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WEBHOOK_SECRET };
     return svc;
   }
@@ -59,9 +63,12 @@ describe('control service with the Stripe emulator', function () {
     stripe.autoDeliver = false;
   });
   afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const s of [...running]) await stopSvc(s);
+    } finally {
+      await stripe.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('sweeps 250 customers across pages of 100', async () => {
@@ -218,7 +225,7 @@ describe('control service with the Stripe emulator', function () {
     expect((await fetch(`${svc.url}/admin/rules`, { headers: { authorization: 'Bearer wrong' } })).status).to.equal(401);
     expect((await admin('rules/block-no-credit', { method: 'PUT', body: JSON.stringify({ enabled: false }) })).status).to.equal(200);
     expect((await decision(c.id)).allow).to.equal(true);
-    await svc.stop();
+    await stopSvc();
     await start();
     expect((await decision(c.id)).allow, 'after restart, without a sweep').to.equal(true);
     await admin('rules/block-no-credit', { method: 'PUT', body: JSON.stringify({ enabled: true }) });
@@ -234,7 +241,7 @@ describe('control service with the Stripe emulator', function () {
     const c = stripe.create({ balance: 0 });
     await start();
     await svc.sync!.sweep();
-    await svc.stop();
+    await stopSvc();
     stripe.setDown(true);
     await start();
     expect((await decision(c.id)).allow).to.equal(false);

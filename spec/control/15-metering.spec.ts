@@ -22,6 +22,9 @@ describe('metering', function () {
   this.timeout(30_000);
   let stripe: StripeEmulator;
   let svc: RunningService;
+  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
+  const running = new Set<RunningService>();
+  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
   let dir: string;
 
   const baseDoc = (metering: Record<string, unknown> = {}) => ({
@@ -36,6 +39,7 @@ describe('metering', function () {
       STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL,
     }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, store });
+    running.add(svc);
     return svc;
   }
   const post = async (events: unknown, token: string | null = CONTROL) => {
@@ -56,9 +60,12 @@ describe('metering', function () {
     stripe.autoDeliver = false;
   });
   afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const s of [...running]) await stopSvc(s);
+    } finally {
+      await stripe.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   describe('POST /v1/usage', () => {
@@ -96,7 +103,7 @@ describe('metering', function () {
       await svc.sync!.sweep();
       expect((await post(Array.from({ length: 5 }, () => event(c.id)))).status).to.equal(200);
       expect((await decision(c.id)).allow).to.equal(false);
-      await svc.stop();
+      await stopSvc();
       await start();
       expect((await decision(c.id)).allow, 'still blocked after the restart').to.equal(false);
       expect((await customerState(c.id)).estimated_balance).to.equal(0);
@@ -142,18 +149,22 @@ describe('metering', function () {
     }
   });
 
-  it('an allow carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms, gateway_nodes)', async () => {
+  it('GET /v1/decisions (read-only) carries max_requests (the requests the credit buys), and near zero a shrinking ttl_ms (low_credit_requests, min_ttl_ms)', async () => {
     const rich = stripe.create({ balance: -100000 });
     const near = stripe.create({ balance: -25 });
     const broke = stripe.create({ balance: -1 });
     await start({ default_cost: 1, low_credit_requests: 100, min_ttl_ms: 50 });
     await svc.sync!.sweep();
-    expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000 });
-    expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25 }); // ttl: (25 - 1) / 100 of 5000
-    expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1 }); // ttl floored at min_ttl_ms
-    await svc.stop();
-    await start({ default_cost: 1, low_credit_requests: 100, gateway_nodes: 3 });
-    expect((await decision(near.id)).max_requests, '25 requests over 3 gateway nodes').to.equal(9);
+    expect(await decision(rich.id)).to.deep.equal({ allow: true, ttl_ms: 5000, max_requests: 100000, credit: 100000 });
+    expect(await decision(near.id)).to.deep.equal({ allow: true, ttl_ms: 1200, max_requests: 25, credit: 25 }); // ttl: (25 - 1) / 100 of 5000
+    expect(await decision(broke.id)).to.deep.equal({ allow: true, ttl_ms: 50, max_requests: 1, credit: 1 }); // ttl floored at min_ttl_ms
+  });
+
+  it('refuses metering.gateway_nodes at start-up, saying why', async () => {
+    let error: Error | undefined;
+    svc = undefined as unknown as RunningService; // nothing to stop after this test
+    try { await start({ default_cost: 1, gateway_nodes: 3 }); } catch (err) { error = err as Error; }
+    expect(error?.message).to.match(/metering\.gateway_nodes: is no longer used: each plugin server identifies itself/);
   });
 
   it('10,000 events over 50 customers at fractional prices settle to exactly the expected sums, with no gap or double count', async () => {
@@ -191,7 +202,7 @@ describe('metering', function () {
     expect(await svc.settler!.settle()).to.include({ confirmed: 0 });
   });
 
-  it('a crash between "sent to Stripe" and "marked settled": the restart sends the same key and Stripe charges once', async () => {
+  it('a crash between "sent to Stripe" and "marked settled": the restart finds it applied in Stripe and charges once', async () => {
     const c = stripe.create({ balance: -1000 });
     // A store that dies when it would record Stripe's confirmation, as a kill -9 at that moment would.
     class CrashingStore extends SqliteStore {
@@ -205,15 +216,16 @@ describe('metering', function () {
     await post(Array.from({ length: 42 }, () => event(c.id)));
     expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 0, retrying: 1 });
     expect(stripe.balanceTransactions).to.have.length(1);
-    await svc.stop();
+    await stopSvc();
 
     await start();
     const settled = await svc.settler!.settle();
     expect(settled).to.include({ confirmed: 1, amount: 42 });
     expect(stripe.balanceTransactions, 'charged once').to.have.length(1);
     expect(stripe.customers.get(c.id)!.balance).to.equal(-958);
+    // Sent once: before a resend, the customer's balance transactions showed it applied (keys expire after 24 h).
     const posts = stripe.requests.filter((r) => r.method === 'POST' && r.path.endsWith('/balance_transactions'));
-    expect(posts.map((r) => r.status)).to.deep.equal([200, 200]);
+    expect(posts.map((r) => r.status)).to.deep.equal([200]);
     expect((await customerState(c.id)).estimated_balance).to.equal(-958);
     const rows = await (await fetch(`${svc.url}/admin/settlements?customer=${c.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
     expect(rows.settlements).to.have.length(1);
@@ -237,7 +249,7 @@ describe('metering', function () {
     expect(pruned.usageEvents).to.equal(2);
     expect((await customerState(c.id)).estimated_balance, 'the estimate does not move').to.equal(-997);
     expect((await post(recent)).body, 'recent ids still deduplicated').to.deep.equal({ accepted: 0, duplicates: 1, refused: [] });
-    await svc.stop();
+    await stopSvc();
     await start();
     expect((await customerState(c.id)).estimated_balance, 'nor after a restart').to.equal(-997);
   });

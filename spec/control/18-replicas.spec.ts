@@ -40,6 +40,7 @@ describe('replicas on PostgreSQL', function () {
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+      leases: { ttl_ms: 1000, usage_grace_ms: 1000 },
       emails: [{ id: 'out-of-credit', cohort: 'no-credit', active: false, from: { address: 'billing@example.com' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
     }));
     env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_DATABASE_URL: await freshDatabase(), SMTP_URL: smtp.url };
@@ -68,6 +69,27 @@ describe('replicas on PostgreSQL', function () {
     for (const r of replicas) await until(async () => (await decision(r, c.id)).status === 402, 2000, 'the credit is spent but a replica still allows');
     const states = await Promise.all(replicas.map(async (r) => (await admin(r, `customers/${c.id}`)).json() as Promise<any>));
     expect(states.map((s) => s.unsettled_usage)).to.deep.equal([100, 100]);
+  });
+
+  it('only the leader grants leases: a follower answers 503 not_leader (the plugin moves on to the next URL), and after the leader dies the new one grants', async () => {
+    await until(() => replicas.filter(leading).length === 1, 5000, 'no replica leads');
+    const leader = replicas.find(leading)!;
+    const follower = replicas.find((r) => r !== leader)!;
+    const c = stripe.create({ name: 'Lea', balance: -100 });
+    await (await admin(leader, 'sweep', 'POST')).json();
+    const ask = (r: ControlProcess) => fetch(`${r.url}/v1/leases`, { method: 'POST', body: JSON.stringify({ node: 'n1', consumer: c.id, want: 1 }) });
+    await until(async () => (await ask(leader)).status === 200, 3000, 'the leader grants no lease');
+    const refused = await ask(follower);
+    expect(refused.status).to.equal(503);
+    expect(await refused.json()).to.include({ error: 'not_leader' });
+    expect((await fetch(`${follower.url}/v1/stream?node=n1`)).status, 'the stream too: pushes come from the leader').to.equal(503);
+    await leader.kill('SIGKILL');
+    await until(() => leading(follower), 10_000, 'the follower did not take the lead');
+    // The dead leader's leases lived in its memory: until they may have run out, the new leader grants nothing.
+    const first = await ask(follower);
+    expect(first.status, 'a grant now could spend credit a node still holds').to.equal(503);
+    expect(await first.json()).to.include({ error: 'recovering' });
+    await until(async () => (await ask(follower)).status === 200, 10_000, 'the new leader never grants');
   });
 
   it('exactly one leads; kill -9 of the leader hands the lead to the other, and a settlement is charged once', async () => {

@@ -9,16 +9,23 @@ describe('end to end: the demo story', function () {
   this.timeout(60_000);
   let stack: Stack;
   let result: StoryResult;
-  const lines: string[] = [];
 
   before(async () => {
     stack = await startStack({ logLevel: 'silent' });
-    result = await playStory(stack, (line) => lines.push(line));
+    result = await playStory(stack, () => undefined);
   });
   after(async () => { await stack?.stop(); });
 
-  it('plays every step, each printed with ✔', () => {
-    expect(lines.filter((l) => l.startsWith('✔ '))).to.have.length(9);
+  it('afterwards the gateway serves Alice (topped up) and refuses Bob (credit spent) with the rule\'s 402', async () => {
+    // Asked here, not read from what the story printed: the state it left must hold.
+    const call = async (key: string) => {
+      const res = await fetch(`${stack.gateway.url}/api/hello`, { headers: { apikey: key } });
+      return { status: res.status, body: await res.text() };
+    };
+    expect((await call(stack.keys.alice)).status).to.equal(200);
+    const bob = await call(stack.keys.bob);
+    expect(bob.status).to.equal(402);
+    expect(JSON.parse(bob.body)).to.include({ error: 'payment_required' });
   });
 
   it('402 with the rule\'s JSON body, within about a second of the balance change', () => {

@@ -2,7 +2,7 @@
 import { expect } from 'chai';
 import { KongHarness, accessPdk, type Consumer } from '../../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
-import { FakeControlService, allow, block } from '../../testkit/fake-control-service';
+import { FakeControlService, allow, block, leased } from '../../testkit/fake-control-service';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const alice: Consumer = { id: '8f0d6a0e-0000-4000-8000-000000000001', username: 'alice', custom_id: 'cus_alice' };
@@ -19,8 +19,8 @@ describe('payg access phase (through the plugin server)', function () {
     kong = new KongHarness(server.socketPath);
   });
   after(async () => {
-    kong.close();
-    await server.stop();
+    kong?.close();
+    await server?.stop();
   });
   beforeEach(async () => { svc = await new FakeControlService().start(); });
   afterEach(async () => { await svc.stop(); });
@@ -48,27 +48,28 @@ describe('payg access phase (through the plugin server)', function () {
     expect(Buffer.from(res.exit!.body!)).to.deep.equal(Buffer.from(PAYMENT_BODY));
   });
 
-  it('an allow with max_requests serves that many requests (the fetching one included), then asks again', async () => {
+  it('an allow with a lease serves that many requests (the fetching one included), then asks again, giving the lease back', async () => {
     let left = 3;
-    svc.decide = () => (left > 0 ? { body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: left }) } : block('{"error":"payment_required"}'));
+    svc.decide = () => (left > 0 ? leased(left, { id: `lease-${left}` }) : block('{"error":"payment_required"}'));
     const id = await instance();
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) {
       const res = await access(id);
       statuses.push(res.exit?.status ?? 200);
-      left--; // what the service would learn from usage reports
+      left--;
     }
     expect(statuses).to.deep.equal([200, 200, 200, 402, 402]);
     expect(svc.decisionPaths, 'asked once for 3 requests, then again when spent').to.have.length(2);
+    expect(svc.leaseRequests[1].previous).to.deep.equal({ id: 'lease-3', drawn: 3 });
   });
 
-  it('a spent max_requests is no fallback when the service is down: fail_open decides', async () => {
-    svc.decide = () => ({ body: JSON.stringify({ allow: true, ttl_ms: 60_000, max_requests: 1 }) });
+  it('a spent lease is no fallback when the service is down: fail_open decides', async () => {
+    svc.decide = () => leased(1);
     const id = await instance({ fail_open: false });
     expect((await access(id)).exit).to.equal(undefined);
     await svc.stop();
     expect((await access(id)).exit?.status).to.equal(503);
-    svc = await new FakeControlService().start(); // for afterEach
+    svc = await new FakeControlService().start(); // a running one again, for the next test
   });
 
   it('passes a request with no authenticated consumer without asking the service', async () => {
@@ -112,13 +113,15 @@ describe('payg access phase (through the plugin server)', function () {
   });
 
   it('TTL: a decision is reused for min(ttl_ms, cache_ttl_ms), then asked again', async () => {
-    let answer = block(PAYMENT_BODY, { ttlMs: 150 });
+    // TTLs run on the plugin server's own clock (another process): wide enough that a busy
+    // machine's slow round trip still lands inside them.
+    let answer = block(PAYMENT_BODY, { ttlMs: 800 });
     svc.decide = () => answer;
     const id = await instance({ cache_ttl_ms: 5000 });
     expect((await access(id)).exit?.status).to.equal(402);
     answer = allow(60_000); // credit restored
     expect((await access(id)).exit?.status, 'still cached').to.equal(402);
-    await sleep(200);
+    await sleep(900);
     expect((await access(id)).exit, 'after the service\'s ttl_ms').to.equal(undefined);
     expect(svc.decisionPaths).to.have.length(2);
 
@@ -172,6 +175,17 @@ describe('payg access phase (through the plugin server)', function () {
       expect(Date.now() - started).to.be.below(1000);
     });
 
+    it('a lease answered after timeout_ms is not lost: the next requests draw on it, with no second call', async () => {
+      svc.decide = () => ({ ...leased(5, { id: 'late' }), delayMs: 300 });
+      const id = await instance({ fail_open: false, timeout_ms: 100 });
+      expect((await access(id)).exit?.status, 'the waiting request gets the fail mode at timeout_ms').to.equal(503);
+      await sleep(400); // the service answers meanwhile
+      svc.decide = () => leased(5, { id: 'second' });
+      for (let i = 0; i < 5; i++) expect((await access(id)).exit, `request ${i + 1} drawn on the late lease`).to.equal(undefined);
+      // Before: the late lease was dropped (its credit stranded until ttl + usage grace) and a second one asked for.
+      expect(svc.leaseRequests).to.have.length(1);
+    });
+
     it('fail_open=false: 503 when the connection is refused', async () => {
       const id = await kong.startInstance('payg', { control_service_url: 'http://127.0.0.1:9', fail_open: false }, `plugin-${++plugin}`);
       expect((await access(id)).exit?.status).to.equal(503);
@@ -190,12 +204,12 @@ describe('payg access phase (through the plugin server)', function () {
 
     it('stale-on-failure: after stale_ttl_ms the fail mode decides', async () => {
       svc.decide = () => allow(20);
-      const id = await instance({ fail_open: false, stale_ttl_ms: 100 });
+      const id = await instance({ fail_open: false, stale_ttl_ms: 800 });
       expect((await access(id)).exit).to.equal(undefined);
       svc.decide = () => ({ status: 500, body: '' });
       await sleep(40);
       expect((await access(id)).exit, 'stale allow still serves').to.equal(undefined);
-      await sleep(100);
+      await sleep(800);
       expect((await access(id)).exit?.status).to.equal(503);
     });
 
@@ -219,7 +233,8 @@ describe('payg access phase (through the plugin server)', function () {
   it('sends control_service_token as a bearer token', async () => {
     const id = await instance({ control_service_token: 's3cret-token' });
     await access(id);
-    expect(svc.authorizations).to.deep.equal(['Bearer s3cret-token']);
+    expect(svc.authorizations.length, 'the lease call (and the change stream)').to.be.at.least(1);
+    expect(new Set(svc.authorizations)).to.deep.equal(new Set(['Bearer s3cret-token']));
   });
 
   it('rejects an invalid config at StartInstance, naming the field', async () => {

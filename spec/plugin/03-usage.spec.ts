@@ -16,7 +16,7 @@ describe('payg log phase: usage reporting', function () {
   let svc: FakeControlService;
   let n = 0;
   before(async () => { server = await startPluginServer(); kong = new KongHarness(server.socketPath); });
-  after(async () => { kong.close(); await server.stop(); });
+  after(async () => { kong?.close(); await server?.stop(); });
   beforeEach(async () => { svc = await new FakeControlService().start(); });
   afterEach(() => svc.stop());
 
@@ -25,15 +25,27 @@ describe('payg log phase: usage reporting', function () {
   const events = () => svc.usageBatches.flat();
 
   it('sends one event per request in batches of max_batch_size', async () => {
-    const id = await instance({ usage_queue: { max_batch_size: 5, max_coalescing_delay: 0.05 } });
-    const startedAt = Date.UTC(2026, 10, 25, 12, 0, 0);
-    for (let i = 0; i < 12; i++) {
-      const res = await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: i === 0 ? 500 : 200, startedAt }));
-      // Only an error status needs to ask whether payg itself refused the request.
-      expect(res.pdkCalls).to.deep.equal(i === 0 ? ['kong.log.serialize', 'kong.ctx.shared.get'] : ['kong.log.serialize']);
-      expect(res.exit).to.equal(undefined);
+    // A coalescing delay far longer than the test: only max_batch_size cuts a batch, whatever the
+    // machine's load (a short delay could fire after any number of the 12 log calls). The last two
+    // go when the plugin server stops (SIGTERM sends what is queued), in one batch.
+    const own = await startPluginServer();
+    const ownKong = new KongHarness(own.socketPath);
+    try {
+      const id = await ownKong.startInstance('payg', { control_service_url: svc.url, usage_queue: { max_batch_size: 5, max_coalescing_delay: 3600 } });
+      const startedAt = Date.UTC(2026, 10, 25, 12, 0, 0);
+      for (let i = 0; i < 12; i++) {
+        const res = await ownKong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: i === 0 ? 500 : 200, startedAt }));
+        // Only an error status needs to ask whether payg itself refused the request.
+        expect(res.pdkCalls).to.deep.equal(i === 0 ? ['kong.log.serialize', 'kong.ctx.shared.get'] : ['kong.log.serialize']);
+        expect(res.exit).to.equal(undefined);
+      }
+      await until(() => events().length === 10);
+      await sleep(50);
+      expect(svc.usageBatches.map((b) => b.length), 'two full batches; two events wait').to.deep.equal([5, 5]);
+    } finally {
+      ownKong.close();
+      await own.stop();
     }
-    await until(() => events().length === 12);
     expect(svc.usageBatches.map((b) => b.length)).to.deep.equal([5, 5, 2]);
     const [first] = events();
     expect(first).to.include({ consumer: 'cus_bob', at: '2026-11-25T12:00:00.000Z', route: 'orders', status: 500 });
@@ -109,10 +121,12 @@ describe('payg log phase: usage reporting', function () {
     silent.on('connection', (socket) => { sockets.add(socket); socket.on('error', () => undefined); });
     try {
       const url = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
-      const id = await kong.startInstance('payg', { control_service_url: url, usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
+      // Each POST may hang 10 s: a log phase that waited on one would take that long, so a
+      // bound of 2 s for five of them tells waiting from not waiting even on a busy machine.
+      const id = await kong.startInstance('payg', { control_service_url: url, timeout_ms: 10_000, usage_queue: { max_batch_size: 1 } }, `usage-${++n}`);
       const started = Date.now();
       for (let i = 0; i < 5; i++) await kong.handleEvent(id, 'log', logPdk({ consumer: bob, route, status: 200 }));
-      expect(Date.now() - started).to.be.below(200);
+      expect(Date.now() - started).to.be.below(2000);
       await until(() => sockets.size > 0); // the POSTs really went out, and hang
     } finally {
       for (const socket of sockets) socket.destroy();

@@ -15,7 +15,8 @@ const VARIANT = path.join(__dirname, '../../testkit/variant-pluginserver.js');
 async function rssGrowthKb(server: PluginServerProcess, svcUrl: string): Promise<number> {
   const kong = new KongHarness(server.socketPath);
   try {
-    const id = await kong.startInstance('payg', { control_service_url: svcUrl, report_usage: false });
+    // Generous timeout and cache TTL: on a busy machine a slow decision must not turn into a fail-open pass.
+    const id = await kong.startInstance('payg', { control_service_url: svcUrl, report_usage: false, timeout_ms: 10_000, cache_ttl_ms: 3_600_000 });
     const consumers = Array.from({ length: 16 }, (_, i) => ({ id: `c${i}`, custom_id: `cus_${i}` }));
     const run = async (count: number) => {
       let next = 0;

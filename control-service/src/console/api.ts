@@ -5,15 +5,17 @@
 import type { Config } from '../config';
 import { formatMoney } from '../customer';
 import type { EmailSender } from '../emails/sender';
-import type { Engine } from '../engine';
+import type { DecisionAnswer, Engine } from '../engine';
 import { mergeContext, SAMPLE_CUSTOMER, type EmailMergeContext } from '../merge-tags';
 import type { Metrics } from '../metrics';
+import { estimatedBalance } from '../ledger';
 import { MICROS_PER_UNIT } from '../pricing';
 import { verdict } from '../rules';
-import type { ConsoleQueries } from '../store/console-queries';
+import { SETTLEMENT_VIEWS, settlementView, type ConsoleQueries, type SettlementView } from '../store/console-queries';
 import type { EmailStatus, Store } from '../store/store';
 import type { BalanceSync } from '../stripe/sync';
 import type { ActivityRecorder } from './activity';
+import { pageOrder } from './page-order';
 
 export interface ConsoleDeps {
   config: Config;
@@ -32,7 +34,7 @@ const DAY = 86_400_000;
 const iso = (t: number | null | undefined) => (t ? new Date(t).toISOString() : null);
 const ok = (body: unknown): ApiResult => ({ status: 200, body });
 const fail = (status: number, error: string, message: string): ApiResult => ({ status, body: { error, message } });
-const EMAIL_STATUSES = ['pending', 'sending', 'delivered', 'failed', 'cancelled'];
+const EMAIL_STATUSES: EmailStatus[] = ['pending', 'sending', 'delivered', 'failed', 'cancelled', 'stale'];
 
 export function createConsoleApi(deps: ConsoleDeps) {
   const { config, engine, store, activity, queries } = deps;
@@ -89,34 +91,22 @@ export function createConsoleApi(deps: ConsoleDeps) {
     const sort = ['id', 'name', 'estimated_balance'].includes(q.get('sort') ?? '') ? q.get('sort')! : 'estimated_balance';
     const dir = q.get('dir') === 'desc' ? -1 : 1;
     const key = config.stripe.consumerMetadataKey;
-    // One pass over memory; only the page is turned into JSON.
+    // One pass over memory, reading the engine's entries in place; only the page's rows become objects.
+    const match = search ? new RegExp(search.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'i') : undefined;
     const ids: string[] = [];
     const names: string[] = [];
     const balances: number[] = [];
-    for (const id of engine.knownIds()) {
-      const s = engine.customer(id)!;
-      if (cohort && !s.cohorts.includes(cohort)) continue;
-      if (search) {
-        const c = s.customer;
-        if (!(id.toLowerCase().includes(search) || c.name?.toLowerCase().includes(search) || c.email?.toLowerCase().includes(search) || c.metadata[key]?.toLowerCase().includes(search))) continue;
-      }
-      ids.push(id); names.push(s.customer.name ?? ''); balances.push(s.estimatedBalance);
-    }
-    const start = (page - 1) * perPage;
-    const end = Math.min(ids.length, start + perPage);
-    let order: number[] = [];
+    engine.forEachCustomer((c, cohorts, ledger) => {
+      if (cohort && !cohorts.includes(cohort)) return;
+      if (match && !(match.test(c.id) || (c.name !== null && match.test(c.name)) || (c.email !== null && match.test(c.email)) || (c.metadata[key] !== undefined && match.test(c.metadata[key])))) return;
+      ids.push(c.id); names.push(c.name ?? ''); balances.push(estimatedBalance(ledger));
+    });
     const byId = (a: number, b: number) => (ids[a] < ids[b] ? -1 : ids[a] > ids[b] ? 1 : 0);
-    if (sort === 'estimated_balance' && end > start) {
-      // Only the rows up to this page need sorting: find the page's last balance with a typed sort, keep those at or before it.
-      const sorted = Float64Array.from(balances).sort();
-      const limit = dir === 1 ? sorted[end - 1] : sorted[ids.length - end];
-      for (let i = 0; i < ids.length; i++) if (dir === 1 ? balances[i] <= limit : balances[i] >= limit) order.push(i);
-      order.sort((a, b) => dir * (balances[a] - balances[b]) || byId(a, b));
-    } else if (sort !== 'estimated_balance') {
-      order = ids.map((_, i) => i);
-      order.sort(sort === 'id' ? (a, b) => dir * byId(a, b) : (a, b) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b));
-    }
-    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.slice(start, end).map((i) => summary(ids[i])) });
+    const compare = sort === 'id' ? (a: number, b: number) => dir * byId(a, b)
+      : sort === 'name' ? (a: number, b: number) => dir * (names[a] < names[b] ? -1 : names[a] > names[b] ? 1 : 0) || byId(a, b)
+        : (a: number, b: number) => dir * (balances[a] - balances[b]) || byId(a, b);
+    const order = pageOrder(ids.length, compare, (page - 1) * perPage, page * perPage);
+    return ok({ cohort: cohort ?? null, total: ids.length, page, per_page: perPage, sort, dir: dir === 1 ? 'asc' : 'desc', customers: order.map((i) => summary(ids[i])) });
   }
 
   async function customer(id: string): Promise<ApiResult> {
@@ -141,7 +131,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
         .map((d) => ({ at: iso(d.at), consumer: d.consumer, outcome: d.outcome, rule: d.rule, would_block: d.wouldBlock })),
       usage_by_route: queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs)
         .map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
-      settlements: (await store.settlements(id)).reverse().slice(0, 100).map(settlementJson),
+      settlements: queries.settlements({ customerId: id, limit: 100 }).map(settlementJson),
       emails: (await store.emailLog({ customerId: id, limit: 100 })).map(emailJson),
     });
   }
@@ -149,10 +139,14 @@ export function createConsoleApi(deps: ConsoleDeps) {
   function rules(): ApiResult {
     const sizes = engine.cohortSizes();
     const blocked = new Map<string, number>();
-    for (const id of engine.knownIds()) {
-      const d = engine.customer(id)!.decision;
-      if (d.outcome === 'block') { const rule = JSON.parse(d.json).rule as string; blocked.set(rule, (blocked.get(rule) ?? 0) + 1); }
-    }
+    // Block answers are shared per rendered body, so each distinct answer is parsed once.
+    const ruleOf = new Map<DecisionAnswer, string>();
+    engine.forEachCustomer((_c, _cohorts, _ledger, d) => {
+      if (d.outcome !== 'block') return;
+      let rule = ruleOf.get(d);
+      if (rule === undefined) { rule = JSON.parse(d.json).rule as string; ruleOf.set(d, rule); }
+      blocked.set(rule, (blocked.get(rule) ?? 0) + 1);
+    });
     return ok({ rules: engine.rules().map(({ rule, enabled }) => ({
       id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status, cohort_size: sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
     })) });
@@ -230,16 +224,16 @@ export function createConsoleApi(deps: ConsoleDeps) {
 
   async function emailLog(q: URLSearchParams): Promise<ApiResult> {
     const status = q.get('status') || undefined;
-    if (status && !EMAIL_STATUSES.includes(status)) return fail(400, 'bad_request', `status: one of ${EMAIL_STATUSES.join(', ')}`);
+    if (status && !EMAIL_STATUSES.includes(status as EmailStatus)) return fail(400, 'bad_request', `status: one of ${EMAIL_STATUSES.join(', ')}`);
     const rows = await store.emailLog({ templateId: q.get('template') || undefined, customerId: q.get('customer') || undefined, status: status as EmailStatus | undefined, limit: 200 });
     return ok({ emails: rows.map(emailJson) });
   }
 
-  async function settlements(q: URLSearchParams): Promise<ApiResult> {
+  function settlements(q: URLSearchParams): ApiResult {
     const status = q.get('status') || undefined;
-    const rows = (await store.settlements(q.get('customer') || undefined)).reverse().map(settlementJson)
-      .filter((s) => !status || s.status === status);
-    return ok({ counts: queries.settlementCounts(), settlements: rows.slice(0, 500) });
+    if (status && !(SETTLEMENT_VIEWS as readonly string[]).includes(status)) return fail(400, 'bad_request', `status: one of ${SETTLEMENT_VIEWS.join(', ')}`);
+    const rows = queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 });
+    return ok({ counts: queries.settlementCounts(), settlements: rows.map(settlementJson) });
   }
 
   /** Routes one API call; `parts` is the path after /console/api/. */
@@ -278,7 +272,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
 function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number]) {
   return {
     id: r.id, customer: r.customerId, amount: r.amount, currency: r.currency, formatted: formatMoney(r.amount, r.currency), mode: r.mode,
-    status: r.status === 'pending' && r.lastError ? 'failed' : r.status, attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
+    status: settlementView(r), attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
     last_error: r.lastError, created_at: iso(r.createdAt), confirmed_at: iso(r.confirmedAt),
   };
 }

@@ -7,9 +7,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { jsonBody, send } from '../http/util';
+import { jsonBody, readBody, refuseBody, send } from '../http/util';
 import { createConsoleApi, type ConsoleDeps } from './api';
-import { CSRF_HEADER, SessionStore } from './session';
+import { CSRF_HEADER, SessionStore, SignInLimiter } from './session';
 
 /** dist/console, built by Vite (`npm run build`); this file is dist/control-service/src/console/server.js. */
 export const CONSOLE_ASSETS = path.resolve(__dirname, '../../../console');
@@ -35,10 +35,23 @@ function securityHeaders(res: http.ServerResponse, csp = CSP): void {
 
 export interface ConsoleServer { url: string; stop(): Promise<void> }
 
-export async function startConsole(deps: ConsoleDeps & { log: Logger; assetsDir?: string }): Promise<ConsoleServer> {
+/** What specs and the demo may change; production uses the defaults. */
+export interface ConsoleOptions {
+  /** The built front end (default dist/console). */
+  assetsDir?: string;
+  /** Wrong tokens allowed per client address and window before sign-in is refused there (default 5 per minute). */
+  signInLimit?: { failures: number; windowMs: number };
+  now?: () => number;
+}
+
+/** A sign-in body is a token in JSON: small, and it must arrive quickly (nobody is authenticated yet). */
+const SIGN_IN_BODY = { limit: 4096, timeoutMs: 10_000 };
+
+export async function startConsole(deps: ConsoleDeps & { log: Logger } & ConsoleOptions): Promise<ConsoleServer> {
   const { config, log } = deps;
   const settings = config.console!;
-  const sessions = new SessionStore(config.secrets.adminToken, settings.sessionTtlMs);
+  const sessions = new SessionStore(config.secrets.adminToken, settings.sessionTtlMs, deps.now);
+  const limiter = new SignInLimiter(deps.signInLimit ?? { failures: 5, windowMs: 60_000 }, deps.now);
   const api = createConsoleApi(deps);
   const assets = deps.assetsDir ?? CONSOLE_ASSETS;
   if (!fs.existsSync(path.join(assets, 'index.html'))) log.warn({ assets }, 'console assets are missing: run `npm run build`');
@@ -67,37 +80,61 @@ export async function startConsole(deps: ConsoleDeps & { log: Logger; assetsDir?
     return origin === undefined || origin === `http://${req.headers.host}` || origin === `https://${req.headers.host}`;
   };
 
+  /** HTTPS reached this console (TLS here, or a proxy in front says so). */
+  const overHttps = (req: http.IncomingMessage) => (req.socket as { encrypted?: boolean }).encrypted === true
+    || String(req.headers['x-forwarded-proto'] ?? '').split(',')[0].trim() === 'https';
+
+  const signIn = async (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const address = req.socket.remoteAddress ?? 'unknown';
+    const wait = limiter.retryAfter(address);
+    if (wait > 0) {
+      log.warn({ remote: address }, 'console sign-in refused: too many wrong tokens');
+      return send(res, 429, { error: 'too_many_attempts', message: `Too many wrong tokens from your address; try again in ${wait} s.` }, { 'retry-after': String(wait) });
+    }
+    const body = await readBody(req, SIGN_IN_BODY);
+    if (!Buffer.isBuffer(body)) return refuseBody(res, body, SIGN_IN_BODY.limit);
+    let token: unknown;
+    try { token = (JSON.parse(body.toString()) as { token?: unknown } | null)?.token; } catch { token = undefined; }
+    const session = sessions.signIn(token);
+    if (!session) {
+      limiter.failed(address);
+      log.warn({ remote: address }, 'console sign-in refused');
+      return send(res, 401, { error: 'unauthorized', message: 'That is not the admin token (PAYG_ADMIN_TOKEN).' });
+    }
+    limiter.succeeded(address);
+    // A new id on every sign-in; the one the browser presented (if any) ends, so no id chosen before sign-in survives it.
+    const before = sessions.fromCookie(req.headers.cookie);
+    if (before) sessions.signOut(before);
+    res.setHeader('set-cookie', sessions.cookieFor(session, overHttps(req)));
+    return send(res, 200, { csrf: session.csrf });
+  };
+
   const handleApi = async (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
     const started = process.hrtime.bigint();
     securityHeaders(res);
     res.setHeader('cache-control', 'no-store');
-    const parts = url.pathname.slice('/console/api/'.length).split('/').filter(Boolean).map((p) => decodeURIComponent(p));
     const method = req.method ?? 'GET';
     const write = method !== 'GET' && method !== 'HEAD';
     if (write && (!sameOrigin(req) || !String(req.headers['content-type'] ?? '').startsWith('application/json'))) {
       return send(res, 403, { error: 'forbidden', message: 'cross-site or non-JSON write refused' });
     }
-    if (parts[0] === 'session' && parts.length === 1) {
-      if (method === 'POST') {
-        const session = sessions.signIn((await jsonBody(req))?.token);
-        if (!session) {
-          log.warn({ remote: req.socket.remoteAddress }, 'console sign-in refused');
-          return send(res, 401, { error: 'unauthorized', message: 'That is not the admin token (PAYG_ADMIN_TOKEN).' });
-        }
-        res.setHeader('set-cookie', sessions.cookieFor(session));
-        return send(res, 200, { csrf: session.csrf });
-      }
+    const rawParts = url.pathname.slice('/console/api/'.length).split('/').filter(Boolean);
+    if (rawParts.length === 1 && rawParts[0] === 'session') {
+      if (method === 'POST') return signIn(req, res);
       const session = sessions.fromCookie(req.headers.cookie);
       if (method === 'GET') return session ? send(res, 200, { csrf: session.csrf }) : send(res, 401, { error: 'unauthorized', message: 'sign in' });
       if (method === 'DELETE') {
         if (session && sessions.csrfMatches(session, req.headers[CSRF_HEADER])) sessions.signOut(session);
-        res.setHeader('set-cookie', SessionStore.clearedCookie());
+        res.setHeader('set-cookie', SessionStore.clearedCookie(overHttps(req)));
         return send(res, 200, { signed_out: true });
       }
     }
+    // The session is checked before anything from the path is decoded.
     const session = sessions.fromCookie(req.headers.cookie);
     if (!session) return send(res, 401, { error: 'unauthorized', message: 'sign in' });
     if (write && !sessions.csrfMatches(session, req.headers[CSRF_HEADER])) return send(res, 403, { error: 'forbidden', message: 'missing or wrong CSRF token' });
+    let parts: string[];
+    try { parts = rawParts.map((p) => decodeURIComponent(p)); } catch { return send(res, 400, { error: 'bad_request', message: 'the path has malformed percent-encoding' }); }
     const result = await api(method, parts, url.searchParams, () => jsonBody(req));
     res.setHeader('server-timing', `app;dur=${(Number(process.hrtime.bigint() - started) / 1e6).toFixed(1)}`);
     if ('html' in result) {
@@ -125,6 +162,9 @@ export async function startConsole(deps: ConsoleDeps & { log: Logger; assetsDir?
     send(res, 404, { error: 'not_found' });
   });
   server.keepAliveTimeout = 65_000;
+  // Nobody is authenticated while headers arrive: a client that trickles them is cut off (as on the service's port).
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(settings.listen.port, settings.listen.host, () => resolve());

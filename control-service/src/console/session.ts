@@ -4,17 +4,47 @@
 // write must also carry the session's CSRF token in a header, which a
 // cross-site form or image cannot set.
 
-import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 export const SESSION_COOKIE = 'payg_console';
 export const CSRF_HEADER = 'x-payg-csrf';
 
 export interface Session { id: string; csrf: string; expiresAt: number }
 
+/** Compared as SHA-256 digests, so neither the content nor the length of the token leaks through timing. */
 function sameSecret(given: string, want: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(want);
-  return a.length === b.length && timingSafeEqual(a, b);
+  return timingSafeEqual(createHash('sha256').update(given).digest(), createHash('sha256').update(want).digest());
+}
+
+/**
+ * Sign-in attempts per client address: past `failures` wrong tokens within
+ * `windowMs`, every attempt from that address (even with the right token) is
+ * refused until the window ends, so the token cannot be guessed at speed.
+ * At most `maxAddresses` addresses are tracked (the oldest is forgotten).
+ */
+export class SignInLimiter {
+  private readonly failures = new Map<string, { count: number; since: number }>();
+
+  constructor(private readonly opts: { failures: number; windowMs: number; maxAddresses?: number }, private readonly now: () => number = Date.now) {}
+
+  /** Seconds to wait before trying again, or 0 when this address may try now. */
+  retryAfter(address: string): number {
+    const f = this.failures.get(address);
+    if (!f) return 0;
+    const left = f.since + this.opts.windowMs - this.now();
+    if (left <= 0) { this.failures.delete(address); return 0; }
+    return f.count >= this.opts.failures ? Math.ceil(left / 1000) : 0;
+  }
+
+  failed(address: string): void {
+    const f = this.failures.get(address);
+    if (f && f.since + this.opts.windowMs > this.now()) { f.count++; return; }
+    this.failures.delete(address);
+    if (this.failures.size >= (this.opts.maxAddresses ?? 10_000)) this.failures.delete(this.failures.keys().next().value as string);
+    this.failures.set(address, { count: 1, since: this.now() });
+  }
+
+  succeeded(address: string): void { this.failures.delete(address); }
 }
 
 export class SessionStore {
@@ -47,12 +77,13 @@ export class SessionStore {
 
   signOut(session: Session): void { this.sessions.delete(session.id); }
 
-  cookieFor(session: Session): string {
-    return `${SESSION_COOKIE}=${session.id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(this.ttlMs / 1000)}`;
+  /** `secure` when the console is reached over HTTPS (directly or through a proxy that says so): the cookie then never travels in clear. */
+  cookieFor(session: Session, secure: boolean): string {
+    return `${SESSION_COOKIE}=${session.id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(this.ttlMs / 1000)}${secure ? '; Secure' : ''}`;
   }
 
-  static clearedCookie(): string {
-    return `${SESSION_COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0`;
+  static clearedCookie(secure: boolean): string {
+    return `${SESSION_COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0${secure ? '; Secure' : ''}`;
   }
 
   private sweep(): void {

@@ -14,8 +14,13 @@ import type { Metrics } from '../metrics';
 import type { Store } from '../store/store';
 import { fieldPath, type Config } from '../config';
 import { createAdminHandler } from './admin';
+import { createBalanceHandler } from './balance';
 import { ByteBudget, MAX_BODY_BYTES, readBody, refuseBody, send, tokenMatches } from './util';
 import type { UsageEventInput } from '../engine';
+import { createLeaseHandler } from './leases';
+import type { LeaseDesk } from '../lease-desk';
+import type { ChangeStream } from './stream';
+import { UNIT_KINDS, type UnitKind } from '../pricing';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -31,8 +36,16 @@ export interface HttpDeps {
   webhooks: Stripe['webhooks'] | undefined;
   /** True on a replica that does not lead: it sweeps nothing itself, so /health reads the leader's last sweep from the store. */
   followsStoredSweep?(): boolean;
-  /** How long an unauthenticated body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
+  /**
+   * False on a replica that does not lead (several replicas on PostgreSQL): leases are granted by
+   * one process only, so a grant is never made twice from the same credit. Such a replica answers
+   * 503 not_leader on the lease and stream paths, and the plugin moves on to the next URL at once.
+   */
+  grantsLeases?(): boolean;
+  /** How long a webhook or lease body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
   publicBodyTimeoutMs?: number;
+  leases: LeaseDesk;
+  stream: ChangeStream;
 }
 
 const usageEvent = z.object({
@@ -42,6 +55,10 @@ const usageEvent = z.object({
   at: z.union([z.string().refine((t) => !Number.isNaN(Date.parse(t)), 'is not an ISO 8601 time'), z.number().int().nonnegative()]),
   route: z.string().max(512).nullable().default(null),
   status: z.number().int().min(0).max(599),
+  // What the gateway measured; each a non-negative integer (see pricing.ts). Unknown kinds are refused.
+  // The micros the request reserved from its lease at access (its route's max_cost); settles that much of the lease.
+  reserved: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
+  units: z.object(Object.fromEntries(UNIT_KINDS.map((k) => [k, z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional()])) as Record<UnitKind, z.ZodOptional<z.ZodNumber>>).strict().optional(),
 }).passthrough();
 
 /** Usage dated later than this ahead of our clock is refused: it would sit ahead of every prune. */
@@ -86,7 +103,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     if (raw.length > maxEvents) return send(res, 413, { error: 'too_large', message: `${raw.length} events; at most ${maxEvents} per batch` });
 
     // One bad event does not cost its batch: the valid ones are stored, the others refused by index.
-    const valid: UsageEventInput[] = [];
+    const valid: Array<UsageEventInput & { lease?: string; reserved?: number }> = [];
     const refused: Array<{ index: number; error: string }> = [];
     const latest = Date.now() + MAX_FUTURE_USAGE_MS;
     for (let i = 0; i < raw.length; i++) {
@@ -100,16 +117,22 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       const e = parsed.data;
       const at = typeof e.at === 'number' ? e.at : Date.parse(e.at);
       if (at > latest) { refused.push({ index: i, error: `at: is more than ${MAX_FUTURE_USAGE_MS / 60_000} minutes in the future` }); continue; }
-      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status });
+      valid.push({ id: e.id, consumer: e.consumer, at, route: e.route, status: e.status, lease: typeof e.lease === 'string' ? e.lease : undefined, reserved: e.reserved, units: e.units });
     }
     let accepted = 0;
     let duplicates = 0;
+    const counted: typeof valid = [];
     for (let i = 0; i < valid.length; i += USAGE_CHUNK) {
       if (i > 0) await nextTurn();
-      const r = await engine.ingestUsage(valid.slice(i, i + USAGE_CHUNK));
+      const chunk = valid.slice(i, i + USAGE_CHUNK);
+      const r = await engine.ingestUsage(chunk);
       accepted += r.accepted;
       duplicates += r.duplicates;
+      for (const e of chunk) if (r.acceptedIds.has(e.id)) counted.push(e);
     }
+    // Their cost is unsettled usage now: the leases they were drawn from let go of them. A duplicate
+    // was counted (and let go of) the first time: naming another lease now must free nothing.
+    deps.leases.settle(counted);
     metrics.usageEvents.inc({ result: 'accepted' }, accepted);
     metrics.usageEvents.inc({ result: 'duplicate' }, duplicates);
     if (refused.length) {
@@ -153,6 +176,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
   };
   const admin = createAdminHandler(deps);
+  const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }), deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS);
+  const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader });
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -184,8 +209,17 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     }
     const path = url.split('?')[0];
     const run = async () => {
+      if (path.startsWith('/v1/leases') || path === '/v1/stream') {
+        if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+        if (deps.grantsLeases && !deps.grantsLeases()) {
+          res.setHeader('retry-after', '1');
+          return send(res, 503, { error: 'not_leader', message: 'this replica does not grant leases; the leader does' });
+        }
+        if (await leases(method, path, url, req, res)) return;
+      }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
+      if (method === 'GET' && path === '/v1/balance') return balance(req, res);
       if (method === 'GET' && path === '/health') return health(res);
       if (method === 'GET' && path === '/metrics') {
         const text = await metrics.registry.metrics();

@@ -4,18 +4,39 @@
 // operator asks: counts, per-day histories, usage by route.
 
 import Database from 'better-sqlite3';
+import { toSettlement } from './sqlite';
+import type { SettlementRow } from './store';
 
 export interface ConsoleQueries {
   /** Per cohort and UTC day since `since`: enters minus leaves (to rebuild sizes backwards from now). */
   cohortNetByDay(since: number): Array<{ cohort: string; day: number; net: number }>;
   /** A customer's usage since `since`, by route: requests and cost in micros. */
   usageByRoute(customerId: string, since: number): Array<{ route: string | null; requests: number; costMicros: number }>;
-  settlementCounts(): { pending: number; failing: number; confirmed: number };
+  /** Settlements by what an operator acts on: waiting for Stripe's first answer, retrying after a failed attempt, refused for good, confirmed. */
+  settlementCounts(): Record<SettlementView, number>;
+  /** Newest first, at most `limit`. */
+  settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): SettlementRow[];
   emailCounts(): Record<string, number>;
   close(): void;
 }
 
 const DAY = 86_400_000;
+
+export const SETTLEMENT_VIEWS = ['pending', 'retrying', 'failed', 'confirmed'] as const;
+export type SettlementView = typeof SETTLEMENT_VIEWS[number];
+
+/** The condition each view stands for; `retrying` is a pending settlement whose last attempt failed (resent with the same key). */
+const VIEW_SQL: Record<SettlementView, string> = {
+  pending: "status = 'pending' AND last_error IS NULL",
+  retrying: "status = 'pending' AND last_error IS NOT NULL",
+  failed: "status = 'failed'",
+  confirmed: "status = 'confirmed'",
+};
+
+/** Which view a stored settlement is in. */
+export function settlementView(row: Pick<SettlementRow, 'status' | 'lastError'>): SettlementView {
+  return row.status === 'pending' && row.lastError ? 'retrying' : row.status;
+}
 
 export class SqliteConsoleQueries implements ConsoleQueries {
   private readonly db: Database.Database;
@@ -28,7 +49,8 @@ export class SqliteConsoleQueries implements ConsoleQueries {
         FROM cohort_transitions WHERE at >= ? GROUP BY cohort, day`),
       usage: this.db.prepare(`SELECT route, COUNT(*) AS requests, SUM(cost_micros) AS cost FROM usage_events
         WHERE customer_id = ? AND at >= ? GROUP BY route ORDER BY cost DESC, requests DESC LIMIT 100`),
-      settlements: this.db.prepare(`SELECT status, last_error IS NOT NULL AS failing, COUNT(*) AS n FROM settlements GROUP BY status, failing`),
+      settlementCounts: this.db.prepare(`SELECT CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 'retrying' ELSE status END AS view, COUNT(*) AS n
+        FROM settlements GROUP BY view`),
       emails: this.db.prepare('SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status'),
     };
   }
@@ -43,16 +65,19 @@ export class SqliteConsoleQueries implements ConsoleQueries {
   }
 
   settlementCounts() {
-    const out = { pending: 0, failing: 0, confirmed: 0 };
-    for (const r of this.stmt.settlements.all() as Array<{ status: string; failing: number; n: number }>) {
-      if (r.status === 'confirmed') out.confirmed += r.n;
-      else { out.pending += r.n; if (r.failing) out.failing += r.n; }
-    }
+    const out: Record<SettlementView, number> = { pending: 0, retrying: 0, failed: 0, confirmed: 0 };
+    for (const r of this.stmt.settlementCounts.all() as Array<{ view: SettlementView; n: number }>) out[r.view] = r.n;
     return out;
   }
 
+  settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): SettlementRow[] {
+    const where = [filter.status ? VIEW_SQL[filter.status] : '1', filter.customerId ? 'customer_id = ?' : '1'].join(' AND ');
+    const args = filter.customerId ? [filter.customerId, filter.limit] : [filter.limit];
+    return (this.db.prepare(`SELECT * FROM settlements WHERE ${where} ORDER BY id DESC LIMIT ?`).all(...args) as Array<Record<string, any>>).map(toSettlement);
+  }
+
   emailCounts() {
-    const out: Record<string, number> = { pending: 0, sending: 0, delivered: 0, failed: 0, cancelled: 0 };
+    const out: Record<string, number> = { pending: 0, sending: 0, delivered: 0, failed: 0, cancelled: 0, stale: 0 };
     for (const r of this.stmt.emails.all() as Array<{ status: string; n: number }>) out[r.status] = r.n;
     return out;
   }

@@ -62,9 +62,11 @@ const MIGRATIONS: string[] = [
    ALTER TABLE email_outbox_v4 RENAME TO email_outbox;
    CREATE INDEX email_outbox_due ON email_outbox (status, next_attempt_at, id);
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
+  // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
+  'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
 ];
 
-function toSettlement(r: Record<string, any>): SettlementRow {
+export function toSettlement(r: Record<string, any>): SettlementRow {
   return {
     id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
     idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,

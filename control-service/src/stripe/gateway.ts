@@ -28,7 +28,7 @@ export function isPermanentRefusal(err: unknown): boolean {
 }
 
 /** What the customer's balance transactions say: the balance after the newest, and our settlements among them. */
-export interface BalanceLedgerRead { balance: number | undefined; applied: Map<number, string>; startedAt: number }
+export interface BalanceLedgerRead { balance: number | undefined; applied: Map<number, string>; startedAt: number; deleted?: boolean }
 
 let lastStamp = 0;
 /** When a read starts, strictly increasing: of two reads, the later-started one is newer even within one millisecond. */
@@ -84,6 +84,8 @@ export class StripeGateway {
         return await fn(this.stripe);
       } catch (err) {
         const e = err as { statusCode?: number; type?: string; headers?: Record<string, string>; message?: string };
+        // Stripe's error text may repeat the key the request was made with: it must not travel on into logs or answers.
+        if (typeof e.message === 'string' && e.message.includes(this.opts.secretKey)) e.message = e.message.split(this.opts.secretKey).join('[redacted key]');
         const status = e.statusCode;
         this.opts.onError?.(status ? String(status) : 'connection');
         const retryable = status === undefined ? e.type === 'StripeConnectionError' || e.type === 'StripeAPIError'
@@ -151,7 +153,14 @@ export class StripeGateway {
     let after: string | undefined;
     const horizon = Math.floor((since - 10 * 60_000) / 1000);
     for (;;) {
-      const page = await this.call((s) => s.customers.listBalanceTransactions(customerId, { limit: 100, ...(after ? { starting_after: after } : {}) }));
+      let page: Stripe.ApiList<Stripe.CustomerBalanceTransaction>;
+      try {
+        page = await this.call((s) => s.customers.listBalanceTransactions(customerId, { limit: 100, ...(after ? { starting_after: after } : {}) }));
+      } catch (err) {
+        // No such customer: deleted since it was read (its settlements then fail as refused).
+        if ((err as { statusCode?: number }).statusCode === 404) return { balance: undefined, applied, startedAt, deleted: true };
+        throw err;
+      }
       if (balance === undefined && page.data.length) balance = page.data[0].ending_balance;
       for (const t of page.data) {
         const ref = Number(t.metadata?.payg_settlement);

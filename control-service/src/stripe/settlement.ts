@@ -8,7 +8,7 @@
 import type { Logger } from 'pino';
 import type { Engine } from '../engine';
 import type { SettlementMode, SettlementRow, Store } from '../store/store';
-import { isPermanentRefusal, type StripeGateway } from './gateway';
+import { isPermanentRefusal, readStamp, type StripeGateway } from './gateway';
 
 /** `failed`: refused by Stripe for good; `retrying`: not confirmed this pass, resent with the same key. */
 export interface SettleResult { confirmed: number; failed: number; retrying: number; amount: number; durationMs: number }
@@ -40,6 +40,12 @@ export class Settler {
     const result: SettleResult = { confirmed: 0, failed: 0, retrying: 0, amount: 0, durationMs: 0 };
     for (const row of pending) {
       try {
+        // Opened in an earlier pass: sent before, maybe applied with the answer lost.
+        if (row.createdAt < started && await this.appliedAlready(row)) {
+          result.confirmed++;
+          result.amount += row.amount;
+          continue;
+        }
         await this.send(row);
         result.confirmed++;
         result.amount += row.amount;
@@ -62,11 +68,28 @@ export class Settler {
     return result;
   }
 
+  /**
+   * Whether Stripe already applied this balance-transaction settlement, read
+   * from the customer's balance transactions (that read then confirms it).
+   * Stripe forgets an idempotency key after 24 hours: a resend after a longer
+   * outage would charge twice, so a resend is checked first. One extra request
+   * per settlement resent, none for first sends.
+   */
+  private async appliedAlready(row: SettlementRow): Promise<boolean> {
+    const held = this.engine.customer(row.customerId);
+    if (row.mode !== 'balance_transactions' || !held) return false;
+    const read = await this.gateway.balanceLedger(row.customerId, row.createdAt);
+    if (read.deleted || !read.applied.has(row.id)) return false;
+    await this.engine.applyReconciled({ ...held.customer, balance: read.balance ?? held.customer.balance, version: read.startedAt }, read.applied);
+    return true;
+  }
+
   private async send(row: SettlementRow): Promise<void> {
     if (row.mode === 'balance_transactions') {
       const txn = await this.gateway.debitBalance(row.customerId, row.amount, row.currency,
         `API usage (events ${row.fromSeq}–${row.uptoSeq})`, { payg_settlement: String(row.id) }, row.idempotencyKey);
-      await this.engine.settlementConfirmed(row, txn.id, txn.endingBalance, Date.now());
+      // Stamped by the clock reads are stamped with: any read begun before this answer was heard is older.
+      await this.engine.settlementConfirmed(row, txn.id, txn.endingBalance, readStamp());
       return;
     }
     try {

@@ -104,6 +104,10 @@ export class BalanceSync {
   private async reconcile(plain: StoredCustomer, webhookEventId?: string): Promise<void> {
     const since = this.engine.oldestPendingSettlementAt(plain.id) ?? plain.version;
     const read = await this.gateway.balanceLedger(plain.id, since);
+    if (read.deleted) {
+      await this.engine.apply([], [{ id: plain.id, version: read.startedAt }], { webhookEventId });
+      return;
+    }
     await this.engine.applyReconciled({ ...plain, balance: read.balance ?? plain.balance, version: read.startedAt }, read.applied, { webhookEventId });
   }
 

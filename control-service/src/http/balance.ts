@@ -1,0 +1,44 @@
+// GET /v1/balance: a customer's own credit, for exposing through Kong. The
+// consumer comes from a header Kong's authentication plugins set on the
+// upstream request (X-Consumer-Custom-ID by default) and that a client cannot
+// forge on a key-auth route, never from the path or query, so a client can
+// only ever see its own balance. Needs the control token (Kong adds it).
+
+import type http from 'node:http';
+import type { Engine } from '../engine';
+import { formatMoney } from '../customer';
+import { MICROS_PER_UNIT } from '../pricing';
+import { send, tokenMatches } from './util';
+
+export interface BalanceDeps {
+  engine: Engine;
+  controlToken: string | undefined;
+  /** Lower-case header name carrying the consumer value. */
+  consumerHeader: string;
+}
+
+export function createBalanceHandler({ engine, controlToken, consumerHeader }: BalanceDeps) {
+  return (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
+    // Kong's authentication plugins replace the header with one value: several mean something
+    // passed a client's own through (Node would join them with ", "), so answer for nobody.
+    const values = req.headersDistinct[consumerHeader];
+    // Kong's anonymous consumer (an auth plugin's `anonymous`) is no one's account: whoever failed to authenticate.
+    const anonymous = req.headers['x-anonymous-consumer'] !== undefined;
+    if (values?.length !== 1 || values[0] === '' || anonymous) {
+      return send(res, 400, { error: 'no_consumer', message: 'no authenticated consumer on this request' });
+    }
+    const raw = values[0];
+    const id = engine.resolve(raw);
+    const held = id === undefined ? undefined : engine.customer(id);
+    if (!held) return send(res, 404, { error: 'no_billing_account', message: 'No billing account is linked to this API consumer.' });
+    // Credit in the smallest currency unit, with the unsettled fraction (micros → 6 decimals at most).
+    const creditMicros = -Math.round(held.estimatedBalance * MICROS_PER_UNIT);
+    const credit = Math.max(0, creditMicros) / MICROS_PER_UNIT;
+    send(res, 200, {
+      currency: (held.customer.currency ?? 'usd').toUpperCase(),
+      credit: { amount: credit, formatted: formatMoney(Math.floor(credit), held.customer.currency) },
+      as_of: new Date().toISOString(),
+    }, { 'cache-control': 'no-store' });
+  };
+}

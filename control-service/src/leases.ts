@@ -1,0 +1,184 @@
+// The lease book: credit reserved to gateway nodes. Pure (time is passed in).
+//
+// Per customer, credit available = −(Stripe balance) − unsettled usage − outstanding
+// reservations. A node serves a consumer only on a lease granted from that available
+// credit, so the requests all nodes may serve never cost more than the credit.
+//
+// A lease is an amount of credit (`micros`), sized as a number of requests at the
+// reservation of one request (`costMicros`: the dearest max_cost, or the one the node
+// asked for). A request draws its route's max_cost from it at access, so with prices
+// by measured units requests draw different amounts. It reserves
+//   open:   micros − settled       (the node may still draw any of it)
+//   closed: drawnMicros − settled  (the node said how much it drew; the rest came back)
+// where `settled` sums what the distinct usage events reported against it had reserved
+// (their real cost, never more than that, is now in the customer's unsettled usage, so
+// the reservation lets go of them: the difference is free credit again). An open lease the node never closes (a node that died) keeps its reservation
+// until `expiresAt + usageGraceMs`: the node stops drawing at `expiresAt`, and its usage
+// has `usageGraceMs` more to arrive.
+
+export interface LeaseOptions {
+  /** How long a node may draw on a lease. */
+  ttlMs: number;
+  /** After a lease ends, how long its drawn-but-unreported requests stay reserved. */
+  usageGraceMs: number;
+  /** The first lease a node gets for a customer, in requests. */
+  initialRequests: number;
+  /** Cap on one lease, in requests. */
+  maxRequests: number;
+}
+
+export interface Lease {
+  id: string;
+  customerId: string;
+  consumer: string;
+  node: string;
+  requests: number;
+  costMicros: number;
+  /** The credit reserved: requests × costMicros. */
+  micros: number;
+  grantedAt: number;
+  expiresAt: number;
+  /** Set when the node closed the lease (renewal or release): requests, and micros, drawn. */
+  drawn: number | undefined;
+  drawnMicros: number | undefined;
+  /** Ids of usage events settled against this lease (dedupes resent batches), and what they had reserved. */
+  settled: Set<string>;
+  settledMicros: number;
+}
+
+export interface GrantInput {
+  customerId: string;
+  consumer: string;
+  node: string;
+  /** −(balance) − unsettled usage, in micros, before any reservation. */
+  creditMicros: number;
+  /** The reservation of one request, in micros (> 0): the dearest max_cost, or less when the node asks for less. */
+  costMicros: number;
+  /** Requests waiting at the node for this grant. */
+  want: number;
+  now: number;
+}
+
+export type GrantOutcome =
+  | { kind: 'GRANTED'; lease: Lease }
+  /** Less than one request of credit is free; `reservedMicros` of it is held by leases. */
+  | { kind: 'EXHAUSTED'; reservedMicros: number };
+
+export class LeaseBook {
+  private readonly byId = new Map<string, Lease>();
+  private readonly byCustomer = new Map<string, Set<Lease>>();
+  /** The size of the next lease per customer and node: doubles while leases run out, shrinks to what was drawn. */
+  private readonly nextSize = new Map<string, number>();
+  private seq = 0;
+  /** Customers whose leases ended since the last expire() (however they were noticed). */
+  private readonly ended = new Set<string>();
+
+  constructor(private readonly opts: LeaseOptions, private readonly newId: () => string = () => `l${Date.now().toString(36)}${(++this.seq).toString(36)}`) {}
+
+  /** Micros this customer's leases hold now. */
+  reservedMicros(customerId: string, now: number): number {
+    const leases = this.byCustomer.get(customerId);
+    if (!leases) return 0;
+    let sum = 0;
+    for (const l of leases) {
+      const held = this.heldMicros(l, now);
+      if (held === 0) this.drop(l); else sum += held;
+    }
+    return sum;
+  }
+
+  grant(input: GrantInput, ): GrantOutcome {
+    const reserved = this.reservedMicros(input.customerId, input.now);
+    const free = input.creditMicros - reserved;
+    const affordable = free > 0 ? Math.floor(free / input.costMicros) : 0;
+    if (affordable < 1) return { kind: 'EXHAUSTED', reservedMicros: reserved };
+    const key = `${input.customerId}\n${input.node}`;
+    const size = this.nextSize.get(key) ?? this.opts.initialRequests;
+    // Half of what is free at most, so other nodes find credit too; but never fewer than
+    // the requests already waiting, when the credit pays for them.
+    const requests = Math.max(1, Math.min(this.opts.maxRequests, affordable, Math.max(input.want, Math.min(size, Math.ceil(affordable / 2)))));
+    const lease: Lease = {
+      id: this.newId(), customerId: input.customerId, consumer: input.consumer, node: input.node,
+      requests, costMicros: input.costMicros, micros: requests * input.costMicros, grantedAt: input.now, expiresAt: input.now + this.opts.ttlMs,
+      drawn: undefined, drawnMicros: undefined, settled: new Set(), settledMicros: 0,
+    };
+    this.byId.set(lease.id, lease);
+    let set = this.byCustomer.get(lease.customerId);
+    if (!set) { set = new Set(); this.byCustomer.set(lease.customerId, set); }
+    set.add(lease);
+    return { kind: 'GRANTED', lease };
+  }
+
+  /**
+   * The node is done with a lease and drew `drawn` requests, `drawnMicros` of credit, from
+   * it (a node that does not say drew `drawn` × costMicros): the rest comes back at once.
+   * Only the node that holds it can close it. Returns the customer, or undefined for a
+   * lease unknown here (already expired, or another node's).
+   */
+  close(node: string, leaseId: string, drawn: number, now: number, drawnMicros?: number): string | undefined {
+    const l = this.byId.get(leaseId);
+    if (!l || l.node !== node || l.drawn !== undefined) return undefined;
+    l.drawn = Math.max(0, Math.min(l.requests, Math.floor(drawn)));
+    l.drawnMicros = Math.max(0, Math.min(l.micros, Math.floor(drawnMicros ?? l.drawn * l.costMicros)));
+    const key = `${l.customerId}\n${l.node}`;
+    const fast = now - l.grantedAt < this.opts.ttlMs / 2;
+    this.nextSize.set(key, l.drawn >= l.requests && fast
+      ? Math.min(this.opts.maxRequests, l.requests * 2)
+      : Math.max(this.opts.initialRequests, l.drawn));
+    if (this.heldMicros(l, now) === 0) this.drop(l);
+    return l.customerId;
+  }
+
+  /**
+   * A usage event reported against a lease, which had reserved `reservedMicros` (default
+   * costMicros): that no longer needs reserving, since its real cost (capped at it) is now
+   * unsettled usage. Never more than the lease drew. False when unknown, seen, or for another
+   * consumer (its cost counts against someone else: letting go of this reservation would free
+   * credit nobody spent).
+   */
+  settle(leaseId: string, eventId: string, now: number, reservedMicros?: number, consumer?: string): boolean {
+    const l = this.byId.get(leaseId);
+    if (!l || l.settled.has(eventId)) return false;
+    if (consumer !== undefined && consumer !== l.consumer) return false;
+    const limit = l.drawnMicros ?? l.micros;
+    if (l.settledMicros >= limit) return false;
+    l.settled.add(eventId);
+    l.settledMicros += Math.min(limit - l.settledMicros, Math.max(0, Math.floor(reservedMicros ?? l.costMicros)));
+    if (this.heldMicros(l, now) === 0) this.drop(l);
+    return true;
+  }
+
+  /** Drops leases past their grace; returns the customers whose leases ended since the last call. */
+  expire(now: number): string[] {
+    for (const l of this.byId.values()) if (this.heldMicros(l, now) === 0) this.drop(l);
+    const ended = [...this.ended];
+    this.ended.clear();
+    return ended;
+  }
+
+  /** Open leases of a customer (for recalls) and all its leases, read-only. */
+  leasesOf(customerId: string, now: number): Lease[] {
+    this.reservedMicros(customerId, now);
+    return [...(this.byCustomer.get(customerId) ?? [])];
+  }
+
+  heldMicros(l: Lease, now: number): number {
+    if (now >= l.expiresAt + this.opts.usageGraceMs) return 0;
+    return Math.max(0, (l.drawnMicros ?? l.micros) - l.settledMicros);
+  }
+
+  /** What a lease holds, in requests of its costMicros (rounded up), for the admin view. */
+  heldRequests(l: Lease, now: number): number {
+    return Math.ceil(this.heldMicros(l, now) / l.costMicros);
+  }
+
+  get size(): number { return this.byId.size; }
+
+  private drop(l: Lease): void {
+    this.ended.add(l.customerId);
+    this.byId.delete(l.id);
+    const set = this.byCustomer.get(l.customerId);
+    set?.delete(l);
+    if (set?.size === 0) this.byCustomer.delete(l.customerId);
+  }
+}

@@ -1,0 +1,315 @@
+// Decisions and leases per consumer, on this node.
+//
+// An allow that spends credit comes with a lease: a number of requests this node
+// may serve. The access phase draws one from it, locally, when it lets a request
+// through (no network call, no PDK call). When the lease is used up or over, the
+// next request asks again and gives the old lease back with how many it drew.
+// Requests arriving while that call is out wait for it and draw from its lease;
+// the call says how many are waiting. Blocks and unmetered allows are reused
+// until their ttl; pushed changes drop them (and give leases back) at once.
+//
+// Reserve, then settle: a lease is an amount of credit (micros). A request draws its
+// route's max_cost from it (with fixed prices only, the lease's price per request), and
+// its usage event says how much it drew; once the service has counted the event, the
+// reservation is let go of and the difference to the real cost is free credit again,
+// which comes back to this node with its next lease. A request whose maximum the lease
+// cannot cover asks again; a service with no free credit for it answers with the rules.
+
+import type { Decision } from './decision';
+import type { FailureReason, LeaseOutcome, LeaseReturn } from './control-client';
+import type { MaxCosts } from './lease';
+
+const MICROS_PER_UNIT = 1_000_000;
+
+export type Resolution =
+  | { kind: 'FRESH' | 'FETCHED' | 'STALE'; decision: Decision }
+  | { kind: 'UNAVAILABLE'; reason: FailureReason | 'EXHAUSTED'; detail: string };
+
+/**
+ * `left` and `drawnMicros` are micros when the service sent the lease as an amount
+ * (`amount`), else requests (one per request). `unit`: the lease's price per request.
+ */
+interface HeldLease {
+  id: string; left: number; drawn: number; drawnMicros: number; expiresAt: number; closed: boolean;
+  amount: boolean; unit: number; credit: number | undefined;
+}
+
+/** What one request drew, for its usage event. */
+export interface Draw { lease: string; reserved: number | undefined }
+
+/** The route as the access phase knows it: a name or id, null for none, undefined when not read. */
+export type RouteKey = string | null | undefined;
+
+interface Entry {
+  decision: Decision;
+  freshUntil: number;
+  usableUntil: number;
+  /** Set on an allow that spends credit: the request is served only on it. */
+  lease: HeldLease | undefined;
+}
+
+/** `reserve`: the most a waiter needs (micros); undefined once a waiter does not know its route. */
+interface Fetch { waiters: number; reserve: number | undefined; promise: Promise<LeaseOutcome> }
+
+export interface LeaseCacheOptions {
+  cacheTtlMs: number;
+  staleTtlMs: number;
+  /** Remember which lease each request drew from, for its usage event (off when usage is not reported). */
+  trackDraws: boolean;
+  maxEntries?: number;
+  now?: () => number;
+  /**
+   * How long a request waits for a lease call (timeout_ms). The call itself may run longer
+   * (the transport's own limit): a lease granted late is kept for the next requests, not
+   * dropped, so its credit is neither stranded nor asked for twice.
+   */
+  waitMs?: number;
+}
+
+export interface LeaseTransport {
+  fetch(consumer: string, want: number, previous: LeaseReturn | undefined, reserve: number | undefined): Promise<LeaseOutcome>;
+  release(leases: LeaseReturn[]): Promise<boolean>;
+}
+
+/** Fetch rounds one request may take while the leases it waits on are drawn by others. */
+const MAX_ROUNDS = 64;
+/** Draws remembered per consumer before their log phase; past it the oldest are forgotten. */
+const MAX_DRAWS = 100_000;
+
+export class LeaseCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly inFlight = new Map<string, Fetch>();
+  private readonly draws = new Map<string, Draw[]>();
+  /** Max costs per route from the latest lease (prices by measured units only). */
+  private maxCosts: MaxCosts | undefined;
+  private dearestMaxCost = 0;
+  private pendingRelease: LeaseReturn[] = [];
+  private releaseScheduled = false;
+  private readonly maxEntries: number;
+  private readonly now: () => number;
+
+  constructor(private readonly transport: LeaseTransport, private readonly opts: LeaseCacheOptions) {
+    this.maxEntries = opts.maxEntries ?? 100_000;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Whether requests draw by route (prices by measured units): only then does the access phase read the route. */
+  get routePriced(): boolean { return this.maxCosts !== undefined; }
+
+  /**
+   * The synchronous fast path: a fresh decision, drawing the request's reservation from
+   * its lease, or undefined (ask again).
+   */
+  fresh(consumer: string, route?: RouteKey): Decision | undefined {
+    const entry = this.entries.get(consumer);
+    if (entry === undefined) return undefined;
+    const now = this.now();
+    if (now >= entry.freshUntil) return undefined;
+    const lease = entry.lease;
+    if (lease !== undefined) {
+      if (lease.closed || now >= lease.expiresAt) return undefined;
+      const need = lease.amount ? this.reservation(route) ?? Math.max(lease.unit, this.dearestMaxCost) : 1;
+      // A free route (max_cost 0) draws nothing, but still needs a live lease.
+      if (lease.left < need) return undefined;
+      lease.left -= need;
+      lease.drawn++;
+      if (lease.amount) lease.drawnMicros += need;
+      if (this.opts.trackDraws) this.recordDraw(consumer, route, { lease: lease.id, reserved: lease.amount ? need : undefined });
+    }
+    return entry.decision;
+  }
+
+  /** The consumer's credit for the credit header: as of its lease's grant, less what this node drew since. Approximate. */
+  creditOf(consumer: string): number | undefined {
+    const lease = this.entries.get(consumer)?.lease;
+    if (lease?.credit === undefined) return undefined;
+    const micros = Math.round(lease.credit * MICROS_PER_UNIT) - (lease.amount ? lease.drawnMicros : 0);
+    return Math.max(0, micros) / MICROS_PER_UNIT;
+  }
+
+  /** A request's max_cost by its route; undefined when unknown (fixed prices, or the route was not read). */
+  private reservation(route: RouteKey): number | undefined {
+    if (!this.maxCosts || route === undefined) return undefined;
+    return (route !== null ? this.maxCosts.routes.get(route) : undefined) ?? this.maxCosts.default;
+  }
+
+  async resolve(consumer: string, route?: RouteKey): Promise<Resolution> {
+    let last: LeaseOutcome | undefined;
+    for (let round = 0; round < MAX_ROUNDS; round++) {
+      const decision = this.fresh(consumer, route);
+      if (decision) return { kind: last ? 'FETCHED' : 'FRESH', decision };
+      const need = this.reservation(route);
+      last = await this.waitAtMost(this.fetchShared(consumer, need === undefined ? undefined : Math.max(1, need)));
+      if (last.kind === 'UNAVAILABLE') return this.fallback(consumer, last);
+      // A block, or an allow with nothing to reserve: it applies to every waiter as is.
+      if (!last.decision.allow || last.lease === undefined) return { kind: 'FETCHED', decision: last.decision };
+      // An allow with a lease: draw from it (others waiting may have used it up: ask again).
+    }
+    return { kind: 'UNAVAILABLE', reason: 'EXHAUSTED', detail: `leases used up by concurrent requests ${MAX_ROUNDS} times` };
+  }
+
+  /**
+   * What the oldest not-yet-logged request of this consumer on this route drew (for its
+   * usage event); requests whose route access did not read are matched after those.
+   */
+  takeDraw(consumer: string, route: string | null): Draw | undefined {
+    return this.shiftDraw(drawKey(consumer, route)) ?? this.shiftDraw(drawKey(consumer, undefined));
+  }
+
+  private shiftDraw(key: string): Draw | undefined {
+    const list = this.draws.get(key);
+    if (!list) return undefined;
+    const draw = list.shift();
+    if (list.length === 0) this.draws.delete(key);
+    return draw;
+  }
+
+  /** Pushed: these consumers changed. Their cached answers go, and their leases go back. */
+  drop(consumers: string[]): void {
+    for (const c of consumers) {
+      const entry = this.entries.get(c);
+      if (!entry) continue;
+      this.entries.delete(c);
+      this.giveBack(entry);
+    }
+  }
+
+  /** Pushed: a rule switched (or the stream reconnected after missing news). */
+  dropAll(): void {
+    for (const entry of this.entries.values()) this.giveBack(entry);
+    this.entries.clear();
+  }
+
+  /** Gives every lease back now (shutdown); resolves when the service took them or could not. */
+  async releaseAll(): Promise<void> {
+    for (const entry of this.entries.values()) this.closeLease(entry.lease);
+    const batch = this.pendingRelease.splice(0);
+    if (batch.length) await this.transport.release(batch);
+  }
+
+  /** Leases held now (for tests and logs). */
+  heldLeases(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.lease && !e.lease.closed) n++;
+    return n;
+  }
+
+  private waitAtMost(call: Promise<LeaseOutcome>): Promise<LeaseOutcome> {
+    const ms = this.opts.waitMs;
+    if (ms === undefined) return call;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<LeaseOutcome>((resolve) => {
+      timer = setTimeout(() => resolve({ kind: 'UNAVAILABLE', reason: 'TIMEOUT', detail: `no answer within ${ms} ms` }), ms);
+    });
+    return Promise.race([call, late]).finally(() => clearTimeout(timer));
+  }
+
+  private fetchShared(consumer: string, reserve: number | undefined): Promise<LeaseOutcome> {
+    const running = this.inFlight.get(consumer);
+    if (running) {
+      running.waiters++;
+      running.reserve = reserve === undefined || running.reserve === undefined ? undefined : Math.max(running.reserve, reserve);
+      return running.promise;
+    }
+    const f: Fetch = { waiters: 1, reserve, promise: undefined as unknown as Promise<LeaseOutcome> };
+    // Sent on the next turn, so requests resuming in this one join it and are counted in `want`.
+    f.promise = new Promise<void>((r) => setImmediate(r))
+      .then(() => this.fetchNow(consumer, f.waiters, f.reserve))
+      .finally(() => this.inFlight.delete(consumer));
+    this.inFlight.set(consumer, f);
+    return f.promise;
+  }
+
+  private async fetchNow(consumer: string, want: number, reserve: number | undefined): Promise<LeaseOutcome> {
+    // Leases given back but not yet sent go first, or the service would still count them held.
+    if (this.pendingRelease.length) await this.flushReleases();
+    const held = this.entries.get(consumer);
+    const previous = this.closeLease(held?.lease, false);
+    const sentAt = this.now();
+    const outcome = await this.transport.fetch(consumer, want, previous, reserve);
+    if (outcome.kind === 'UNAVAILABLE') return outcome;
+    const { decision, lease } = outcome;
+    if (lease?.maxCosts) {
+      this.maxCosts = lease.maxCosts;
+      this.dearestMaxCost = Math.max(lease.maxCosts.default, ...lease.maxCosts.routes.values());
+    }
+    const ttl = Math.min(decision.ttlMs, this.opts.cacheTtlMs);
+    // Timed from before the call: this node stops drawing no later than the service expects.
+    const entry: Entry = {
+      decision, freshUntil: sentAt + ttl, usableUntil: sentAt + Math.max(ttl, this.opts.staleTtlMs),
+      lease: lease && {
+        id: lease.id, left: lease.micros ?? lease.requests, drawn: 0, drawnMicros: 0, expiresAt: sentAt + Math.min(lease.ttlMs, ttl), closed: false,
+        amount: lease.micros !== undefined, unit: lease.micros !== undefined ? Math.floor(lease.micros / lease.requests) : 1, credit: lease.credit,
+      },
+    };
+    const replaced = this.entries.get(consumer);
+    this.entries.delete(consumer); // re-insert so Map order stays oldest-first
+    if (replaced && replaced !== held) this.giveBack(replaced);
+    this.entries.set(consumer, entry);
+    if (entry.lease) this.releaseWhenOver(consumer, entry);
+    if (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value as string;
+      this.giveBack(this.entries.get(oldest)!);
+      this.entries.delete(oldest);
+    }
+    return outcome;
+  }
+
+  private fallback(consumer: string, outcome: Extract<LeaseOutcome, { kind: 'UNAVAILABLE' }>): Resolution {
+    const entry = this.entries.get(consumer);
+    // A stale block still applies; a stale unmetered allow still serves. A lease is never stretched:
+    // the credit it stood for is drawn or given back.
+    if (entry && this.now() < entry.usableUntil && entry.lease === undefined) return { kind: 'STALE', decision: entry.decision };
+    return outcome;
+  }
+
+  /** An idle lease goes back when it is over, so its credit does not wait for the service's expiry. */
+  private releaseWhenOver(consumer: string, entry: Entry): void {
+    const delay = Math.max(0, entry.lease!.expiresAt - this.now());
+    setTimeout(() => {
+      if (this.entries.get(consumer) === entry) this.giveBack(entry);
+    }, delay).unref();
+  }
+
+  private giveBack(entry: Entry): void {
+    this.closeLease(entry.lease);
+  }
+
+  /** Marks a lease closed; queues its return unless the caller sends it itself. */
+  private closeLease(lease: HeldLease | undefined, queue = true): LeaseReturn | undefined {
+    if (!lease || lease.closed) return undefined;
+    lease.closed = true;
+    lease.left = 0;
+    const ret: LeaseReturn = lease.amount ? { id: lease.id, drawn: lease.drawn, drawn_micros: lease.drawnMicros } : { id: lease.id, drawn: lease.drawn };
+    if (queue) this.queueRelease(ret);
+    return ret;
+  }
+
+  private queueRelease(ret: LeaseReturn): void {
+    this.pendingRelease.push(ret);
+    if (this.releaseScheduled) return;
+    this.releaseScheduled = true;
+    setImmediate(() => { void this.flushReleases(); });
+  }
+
+  private async flushReleases(): Promise<void> {
+    this.releaseScheduled = false;
+    const batch = this.pendingRelease.splice(0);
+    // Not taken: the service keeps it reserved until it expires (safe, only slower to come back).
+    if (batch.length) await this.transport.release(batch).catch(() => false);
+  }
+
+  private recordDraw(consumer: string, route: RouteKey, draw: Draw): void {
+    // Keyed by route when access read it: requests of one route reserve alike, so matching
+    // them to log phases in order settles each event against what its own kind reserved.
+    const key = drawKey(consumer, this.maxCosts ? route : undefined);
+    let list = this.draws.get(key);
+    if (!list) { list = []; this.draws.set(key, list); }
+    if (list.length >= MAX_DRAWS) list.shift();
+    list.push(draw);
+  }
+}
+
+function drawKey(consumer: string, route: RouteKey): string {
+  return route === undefined ? `${consumer}\n?` : `${consumer}\n=${route ?? ''}`;
+}
