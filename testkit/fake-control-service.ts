@@ -60,7 +60,7 @@ export class FakeControlService extends LoopbackServer {
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.write('event: hello\ndata: {}\n\n');
         this.streams.add(res);
-        req.on('close', () => this.streams.delete(res));
+        res.on('close', () => this.streams.delete(res)); // the response closes with the connection; the request closes once read
         return;
       }
       if (req.method === 'POST' && url === '/v1/usage') {

@@ -49,7 +49,11 @@ interface Entry {
 }
 
 /** `reserve`: the most a waiter needs (micros); undefined once a waiter does not know its route. */
-interface Fetch { waiters: number; reserve: number | undefined; promise: Promise<LeaseOutcome> }
+interface Fetch {
+  waiters: number; reserve: number | undefined; promise: Promise<LeaseOutcome>;
+  /** A push for this consumer arrived while the call was out: its answer may predate the change. */
+  raced: boolean;
+}
 
 export interface LeaseCacheOptions {
   cacheTtlMs: number;
@@ -167,6 +171,8 @@ export class LeaseCache {
   /** Pushed: these consumers changed. Their cached answers go, and their leases go back. */
   drop(consumers: string[]): void {
     for (const c of consumers) {
+      const running = this.inFlight.get(c);
+      if (running) running.raced = true;
       const entry = this.entries.get(c);
       if (!entry) continue;
       this.entries.delete(c);
@@ -176,6 +182,7 @@ export class LeaseCache {
 
   /** Pushed: a rule switched (or the stream reconnected after missing news). */
   dropAll(): void {
+    for (const running of this.inFlight.values()) running.raced = true;
     for (const entry of this.entries.values()) this.giveBack(entry);
     this.entries.clear();
   }
@@ -211,22 +218,28 @@ export class LeaseCache {
       running.reserve = reserve === undefined || running.reserve === undefined ? undefined : Math.max(running.reserve, reserve);
       return running.promise;
     }
-    const f: Fetch = { waiters: 1, reserve, promise: undefined as unknown as Promise<LeaseOutcome> };
+    const f: Fetch = { waiters: 1, reserve, raced: false, promise: undefined as unknown as Promise<LeaseOutcome> };
     // Sent on the next turn, so requests resuming in this one join it and are counted in `want`.
     f.promise = new Promise<void>((r) => setImmediate(r))
-      .then(() => this.fetchNow(consumer, f.waiters, f.reserve))
+      .then(() => this.fetchNow(consumer, f))
       .finally(() => this.inFlight.delete(consumer));
     this.inFlight.set(consumer, f);
     return f.promise;
   }
 
-  private async fetchNow(consumer: string, want: number, reserve: number | undefined): Promise<LeaseOutcome> {
+  private async fetchNow(consumer: string, f: Fetch): Promise<LeaseOutcome> {
+    const { waiters: want, reserve } = f;
     // Leases given back but not yet sent go first, or the service would still count them held.
     if (this.pendingRelease.length) await this.flushReleases();
     const held = this.entries.get(consumer);
     const previous = this.closeLease(held?.lease, false);
     const sentAt = this.now();
+    f.raced = false; // only pushes from now on can postdate the answer
     const outcome = await this.transport.fetch(consumer, want, previous, reserve);
+    // A push arrived while the call was out: the answer may predate the change it announced. A
+    // block is used for the requests that waited, not kept (else a customer whose credit came back
+    // would stay refused until the TTL); a lease is real reserved credit, so it is kept.
+    const raced = f.raced;
     if (outcome.kind === 'UNAVAILABLE') return outcome;
     const { decision, lease } = outcome;
     if (lease?.maxCosts) {
@@ -236,7 +249,7 @@ export class LeaseCache {
     const ttl = Math.min(decision.ttlMs, this.opts.cacheTtlMs);
     // Timed from before the call: this node stops drawing no later than the service expects.
     const entry: Entry = {
-      decision, freshUntil: sentAt + ttl, usableUntil: sentAt + Math.max(ttl, this.opts.staleTtlMs),
+      decision, freshUntil: raced && !lease ? sentAt : sentAt + ttl, usableUntil: sentAt + Math.max(ttl, this.opts.staleTtlMs),
       lease: lease && {
         id: lease.id, left: lease.micros ?? lease.requests, drawn: 0, drawnMicros: 0, expiresAt: sentAt + Math.min(lease.ttlMs, ttl), closed: false,
         amount: lease.micros !== undefined, unit: lease.micros !== undefined ? Math.floor(lease.micros / lease.requests) : 1, credit: lease.credit,
