@@ -16,6 +16,17 @@ return {
             },
           },
           {
+            control_service_urls = {
+              type = "array",
+              required = false,
+              elements = {
+                type = "string",
+                match = "^https?://",
+              },
+              description = "More replicas of the control service, tried in order when the one in use fails (refused, 5xx or timeout).",
+            },
+          },
+          {
             consumer_field = {
               type = "string",
               required = true,
