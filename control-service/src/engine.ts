@@ -188,9 +188,13 @@ export class Engine {
    */
   reloadSwitches(): Promise<void> {
     return this.run(async () => {
+      const before = this.ruleEnabled;
       this.ruleEnabled = await this.store.ruleOverrides();
       this.templateActive = await this.store.templateOverrides();
       for (const e of this.entries.values()) e.answer = this.answerFor(e.customer, e.cohorts, e.ledger);
+      // A rule switched at another replica: gateway nodes streaming from here drop what they hold, as after a switch made here.
+      const same = before.size === this.ruleEnabled.size && [...before].every(([id, on]) => this.ruleEnabled.get(id) === on);
+      if (!same) this.onChange('all');
     });
   }
 

@@ -41,6 +41,7 @@ describe('replicas on PostgreSQL', function () {
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
       leases: { ttl_ms: 1000, usage_grace_ms: 1000 },
+      console: { listen: { host: '127.0.0.1', port: 0 } },
       emails: [{ id: 'out-of-credit', cohort: 'no-credit', active: false, from: { address: 'billing@example.com' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
     }));
     env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_DATABASE_URL: await freshDatabase(), SMTP_URL: smtp.url };
@@ -138,5 +139,49 @@ describe('replicas on PostgreSQL', function () {
     const [mail] = (await smtp.waitForCount(before + 1)).slice(before);
     expect(mail.subject).to.equal('Out of credit');
     expect(mail.to && !Array.isArray(mail.to) ? mail.to.text : '').to.equal('ops@example.com');
+  });
+
+  it('the console on a follower reads what the leader wrote, and its rule switch reaches the leader\'s gateway nodes at once', async () => {
+    await until(() => replicas.filter(leading).length === 1, 5000, 'no replica leads');
+    const leader = replicas.find(leading)!;
+    const follower = replicas.find((r) => r !== leader)!;
+    const consoleOf = (r: ControlProcess) => new URL(/"url":"([^"]+\/console\/)"/.exec(r.output())![1]).origin;
+    await until(() => /payg console listening/.test(follower.output()), 5000, `no console on the follower: ${follower.output()}`);
+    const origin = consoleOf(follower);
+    const signIn = await fetch(`${origin}/console/api/session`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: ADMIN }) });
+    const cookie = signIn.headers.get('set-cookie')!.split(';')[0];
+    const { csrf } = (await signIn.json()) as { csrf: string };
+    const api = async (p: string, init: RequestInit = {}) => {
+      const res = await fetch(`${origin}/console/api/${p}`, { ...init, headers: { cookie, 'x-payg-csrf': csrf, 'content-type': 'application/json' } });
+      expect(res.status, p).to.equal(200);
+      return res.json() as Promise<any>;
+    };
+    // The leader sweeps and takes usage; the follower's console shows both, read from the database.
+    const c = stripe.create({ name: 'Di', balance: -1000 });
+    await (await admin(leader, 'sweep', 'POST')).json();
+    const events = Array.from({ length: 7 }, (_, i) => ({ id: `c-${i}`, consumer: c.id, at: Date.now(), route: '/v1/x', status: 200 }));
+    expect((await fetch(`${leader.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) })).status).to.equal(200);
+    await until(async () => (await api(`customers/${c.id}`).catch(() => undefined))?.unsettled_usage === 7, 3000, 'the follower\'s console never saw the customer\'s usage');
+    const page = await api(`customers/${c.id}`);
+    expect(page.usage_by_route).to.deep.equal([{ route: '/v1/x', requests: 7, cost: 7 }]);
+    const overview = await api('overview');
+    const leaderHealth = await (await fetch(`${leader.url}/health`)).json() as Record<string, any>;
+    expect(overview.last_sweep.at, 'the follower\'s console reports the leader\'s sweep').to.equal(leaderHealth.last_successful_sweep).and.not.equal(null);
+    expect(overview.settlements).to.deep.equal({ pending: 0, retrying: 0, failed: 0, confirmed: 0 });
+    // A gateway node streams from the leader; the rule is switched off at the follower's console.
+    const stop = new AbortController();
+    const stream = await fetch(`${leader.url}/v1/stream?node=n1`, { signal: stop.signal });
+    expect(stream.status).to.equal(200);
+    let heard = '';
+    const reading = (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of stream.body as unknown as AsyncIterable<Uint8Array>) heard += decoder.decode(chunk);
+    })().catch(() => undefined);
+    await until(() => heard.includes('event: hello'), 2000, 'the stream never said hello');
+    expect(await api('rules/block', { method: 'PUT', body: JSON.stringify({ enabled: false }) })).to.deep.equal({ id: 'block', enabled: false });
+    await until(() => heard.includes('event: changed\ndata: {"all":true}'), 2000, 'the leader did not tell its gateway nodes that a rule was switched at the follower');
+    expect(((await api('rules')).rules as any[]).find((r) => r.id === 'block').enabled).to.equal(false);
+    stop.abort();
+    await reading;
   });
 });

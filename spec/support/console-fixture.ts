@@ -1,6 +1,6 @@
 // A console on its own, for specs that speak HTTP to it: an engine and a
-// SQLite store in a temporary folder, the console listening on a free
-// loopback port, no Stripe and no SMTP.
+// SQLite store in a temporary folder (or, with `postgres`, a store on that
+// database), the console listening on a free loopback port, no Stripe and no SMTP.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,16 +10,17 @@ import { ActivityRecorder } from '../../control-service/src/console/activity';
 import { startConsole, type ConsoleServer, type ConsoleOptions } from '../../control-service/src/console/server';
 import { Engine } from '../../control-service/src/engine';
 import { createMetrics } from '../../control-service/src/metrics';
-import { SqliteConsoleQueries } from '../../control-service/src/store/console-queries';
+import { consoleQueries } from '../../control-service/src/console';
+import { PostgresStore } from '../../control-service/src/store/postgres';
 import { SqliteStore } from '../../control-service/src/store/sqlite';
-import type { StoredCustomer } from '../../control-service/src/store/store';
+import type { Store, StoredCustomer } from '../../control-service/src/store/store';
 
 export const CONSOLE_TOKEN = 'console-spec-admin-token';
 
 export interface ConsoleFixture {
   config: Config;
   engine: Engine;
-  store: SqliteStore;
+  store: Store;
   server: ConsoleServer;
   /** e.g. http://127.0.0.1:12345 */
   origin: string;
@@ -37,7 +38,8 @@ export function customerFixture(i: number, balance: number, now = Date.now()): S
 }
 
 /** `files` are written into the config's folder first (e.g. email templates). */
-export async function startConsoleFixture(opts: { customers?: StoredCustomer[]; config?: Record<string, unknown>; files?: Record<string, string>; console?: ConsoleOptions } = {}): Promise<ConsoleFixture> {
+/** `postgres`: a database URL (spec/support/postgres.ts) to store in instead of SQLite. */
+export async function startConsoleFixture(opts: { customers?: StoredCustomer[]; config?: Record<string, unknown>; files?: Record<string, string>; console?: ConsoleOptions; postgres?: string; now?: () => number } = {}): Promise<ConsoleFixture> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-console-spec-'));
   for (const [name, text] of Object.entries(opts.files ?? {})) fs.writeFileSync(path.join(dir, name), text);
   const config = parseConfig({
@@ -47,15 +49,15 @@ export async function startConsoleFixture(opts: { customers?: StoredCustomer[]; 
     console: { listen: { host: '127.0.0.1', port: 0 } },
     ...opts.config,
   }, { PAYG_ADMIN_TOKEN: CONSOLE_TOKEN }, dir);
-  const store = new SqliteStore(config.sqlitePath);
-  const engine = new Engine(config, store);
+  const store = opts.postgres ? await PostgresStore.open(opts.postgres, { poolSize: 4 }) : new SqliteStore(config.sqlitePath);
+  const engine = new Engine(config, store, opts.now);
   await engine.init();
   const customers = opts.customers ?? [];
   for (let i = 0; i < customers.length; i += 10_000) await engine.apply(customers.slice(i, i + 10_000), []);
   const metrics = createMetrics({ customers: () => engine.size, cohortSizes: () => engine.cohortSizes(), consumerConflicts: () => 0, lastSweepAgeSeconds: () => 0, emailsPending: async () => 0 });
   const server = await startConsole({
     config, engine, store, sync: undefined, emails: undefined, metrics, activity: new ActivityRecorder(),
-    queries: new SqliteConsoleQueries(config.sqlitePath), log: pino({ level: 'silent' }), ...opts.console,
+    queries: consoleQueries(store, config), log: pino({ level: 'silent' }), ...opts.console,
   });
   const origin = new URL(server.url).origin;
   const call: ConsoleFixture['call'] = (method, pathname, o = {}) => {

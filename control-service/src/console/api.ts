@@ -26,6 +26,8 @@ export interface ConsoleDeps {
   metrics: Metrics;
   activity: ActivityRecorder;
   queries: ConsoleQueries;
+  /** On a follower replica: the last sweep is the leader's, read from the store (as /health does). */
+  followsStoredSweep?: () => boolean;
 }
 
 export type ApiResult = { status: number; body: unknown } | { status: number; html: string };
@@ -55,7 +57,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
     // Sizes per day, rebuilt backwards from now with the recorded transitions.
     const days = 14;
     const today = Math.floor(Date.now() / DAY);
-    const net = queries.cohortNetByDay((today - days + 1) * DAY);
+    const [net, emails, settlementCounts] = await Promise.all([queries.cohortNetByDay((today - days + 1) * DAY), queries.emailCounts(), queries.settlementCounts()]);
     const history = config.cohorts.map((c) => {
       const byDay = new Map(net.filter((r) => r.cohort === c.id).map((r) => [r.day, r.net]));
       const points: Array<[number, number]> = [];
@@ -67,6 +69,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       return { cohort: c.id, points };
     });
     const stripeErrors = (await deps.metrics.stripeErrors.get()).values.reduce((acc, v) => ({ ...acc, [String(v.labels.status)]: v.value }), {} as Record<string, number>);
+    if (deps.followsStoredSweep?.()) await deps.sync?.readStored().catch(() => undefined);
     const lastSweep = deps.sync?.lastSuccessAt;
     return ok({
       customers: engine.size,
@@ -74,8 +77,8 @@ export function createConsoleApi(deps: ConsoleDeps) {
       cohort_history: history,
       blocks_per_minute: activity.perMinute('blocks'),
       would_blocks_per_minute: activity.perMinute('would_blocks'),
-      emails: queries.emailCounts(),
-      settlements: queries.settlementCounts(),
+      emails,
+      settlements: settlementCounts,
       last_sweep: { configured: Boolean(deps.sync), at: iso(lastSweep), age_seconds: lastSweep ? Math.round((Date.now() - lastSweep) / 1000) : null },
       stripe_errors: stripeErrors,
       conflicts: engine.conflicts().length,
@@ -112,7 +115,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
   async function customer(id: string): Promise<ApiResult> {
     const s = engine.customer(id);
     if (!s) return fail(404, 'not_found', `no customer ${id} is known; it may not exist in Stripe yet, or the first sweep has not run`);
-    const history = await store.history(id);
+    const [history, usage, settlementRows, emailRows] = await Promise.all([
+      store.history(id), queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs),
+      queries.settlements({ customerId: id, limit: 100 }), store.emailLog({ customerId: id, limit: 100 })]);
     const consumer = s.customer.metadata[config.stripe.consumerMetadataKey];
     // The estimated balance over time: cohort transitions (persisted) and samples taken at decisions (in memory), then now.
     const points = [...history.map((t) => [t.at, t.balance] as [number, number]), ...activity.balanceSamples(id)]
@@ -129,10 +134,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
       transitions: history.slice().reverse().map((t) => ({ cohort: t.cohort, kind: t.kind, at: iso(t.at), balance: t.balance })),
       recent_decisions: activity.recent((d) => d.customerId === id || (consumer !== undefined && d.consumer === consumer), 50)
         .map((d) => ({ at: iso(d.at), consumer: d.consumer, outcome: d.outcome, rule: d.rule, would_block: d.wouldBlock })),
-      usage_by_route: queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs)
-        .map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
-      settlements: queries.settlements({ customerId: id, limit: 100 }).map(settlementJson),
-      emails: (await store.emailLog({ customerId: id, limit: 100 })).map(emailJson),
+      usage_by_route: usage.map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
+      settlements: settlementRows.map(settlementJson),
+      emails: emailRows.map(emailJson),
     });
   }
 
@@ -229,11 +233,12 @@ export function createConsoleApi(deps: ConsoleDeps) {
     return ok({ emails: rows.map(emailJson) });
   }
 
-  function settlements(q: URLSearchParams): ApiResult {
+  async function settlements(q: URLSearchParams): Promise<ApiResult> {
     const status = q.get('status') || undefined;
     if (status && !(SETTLEMENT_VIEWS as readonly string[]).includes(status)) return fail(400, 'bad_request', `status: one of ${SETTLEMENT_VIEWS.join(', ')}`);
-    const rows = queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 });
-    return ok({ counts: queries.settlementCounts(), settlements: rows.map(settlementJson) });
+    const [rows, counts] = await Promise.all([
+      queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 }), queries.settlementCounts()]);
+    return ok({ counts, settlements: rows.map(settlementJson) });
   }
 
   /** Routes one API call; `parts` is the path after /console/api/. */

@@ -8,13 +8,15 @@ import type { EmailSender } from '../emails/sender';
 import type { DecisionAnswer, Engine } from '../engine';
 import type { Metrics } from '../metrics';
 import { verdict } from '../rules';
-import { SqliteConsoleQueries } from '../store/console-queries';
+import { SqliteConsoleQueries, type ConsoleQueries } from '../store/console-queries';
+import { PostgresConsoleQueries } from '../store/console-queries-postgres';
+import { PostgresStore } from '../store/postgres';
 import type { Store } from '../store/store';
 import type { BalanceSync } from '../stripe/sync';
 import { ActivityRecorder } from './activity';
 import { startConsole, type ConsoleServer } from './server';
 
-export async function mountConsole(deps: { config: Config; engine: Engine; store: Store; sync: BalanceSync | undefined; emails: EmailSender | undefined; metrics: Metrics; log: Logger }): Promise<ConsoleServer> {
+export async function mountConsole(deps: { config: Config; engine: Engine; store: Store; sync: BalanceSync | undefined; emails: EmailSender | undefined; metrics: Metrics; log: Logger; followsStoredSweep?: () => boolean }): Promise<ConsoleServer> {
   const { engine, config } = deps;
   const activity = new ActivityRecorder();
   // A block's rule is in its JSON; parse it once per answer object.
@@ -40,5 +42,10 @@ export async function mountConsole(deps: { config: Config; engine: Engine; store
     if (customerId) activity.sampleBalance(customerId, engine.customer(customerId)!.estimatedBalance, at);
     return answer;
   };
-  return startConsole({ ...deps, activity, queries: new SqliteConsoleQueries(config.sqlitePath) });
+  return startConsole({ ...deps, activity, queries: consoleQueries(deps.store, config) });
+}
+
+/** The read model where the store writes: the same PostgreSQL database (any replica), or the SQLite file. */
+export function consoleQueries(store: Store, config: Config): ConsoleQueries {
+  return store instanceof PostgresStore ? new PostgresConsoleQueries(store.url) : new SqliteConsoleQueries(config.sqlitePath);
 }

@@ -177,7 +177,7 @@ export async function startConsole(deps: ConsoleDeps & { log: Logger } & Console
     async stop() {
       server.closeAllConnections();
       await new Promise((r) => server.close(r));
-      deps.queries.close();
+      await deps.queries.close();
     },
   };
 }

@@ -1,23 +1,26 @@
-// Read-model queries for the operator console, on a read-only connection of
-// its own to the SQLite file (WAL lets it read while the store writes). The
-// store's interface stays about what the service needs; these answer what an
-// operator asks: counts, per-day histories, usage by route.
+// Read-model queries for the operator console. The store's interface stays
+// about what the service needs; these answer what an operator asks: counts,
+// per-day histories, usage by route. Two implementations answer alike (spec
+// 34-console-stores): SQLite here, on a read-only connection of its own to the
+// file (WAL lets it read while the store writes), and PostgreSQL in
+// console-queries-postgres.ts.
 
 import Database from 'better-sqlite3';
 import { toSettlement } from './sqlite';
-import type { SettlementRow } from './store';
+import type { EmailStatus, SettlementRow } from './store';
 
 export interface ConsoleQueries {
   /** Per cohort and UTC day since `since`: enters minus leaves (to rebuild sizes backwards from now). */
-  cohortNetByDay(since: number): Array<{ cohort: string; day: number; net: number }>;
-  /** A customer's usage since `since`, by route: requests and cost in micros. */
-  usageByRoute(customerId: string, since: number): Array<{ route: string | null; requests: number; costMicros: number }>;
+  cohortNetByDay(since: number): Promise<Array<{ cohort: string; day: number; net: number }>>;
+  /** A customer's usage since `since`, by route (at most 100, dearest first): requests and cost in micros. */
+  usageByRoute(customerId: string, since: number): Promise<Array<{ route: string | null; requests: number; costMicros: number }>>;
   /** Settlements by what an operator acts on: waiting for Stripe's first answer, retrying after a failed attempt, refused for good, confirmed. */
-  settlementCounts(): Record<SettlementView, number>;
+  settlementCounts(): Promise<Record<SettlementView, number>>;
   /** Newest first, at most `limit`. */
-  settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): SettlementRow[];
-  emailCounts(): Record<string, number>;
-  close(): void;
+  settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): Promise<SettlementRow[]>;
+  /** Outbox rows per status, every status present (0 when none). */
+  emailCounts(): Promise<Record<EmailStatus, number>>;
+  close(): Promise<void>;
 }
 
 const DAY = 86_400_000;
@@ -26,12 +29,15 @@ export const SETTLEMENT_VIEWS = ['pending', 'retrying', 'failed', 'confirmed'] a
 export type SettlementView = typeof SETTLEMENT_VIEWS[number];
 
 /** The condition each view stands for; `retrying` is a pending settlement whose last attempt failed (resent with the same key). */
-const VIEW_SQL: Record<SettlementView, string> = {
+export const VIEW_SQL: Record<SettlementView, string> = {
   pending: "status = 'pending' AND last_error IS NULL",
   retrying: "status = 'pending' AND last_error IS NOT NULL",
   failed: "status = 'failed'",
   confirmed: "status = 'confirmed'",
 };
+
+export const noSettlements = (): Record<SettlementView, number> => ({ pending: 0, retrying: 0, failed: 0, confirmed: 0 });
+export const noEmails = (): Record<EmailStatus, number> => ({ pending: 0, sending: 0, delivered: 0, failed: 0, cancelled: 0, stale: 0 });
 
 /** Which view a stored settlement is in. */
 export function settlementView(row: Pick<SettlementRow, 'status' | 'lastError'>): SettlementView {
@@ -48,39 +54,39 @@ export class SqliteConsoleQueries implements ConsoleQueries {
       cohortNet: this.db.prepare(`SELECT cohort, at / ${DAY} AS day, SUM(CASE kind WHEN 'enter' THEN 1 ELSE -1 END) AS net
         FROM cohort_transitions WHERE at >= ? GROUP BY cohort, day`),
       usage: this.db.prepare(`SELECT route, COUNT(*) AS requests, SUM(cost_micros) AS cost FROM usage_events
-        WHERE customer_id = ? AND at >= ? GROUP BY route ORDER BY cost DESC, requests DESC LIMIT 100`),
+        WHERE customer_id = ? AND at >= ? GROUP BY route ORDER BY cost DESC, requests DESC, route LIMIT 100`),
       settlementCounts: this.db.prepare(`SELECT CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 'retrying' ELSE status END AS view, COUNT(*) AS n
         FROM settlements GROUP BY view`),
       emails: this.db.prepare('SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status'),
     };
   }
 
-  cohortNetByDay(since: number) {
+  async cohortNetByDay(since: number) {
     return (this.stmt.cohortNet.all(since) as Array<{ cohort: string; day: number; net: number }>).map((r) => ({ cohort: r.cohort, day: Math.floor(r.day), net: r.net }));
   }
 
-  usageByRoute(customerId: string, since: number) {
+  async usageByRoute(customerId: string, since: number) {
     return (this.stmt.usage.all(customerId, since) as Array<{ route: string | null; requests: number; cost: number }>)
       .map((r) => ({ route: r.route, requests: r.requests, costMicros: r.cost }));
   }
 
-  settlementCounts() {
-    const out: Record<SettlementView, number> = { pending: 0, retrying: 0, failed: 0, confirmed: 0 };
+  async settlementCounts() {
+    const out = noSettlements();
     for (const r of this.stmt.settlementCounts.all() as Array<{ view: SettlementView; n: number }>) out[r.view] = r.n;
     return out;
   }
 
-  settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): SettlementRow[] {
+  async settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): Promise<SettlementRow[]> {
     const where = [filter.status ? VIEW_SQL[filter.status] : '1', filter.customerId ? 'customer_id = ?' : '1'].join(' AND ');
     const args = filter.customerId ? [filter.customerId, filter.limit] : [filter.limit];
     return (this.db.prepare(`SELECT * FROM settlements WHERE ${where} ORDER BY id DESC LIMIT ?`).all(...args) as Array<Record<string, any>>).map(toSettlement);
   }
 
-  emailCounts() {
-    const out: Record<string, number> = { pending: 0, sending: 0, delivered: 0, failed: 0, cancelled: 0, stale: 0 };
-    for (const r of this.stmt.emails.all() as Array<{ status: string; n: number }>) out[r.status] = r.n;
+  async emailCounts() {
+    const out = noEmails();
+    for (const r of this.stmt.emails.all() as Array<{ status: EmailStatus; n: number }>) out[r.status] = r.n;
     return out;
   }
 
-  close(): void { this.db.close(); }
+  async close(): Promise<void> { this.db.close(); }
 }

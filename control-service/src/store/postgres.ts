@@ -65,6 +65,8 @@ const MIGRATIONS: string[] = [
      ADD CONSTRAINT email_outbox_status_check CHECK (status IN ('pending','sending','delivered','failed','cancelled','stale'));
    -- A transition records the estimated balance, which holds fractions of a cent of unsettled usage.
    ALTER TABLE cohort_transitions ALTER COLUMN balance TYPE DOUBLE PRECISION;`,
+  // 3: as SQLite's 6: the console's usage by route for one customer reads that customer's recent events only (console-queries-postgres.ts)
+  'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
