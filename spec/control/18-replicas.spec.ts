@@ -40,7 +40,8 @@ describe('replicas on PostgreSQL', function () {
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
-      leases: { ttl_ms: 1000, usage_grace_ms: 1000 },
+      // The lease horizon (ttl + grace + one step, ~12 s ahead of a grant) outlasts a takeover even on a loaded machine.
+      leases: { ttl_ms: 3000, usage_grace_ms: 3000 },
       console: { listen: { host: '127.0.0.1', port: 0 } },
       emails: [{ id: 'out-of-credit', cohort: 'no-credit', active: false, from: { address: 'billing@example.com' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
     }));
@@ -90,7 +91,7 @@ describe('replicas on PostgreSQL', function () {
     const first = await ask(follower);
     expect(first.status, 'a grant now could spend credit a node still holds').to.equal(503);
     expect(await first.json()).to.include({ error: 'recovering' });
-    await until(async () => (await ask(follower)).status === 200, 10_000, 'the new leader never grants');
+    await until(async () => (await ask(follower)).status === 200, 20_000, 'the new leader never grants');
   });
 
   it('exactly one leads; kill -9 of the leader hands the lead to the other, and a settlement is charged once', async () => {
