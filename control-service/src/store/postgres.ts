@@ -4,8 +4,10 @@
 // Everything another replica may do at the same moment is a single statement
 // or a row lock: usage dedupe by a unique id, running totals by upsert, one
 // pending settlement per customer by a partial unique index, email claims by
-// FOR UPDATE SKIP LOCKED. saveChanges notifies the other replicas (channel
-// `payg_changes`, payload: the customer ids touched) when it commits.
+// FOR UPDATE SKIP LOCKED. saveChanges notifies the other replicas when it
+// commits: a commit of usage alone on `payg_usage` (per customer: micros added
+// and the running totals' new version), any other on `payg_changes` (the
+// customer ids touched, which followers read again).
 
 import { createHash } from 'node:crypto';
 import pg from 'pg';
