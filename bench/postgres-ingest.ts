@@ -1,9 +1,13 @@
-// Usage ingest on PostgreSQL across replicas, and failover time. REPLICAS (3)
-// control-service processes share one database (the embedded PostgreSQL the
-// tests use, or PAYG_TEST_DATABASE_URL); autocannon posts batches of 200 events
-// with unique ids to every replica at once (4 keep-alive connections each).
-// Prints events/s stored across replicas (checked against the rows in the
-// database), then kills the leader with SIGKILL a few times and prints how long
+// Usage ingest on PostgreSQL across replicas, lease grants, and failover time.
+// REPLICAS (3) control-service processes share one database (the embedded
+// PostgreSQL the tests use, or PAYG_TEST_DATABASE_URL); autocannon posts batches
+// of 200 events with unique ids to every replica at once (4 keep-alive
+// connections each). Prints events/s stored across replicas, checks the rows
+// against the running totals and every replica's book against the database; then
+// lease grants per second at the leader (only it grants: POST /v1/leases from
+// NODES node ids for 1,000 consumers, each renewal giving back the node's
+// previous lease as the plugin does, and now and then a node releasing what it
+// holds); then kills the leader with SIGKILL a few times and prints how long
 // until another replica leads. Figures only; nothing is asserted.
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -20,14 +24,18 @@ const CUSTOMERS = 1000;
 const BATCH = Number(process.env.BATCH ?? 200);
 const SECONDS = Number(process.env.SECONDS ?? 5);
 const FAILOVERS = Number(process.env.FAILOVERS ?? 3);
+const LEASE_SECONDS = Number(process.env.LEASE_SECONDS ?? 5);
+const NODES = Number(process.env.NODES ?? 4);
 const TOKEN = 'bench-control-token';
+const ADMIN_TOKEN = 'bench-admin-token';
+const COST_MICROS = 100_000; // metering.default_cost 0.1
 const BASE_PORT = 18820;
 
 interface Replica { port: number; url: string; proc: ChildProcess; output(): string }
 
 function startReplica(configFile: string, port: number, databaseUrl: string): Promise<Replica> {
   const proc = spawn(process.execPath, [path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
-    env: { ...process.env, PORT: String(port), PAYG_DATABASE_URL: databaseUrl, PAYG_CONTROL_TOKEN: TOKEN, STRIPE_SECRET_KEY: '' },
+    env: { ...process.env, PORT: String(port), PAYG_DATABASE_URL: databaseUrl, PAYG_CONTROL_TOKEN: TOKEN, PAYG_ADMIN_TOKEN: ADMIN_TOKEN, STRIPE_SECRET_KEY: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -79,16 +87,31 @@ async function main() {
       requests: [{ method: 'POST', path: '/v1/usage', headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }, setupRequest: (req) => ({ ...req, body: batch() }) }],
     })));
     const ok = results.reduce((sum, r) => sum + r['2xx'], 0);
+    await sleep(500); // batches in flight at the end land, and every replica hears of them
     const db = new pg.Client({ connectionString: databaseUrl });
     await db.connect();
-    const stored = Number((await db.query('SELECT COUNT(*) AS n FROM usage_events')).rows[0].n);
-    const usedMicros = Number((await db.query('SELECT COALESCE(SUM(used_micros), 0) AS s FROM usage_totals')).rows[0].s);
+    // One statement: one snapshot of the rows and the totals.
+    const counts = (await db.query('SELECT (SELECT COUNT(*) FROM usage_events) AS rows, (SELECT COALESCE(SUM(used_micros), 0) FROM usage_totals) AS micros')).rows[0];
+    const sample = (await db.query('SELECT customer_id, used_micros FROM usage_totals ORDER BY random() LIMIT 50')).rows;
     await db.end();
     console.log(`postgres usage ingest: ${REPLICAS} replicas, ${ok} batches of ${BATCH} in ${SECONDS}s → ${((ok * BATCH) / SECONDS).toFixed(0)} events/s   (target ≥ 20,000)`);
     for (const [i, r] of results.entries()) {
       console.log(`  replica ${i + 1}: ${r['2xx']} batches, p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, non-2xx ${r.non2xx}, errors ${r.errors}`);
     }
-    console.log(`  rows stored ${stored} (2xx batches counted ${ok * BATCH}; batches in flight at the end are stored too); totals ${usedMicros / 100_000} events' worth`);
+    const rows = Number(counts.rows);
+    console.log(`  rows stored ${rows} (2xx batches counted ${ok * BATCH}; batches in flight at the end are stored too); running totals ${Number(counts.micros) / COST_MICROS} events' worth${Number(counts.micros) === rows * COST_MICROS ? ' (exact)' : ' (DIFFER)'}`);
+    // Every replica's book (what it decides on) against the stored totals, for a sample of customers.
+    let agree = 0;
+    for (const r of replicas) {
+      for (const row of sample) {
+        const res = await fetch(`${r.url}/admin/customers/${row.customer_id}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+        const body = await res.json() as { unsettled_usage: number };
+        if (Math.round(body.unsettled_usage * 1_000_000) === Number(row.used_micros)) agree++;
+      }
+    }
+    console.log(`  replicas' books agree with the stored totals: ${agree} of ${replicas.length * sample.length} (customer, replica) pairs`);
+
+    await leaseGrants(replicas);
 
     // Failover: kill -9 the leader; time until another replica leads. Then bring it back as a follower.
     for (let round = 1; round <= FAILOVERS; round++) {
@@ -115,6 +138,57 @@ async function main() {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * Lease grants per second at the leader: 16 connections, each request a node (of NODES)
+ * asking for a consumer's lease and giving back the one it held for that consumer (drawn
+ * in full, as a busy plugin server's renewal does); one request in 20 is instead a node
+ * releasing every lease it holds (as at shutdown or when they run out).
+ */
+async function leaseGrants(replicas: Replica[]) {
+  const leader = replicas.find(leadsNow);
+  if (!leader) { console.log('lease grants: no replica leads'); return; }
+  const held = new Map<string, { id: string; requests: number }>(); // `${node}|${consumer}` → lease
+  let grants = 0;
+  let refusals = 0;
+  let releases = 0;
+  let sent = 0;
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
+  const result = await autocannon({
+    url: leader.url, connections: 16, duration: LEASE_SECONDS,
+    requests: [{
+      method: 'POST', path: '/v1/leases', headers,
+      setupRequest: (req, ctx) => {
+        const context = ctx as LeaseContext;
+        const node = `bench-node-${sent % NODES}`;
+        const consumer = `cus_bench${Math.floor(Math.random() * CUSTOMERS)}`;
+        sent++;
+        if (sent % 20 === 0) {
+          const mine = [...held].filter(([k]) => k.startsWith(`${node}|`));
+          for (const [k] of mine) held.delete(k);
+          context.kind = 'release';
+          return { ...req, path: '/v1/leases/release', body: JSON.stringify({ node, leases: mine.map(([, l]) => ({ id: l.id, drawn: l.requests, drawn_micros: l.requests * COST_MICROS })) }) };
+        }
+        const key = `${node}|${consumer}`;
+        const previous = held.get(key);
+        held.delete(key);
+        context.kind = 'lease';
+        context.key = key;
+        return { ...req, path: '/v1/leases', body: JSON.stringify({ node, consumer, want: 20, ...(previous ? { previous: { id: previous.id, drawn: previous.requests, drawn_micros: previous.requests * COST_MICROS } } : {}) }) };
+      },
+      onResponse: (status, body, ctx) => {
+        const context = ctx as LeaseContext;
+        if (context.kind === 'release') { if (status === 200) releases++; return; }
+        const lease = status === 200 ? (JSON.parse(body) as { lease?: { id: string; requests: number } }).lease : undefined;
+        if (lease) { grants++; held.set(context.key!, { id: lease.id, requests: lease.requests }); } else refusals++;
+      },
+    }],
+  });
+  console.log(`lease grants at the leader: ${grants} in ${LEASE_SECONDS}s → ${(grants / LEASE_SECONDS).toFixed(0)} grants/s (${NODES} nodes, ${CUSTOMERS} consumers, 16 connections)`);
+  console.log(`  p50 ${result.latency.p50} ms, p99 ${result.latency.p99} ms; ${releases} releases; ${refusals} answers without a lease; non-2xx ${result.non2xx}, errors ${result.errors}`);
+}
+
+interface LeaseContext { kind?: 'lease' | 'release'; key?: string }
 
 /** The newest leadership line of a replica says it leads now. */
 function leadsNow(r: Replica): boolean {

@@ -11,7 +11,7 @@ import { cohortsOf, diffMemberships } from './cohorts';
 import { mergeContext } from './merge-tags';
 import { decisionJson, verdict, type RuleDef } from './rules';
 import type { Config } from './config';
-import type { OutboxRecord, OutboxRow, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store/store';
+import type { OutboxRecord, OutboxRow, SavedChanges, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store/store';
 import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
@@ -60,6 +60,8 @@ interface ApplyExtra {
   failSettlement?: StoreChanges['failSettlement'];
   /** Recorded as processed in the same transaction that applies it. */
   webhookEventId?: string;
+  /** Called with what the store answered, before anything waiting behind this change runs. */
+  saved?(result: SavedChanges | void): void;
 }
 
 function pendingOf(row: SettlementRow) {
@@ -67,7 +69,13 @@ function pendingOf(row: SettlementRow) {
 }
 
 /** A customer as stored, for Engine.reload. */
-export interface ReloadedCustomer { customer: StoredCustomer; cohorts: string[]; unsettledMicros: number; pending: SettlementRow[] }
+export interface ReloadedCustomer { customer: StoredCustomer; cohorts: string[]; unsettledMicros: number; pending: SettlementRow[]; usageVersion?: number }
+
+/** Events one ingest call handed in, gathered with others into one store commit. */
+interface IngestCall { events: UsageEventInput[]; resolve(r: IngestResult): void; reject(err: unknown): void }
+export interface IngestResult { accepted: number; duplicates: number; acceptedIds: Set<string> }
+/** At most this many events go into one gathered commit. */
+const MAX_GATHERED_EVENTS = 5000;
 
 export class Engine {
   private readonly entries = new Map<string, Entry>();
@@ -300,29 +308,89 @@ export class Engine {
    * Usage seen at the gateway: stored once per event id, priced, and added to
    * the customer's unsettled usage, so cohorts and decisions move at once.
    */
-  /** `acceptedIds`: the events counted now (not seen before). */
-  ingestUsage(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
-    return this.run(() => this.ingestNow(events));
+  /**
+   * `acceptedIds`: the events counted now (not seen before). Calls that arrive
+   * while a commit is out wait for it and then go into the store together, in
+   * one commit (in order: a repeat of an earlier call's event is its duplicate),
+   * so a busy replica makes fewer, larger commits.
+   */
+  ingestUsage(events: UsageEventInput[]): Promise<IngestResult> {
+    return new Promise((resolve, reject) => {
+      this.ingestCalls.push({ events, resolve, reject });
+      if (this.ingestCalls.length === 1) void this.run(() => this.ingestGathered());
+    });
   }
 
-  private async ingestNow(events: UsageEventInput[]): Promise<{ accepted: number; duplicates: number; acceptedIds: Set<string> }> {
+  private ingestCalls: IngestCall[] = [];
+
+  private async ingestGathered(): Promise<void> {
+    // Whole calls, up to MAX_GATHERED_EVENTS (at least one); the rest get their own turn.
+    let n = 0;
+    let take = 0;
+    while (take < this.ingestCalls.length && (take === 0 || n + this.ingestCalls[take].events.length <= MAX_GATHERED_EVENTS)) n += this.ingestCalls[take++].events.length;
+    const calls = this.ingestCalls.splice(0, take);
+    if (this.ingestCalls.length) void this.run(() => this.ingestGathered());
+    try {
+      const counted = await this.ingestNow(calls.flatMap((c) => c.events));
+      let at = 0;
+      for (const c of calls) {
+        const acceptedIds = new Set<string>();
+        for (const e of c.events) if (counted.has(at++)) acceptedIds.add(e.id);
+        c.resolve({ accepted: acceptedIds.size, duplicates: c.events.length - acceptedIds.size, acceptedIds });
+      }
+    } catch (err) {
+      for (const c of calls) c.reject(err);
+    }
+  }
+
+  /** Returns the positions of the events counted now. */
+  private async ingestNow(events: UsageEventInput[]): Promise<Set<number>> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
     const fresh: UsageRecord[] = [];
+    const counted = new Set<number>();
     const ledgers = new Map<string, LedgerState>();
-    for (const e of events) {
+    const expected = new Map<string, number>();
+    for (const [i, e] of events.entries()) {
       if (known.has(e.id)) continue;
       known.add(e.id); // a repeat inside the batch
+      counted.add(i);
       const customerId = this.resolve(e.consumer) ?? null;
       const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
       fresh.push({ ...e, customerId, costMicros });
+      if (customerId) expected.set(customerId, (expected.get(customerId) ?? 0) + costMicros);
       if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
     if (fresh.length) {
       const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
-      await this.applyNow(updates, [], {}, { usage: fresh });
+      await this.applyNow(updates, [], {}, { usage: fresh, saved: (r) => { if (r) this.ownUsageSaved(expected, r.usageAdded); } });
     }
-    return { accepted: fresh.length, duplicates: events.length - fresh.length, acceptedIds: new Set(fresh.map((e) => e.id)) };
+    return counted;
   }
+
+  /**
+   * What our own commit really added (PostgreSQL): an event another replica stored
+   * first between our check and our commit was not added, so the book gives it
+   * back. The totals version moves on only when no other replica's commit came in
+   * between; otherwise it is unknown until the next reload.
+   */
+  private ownUsageSaved(expected: Map<string, number>, added: UsageAdded[]): void {
+    const got = new Map(added.map((a) => [a.customerId, a]));
+    for (const [id, micros] of expected) {
+      const held = this.entries.get(id);
+      const a = got.get(id);
+      if (held && (a?.micros ?? 0) !== micros) this.put(held.customer, held.cohorts, addUsage(held.ledger, (a?.micros ?? 0) - micros));
+      if (!a) continue;
+      const version = this.usageVersions.get(id);
+      if (version !== undefined && a.version === version + 1) this.usageVersions.set(id, a.version);
+      else this.usageVersions.delete(id);
+    }
+  }
+
+  /**
+   * Per customer (PostgreSQL), the running-totals version this book's unsettled
+   * usage is exact at, so usage other replicas NOTIFY is added in order. Absent: unknown.
+   */
+  private readonly usageVersions = new Map<string, number>();
 
   /** Settlements written and about to be sent: in flight until confirmed, so plain reads of these customers get reconciled. */
   settlementsOpened(rows: readonly SettlementRow[]): Promise<void> {
@@ -374,23 +442,50 @@ export class Engine {
    * what this replica wrote before. Added for several replicas (issue 13).
    */
   reload(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
+    return this.run(() => this.reloadNow(ids, read));
+  }
+
+  /**
+   * Usage another replica committed alone (PostgreSQL NOTIFY, in commit order),
+   * then customers it changed otherwise: each addition whose version follows the
+   * one this book holds is added; one already in the book (version not newer) is
+   * skipped; after a gap, or for a customer whose version is unknown, the
+   * customer is read again, with the `ids`, in one snapshot. Its cohorts do not
+   * move: a commit of usage alone made no transition.
+   */
+  followUsage(added: UsageAdded[], ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
     return this.run(async () => {
-      const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
-      // Stripe news another replica applied (not its usage): gateway nodes streaming from here drop what they hold.
-      const news: string[] = [];
-      for (const id of ids) {
-        const held = this.entries.get(id);
-        const r = found.get(id);
-        if (r) {
-          if (held && held.customer.version !== r.customer.version) news.push(...this.consumersOf(r.customer));
-          this.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
-        } else if (held) {
-          news.push(...this.consumersOf(held.customer));
-          this.remove(id);
-        }
+      const again = new Set(ids);
+      for (const a of added) {
+        if (again.has(a.customerId)) continue;
+        const held = this.entries.get(a.customerId);
+        const version = this.usageVersions.get(a.customerId);
+        if (held && version !== undefined && a.version <= version) continue;
+        if (!held || version === undefined || a.version !== version + 1) { again.add(a.customerId); continue; }
+        this.put(held.customer, held.cohorts, addUsage(held.ledger, a.micros));
+        this.usageVersions.set(a.customerId, a.version);
       }
-      if (news.length) this.onChange(news);
+      if (again.size) await this.reloadNow([...again], read);
     });
+  }
+
+  private async reloadNow(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
+    const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
+    // Stripe news another replica applied (not its usage): gateway nodes streaming from here drop what they hold.
+    const news: string[] = [];
+    for (const id of ids) {
+      const held = this.entries.get(id);
+      const r = found.get(id);
+      if (r) {
+        if (held && held.customer.version !== r.customer.version) news.push(...this.consumersOf(r.customer));
+        this.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
+        if (r.usageVersion === undefined) this.usageVersions.delete(id); else this.usageVersions.set(id, r.usageVersion);
+      } else if (held) {
+        news.push(...this.consumersOf(held.customer));
+        this.remove(id);
+      }
+    }
+    if (news.length) this.onChange(news);
   }
 
   private async applyNow(updates: Update[], deletes: Array<{ id: string; version: number }>, opts: { force?: boolean }, extra: ApplyExtra = {}): Promise<TransitionRecord[]> {
@@ -435,14 +530,16 @@ export class Engine {
       staged.push(() => { this.remove(d.id); this.tombstones.set(d.id, d.version); });
     }
     // Persist first: what is served must be what survives a crash.
+    let result: SavedChanges | void = undefined;
     if (saved.length || removed.length || transitions.length || extra.usage?.length || extra.confirmSettlements?.length || extra.failSettlement || extra.webhookEventId) {
-      await this.store.saveChanges({
+      result = await this.store.saveChanges({
         upserts: saved, deletes: removed, transitions, emails, usage: extra.usage,
         confirmSettlements: extra.confirmSettlements, failSettlement: extra.failSettlement,
         webhookEvent: extra.webhookEventId === undefined ? undefined : { id: extra.webhookEventId, at: this.now() },
       });
     }
     for (const commit of staged) commit();
+    extra.saved?.(result);
     if (emails.length) this.onEmailsEnqueued();
     // Stripe news (not usage, not a settlement, not a config reload): gateway nodes drop what they hold.
     if (!opts.force && !extra.usage && !extra.confirmSettlements?.length && (saved.length || removed.length)) {
@@ -492,6 +589,7 @@ export class Engine {
 
   private remove(id: string): void {
     const held = this.entries.get(id);
+    this.usageVersions.delete(id);
     if (!held) return;
     this.unclaim(held.customer);
     this.entries.delete(id);

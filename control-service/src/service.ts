@@ -12,7 +12,7 @@ import { createMetrics } from './metrics';
 import { PostgresLeadership, soleLeader, type Leadership } from './leader';
 import { PostgresStore } from './store/postgres';
 import { SqliteStore } from './store/sqlite';
-import type { Store } from './store/store';
+import type { Store, UsageAdded } from './store/store';
 import { StripeGateway } from './stripe/gateway';
 import { BalanceSync } from './stripe/sync';
 import nodemailer from 'nodemailer';
@@ -40,7 +40,8 @@ export interface RunningService {
 
 /**
  * Keeps this replica's book in step with the others: customer ids from NOTIFY
- * are gathered for a moment and reloaded together; rule and template switches
+ * are gathered for a moment and reloaded together, usage another replica
+ * committed alone is added from its NOTIFY (see Engine.followUsage); rule and template switches
  * are reloaded; after a lost connection, everything is reloaded. It listens
  * before the engine loads anything and holds what arrives until `start()`
  * (after engine.init()), then reloads it: no change can fall between the
@@ -50,6 +51,7 @@ const FOLLOW_BATCH_MS = 10;
 
 function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; start(): void; stop(): Promise<void> } {
   let pending = new Set<string>();
+  let usage: UsageAdded[] = [];
   let switches = false;
   let started = false;
   let scheduled = false;
@@ -58,8 +60,10 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger): { rea
     scheduled = false;
     if (!started) return;
     const ids = [...pending];
+    const added = usage;
     pending = new Set();
-    if (ids.length) engine.reload(ids, read).catch((err) => log.error({ err: (err as Error).message }, 'reloading changed customers failed'));
+    usage = [];
+    if (ids.length || added.length) engine.followUsage(added, ids, read).catch((err) => log.error({ err: (err as Error).message }, 'reloading changed customers failed'));
     if (switches) {
       switches = false;
       engine.reloadSwitches().catch((err) => log.error({ err: (err as Error).message }, 'reloading rule and template switches failed'));
@@ -69,6 +73,8 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger): { rea
   const schedule = () => { if (!scheduled) { scheduled = true; setTimeout(flush, FOLLOW_BATCH_MS); } };
   const listener = store.listenForChanges({
     onIds: (ids) => { for (const id of ids) pending.add(id); schedule(); },
+    // Usage alone: added in version order, no read (a gap or an unknown customer is read again).
+    onUsage: (added) => { usage.push(...added); schedule(); },
     onSwitches: () => { switches = true; schedule(); },
     onResync: () => {
       if (!started) return; // init loads everything after this anyway

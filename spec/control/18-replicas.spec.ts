@@ -73,6 +73,25 @@ describe('replicas on PostgreSQL', function () {
     expect(states.map((s) => s.unsettled_usage)).to.deep.equal([100, 100]);
   });
 
+  it('usage sent to both replicas at once, the same events to each as a retrying plugin does, is counted once in every book', async () => {
+    const [a, b] = replicas;
+    const c = stripe.create({ name: 'Rhea', balance: -100_000 });
+    await (await admin(a, 'sweep', 'POST')).json();
+    await until(async () => (await decision(b, c.id)).allow === true, 3000, 'replica b never saw the customer');
+    const post = (r: ControlProcess, events: unknown[]) => fetch(`${r.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) }).then((res) => res.status);
+    const batch = (prefix: string) => Array.from({ length: 20 }, (_, i) => ({ id: `${prefix}-${i}`, consumer: c.id, at: Date.now(), route: null, status: 200 }));
+    for (let round = 0; round < 30; round++) {
+      const shared = batch(`both-${round}`);
+      // The same events race at both replicas; each also takes usage of its own, so its commits interleave with the other's.
+      const statuses = await Promise.all([post(a, shared), post(b, shared), post(a, batch(`a-${round}`)), post(b, batch(`b-${round}`))]);
+      expect(statuses).to.deep.equal([200, 200, 200, 200]);
+    }
+    const unsettled = async () => Promise.all(replicas.map(async (r) => ((await (await admin(r, `customers/${c.id}`)).json()) as any).unsettled_usage));
+    await until(async () => (await unsettled()).every((u) => u === 1800), 3000, 'a replica counts the usage wrong');
+    await new Promise((r) => setTimeout(r, 200)); // late notifications change nothing
+    expect(await unsettled()).to.deep.equal([1800, 1800]);
+  });
+
   it('only the leader grants leases: a follower answers 503 not_leader (the plugin moves on to the next URL), and after the leader dies the new one grants', async () => {
     await until(() => replicas.filter(leading).length === 1, 5000, 'no replica leads');
     const leader = replicas.find(leading)!;

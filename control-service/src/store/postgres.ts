@@ -4,16 +4,26 @@
 // Everything another replica may do at the same moment is a single statement
 // or a row lock: usage dedupe by a unique id, running totals by upsert, one
 // pending settlement per customer by a partial unique index, email claims by
-// FOR UPDATE SKIP LOCKED. saveChanges notifies the other replicas (channel
-// `payg_changes`, payload: the customer ids touched) when it commits.
+// FOR UPDATE SKIP LOCKED. saveChanges notifies the other replicas when it
+// commits: a commit of usage alone on `payg_usage` (per customer: micros added
+// and the running totals' new version), any other on `payg_changes` (the
+// customer ids touched, which followers read again).
 
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageRecord } from './store';
+import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
 import type { ReloadedCustomer } from '../engine';
 
 /** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
 export const CHANGES_CHANNEL = 'payg_changes';
+/**
+ * The NOTIFY channel a commit of usage alone writes to; its payload is a JSON array of
+ * [customer id, micros added, running-totals version]: followers add it to their books
+ * in version order without reading anything back (a gap in versions: they reload).
+ */
+export const USAGE_CHANNEL = 'payg_usage';
+/** [customer id, micros added, version] entries per usage NOTIFY (ids ≤ 60 characters: under 8000 bytes). */
+const USAGE_NOTIFY_CHUNK = 60;
 /** The NOTIFY channel rule and template switches write to; its payload names which: `rules` or `templates`. */
 export const SWITCHES_CHANNEL = 'payg_switches';
 export type SwitchKind = 'rules' | 'templates';
@@ -67,6 +77,9 @@ const MIGRATIONS: string[] = [
    ALTER TABLE cohort_transitions ALTER COLUMN balance TYPE DOUBLE PRECISION;`,
   // 3: as SQLite's 6: the console's usage by route for one customer reads that customer's recent events only (console-queries-postgres.ts)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
+  // 4: running totals carry a version, one more per commit that adds usage, so followers can apply
+  // the usage other replicas NOTIFY in order, and know when they missed some
+  `ALTER TABLE usage_totals ADD COLUMN version BIGINT NOT NULL DEFAULT 0;`,
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -96,6 +109,15 @@ function isUsageOnly(c: StoreChanges): boolean {
   return Boolean(c.usage?.length) && !c.upserts.length && !c.deletes.length && !c.transitions.length && !c.emails?.length
     && !c.confirmSettlements?.length && !c.failSettlement && !c.webhookEvent
     && c.usage!.every((u) => u.customerId === null || u.customerId.length <= 60);
+}
+
+/** A USAGE_CHANNEL payload, checked: [[customer id, micros, version], …]. */
+function parseUsageAdded(doc: unknown): UsageAdded[] {
+  if (!Array.isArray(doc)) throw new Error('usage notification is not an array');
+  return doc.map((e) => {
+    if (!Array.isArray(e) || typeof e[0] !== 'string' || !Number.isSafeInteger(e[1]) || !Number.isSafeInteger(e[2])) throw new Error('usage notification entry is malformed');
+    return { customerId: e[0], micros: e[1], version: e[2] };
+  });
 }
 
 /** Splits ids into JSON arrays that each fit one NOTIFY payload. */
@@ -197,24 +219,27 @@ export class PostgresStore implements Store {
     const rows = await this.rows(`SELECT c.*,
         (SELECT COALESCE(array_agg(m.cohort ORDER BY m.since, m.cohort), '{}') FROM memberships m WHERE m.customer_id = c.id) AS cohorts,
         (SELECT t.used_micros - t.settled * 1000000 FROM usage_totals t WHERE t.customer_id = c.id) AS unsettled_micros,
+        (SELECT t.version FROM usage_totals t WHERE t.customer_id = c.id) AS usage_version,
         (SELECT COALESCE(json_agg(s ORDER BY s.id), '[]') FROM settlements s WHERE s.customer_id = c.id AND s.status = 'pending') AS pending
       FROM customers c WHERE c.id = ANY($1)`, [ids]);
     return rows.map((r) => ({
       customer: { id: r.id, balance: r.balance, currency: r.currency, name: r.name, email: r.email, metadata: JSON.parse(r.metadata), version: r.version },
-      cohorts: r.cohorts as string[], unsettledMicros: r.unsettled_micros ?? 0, pending: (r.pending as Array<Record<string, any>>).map(toSettlement),
+      cohorts: r.cohorts as string[], unsettledMicros: r.unsettled_micros ?? 0, usageVersion: r.usage_version ?? 0,
+      pending: (r.pending as Array<Record<string, any>>).map(toSettlement),
     }));
   }
 
   /**
    * Follows other replicas' changes: LISTEN on a dedicated connection and call
-   * `onIds` with the customer ids each commit touched, `onSwitches` when rule or
+   * `onIds` with the customer ids each commit touched, `onUsage` with what a commit
+   * of usage alone added (in commit order), `onSwitches` when rule or
    * template switches changed. When the connection is lost it reconnects and
    * calls `onResync` (notifications in between are lost).
    */
   listenForChanges(handlers: {
-    onIds(ids: string[]): void; onSwitches(kind: SwitchKind): void; onResync(): void; onError(err: Error): void;
+    onIds(ids: string[]): void; onUsage(added: UsageAdded[]): void; onSwitches(kind: SwitchKind): void; onResync(): void; onError(err: Error): void;
   }, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
-    const { onIds, onSwitches, onResync, onError } = handlers;
+    const { onIds, onUsage, onSwitches, onResync, onError } = handlers;
     let client: pg.Client | undefined;
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
@@ -235,12 +260,15 @@ export class PostgresStore implements Store {
       c.on('notification', (n) => {
         if (this.ownSessions.has(n.processId)) return;
         if (n.channel === SWITCHES_CHANNEL && (n.payload === 'rules' || n.payload === 'templates')) { onSwitches(n.payload); return; }
-        if (n.channel !== CHANGES_CHANNEL || !n.payload) return;
-        try { onIds(JSON.parse(n.payload) as string[]); } catch (err) { onError(err as Error); }
+        if (!n.payload) return;
+        try {
+          if (n.channel === USAGE_CHANNEL) onUsage(parseUsageAdded(JSON.parse(n.payload)));
+          else if (n.channel === CHANGES_CHANNEL) onIds(JSON.parse(n.payload) as string[]);
+        } catch (err) { onError(err as Error); }
       });
       try {
         await c.connect();
-        await c.query(`LISTEN ${CHANGES_CHANNEL}; LISTEN ${SWITCHES_CHANNEL}`);
+        await c.query(`LISTEN ${CHANGES_CHANNEL}; LISTEN ${USAGE_CHANNEL}; LISTEN ${SWITCHES_CHANNEL}`);
         if (!first) onResync();
         first = false;
       } catch (err) {
@@ -266,9 +294,10 @@ export class PostgresStore implements Store {
     return (await this.rows('SELECT id FROM customers')).map((r) => r.id as string);
   }
 
-  async saveChanges(changes: StoreChanges): Promise<void> {
+  async saveChanges(changes: StoreChanges): Promise<SavedChanges> {
     if (isUsageOnly(changes)) return this.saveUsage(changes.usage!);
     const touched = new Set<string>();
+    const usageAdded: UsageAdded[] = [];
     await this.tx(async (c) => {
       const usage = changes.usage ?? [];
       if (usage.length) {
@@ -290,11 +319,13 @@ export class PostgresStore implements Store {
         // Rows locked in id order, so two replicas adding usage for the same customers never deadlock.
         const ids = [...added.keys()].sort();
         if (ids.length) {
-          await c.query(`INSERT INTO usage_totals (customer_id, used_micros, last_seq)
-            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+          const totals = await c.query(`INSERT INTO usage_totals (customer_id, used_micros, last_seq, version)
+            SELECT *, 1 FROM unnest($1::text[], $2::bigint[], $3::bigint[])
             ON CONFLICT (customer_id) DO UPDATE SET used_micros = usage_totals.used_micros + excluded.used_micros,
-              last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq)`,
+              last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq), version = usage_totals.version + 1
+            RETURNING customer_id, version`,
           [ids, ids.map((id) => added.get(id)!.micros), ids.map((id) => added.get(id)!.seq)]);
+          for (const r of totals.rows) usageAdded.push({ customerId: r.customer_id, micros: added.get(r.customer_id)!.micros, version: r.version });
         }
         for (const id of ids) touched.add(id);
       }
@@ -345,16 +376,18 @@ export class PostgresStore implements Store {
       // Delivered to listeners only when this transaction commits.
       for (const payload of notifyPayloads(touched)) await c.query('SELECT pg_notify($1, $2)', [CHANGES_CHANNEL, payload]);
     });
+    return { usageAdded };
   }
 
   /**
    * A batch of usage and nothing else (the hot path): one statement, so one round
    * trip and one commit. It stores the events not seen before, adds them to the
-   * running totals (rows locked in id order) and NOTIFYs the customers touched,
-   * in chunks of 100 ids (ids are at most 60 characters here: under 8000 bytes).
+   * running totals (rows locked in id order, version + 1) and NOTIFYs on
+   * USAGE_CHANNEL what each customer's total gained and its new version, in chunks
+   * of USAGE_NOTIFY_CHUNK; it answers the same, read from those payloads.
    */
-  private async saveUsage(usage: UsageRecord[]): Promise<void> {
-    await this.pool.query(`WITH ins AS (
+  private async saveUsage(usage: UsageRecord[]): Promise<SavedChanges> {
+    const r = await this.pool.query(`WITH ins AS (
         INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
         SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
           AS x(i, cu, co, a, r, st, m)
@@ -362,16 +395,21 @@ export class PostgresStore implements Store {
       ), added AS (
         SELECT customer_id, SUM(cost_micros)::bigint AS micros, MAX(seq) AS seq FROM ins WHERE customer_id IS NOT NULL GROUP BY customer_id
       ), totals AS (
-        INSERT INTO usage_totals (customer_id, used_micros, last_seq)
-        SELECT customer_id, micros, seq FROM added ORDER BY customer_id
+        INSERT INTO usage_totals (customer_id, used_micros, last_seq, version)
+        SELECT customer_id, micros, seq, 1 FROM added ORDER BY customer_id
         ON CONFLICT (customer_id) DO UPDATE SET used_micros = usage_totals.used_micros + excluded.used_micros,
-          last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq)
-        RETURNING customer_id
+          last_seq = GREATEST(usage_totals.last_seq, excluded.last_seq), version = usage_totals.version + 1
+        RETURNING customer_id, version
+      ), payloads AS (
+        SELECT json_agg(json_build_array(t.customer_id, a.micros, t.version))::text AS p
+        FROM (SELECT customer_id, version, (row_number() OVER (ORDER BY customer_id) - 1) / $10 AS chunk FROM totals) t
+          JOIN added a USING (customer_id)
+        GROUP BY t.chunk
       )
-      SELECT pg_notify($9, json_agg(customer_id)::text)
-      FROM (SELECT customer_id, (row_number() OVER (ORDER BY customer_id) - 1) / 100 AS chunk FROM totals) t GROUP BY chunk`, [
+      SELECT p, pg_notify($9, p) FROM payloads`, [
       usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
-      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), CHANGES_CHANNEL]);
+      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK]);
+    return { usageAdded: r.rows.flatMap((row) => parseUsageAdded(JSON.parse(row.p))) };
   }
 
   private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {

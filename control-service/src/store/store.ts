@@ -89,13 +89,22 @@ export interface SettlementRow {
   confirmedAt: number | null;
 }
 
+/**
+ * What a commit's usage added, per customer: the micros of the events stored
+ * now (not the ones another replica had stored first) and the customer's
+ * running-totals version after it (one more per commit that added usage).
+ */
+export interface UsageAdded { customerId: string; micros: number; version: number }
+export interface SavedChanges { usageAdded: UsageAdded[] }
+
 export interface Store {
   loadCustomers(): Promise<StoredCustomer[]>;
   /**
    * In one transaction: upserts customers, deletes the ids given, and records
-   * cohort transitions with the memberships they lead to.
+   * cohort transitions with the memberships they lead to. A store that
+   * versions running totals (PostgreSQL) answers what the usage in it added.
    */
-  saveChanges(changes: StoreChanges): Promise<void>;
+  saveChanges(changes: StoreChanges): Promise<SavedChanges | void>;
 
   /** Of these usage ids, the ones already stored. */
   knownUsageIds(ids: string[]): Promise<Set<string>>;
