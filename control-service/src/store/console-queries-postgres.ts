@@ -5,7 +5,7 @@
 // cannot take connections from the decision and usage path, nor write.
 
 import pg from 'pg';
-import { toSettlement } from './sqlite';
+import { toSettlement } from './rows';
 import { noEmails, noSettlements, VIEW_SQL, type ConsoleQueries, type SettlementView } from './console-queries';
 import type { EmailStatus, SettlementRow } from './store';
 

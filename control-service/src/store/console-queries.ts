@@ -6,7 +6,7 @@
 // console-queries-postgres.ts.
 
 import Database from 'better-sqlite3';
-import { toSettlement } from './sqlite';
+import { toSettlement } from './rows';
 import type { EmailStatus, SettlementRow } from './store';
 
 export interface ConsoleQueries {

@@ -12,6 +12,7 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
+import { toOutboxRow, toSettlement } from './rows';
 import type { ReloadedCustomer } from '../engine';
 
 /** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
@@ -87,22 +88,6 @@ const types = {
   getTypeParser: ((oid: number, format?: string) =>
     oid === pg.types.builtins.INT8 ? Number : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
 };
-
-function toSettlement(r: Record<string, any>): SettlementRow {
-  return {
-    id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
-    idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
-    createdAt: r.created_at, confirmedAt: r.confirmed_at,
-  };
-}
-
-function toOutboxRow(r: Record<string, any>): OutboxRow {
-  return {
-    id: r.id, dedupeKey: r.dedupe_key, templateId: r.template_id, customerId: r.customer_id, to: r.to_address, context: r.context,
-    createdAt: r.created_at, status: r.status, attempts: r.attempts, nextAttemptAt: r.next_attempt_at, lastError: r.last_error,
-    messageId: r.message_id, deliveredAt: r.delivered_at,
-  };
-}
 
 /** Only usage, for customer ids short enough that 100 of them fit one NOTIFY payload. */
 function isUsageOnly(c: StoreChanges): boolean {

@@ -4,6 +4,7 @@
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import { toOutboxRow, toSettlement } from './rows';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -65,22 +66,6 @@ const MIGRATIONS: string[] = [
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
 ];
-
-export function toSettlement(r: Record<string, any>): SettlementRow {
-  return {
-    id: r.id, customerId: r.customer_id, fromSeq: r.from_seq, uptoSeq: r.upto_seq, amount: r.amount, currency: r.currency, mode: r.mode,
-    idempotencyKey: r.idempotency_key, status: r.status, attempts: r.attempts, lastError: r.last_error, stripeRef: r.stripe_ref,
-    createdAt: r.created_at, confirmedAt: r.confirmed_at,
-  };
-}
-
-function toOutboxRow(r: Record<string, any>): OutboxRow {
-  return {
-    id: r.id, dedupeKey: r.dedupe_key, templateId: r.template_id, customerId: r.customer_id, to: r.to_address, context: r.context,
-    createdAt: r.created_at, status: r.status, attempts: r.attempts, nextAttemptAt: r.next_attempt_at, lastError: r.last_error,
-    messageId: r.message_id, deliveredAt: r.delivered_at,
-  };
-}
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
