@@ -170,7 +170,14 @@ export class LeaseDesk {
    */
   settle(events: Array<{ id: string; consumer: string; lease?: unknown; reserved?: number }>): void {
     const now = this.now();
-    for (const e of events) if (typeof e.lease === 'string') this.book.settle(e.lease, e.id, now, e.reserved, e.consumer);
+    const freed = new Set<string>();
+    for (const e of events) {
+      if (typeof e.lease !== 'string' || !this.book.settle(e.lease, e.id, now, e.reserved, e.consumer)) continue;
+      // What the request reserved beyond its real cost is free again: a customer refused meanwhile may be served.
+      const customerId = this.engine.resolve(e.consumer);
+      if (customerId !== undefined) freed.add(customerId);
+    }
+    if (freed.size) this.wake([...freed]);
   }
 
   leasesOf(customerId: string): Array<Record<string, unknown>> {
