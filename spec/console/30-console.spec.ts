@@ -2,7 +2,7 @@
 // (Stripe emulator, SMTP capture, real plugin server) after the demo story
 // has played: sign-in, every page, a rule switched off changing decisions,
 // an email previewed and test-sent, a wrong token refused.
-// PAYG_SCREENSHOTS=docs writes the README's screenshots to docs/.
+// PAYG_SCREENSHOTS=docs writes the screenshots README.md and docs/control-service.md show to docs/.
 import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';

@@ -92,7 +92,7 @@ describe('lease book (pure)', () => {
       };
       for (let step = 0; step < 3000; step++) {
         now += Math.floor(rand() * 20);
-        // The bound the book relies on (README): a live node's usage arrives within usage_grace_ms.
+        // The bound the book relies on (docs/control-service.md, Exact credit on every node: Bounds): a live node's usage arrives within usage_grace_ms.
         for (const n of nodes) while (n.queue.length && n.queue[0].at <= now - OPTS.usageGraceMs + 20) deliver(n.queue.shift()!);
         const node = nodes[Math.floor(rand() * nodes.length)];
         const r = rand();

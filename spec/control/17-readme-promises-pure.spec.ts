@@ -1,4 +1,4 @@
-// README promises whose behaviour lives in pure modules (cohorts, rules, the
+// Promises of docs/control-service.md whose behaviour lives in pure modules (cohorts, rules, the
 // email workflow, merge tags, pricing) or in the Stripe gateway with its I/O
 // and its sleep injected. Each test names what a user would see.
 import { expect } from 'chai';
@@ -15,7 +15,7 @@ const customer = (fields: Partial<Customer> = {}): Customer => ({
   id: 'cus_a', balance: 0, currency: 'usd', name: 'Ada Lovelace', email: 'ada@example.com', metadata: {}, ...fields,
 });
 
-describe('README promises: cohorts, rules, emails, merge tags, pricing (pure)', () => {
+describe('docs/control-service.md promises: cohorts, rules, emails, merge tags, pricing (pure)', () => {
   describe('cohort filters: every operator', () => {
     const at = (balance: number, filter: Filter) => matches(filter, customer({ balance }));
     it('balance gte / gt / lte / lt / eq hold exactly at their bounds', () => {
@@ -128,7 +128,7 @@ describe('README promises: cohorts, rules, emails, merge tags, pricing (pure)', 
   });
 });
 
-describe('README promises: the Stripe gateway (injected sleep, no network)', () => {
+describe('docs/control-service.md promises: the Stripe gateway (injected sleep, no network)', () => {
   /** A gateway whose waits are recorded and skipped. */
   function gateway(extra: { maxRequestsPerSecond?: number; maxAttempts?: number } = {}) {
     const sleeps: number[] = [];

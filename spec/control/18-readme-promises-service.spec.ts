@@ -1,4 +1,4 @@
-// README promises that need the running control service: the Stripe emulator
+// Promises of docs/control-service.md and docs/operations.md that need the running control service: the Stripe emulator
 // behind it, the SMTP capture (or no SMTP at all), its HTTP API and its store.
 // Each test names what an operator or a customer would see.
 import { expect } from 'chai';
@@ -19,7 +19,7 @@ const CONTROL = 'control-token-for-tests';
 const WEBHOOK_SECRET = 'whsec_promises';
 const NEVER = '0 0 1 1 *'; // cron: once a year, i.e. not during a test
 
-describe('README promises: the running control service', function () {
+describe('docs/control-service.md and docs/operations.md promises: the running control service', function () {
   this.timeout(20_000);
   let dir: string;
   let stripe: StripeEmulator;
@@ -287,7 +287,7 @@ describe('README promises: the running control service', function () {
       expect(await down.json()).to.include({ status: 'down', store: 'unreachable' });
     });
 
-    it('/metrics carries every series README names, with the values they count', async () => {
+    it('/metrics carries every series docs/control-service.md and docs/operations.md name, with the values they count', async () => {
       smtp = await new SmtpCapture().start();
       const c = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: 0, metadata: { kong_consumer: 'shared' } });
       stripe.create({ balance: -100, metadata: { kong_consumer: 'shared' } });

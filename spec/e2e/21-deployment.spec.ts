@@ -1,7 +1,7 @@
 // The deployment files CI cannot start (no Docker engine here), checked
 // against what they feed: docker-compose.yml's services, ports and env against
 // kong.yml, the control service's config and the Dockerfiles; .env.example
-// against the secrets both read; README's plugin table against the schema
+// against the secrets both read; docs/plugin.md's config table against the schema
 // payg-pluginserver dumps for Kong.
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
@@ -116,7 +116,7 @@ describe('deployment files', () => {
     expect(mounts(control).get('./control-service/payg.replicas.example.yml')).to.equal(configTarget);
     expect(mounts(control).get('./control-service/templates')).to.equal(path.posix.join(path.posix.dirname(configTarget), 'templates'));
     const config = loadConfig(path.join(ROOT, 'control-service/payg.replicas.example.yml'), { PAYG_DATABASE_URL: 'postgres://payg:x@postgres:5432/payg' });
-    // The one-process path (README): payg.example.yml's SQLite file goes in a folder the image makes for it.
+    // The one-process path (docs/operations.md): payg.example.yml's SQLite file goes in a folder the image makes for it.
     const sole = loadConfig(path.join(ROOT, 'control-service/payg.example.yml'), {});
     expect(dockerfile).to.include(`mkdir -p ${path.posix.dirname(sole.sqlitePath)}`);
     for (const e of config.emails) expect(e.html ?? e.text).to.be.a('function'); // every template file resolved and compiled
@@ -176,7 +176,7 @@ describe('deployment files', () => {
   });
 });
 
-describe('README\'s plugin config reference', () => {
+describe('docs/plugin.md\'s plugin config reference', () => {
   it('lists exactly the dumped schema\'s fields, with their defaults', () => {
     const run = spawnSync(process.execPath, [PAYG_PLUGINSERVER, '--dump-all-plugins'], { encoding: 'utf8' });
     const fields = JSON.parse(run.stdout)[0].Schema.fields[0].config.fields as Array<Record<string, { type: string; default?: unknown; fields?: unknown[] }>>;
@@ -189,8 +189,8 @@ describe('README\'s plugin config reference', () => {
     };
     walk(fields, '');
 
-    const readme = read('README.md');
-    const section = readme.slice(readme.indexOf('## The plugin `payg`'), readme.indexOf('\n## ', readme.indexOf('## The plugin `payg`') + 5));
+    const doc = read('docs/plugin.md');
+    const section = doc.slice(doc.indexOf('## Configuration'), doc.indexOf('\n## ', doc.indexOf('## Configuration') + 5));
     const rows = new Map<string, { type: string; default: string }>();
     for (const line of section.split('\n')) {
       const cells = line.split(/(?<!\\)\|/).map((c) => c.trim()); // "\|" inside a cell is not a separator

@@ -39,7 +39,7 @@ describe('payg schema (payg-pluginserver --dump-all-plugins)', () => {
     expect(dump[0].Phases).to.have.members(['access', 'log']);
   });
 
-  it("carries every field of README's plugin config table, each with a description", () => {
+  it("carries every field of the plugin config table in docs/plugin.md, each with a description", () => {
     const names = fields.map((e) => Object.keys(e)[0]);
     expect(names).to.include.members(CONTRACT_FIELDS);
     for (const entry of fields) {
@@ -48,7 +48,7 @@ describe('payg schema (payg-pluginserver --dump-all-plugins)', () => {
     }
   });
 
-  it("gives README's defaults and validation", () => {
+  it("gives the defaults and validation docs/plugin.md states", () => {
     const f = Object.assign({}, ...fields) as Record<string, any>;
     expect(f.control_service_url).to.include({ type: 'string', required: true });
     expect(f.consumer_field).to.deep.include({ type: 'string', default: 'custom_id', one_of: ['custom_id', 'username', 'id'] });

@@ -1,4 +1,4 @@
-// README promises of the plugin's edges, checked on the modules themselves:
+// Promises of docs/plugin.md (and the plugin's part of docs/operations.md) about the plugin's edges, checked on the modules themselves:
 // the control client against a loopback fake of the control service, the
 // usage queue sending through it, and the decision (lease) cache with a fake transport.
 import { expect } from 'chai';
@@ -7,7 +7,7 @@ import { LeaseCache } from '../../plugin/src/lease-cache';
 import { UsageQueue, type UsageEvent } from '../../plugin/src/usage-queue';
 import { FakeControlService, block } from '../../testkit/fake-control-service';
 
-describe('README promises: the plugin\'s control client, usage queue and decision cache', () => {
+describe('docs/plugin.md promises: the plugin\'s control client, usage queue and decision cache', () => {
   let fake: FakeControlService;
   let client: ControlClient;
 
