@@ -365,7 +365,14 @@ function PreviewFrame(props: { src: string }) {
   const [height, setHeight] = useState<number>();
   const measure = (e: Event) => {
     const doc = (e.currentTarget as HTMLIFrameElement).contentDocument;
-    setHeight(doc?.documentElement ? Math.min(2000, Math.max(60, Math.ceil(doc.documentElement.getBoundingClientRect().height))) : undefined);
+    const body = doc?.body;
+    if (!doc || !body || !doc.defaultView) return setHeight(undefined);
+    // Where the content ends (an email without a doctype lays out in quirks mode, whose <html> fills the frame).
+    const range = doc.createRange();
+    range.selectNodeContents(body);
+    const style = doc.defaultView.getComputedStyle(body);
+    const bottom = range.getBoundingClientRect().bottom + parseFloat(style.paddingBottom) + parseFloat(style.marginBottom) + 16;
+    setHeight(Math.min(2000, Math.max(60, Math.ceil(bottom))));
   };
   return <iframe sandbox="allow-same-origin" title="HTML preview" src={props.src} class={height ? undefined : 'fill'} height={height} onLoad={measure} data-testid="preview-html" />;
 }
