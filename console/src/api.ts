@@ -39,11 +39,17 @@ export function money(minor: number | null | undefined, currency: string | null 
   let fmt: Intl.NumberFormat;
   try { fmt = new Intl.NumberFormat('en-US', { style: 'currency', currency: code }); } catch { fmt = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD' }); }
   const digits = fmt.resolvedOptions().maximumFractionDigits ?? 2;
-  return fmt.format(minor / 10 ** digits);
+  return fmt.format(minor / 10 ** digits + 0); // + 0: never "-$0.00"
 }
 
-/** Stripe balances are negative for credit: operators read credit. */
-export const credit = (balance: number, currency: string | null) => money(-balance || 0, currency);
+/**
+ * Stripe balances are negative for credit and positive for what the customer
+ * owes: operators read the credit left ("$5.00"), or "owes $2.50".
+ */
+export const credit = (balance: number, currency: string | null) => (balance > 0 ? `owes ${money(balance, currency)}` : money(-balance, currency));
+
+/** A chart's credit axis (credit positive, debt negative). */
+export const creditAxis = (v: number, currency: string | null) => (v < 0 ? `owes ${money(-v, currency)}` : money(v, currency));
 
 export function ago(iso: string | null | undefined): string {
   if (!iso) return '—';

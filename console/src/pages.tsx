@@ -1,12 +1,14 @@
 // The console's pages: overview, cohorts, customers, one customer, rules,
 // email templates and settlements.
+import type { JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { ago, api, credit, money, when } from './api';
-import { Badge, Bars, Card, Empty, LineChart, Loading, Page, Stat, Table, useApi } from './ui';
+import { ago, api, credit, creditAxis, money, when } from './api';
+import { Badge, BarChart, Card, Empty, LineChart, Loading, Page, Stat, Table, useApi } from './ui';
 
 type Sums = Record<string, number[]>;
 interface Overview {
   customers: number; conflicts: number;
+  owing: { customers: number; amounts: Record<string, number> };
   cohorts: Array<{ id: string; size: number }>;
   cohort_history: Array<{ cohort: string; points: Array<[number, number]> }>;
   blocks_per_minute: { minutes: number[]; rules: Sums };
@@ -19,10 +21,14 @@ interface Overview {
 interface CustomerRow { id: string; name: string | null; email: string | null; currency: string | null; consumer: string | null; balance: number; estimated_balance: number; unsettled_usage: number; cohorts: string[]; blocked: boolean }
 interface EmailRow { id: number; template: string; customer: string; to: string; status: string; attempts: number; created_at: string; delivered_at: string | null; last_error: string | null; message_id: string | null }
 interface SettlementCounts { pending: number; retrying: number; failed: number; confirmed: number }
-interface SettlementRow { id: number; customer: string; amount: number; currency: string; formatted: string; mode: string; status: string; attempts: number; stripe_ref: string | null; idempotency_key: string; last_error: string | null; created_at: string; confirmed_at: string | null }
+interface SettlementRow { id: number; customer: string; customer_name: string | null; amount: number; currency: string; formatted: string; mode: string; status: string; attempts: number; stripe_ref: string | null; idempotency_key: string; last_error: string | null; created_at: string; confirmed_at: string | null }
 
 const link = (href: string, text: string) => <a href={href}>{text}</a>;
 const customerLink = (id: string) => link(`#/customers/${encodeURIComponent(id)}`, id);
+/** Credit left, or what the customer owes (in red). */
+const Credit = (props: { balance: number; currency: string | null }) => <span class={props.balance > 0 ? 'bad-text' : undefined}>{credit(props.balance, props.currency)}</span>;
+/** The same for a stat's big figure: "owes" smaller, so the amount keeps one line. */
+const creditFigure = (balance: number, currency: string | null) => (balance > 0 ? <><span class="owes">owes </span>{money(balance, currency)}</> : credit(balance, currency));
 const perMinute = (m: Sums) => Object.entries(m).map(([rule, v]) => ({ rule, v, total: v.reduce((a, b) => a + b, 0), last: v[v.length - 1] }));
 const statusTone = (s: string) => (s === 'delivered' || s === 'confirmed' ? 'ok' : s === 'failed' ? 'bad' : s === 'cancelled' || s === 'stale' ? 'muted' : 'warn');
 
@@ -44,31 +50,39 @@ export function OverviewPage() {
         <Stat label="Emails failed" value={data.emails.failed} tone={data.emails.failed ? 'bad' : 'ok'} hint={`${data.emails.stale ?? 0} stale: no longer true, not sent`} testid="stat-emails-failed" />
         <Stat label="Settlements pending" value={data.settlements.pending + data.settlements.retrying} tone={data.settlements.retrying ? 'warn' : 'ok'} hint={`${data.settlements.retrying} retrying · ${data.settlements.confirmed} confirmed`} testid="stat-settlements-pending" />
         <Stat label="Settlements failed" value={data.settlements.failed} tone={data.settlements.failed ? 'bad' : 'ok'} hint="refused by Stripe for good" testid="stat-settlements-failed" />
+        <Stat label="Customers who owe" value={data.owing.customers.toLocaleString()} tone={data.owing.customers ? 'warn' : 'ok'} testid="stat-owing"
+          hint={Object.entries(data.owing.amounts).map(([cur, v]) => credit(v, cur)).join(' · ') || 'nobody owes'} />
         <Stat label="Consumer conflicts" value={data.conflicts} tone={data.conflicts ? 'warn' : 'ok'} />
       </div>
       <div class="grid2">
         <Card title="Cohort sizes, last 14 days">
-          <LineChart step series={data.cohort_history.map((h) => ({ name: h.cohort, points: h.points }))} testid="cohort-chart" />
+          <LineChart step integer series={data.cohort_history.map((h) => ({ name: h.cohort, points: h.points }))} testid="cohort-chart" />
           <Table rowKey={(r) => r.id} rows={data.cohorts} initialSort="id" empty={<Empty title="No cohorts">Add <code>cohorts:</code> to the config file.</Empty>} columns={[
             { key: 'id', label: 'Cohort', render: (r) => link(`#/customers?cohort=${encodeURIComponent(r.id)}`, r.id), value: (r) => r.id },
             { key: 'size', label: 'Members now', render: (r) => r.size.toLocaleString(), value: (r) => r.size, align: 'right' },
           ]} />
         </Card>
         <Card title="Blocks per minute, last hour">
-          <Table rowKey={(r) => r.rule} rows={blocks} testid="blocks-table" empty={<Empty title="Nothing blocked in the last hour">Blocked calls show here per rule as they happen.</Empty>} columns={[
-            { key: 'rule', label: 'Rule', render: (r) => r.rule, value: (r) => r.rule },
-            { key: 'bars', label: '60 min', render: (r) => <Bars values={r.v} label={`blocks per minute of ${r.rule}`} /> },
-            { key: 'total', label: 'Total', render: (r) => r.total, value: (r) => r.total, align: 'right' },
-          ]} />
+          <RuleBars rules={blocks} minutes={data.blocks_per_minute.minutes} unit="blocked" testid="blocks-chart"
+            empty={<Empty title="Nothing blocked in the last hour">Blocked calls show here per rule as they happen.</Empty>} />
           <h3>Would-blocks of log-only rules</h3>
-          <Table rowKey={(r) => r.rule} rows={would} empty={<Empty title="No would-blocks">A <code>log_only</code> rule counts here the calls it would have refused.</Empty>} columns={[
-            { key: 'rule', label: 'Rule', render: (r) => r.rule, value: (r) => r.rule },
-            { key: 'bars', label: '60 min', render: (r) => <Bars values={r.v} label={`would-blocks per minute of ${r.rule}`} /> },
-            { key: 'total', label: 'Total', render: (r) => r.total, value: (r) => r.total, align: 'right' },
-          ]} />
+          <RuleBars rules={would} minutes={data.would_blocks_per_minute.minutes} unit="would have been blocked" testid="would-blocks-chart"
+            empty={<Empty title="No would-blocks">A <code>log_only</code> rule counts here the calls it would have refused.</Empty>} />
         </Card>
       </div>
     </Page>
+  );
+}
+
+function RuleBars(props: { rules: ReturnType<typeof perMinute>; minutes: number[]; unit: string; testid: string; empty: JSX.Element }) {
+  if (!props.rules.length) return props.empty;
+  return (
+    <div data-testid={props.testid}>{[...props.rules].sort((a, b) => (a.rule < b.rule ? -1 : 1)).map((r) => (
+      <figure class="rule-bars">
+        <figcaption><b>{r.rule}</b> <span class="muted">{r.total.toLocaleString()} in the last hour · peak {Math.max(...r.v)} a minute</span></figcaption>
+        <BarChart values={r.v} minutes={props.minutes} unit={props.unit} label={`${r.rule}: calls ${props.unit} per minute over the last hour, ${r.total} in all`} />
+      </figure>
+    ))}</div>
   );
 }
 
@@ -123,7 +137,7 @@ export function CustomersPage(props: { query: URLSearchParams }) {
               <tr key={c.id}>
                 <td>{customerLink(c.id)}</td><td>{c.name ?? '—'}<div class="muted small">{c.email}</div></td><td>{c.consumer ?? '—'}</td>
                 <td>{c.cohorts.map((x) => <Badge>{x}</Badge>)}</td>
-                <td class="right num">{credit(c.estimated_balance, c.currency)}</td><td class="right num">{money(c.unsettled_usage, c.currency)}</td>
+                <td class="right num"><Credit balance={c.estimated_balance} currency={c.currency} /></td><td class="right num">{money(c.unsettled_usage, c.currency)}</td>
                 <td>{c.blocked ? <Badge tone="bad">blocked</Badge> : <Badge tone="ok">allowed</Badge>}</td>
               </tr>
             ))}</tbody>
@@ -155,14 +169,14 @@ export function CustomerPage(props: { id: string }) {
     <Page title={c.name ?? c.id} sub={<>{c.id}{c.email && <> · {c.email}</>}{c.consumer && <> · consumer <code>{c.consumer}</code></>}</>}
       actions={<a class="button" href={c.stripe_dashboard_url} target="_blank" rel="noreferrer noopener">Open in Stripe ↗</a>}>
       <div class="stats">
-        <Stat label="Stripe balance (credit)" value={credit(c.balance, c.currency)} testid="stat-stripe-balance" />
+        <Stat label="Stripe balance (credit)" value={creditFigure(c.balance, c.currency)} tone={c.balance > 0 ? 'bad' : undefined} testid="stat-stripe-balance" />
         <Stat label="Unsettled usage" value={money(c.unsettled_usage, c.currency)} />
-        <Stat label="Estimated credit" value={credit(c.estimated_balance, c.currency)} tone={c.estimated_balance >= 0 ? 'bad' : 'ok'} testid="stat-estimated" />
+        <Stat label="Estimated credit" value={creditFigure(c.estimated_balance, c.currency)} tone={c.estimated_balance >= 0 ? 'bad' : 'ok'} testid="stat-estimated" />
         <Stat label="Access now" value={c.blocked ? 'blocked' : 'allowed'} tone={c.blocked ? 'bad' : 'ok'} hint={c.blocked ? `rule ${String(c.decision.rule)}` : c.decision_outcome === 'would_block' ? 'a log-only rule would block' : undefined} testid="stat-access" />
       </div>
       <div class="grid2">
         <Card title="Estimated credit over time">
-          <LineChart step series={[{ name: 'credit', points: c.balance_history.map(([t, b]) => [t, -b]) }]} format={(v) => money(v, c.currency)} testid="balance-chart" />
+          <LineChart step series={[{ name: 'credit', points: c.balance_history.map(([t, b]) => [t, -b]) }]} format={(v) => creditAxis(v, c.currency)} testid="balance-chart" />
           <p class="muted small">From cohort transitions and the balances seen at recent decisions.</p>
         </Card>
         <Card title="Cohort transitions">
@@ -170,7 +184,7 @@ export function CustomerPage(props: { id: string }) {
             { key: 'at', label: 'When', render: (r) => when(r.at), value: (r) => r.at },
             { key: 'kind', label: '', render: (r) => <Badge tone={r.kind === 'enter' ? 'warn' : 'ok'}>{r.kind}</Badge> },
             { key: 'cohort', label: 'Cohort', render: (r) => r.cohort, value: (r) => r.cohort },
-            { key: 'balance', label: 'Credit then', render: (r) => credit(r.balance, c.currency), value: (r) => -r.balance, align: 'right' },
+            { key: 'balance', label: 'Credit then', render: (r) => <Credit balance={r.balance} currency={c.currency} />, value: (r) => -r.balance, align: 'right' },
           ]} />
         </Card>
       </div>
@@ -182,31 +196,32 @@ export function CustomerPage(props: { id: string }) {
           { key: 'consumer', label: 'Consumer', render: (r) => r.consumer },
         ]} />
       </Card>
-      <div class="grid2">
-        <Card title="Usage by route">
+      <Card title="Usage by route">
           <Table rowKey={(r) => String(r.route)} rows={c.usage_by_route} initialSort="route" empty={<Empty title="No usage recorded">Calls through Kong are metered here once the plugin reports them.</Empty>} columns={[
             { key: 'route', label: 'Route', render: (r) => r.route ?? '(none)', value: (r) => r.route ?? '' },
             { key: 'requests', label: 'Requests', render: (r) => r.requests.toLocaleString(), value: (r) => r.requests, align: 'right' },
             { key: 'cost', label: 'Cost', render: (r) => money(r.cost, c.currency), value: (r) => r.cost, align: 'right' },
           ]} />
-        </Card>
-        <Card title="Settlements">
-          <SettlementTable rows={c.settlements} />
-        </Card>
-      </div>
+      </Card>
+      <Card title="Settlements">
+        <SettlementTable rows={c.settlements} showCustomer={false} />
+      </Card>
       <Card title="Emails"><EmailLogTable rows={c.emails} /></Card>
     </Page>
   );
 }
 
-function SettlementTable(props: { rows: SettlementRow[] }) {
+/** On a customer's page (showCustomer false) the customer column is left out: the page names them. */
+function SettlementTable(props: { rows: SettlementRow[]; showCustomer?: boolean }) {
   return <Table rowKey={(r) => String(r.id)} rows={props.rows} testid="settlements-table" empty={<Empty title="No settlements">Usage is settled to Stripe on the <code>metering.settle.schedule</code>; nothing has been charged yet.</Empty>} columns={[
     { key: 'id', label: '#', render: (r) => r.id, value: (r) => r.id },
-    { key: 'customer', label: 'Customer', render: (r) => customerLink(r.customer), value: (r) => r.customer },
+    ...(props.showCustomer === false ? [] : [{ key: 'customer', label: 'Customer', render: (r: SettlementRow) => (
+      <>{link(`#/customers/${encodeURIComponent(r.customer)}`, r.customer_name ?? r.customer)}{r.customer_name !== null && <div class="muted small"><code>{r.customer}</code></div>}</>
+    ), value: (r: SettlementRow) => r.customer_name ?? r.customer }]),
     { key: 'amount', label: 'Amount', render: (r) => r.formatted, value: (r) => r.amount, align: 'right' },
     { key: 'status', label: 'Status', render: (r) => <span title={r.last_error ?? ''}><Badge tone={statusTone(r.status)}>{r.status}</Badge></span>, value: (r) => r.status },
-    { key: 'ref', label: 'Stripe reference', render: (r) => (r.stripe_ref ? <code>{r.stripe_ref}</code> : <span class="muted small" title={r.idempotency_key}>{r.last_error ?? 'not confirmed yet'}</span>) },
-    { key: 'created', label: 'Created', render: (r) => when(r.created_at), value: (r) => r.created_at },
+    { key: 'ref', label: 'Stripe reference', render: (r) => (r.stripe_ref ? <code class="ref">{r.stripe_ref}</code> : <span class="muted small" title={r.idempotency_key}>{r.last_error ?? 'not confirmed yet'}</span>) },
+    { key: 'created', label: 'Created', render: (r) => <span class="nowrap">{when(r.created_at)}</span>, value: (r) => r.created_at },
   ]} />;
 }
 
@@ -261,7 +276,7 @@ export function RulesPage() {
           <Table rowKey={(r) => r.id} rows={preview.customers} empty={<Empty title="Nobody would be blocked">No customer is in this rule's cohort (or an earlier rule already decides for them).</Empty>} columns={[
             { key: 'id', label: 'Customer', render: (r) => customerLink(r.id), value: (r) => r.id },
             { key: 'name', label: 'Name', render: (r) => r.name ?? '—', value: (r) => r.name },
-            { key: 'credit', label: 'Estimated credit', render: (r) => credit(r.estimated_balance, r.currency), value: (r) => -r.estimated_balance, align: 'right' },
+            { key: 'credit', label: 'Estimated credit', render: (r) => <Credit balance={r.estimated_balance} currency={r.currency} />, value: (r) => -r.estimated_balance, align: 'right' },
             { key: 'now', label: 'Now', render: (r) => (r.blocked ? <Badge tone="bad">blocked</Badge> : <Badge tone="ok">allowed</Badge>) },
           ]} />
         </Card>
@@ -323,8 +338,8 @@ export function EmailsPage() {
             <div class="email-preview">
               <div class="email-subject" data-testid="preview-subject"><span class="muted">Subject</span> {preview.subject} {preview.sample && <Badge>sample data</Badge>}</div>
               <div class="grid2">
-                <div><h3>HTML</h3><iframe sandbox="" title="HTML preview" src={`/console/api/emails/${encodeURIComponent(current)}/preview.html?${query}`} data-testid="preview-html" /></div>
-                <div><h3>Text</h3><pre data-testid="preview-text">{preview.text ?? '(no text part)'}</pre></div>
+                <div class="part"><h3>HTML</h3><PreviewFrame src={`/console/api/emails/${encodeURIComponent(current)}/preview.html?${query}`} /></div>
+                <div class="part"><h3>Text</h3><pre data-testid="preview-text">{preview.text ?? '(no text part)'}</pre></div>
               </div>
             </div>
           )}
@@ -336,6 +351,30 @@ export function EmailsPage() {
       </Card>
     </Page>
   );
+}
+
+/**
+ * The email's HTML in a frame without scripts, as tall as what it holds: its
+ * height is read from the frame's document once loaded, when the frame may be
+ * read (sandboxed without scripts, same origin only so that the console can
+ * measure it). A frame the console cannot read (the preview answers with a CSP
+ * sandbox of an opaque origin) is as tall as the text part beside it, which
+ * holds the same words.
+ */
+function PreviewFrame(props: { src: string }) {
+  const [height, setHeight] = useState<number>();
+  const measure = (e: Event) => {
+    const doc = (e.currentTarget as HTMLIFrameElement).contentDocument;
+    const body = doc?.body;
+    if (!doc || !body || !doc.defaultView) return setHeight(undefined);
+    // Where the content ends (an email without a doctype lays out in quirks mode, whose <html> fills the frame).
+    const range = doc.createRange();
+    range.selectNodeContents(body);
+    const style = doc.defaultView.getComputedStyle(body);
+    const bottom = range.getBoundingClientRect().bottom + parseFloat(style.paddingBottom) + parseFloat(style.marginBottom) + 16;
+    setHeight(Math.min(2000, Math.max(60, Math.ceil(bottom))));
+  };
+  return <iframe sandbox="allow-same-origin" title="HTML preview" src={props.src} class={height ? undefined : 'fill'} height={height} onLoad={measure} data-testid="preview-html" />;
 }
 
 export function SettlementsPage() {

@@ -92,50 +92,95 @@ export function Table<R>(props: { rows: R[]; columns: Column<R>[]; empty: JSX.El
 }
 
 const PALETTE = ['#4f46e5', '#db2777', '#059669', '#d97706', '#0891b2', '#7c3aed'];
+/** Series that coincide stay apart: each has its own dash, marker and width (earlier ones wider, drawn underneath). */
+const DASHES = ['', '7 4', '2 3', '10 3 2 3', '4 4', '1 2'];
+const MARKERS = ['circle', 'square', 'triangle', 'diamond', 'circle', 'square'] as const;
 
-/** A line chart of one or more series over time, in SVG (no chart library for this much). */
-export function LineChart(props: { series: Array<{ name: string; points: Array<[number, number]> }>; format?: (v: number) => string; height?: number; step?: boolean; testid?: string }) {
-  const W = 640; const H = props.height ?? 180; const L = 56; const R = 12; const T = 12; const B = 24;
+function Marker(props: { shape: typeof MARKERS[number]; x: number; y: number; r: number; color: string }) {
+  const { x, y, r, color } = props;
+  if (props.shape === 'circle') return <circle cx={x} cy={y} r={r} fill={color} />;
+  if (props.shape === 'square') return <rect x={x - r} y={y - r} width={2 * r} height={2 * r} fill={color} />;
+  if (props.shape === 'triangle') return <path d={`M${x},${y - r * 1.3}L${x + r * 1.2},${y + r}L${x - r * 1.2},${y + r}Z`} fill={color} />;
+  return <path d={`M${x},${y - r * 1.4}L${x + r * 1.4},${y}L${x},${y + r * 1.4}L${x - r * 1.4},${y}Z`} fill={color} />;
+}
+
+/** A line chart of one or more series over time, in SVG (no chart library for this much), with a legend giving each series' latest value. */
+export function LineChart(props: { series: Array<{ name: string; points: Array<[number, number]> }>; format?: (v: number) => string; height?: number; step?: boolean; integer?: boolean; testid?: string }) {
+  const W = 640; const H = props.height ?? 180; const L = 78; const R = 14; const T = 14; const B = 24;
   const all = props.series.flatMap((s) => s.points);
   if (!all.length) return <div class="chart-empty">No data yet.</div>;
   const xs = all.map((p) => p[0]); const ys = all.map((p) => p[1]);
   const x0 = Math.min(...xs); const x1 = Math.max(...xs, x0 + 1);
-  let y0 = Math.min(0, ...ys); let y1 = Math.max(...ys);
-  if (y1 === y0) { y1 += 1; y0 -= y0 === 0 ? 0 : 1; }
+  let y0 = Math.min(0, ...ys); let y1 = Math.max(0, ...ys);
+  if (y1 === y0) y1 += 1;
   const sx = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y: number) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const fmt = props.format ?? ((v: number) => String(Math.round(v)));
-  const ticks = [y0, (y0 + y1) / 2, y1];
-  const path = (pts: Array<[number, number]>) => pts.map((p, i) => {
-    if (i === 0) return `M${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`;
-    return props.step ? `H${sx(p[0]).toFixed(1)}V${sy(p[1]).toFixed(1)}` : `L${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`;
+  // Three ticks, whole numbers on a count axis, none repeated.
+  const ticks = [...new Set([y0, (y0 + y1) / 2, y1].map((t) => (props.integer ? Math.round(t) : t)))];
+  // Series drawn over each other are moved a few pixels apart (diagonally, so steps separate too).
+  const shift = (i: number) => (i - (props.series.length - 1) / 2) * 3;
+  const path = (pts: Array<[number, number]>, d: number) => pts.map((p, i) => {
+    const x = (sx(p[0]) + d).toFixed(1); const y = (sy(p[1]) - d).toFixed(1);
+    if (i === 0) return `M${x},${y}`;
+    return props.step ? `H${x}V${y}` : `L${x},${y}`;
   }).join('');
   const dateFmt = (t: number) => new Date(t).toLocaleString('en-GB', x1 - x0 > 2 * 86_400_000 ? { day: 'numeric', month: 'short' } : { hour: '2-digit', minute: '2-digit' });
+  const n = props.series.length;
+  const last = (s: { points: Array<[number, number]> }) => s.points[s.points.length - 1]?.[1];
+  const summary = props.series.map((s) => `${s.name}: ${last(s) === undefined ? 'no data' : fmt(last(s)!)} now`).join('; ');
   return (
     <figure class="chart" data-testid={props.testid}>
-      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={props.series.map((s) => s.name).join(', ')}>
+      <svg viewBox={`0 0 ${W} ${H}`} role="img" aria-label={summary}>
         {ticks.map((t) => <g><line x1={L} x2={W - R} y1={sy(t)} y2={sy(t)} class="grid" /><text x={L - 6} y={sy(t) + 4} class="tick" text-anchor="end">{fmt(t)}</text></g>)}
         <text x={L} y={H - 6} class="tick">{dateFmt(x0)}</text>
         <text x={W - R} y={H - 6} class="tick" text-anchor="end">{dateFmt(x1)}</text>
-        {props.series.map((s, i) => (
-          <g>
-            <path d={path(s.points)} fill="none" stroke={PALETTE[i % PALETTE.length]} stroke-width="2" />
-            {s.points.length <= 40 && s.points.map((p) => <circle cx={sx(p[0])} cy={sy(p[1])} r="2.5" fill={PALETTE[i % PALETTE.length]} />)}
-          </g>
-        ))}
+        {props.series.map((s, i) => {
+          const color = PALETTE[i % PALETTE.length];
+          const width = 2 + (n - 1 - i) * 2;
+          return (
+            <g data-series={s.name}>
+              <title>{s.name}</title>
+              <path d={path(s.points, n > 1 ? shift(i) : 0)} fill="none" stroke={color} stroke-width={width} stroke-dasharray={DASHES[i % DASHES.length] || undefined} stroke-linejoin="round" />
+              {s.points.length <= 40 && s.points.map((p) => <Marker shape={MARKERS[i % MARKERS.length]} x={sx(p[0]) + (n > 1 ? shift(i) : 0)} y={sy(p[1]) - (n > 1 ? shift(i) : 0)} r={2.5 + (n - 1 - i) * 1.5} color={color} />)}
+            </g>
+          );
+        })}
       </svg>
-      {props.series.length > 1 && <figcaption class="legend">{props.series.map((s, i) => <span><i class={`swatch c${i % PALETTE.length}`} />{s.name}</span>)}</figcaption>}
+      {n > 1 && <figcaption class="legend">{props.series.map((s, i) => (
+        <span data-testid={`legend-${s.name}`}>
+          <svg class="key" viewBox="0 0 30 12" aria-hidden="true">
+            <line x1="1" x2="29" y1="6" y2="6" stroke={PALETTE[i % PALETTE.length]} stroke-width="2" stroke-dasharray={DASHES[i % DASHES.length] || undefined} />
+            <Marker shape={MARKERS[i % MARKERS.length]} x={15} y={6} r={3} color={PALETTE[i % PALETTE.length]} />
+          </svg>
+          {s.name} <b class="num">{last(s) === undefined ? '—' : fmt(last(s)!)}</b>
+        </span>
+      ))}</figcaption>}
     </figure>
   );
 }
 
-/** Tiny bars for per-minute counts. */
-export function Bars(props: { values: number[]; label: string }) {
+/** Counts per minute as a bar chart with its axes: a whole card wide, one bar a minute, the peak and the times labelled. */
+export function BarChart(props: { values: number[]; minutes: number[]; label: string; unit: string; testid?: string }) {
+  const W = 480; const H = 110; const L = 30; const R = 6; const T = 10; const B = 20;
   const max = Math.max(1, ...props.values);
-  const W = 240; const H = 36; const w = W / props.values.length;
+  const slot = (W - L - R) / Math.max(1, props.values.length);
+  const sy = (v: number) => T + (1 - v / max) * (H - T - B);
+  const clock = (t: number | undefined) => (t === undefined ? '' : new Date(t).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit' }));
+  const ticks = [...new Set([0, Math.round(max / 2), max])];
+  const mid = Math.floor(props.values.length / 2);
   return (
-    <svg class="bars" viewBox={`0 0 ${W} ${H}`} role="img" aria-label={props.label}>
-      {props.values.map((v, i) => <rect x={i * w + 0.5} width={Math.max(1, w - 1)} y={H - (v / max) * H} height={(v / max) * H} />)}
+    <svg class="barchart" viewBox={`0 0 ${W} ${H}`} role="img" aria-label={props.label} data-testid={props.testid}>
+      {ticks.map((t) => <g><line x1={L} x2={W - R} y1={sy(t)} y2={sy(t)} class="grid" /><text x={L - 5} y={sy(t) + 4} class="tick" text-anchor="end">{t}</text></g>)}
+      {props.values.map((v, i) => v > 0 && (
+        <rect class="bar" x={L + i * slot + 1} width={Math.max(2, slot - 2)} y={Math.min(sy(v), H - B - 2)} height={Math.max(2, H - B - sy(v))}>
+          <title>{`${clock(props.minutes[i])}: ${v} ${props.unit}`}</title>
+        </rect>
+      ))}
+      <line x1={L} x2={W - R} y1={H - B} y2={H - B} class="axis" />
+      <text x={L} y={H - 5} class="tick">{clock(props.minutes[0])}</text>
+      <text x={L + mid * slot} y={H - 5} class="tick" text-anchor="middle">{clock(props.minutes[mid])}</text>
+      <text x={W - R} y={H - 5} class="tick" text-anchor="end">now</text>
     </svg>
   );
 }

@@ -2,7 +2,8 @@
 // (Stripe emulator, SMTP capture, real plugin server) after the demo story
 // has played: sign-in, every page, a rule switched off changing decisions,
 // an email previewed and test-sent, a wrong token refused.
-// PAYG_SCREENSHOTS=docs writes the screenshots README.md and docs/control-service.md show to docs/.
+// PAYG_SCREENSHOTS=docs writes the screenshots README.md and docs/control-service.md show to docs/ (at 1366×900).
+// After the story Bob is given a $2.50 debit in Stripe, so that he owes.
 import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -24,14 +25,25 @@ describe('operator console (headless Chromium)', function () {
   const cspViolations: string[] = [];
   const shots = process.env.PAYG_SCREENSHOTS === 'docs' ? path.join(ROOT, 'docs') : fs.mkdtempSync(path.join(os.tmpdir(), 'payg-shots-'));
   const shot = (name: string) => page.screenshot({ path: path.join(shots, `console-${name}.png`), fullPage: true });
+  /** Nothing in the element is cut off: it does not scroll sideways, and `inner` lies within it. */
+  const fullyVisible = (outer: string, inner: string) => page.locator(outer).first().evaluate((el, sel) => {
+    const box = el.getBoundingClientRect();
+    const cut = [...el.querySelectorAll(sel)].filter((e) => { const r = e.getBoundingClientRect(); return r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.right > (globalThis as unknown as { innerWidth: number }).innerWidth; });
+    return { scrolls: el.scrollWidth > el.clientWidth, cut: cut.map((e) => e.textContent), found: el.querySelectorAll(sel).length };
+  }, inner);
   const gatewayStatus = async (key: string) => (await fetch(`${stack.gateway.url}/api/anything`, { headers: { apikey: key } })).status;
 
   before(async () => {
     stack = await startStack({ logLevel: 'silent' });
     await playStory(stack, () => undefined);
+    // Bob spent his credit to $0.00; a $2.50 debit (positive Stripe balance) makes him owe.
+    stack.stripe.addBalanceTransaction('cus_demo_bob', 250, 'usd', 'Overage invoice');
+    await stack.svc.sync!.sweep();
+    await until(async () => stack.svc.engine.customer('cus_demo_bob')?.customer.balance === 250, 5000, 'Bob\'s debit seen');
     consoleUrl = stack.svc.console!.url;
     chrome = await launchChromium();
     page = await chrome.browser.newPage();
+    await page.setViewportSize({ width: 1366, height: 900 });
     page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text()); });
     // The page may talk to the console only: anything else is a failure.
     const origin = new URL(consoleUrl).origin;
@@ -67,8 +79,24 @@ describe('operator console (headless Chromium)', function () {
     await page.getByTestId('stat-customers').filter({ hasText: '2' }).waitFor();
     await page.getByTestId('cohort-chart').waitFor();
     // Bob's 402 after the story is a block of block-no-credit.
-    expect(await page.getByTestId('blocks-table').innerText()).to.include('block-no-credit');
+    const blocks = page.getByTestId('blocks-chart');
+    expect(await blocks.innerText()).to.include('block-no-credit').and.match(/\d+ in the last hour · peak \d+ a minute/);
     expect(await page.locator('.stat', { hasText: 'Last sweep' }).innerText()).to.match(/ago/);
+    expect(await page.getByTestId('stat-owing').innerText()).to.match(/Customers who owe\s+1\s+owes \$2\.50/);
+    // The blocks of each minute are a readable bar: wide and tall enough to see, on a labelled time axis.
+    const bar = (await blocks.locator('rect.bar').first().boundingBox())!;
+    expect(bar.width, 'bar width (px)').to.be.at.least(5);
+    expect(bar.height, 'bar height (px)').to.be.at.least(40);
+    expect(await blocks.locator('text').allTextContents()).to.include.members(['0', 'now']);
+    // The cohort chart: both cohorts moved alike (same line), yet each series has its own dash, width and
+    // marker, and the legend gives each one's size now.
+    const chart = page.getByTestId('cohort-chart');
+    const looks = await chart.locator('g[data-series] > path').evaluateAll((ps) => ps.map((p) => `${p.getAttribute('stroke')} ${p.getAttribute('stroke-dasharray')} ${p.getAttribute('stroke-width')}`));
+    expect(looks).to.have.length(2);
+    expect(new Set(looks.map((l) => l.split(' ').slice(1).join(' '))).size, 'dash and width apart').to.equal(2);
+    expect(await chart.getByTestId('legend-no-credit').innerText()).to.match(/no-credit\s+1$/);
+    expect(await chart.getByTestId('legend-under-10-dollars').innerText()).to.match(/under-10-dollars\s+1$/);
+    expect(await chart.locator('svg[role=img]').getAttribute('aria-label')).to.equal('no-credit: 1 now; under-10-dollars: 1 now');
     await shot('overview');
   });
 
@@ -84,6 +112,9 @@ describe('operator console (headless Chromium)', function () {
     await until(async () => (await rows.count()) === 1 && (await rows.first().innerText()).includes('cus_demo_alice'), 5000, 'search for alice');
     await page.getByLabel('Search customers').fill('');
     await until(async () => (await rows.count()) === 2, 5000, 'both customers listed');
+    // A customer who owes reads what they owe, not "$0.00".
+    expect(await rows.filter({ hasText: 'cus_demo_bob' }).innerText()).to.include('owes $2.50');
+    expect(await rows.filter({ hasText: 'cus_demo_alice' }).innerText()).to.match(/\$\d+\.\d\d/).and.not.include('owes');
     await shot('customers');
   });
 
@@ -95,6 +126,12 @@ describe('operator console (headless Chromium)', function () {
     expect(await page.locator('.card', { hasText: 'Usage by route' }).innerText()).to.include('example-route');
     expect(await page.getByTestId('settlements-table').innerText()).to.match(/confirmed[\s\S]*cbtxn_|cbtxn_[\s\S]*/);
     expect(await page.getByTestId('email-log').innerText()).to.include('out-of-credit').and.include('@');
+    expect(await page.getByTestId('stat-stripe-balance').innerText()).to.include('owes $2.50');
+    expect(await page.getByTestId('stat-estimated').innerText()).to.include('owes $2.50');
+    // The settlements card shows the whole Stripe reference and the Created column at 1366 px.
+    expect(await fullyVisible('.card:has([data-testid=settlements-table]) .table-wrap', 'code.ref, th')).to.deep.include({ scrolls: false, cut: [] });
+    expect(await page.getByTestId('settlements-table').locator('th').allInnerTexts()).to.include('Created');
+    expect(await page.getByTestId('settlements-table').innerText()).to.match(/cbtxn_\w+\s[\s\S]*\d{4}, \d\d:\d\d:\d\d/);
     expect(await page.getByRole('link', { name: /Open in Stripe/ }).getAttribute('href')).to.equal('https://dashboard.stripe.com/test/customers/cus_demo_bob');
     await shot('customer');
   });
@@ -130,6 +167,12 @@ describe('operator console (headless Chromium)', function () {
     expect(await page.getByTestId('preview-text').innerText()).to.include('https://billing.example.com/top-up?customer=cus_demo_alice');
     const frame = page.frameLocator('[data-testid=preview-html]');
     await frame.locator('body').filter({ hasText: 'Alice' }).waitFor();
+    // The frame holds the email without scrolling, and is not mostly empty.
+    // Where the email's content ends (it has no doctype: in quirks mode its <html> fills the frame).
+    const content = await frame.locator('body').evaluate((body) => { const r = body.ownerDocument.createRange(); r.selectNodeContents(body); return r.getBoundingClientRect().bottom; });
+    const frameHeight = (await page.getByTestId('preview-html').boundingBox())!.height;
+    expect(content, 'email height (px) within the frame').to.be.at.most(frameHeight);
+    expect(content / frameHeight, 'share of the frame the email fills').to.be.at.least(0.6);
     const before = (await stack.smtp.inbox()).length;
     await page.getByTestId('test-to').fill('ops@example.com');
     await page.getByTestId('test-send').click();
@@ -146,6 +189,11 @@ describe('operator console (headless Chromium)', function () {
     const table = page.getByTestId('settlements-table');
     await table.waitFor();
     expect(await table.innerText()).to.include('confirmed').and.include('cbtxn_');
+    // Customers by name, their ids still there and linked.
+    const bobRow = table.locator('tbody tr', { hasText: 'Bob Example' }).first();
+    expect(await bobRow.innerText()).to.include('cus_demo_bob');
+    expect(await bobRow.getByRole('link', { name: 'Bob Example' }).getAttribute('href')).to.equal('#/customers/cus_demo_bob');
+    expect(await fullyVisible('.card:has([data-testid=settlements-table]) .table-wrap', 'code.ref, th')).to.deep.include({ scrolls: false, cut: [] });
     expect(await page.getByTestId('settlements-failed').innerText()).to.match(/Failed\s+0/);
     await page.getByRole('button', { name: 'failed' }).click();
     await page.locator('.empty', { hasText: 'No settlements' }).waitFor();

@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import { customerFixture, startConsoleFixture, type ConsoleFixture, type Session } from '../support/console-fixture';
 
-interface SettlementsAnswer { counts: Record<string, number>; settlements: Array<{ customer: string; status: string; last_error: string | null; stripe_ref: string | null }> }
+interface SettlementsAnswer { counts: Record<string, number>; settlements: Array<{ customer: string; customer_name: string | null; status: string; last_error: string | null; stripe_ref: string | null }> }
 
 describe('console: failed and retrying settlements, stale emails', function () {
   this.timeout(20_000);
@@ -20,7 +20,8 @@ describe('console: failed and retrying settlements, stale emails', function () {
   before(async () => {
     const now = Date.now();
     fx = await startConsoleFixture({
-      customers: [1, 2, 3, 4, 5].map((i) => customerFixture(i, -5000, now)),
+      // Customer 6 owes $2.50 (a positive Stripe balance).
+      customers: [...[1, 2, 3, 4, 5].map((i) => customerFixture(i, -5000, now)), customerFixture(6, 250, now)],
       config: { metering: { default_cost: 100 } },
     });
     session = await fx.signIn();
@@ -49,12 +50,17 @@ describe('console: failed and retrying settlements, stale emails', function () {
     expect(o.emails).to.include({ stale: 1, failed: 1 });
   });
 
+  it('the overview counts who owes, and how much', async () => {
+    const o = await get<{ owing: unknown }>('overview');
+    expect(o.owing).to.deep.equal({ customers: 1, amounts: { usd: 250 } });
+  });
+
   it('the settlements page filters by status and shows why one failed', async () => {
     const all = await get<SettlementsAnswer>('settlements');
     expect(all.settlements.map((s) => s.status).sort()).to.deep.equal(['confirmed', 'failed', 'pending', 'retrying']);
     const failed = await get<SettlementsAnswer>('settlements?status=failed');
     expect(failed.settlements).to.have.length(1);
-    expect(failed.settlements[0]).to.include({ customer: 'cus_000003', status: 'failed', last_error: 'Stripe refused: No such customer' });
+    expect(failed.settlements[0]).to.include({ customer: 'cus_000003', customer_name: 'Customer 3', status: 'failed', last_error: 'Stripe refused: No such customer' });
     const retrying = await get<SettlementsAnswer>('settlements?status=retrying');
     expect(retrying.settlements.map((s) => [s.customer, s.last_error])).to.deep.equal([['cus_000002', 'Stripe answered 503']]);
     expect((await get<SettlementsAnswer>('settlements?status=pending')).settlements.map((s) => s.customer)).to.deep.equal(['cus_000001']);

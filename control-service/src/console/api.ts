@@ -71,8 +71,19 @@ export function createConsoleApi(deps: ConsoleDeps) {
     const stripeErrors = (await deps.metrics.stripeErrors.get()).values.reduce((acc, v) => ({ ...acc, [String(v.labels.status)]: v.value }), {} as Record<string, number>);
     if (deps.followsStoredSweep?.()) await deps.sync?.readStored().catch(() => undefined);
     const lastSweep = deps.sync?.lastSuccessAt;
+    // Customers whose estimated balance is positive owe (Stripe balances are negative for credit): how many, and how much per currency.
+    let owing = 0;
+    const owed: Record<string, number> = {};
+    engine.forEachCustomer((c, _cohorts, ledger) => {
+      const b = estimatedBalance(ledger);
+      if (b <= 0) return;
+      owing += 1;
+      const cur = c.currency ?? 'usd';
+      owed[cur] = (owed[cur] ?? 0) + b;
+    });
     return ok({
       customers: engine.size,
+      owing: { customers: owing, amounts: owed },
       cohorts: config.cohorts.map((c) => ({ id: c.id, size: sizes.get(c.id) ?? 0 })),
       cohort_history: history,
       blocks_per_minute: activity.perMinute('blocks'),
@@ -135,7 +146,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       recent_decisions: activity.recent((d) => d.customerId === id || (consumer !== undefined && d.consumer === consumer), 50)
         .map((d) => ({ at: iso(d.at), consumer: d.consumer, outcome: d.outcome, rule: d.rule, would_block: d.wouldBlock })),
       usage_by_route: usage.map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
-      settlements: settlementRows.map(settlementJson),
+      settlements: settlementRows.map((r) => settlementJson(r, s.customer.name)),
       emails: emailRows.map(emailJson),
     });
   }
@@ -238,7 +249,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
     if (status && !(SETTLEMENT_VIEWS as readonly string[]).includes(status)) return fail(400, 'bad_request', `status: one of ${SETTLEMENT_VIEWS.join(', ')}`);
     const [rows, counts] = await Promise.all([
       queries.settlements({ status: status as SettlementView | undefined, customerId: q.get('customer') || undefined, limit: 500 }), queries.settlementCounts()]);
-    return ok({ counts, settlements: rows.map(settlementJson) });
+    return ok({ counts, settlements: rows.map((r) => settlementJson(r, engine.customer(r.customerId)?.customer.name ?? null)) });
   }
 
   /** Routes one API call; `parts` is the path after /console/api/. */
@@ -274,9 +285,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
   };
 }
 
-function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number]) {
+function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number], customerName: string | null) {
   return {
-    id: r.id, customer: r.customerId, amount: r.amount, currency: r.currency, formatted: formatMoney(r.amount, r.currency), mode: r.mode,
+    id: r.id, customer: r.customerId, customer_name: customerName, amount: r.amount, currency: r.currency, formatted: formatMoney(r.amount, r.currency), mode: r.mode,
     status: settlementView(r), attempts: r.attempts, stripe_ref: r.stripeRef, idempotency_key: r.idempotencyKey,
     last_error: r.lastError, created_at: iso(r.createdAt), confirmed_at: iso(r.confirmedAt),
   };
