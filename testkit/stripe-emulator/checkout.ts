@@ -38,7 +38,7 @@ const CREATE: Record<string, Schema> = {
   payment_intent_data: obj({ setup_future_usage: en('off_session', 'on_session'), metadata: meta, description: str({ max: 1000 }), receipt_email: str(), statement_descriptor_suffix: str({ max: 22 }) }),
   setup_intent_data: obj({ metadata: meta, description: str() }),
   saved_payment_method_options: obj({ payment_method_save: en('enabled', 'disabled'), allow_redisplay_filters: arr(en('always', 'limited', 'unspecified')), payment_method_remove: en('enabled', 'disabled') }),
-  payment_method_types: arr(en('card', 'us_bank_account')), expires_at: int(), customer_creation: en('always', 'if_required'),
+  allowed_payment_method_types: arr(en('card', 'us_bank_account')), excluded_payment_method_types: arr(str()), expires_at: int(), customer_creation: en('always', 'if_required'),
   customer_update: obj({ address: en('auto', 'never'), name: en('auto', 'never'), shipping: en('auto', 'never') }),
   billing_address_collection: en('auto', 'required'), allow_promotion_codes: bool,
 };
@@ -98,7 +98,7 @@ function createSession(emu: StripeEmulator, body: Obj): Obj {
   const subtotal = p.mode === 'payment' ? items.reduce((s, li) => s + li.amount_total, 0) : null;
   const session: Obj = {
     id, object: 'checkout.session', adaptive_pricing: { enabled: false }, after_expiration: null, allow_promotion_codes: p.allow_promotion_codes ?? null,
-    allowed_payment_method_types: null,
+    allowed_payment_method_types: p.allowed_payment_method_types ?? null,
     amount_subtotal: subtotal, amount_total: subtotal,
     automatic_tax: { enabled: p.automatic_tax?.enabled ?? false, liability: p.automatic_tax?.enabled ? { type: p.automatic_tax.liability?.type ?? 'self' } : null, provider: p.automatic_tax?.enabled ? 'stripe' : null, status: p.automatic_tax?.enabled ? 'requires_location_inputs' : null },
     billing_address_collection: p.billing_address_collection ?? null, cancel_url: p.cancel_url ?? null, client_reference_id: p.client_reference_id ?? null,
@@ -111,7 +111,8 @@ function createSession(emu: StripeEmulator, body: Obj): Obj {
     invoice_creation: p.mode === 'payment' ? { enabled: p.invoice_creation?.enabled ?? false, invoice_data: { account_tax_ids: null, custom_fields: null, description: p.invoice_creation?.invoice_data?.description ?? null, footer: p.invoice_creation?.invoice_data?.footer ?? null, issuer: null, metadata: p.invoice_creation?.invoice_data?.metadata ?? {}, rendering_options: null } } : null,
     livemode: false, locale: p.locale ?? null, managed_payments: null, metadata: p.metadata ?? {}, mode: p.mode, origin_context: null, payment_intent: null, payment_link: null,
     payment_method_collection: p.mode === 'setup' ? 'always' : 'if_required', payment_method_configuration_details: null, payment_method_options: {},
-    payment_method_types: p.payment_method_types ?? ['card'], payment_status: p.mode === 'setup' ? 'no_payment_required' : 'unpaid', permissions: null,
+    ...(p.excluded_payment_method_types ? { excluded_payment_method_types: p.excluded_payment_method_types } : {}),
+    payment_method_types: offered(p), payment_status: p.mode === 'setup' ? 'no_payment_required' : 'unpaid', permissions: null,
     phone_number_collection: { enabled: false }, recovered_from: null,
     saved_payment_method_options: customer ? { allow_redisplay_filters: p.saved_payment_method_options?.allow_redisplay_filters ?? ['always'], payment_method_remove: p.saved_payment_method_options?.payment_method_remove ?? null, payment_method_save: p.saved_payment_method_options?.payment_method_save ?? null } : null,
     setup_intent: null, shipping_address_collection: null, shipping_cost: null, shipping_options: [], status: 'open', submit_type: p.submit_type ?? null, subscription: null,
@@ -120,12 +121,15 @@ function createSession(emu: StripeEmulator, body: Obj): Obj {
   };
   emu.checkoutSessions.set(id, session);
   emu.checkoutLineItems.set(id, items);
-  sessionOptions.set(id, { paymentIntentData: p.payment_intent_data ?? {}, setupIntentData: p.setup_intent_data ?? {}, explicitTypes: p.payment_method_types });
+  sessionOptions.set(id, { paymentIntentData: p.payment_intent_data ?? {}, setupIntentData: p.setup_intent_data ?? {}, explicitTypes: offered(p) });
   return session;
 }
 
+/** The payment method types a session offers: allowed ones, else card and bank debit, less the excluded. */
+const offered = (p: Obj): string[] => (p.allowed_payment_method_types ?? ['card', 'us_bank_account']).filter((t: string) => !(p.excluded_payment_method_types ?? []).includes(t));
+
 /** What the session was created with beyond its visible fields. */
-const sessionOptions = new Map<string, { paymentIntentData: Obj; setupIntentData: Obj; explicitTypes?: string[] }>();
+const sessionOptions = new Map<string, { paymentIntentData: Obj; setupIntentData: Obj; explicitTypes: string[] }>();
 
 function sessionOr404(emu: StripeEmulator, id: string): Obj {
   const s = emu.checkoutSessions.get(id);
@@ -163,7 +167,7 @@ export function completeCheckoutSession(emu: StripeEmulator, id: string, payment
   const opts = sessionOptions.get(id)!;
   if (!test && !emu.paymentMethods.has(paymentMethod)) throw new Error(`unknown payment method ${paymentMethod}`);
   const type = test?.type ?? emu.paymentMethods.get(paymentMethod)!.type;
-  if (opts.explicitTypes && !opts.explicitTypes.includes(type)) throw new Error(`payment method type ${type} is not offered by session ${id} (payment_method_types: ${opts.explicitTypes.join(', ')})`);
+  if (!opts.explicitTypes.includes(type)) throw new Error(`payment method type ${type} is not offered by session ${id} (payment_method_types: ${opts.explicitTypes.join(', ')})`);
   const customer = session.customer ? emu.customers.get(session.customer) : undefined;
   const email = details.email ?? customer?.email ?? session.customer_email ?? 'customer@example.com';
   const name = details.name ?? customer?.name ?? null;
@@ -196,7 +200,7 @@ export function completeCheckoutSession(emu: StripeEmulator, id: string, payment
     pi = newPaymentIntent(emu, {
       amount: session.amount_total, currency: session.currency, customer: customerId ?? undefined, metadata: pid.metadata ?? {}, description: pid.description,
       setup_future_usage: pid.setup_future_usage,
-      receipt_email: pid.receipt_email, statement_descriptor_suffix: pid.statement_descriptor_suffix, payment_method_types: session.payment_method_types.includes(type) ? session.payment_method_types : [...session.payment_method_types, type],
+      receipt_email: pid.receipt_email, statement_descriptor_suffix: pid.statement_descriptor_suffix, allowed_payment_method_types: session.allowed_payment_method_types ?? undefined, excluded_payment_method_types: session.excluded_payment_method_types,
     });
     session.payment_intent = pi.id;
   }

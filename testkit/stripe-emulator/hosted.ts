@@ -29,7 +29,7 @@ const money = (amount: number, currency: string) => `${(amount / (currency === '
 
 function form(emu: StripeEmulator, session: Record<string, any>, error?: string): string {
   const items = emu.checkoutLineItems.get(session.id) ?? [];
-  const methods = Object.keys(LABELS).filter((id) => session.mode === 'payment' || TEST_PAYMENT_METHODS[id].type === 'card');
+  const methods = Object.keys(LABELS).filter((id) => session.payment_method_types.includes(TEST_PAYMENT_METHODS[id].type) && (session.mode === 'payment' || TEST_PAYMENT_METHODS[id].type === 'card'));
   const rows = items.map((li) => `<tr><td>${esc(li.description)} × ${li.quantity}</td><td>${money(li.amount_total, li.currency)}</td></tr>`).join('');
   const email = session.customer_details?.email ?? session.customer_email ?? '';
   return `${session.mode === 'payment' ? `<table>${rows}<tr><th>Total</th><th>${money(session.amount_total, session.currency)}</th></tr></table>` : '<p>Save a payment method for later payments.</p>'}

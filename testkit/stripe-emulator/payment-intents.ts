@@ -25,12 +25,12 @@ export function checkAmount(amount: number, cur: string, param: string): void {
 export function newPaymentIntent(emu: StripeEmulator, p: Obj): Obj {
   const id = rid('pi');
   const pi: Obj = {
-    id, object: 'payment_intent', amount: p.amount, amount_capturable: 0, amount_details: { tip: {} }, amount_received: 0, application: null,
+    id, object: 'payment_intent', allowed_payment_method_types: p.allowed_payment_method_types ?? null, amount: p.amount, amount_capturable: 0, amount_details: { tip: {} }, amount_received: 0, application: null,
     application_fee_amount: null, automatic_payment_methods: p.automatic_payment_methods ?? null, canceled_at: null, cancellation_reason: null,
     capture_method: 'automatic_async', client_secret: `${id}_secret_${rid('x').slice(2, 27)}`, confirmation_method: 'automatic', created: emu.tick(),
-    currency: p.currency, customer: p.customer ?? null, customer_account: null, description: p.description ?? null, last_payment_error: null, latest_charge: null,
+    currency: p.currency, customer: p.customer ?? null, customer_account: null, description: p.description ?? null, excluded_payment_method_types: p.excluded_payment_method_types ?? null, last_payment_error: null, latest_charge: null,
     livemode: false, metadata: p.metadata ?? {}, next_action: null, on_behalf_of: null, payment_method: null, payment_method_configuration_details: null,
-    payment_method_options: {}, payment_method_types: p.payment_method_types ?? ['card'], processing: null, receipt_email: p.receipt_email ?? null, review: null,
+    payment_method_options: {}, payment_method_types: p.allowed_payment_method_types ?? ['card', 'us_bank_account'].filter((t) => !(p.excluded_payment_method_types ?? []).includes(t)), processing: null, receipt_email: p.receipt_email ?? null, review: null,
     setup_future_usage: p.setup_future_usage ?? null, shipping: null, source: null, statement_descriptor: null, statement_descriptor_suffix: p.statement_descriptor_suffix ?? null,
     status: 'requires_payment_method', transfer_data: null, transfer_group: null,
   };
@@ -57,7 +57,7 @@ export function confirm(emu: StripeEmulator, pi: Obj, pmId: string, opts: { offS
   if (pm.customer && pm.customer !== pi.customer) {
     throw invalid(`The provided PaymentMethod belongs to a different Customer (${pm.customer}) than this PaymentIntent (${pi.customer}).`, 'payment_method');
   }
-  if (!pi.payment_method_types.includes(pm.type) && !pi.automatic_payment_methods?.enabled) {
+  if (!pi.payment_method_types.includes(pm.type)) {
     throw invalid(`The PaymentMethod provided (${pm.type}) is not allowed for this PaymentIntent. Please attach a PaymentMethod of one of the following types: ${pi.payment_method_types.join(', ')}.`, 'payment_method', 'payment_intent_incompatible_payment_method');
   }
   pi.payment_method = pm.id;
@@ -159,7 +159,7 @@ export function authenticatePaymentIntent(emu: StripeEmulator, id: string, passe
 const offSession: Schema = { t: 'oneOf', options: [bool, en('one_off', 'recurring')] };
 const CREATE: Record<string, Schema> = {
   amount: int(), currency, customer: str(), payment_method: str(), off_session: offSession, confirm: bool, metadata: meta,
-  description: str({ max: 1000 }), setup_future_usage: en('off_session', 'on_session'), payment_method_types: arr(str()),
+  description: str({ max: 1000 }), setup_future_usage: en('off_session', 'on_session'), allowed_payment_method_types: arr(en('card', 'us_bank_account')), excluded_payment_method_types: arr(str()),
   automatic_payment_methods: obj({ enabled: bool, allow_redirects: en('always', 'never') }, ['enabled']), receipt_email: str(),
   return_url: str({ url: true }), error_on_requires_action: bool, statement_descriptor_suffix: str({ max: 22 }), use_stripe_sdk: bool,
 };
