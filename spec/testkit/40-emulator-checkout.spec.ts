@@ -2,19 +2,10 @@
 // retrieve with expand, list, expire, paying with test methods (sync and bank
 // debit), setup mode, invoices, events — and Stripe's validation errors.
 import { expect } from 'chai';
-import Stripe from 'stripe';
+import type Stripe from 'stripe';
 import http from 'node:http';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
-
-export function sdkFor(emu: StripeEmulator): Stripe {
-  return new Stripe(emu.secretKey, { host: '127.0.0.1', port: Number(new URL(emu.url).port), protocol: 'http', maxNetworkRetries: 0 });
-}
-
-/** The StripeInvalidRequestError / StripeCardError a call fails with. */
-export async function stripeError(p: Promise<unknown>): Promise<any> {
-  try { await p; } catch (e) { return e; }
-  throw new Error('expected the call to fail');
-}
+import { sdkFor, stripeError } from './sdk';
 
 describe('Stripe emulator: Checkout Sessions', () => {
   let emu: StripeEmulator;

@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import Stripe from 'stripe';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { sdkFor, stripeError } from './40-emulator-checkout.spec';
+import { sdkFor, stripeError } from './sdk';
 
 describe('Stripe emulator: payment methods and off-session PaymentIntents', () => {
   let emu: StripeEmulator;
