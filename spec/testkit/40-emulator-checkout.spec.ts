@@ -160,6 +160,8 @@ describe('Stripe emulator: Checkout Sessions', () => {
       expect(await stripeError(stripe.checkout.sessions.create({ ...base, customer: 'cus_nope', line_items: li({}) }))).to.include({ code: 'resource_missing', param: 'customer' });
       expect(await stripeError(stripe.checkout.sessions.create({ ...base, line_items: li({ unit_amount: 10 }) }))).to.include({ code: 'amount_too_small' });
       expect(await stripeError(stripe.checkout.sessions.create({ mode: 'setup', customer, currency: 'usd', line_items: li({}) }))).to.include({ param: 'line_items' });
+      expect(await stripeError(stripe.checkout.sessions.create({ ...base, line_items: li({}), customer_update: { address: 'auto' } }))).to.include({ param: 'customer_update' });
+      expect(await stripeError(stripe.checkout.sessions.create({ ...base, customer, line_items: li({}), payment_method_types: ['card'] } as any))).to.include({ code: 'parameter_unknown', param: 'payment_method_types' });
     });
     it('automatic_tax needs the customer address collected (customer_update[address]=auto), as in Stripe', async () => {
       const err = await stripeError(topUp({ automatic_tax: { enabled: true } }));
