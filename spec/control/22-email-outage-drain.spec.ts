@@ -23,7 +23,7 @@ const EMAILS = 40;
 
 for (const kind of ['SQLite', 'PostgreSQL'] as const) {
   describe(`email outbox after an SMTP outage (${kind})`, function () {
-    this.timeout(60_000);
+    this.timeout(120_000);
     let dir: string;
     let smtp: SmtpCapture;
     let store: Store;
@@ -67,15 +67,15 @@ for (const kind of ['SQLite', 'PostgreSQL'] as const) {
       await smtp.down();
       expect(await store.enqueueEmails(rows)).to.equal(EMAILS);
       await sender.start();
-      // 5 minutes of refused connections, in steps of 10 s on the sender's clock: every email due is tried and put off.
+      // 5 minutes of refused connections, in steps of 20 s on the sender's clock: every email due is tried and put off.
       const outageEnd = clock + 5 * MINUTE;
       while (clock < outageEnd) {
-        clock += 10_000;
+        clock += 20_000;
         // The sender has tried every email due by now (none is due any more, none in flight) before the clock moves on.
         await until(async () => {
           const due = await store.nextEmailDueAt();
           return due !== undefined && due > clock && await store.countEmails('sending') === 0;
-        }, 10_000, 'the sender did not try the emails due');
+        }, 20_000, 'the sender did not try the emails due');
       }
       const pending = await store.emailLog({ limit: 100 });
       expect(pending.map((r) => r.status)).to.deep.equal(Array(EMAILS).fill('pending'));
@@ -90,7 +90,7 @@ for (const kind of ['SQLite', 'PostgreSQL'] as const) {
       const dueTimes = await afterOutage();
       // The clock moves only to the first email's due time and stays there: only a drain sends the others.
       clock = dueTimes[0];
-      await smtp.waitForCount(EMAILS, 20_000);
+      await smtp.waitForCount(EMAILS, 40_000);
 
       const ids = (await smtp.inbox()).map((m) => m.messageId);
       expect(new Set(ids).size, 'each email exactly once').to.equal(EMAILS);
@@ -106,8 +106,8 @@ for (const kind of ['SQLite', 'PostgreSQL'] as const) {
       const dueTimes = await afterOutage();
       smtp.failNext(1, 451);
       clock = dueTimes[0];
-      await smtp.waitForCount(EMAILS - 1, 20_000);
-      await until(async () => await store.countEmails('delivered') === EMAILS - 1 && await store.countEmails('sending') === 0, 10_000);
+      await smtp.waitForCount(EMAILS - 1, 40_000);
+      await until(async () => await store.countEmails('delivered') === EMAILS - 1 && await store.countEmails('sending') === 0, 20_000);
       await new Promise((r) => setTimeout(r, 200));
       expect(smtp.raw, 'the refused one is not retried during the drain').to.have.length(EMAILS - 1);
       const [refused] = (await store.emailLog({ limit: 100 })).filter((r) => r.status !== 'delivered');
@@ -115,7 +115,7 @@ for (const kind of ['SQLite', 'PostgreSQL'] as const) {
       expect(refused.lastError).to.match(/^451/);
       expect(refused.nextAttemptAt, 'after the drain').to.be.greaterThan(dueTimes.at(-1)!);
       clock = refused.nextAttemptAt;
-      await smtp.waitForCount(EMAILS, 10_000);
+      await smtp.waitForCount(EMAILS, 20_000);
       const ids = (await smtp.inbox()).map((m) => m.messageId);
       expect(new Set(ids).size, 'each email exactly once').to.equal(EMAILS);
     });
