@@ -5,6 +5,9 @@
 // server's answers only: a 4xx is retried with backoff up to max_attempts, a
 // 5xx fails at once, and a connection that fails (refused, timed out, cut) is
 // retried with backoff without using an attempt, however long SMTP is away.
+// When the server answers again after SMTP was unreachable, every email postponed
+// meanwhile goes at once (paced as ever), not each at the end of its backoff:
+// the outbox drains up to the latest time the outage pushed an email to.
 // Right before sending, the email is checked again: template still on, and
 // still true (stale otherwise).
 
@@ -59,6 +62,10 @@ export class EmailSender {
   private nextSlot = 0;
   /** Connection failures in a row: backs off while SMTP is away, without using any email's attempts. */
   private unreachableStreak = 0;
+  /** The latest time an email was postponed to because SMTP was unreachable (this outage). */
+  private outageHorizon: number | undefined;
+  /** While set, SMTP is back after an outage: emails due up to this time are sent now. */
+  private drainUntil: number | undefined;
 
   constructor(private readonly deps: SenderDeps) {
     this.templates = new Map(deps.templates.map((t) => [t.id, t]));
@@ -122,8 +129,12 @@ export class EmailSender {
   /** Delivers the oldest due email, if any. True when one was handled. */
   async deliverNext(): Promise<boolean> {
     const { store, log } = this.deps;
-    const row = await store.claimDueEmail(this.now());
-    if (!row) return false;
+    const now = this.now();
+    const row = await store.claimDueEmail(this.drainUntil === undefined ? now : Math.max(now, this.drainUntil));
+    if (!row) {
+      this.drainUntil = undefined;
+      return false;
+    }
     if (await this.dropIfNotDue(row)) return true;
     const badAddress = notOneAddress(row.to);
     if (badAddress) {
@@ -143,6 +154,7 @@ export class EmailSender {
     } catch (err) {
       const e = err as Error & { responseCode?: number; code?: string };
       const answered = e.responseCode !== undefined;
+      if (answered) this.reachable(); // a refusal for this email, but SMTP is there
       const reason = answered ? `${e.responseCode} ${e.message}` : `${e.code ?? 'error'}: ${e.message}`;
       const attempts = row.attempts + (answered ? 1 : 0);
       const permanent = answered && e.responseCode! >= 500;
@@ -153,7 +165,15 @@ export class EmailSender {
       } else {
         const { retryBaseDelayMs: base, retryMaxDelayMs: cap } = this.deps.delivery;
         this.unreachableStreak = answered ? 0 : this.unreachableStreak + 1;
-        const delay = Math.min(cap, base * 2 ** (Math.max(attempts, this.unreachableStreak, 1) - 1));
+        let delay = Math.min(cap, base * 2 ** (Math.max(attempts, this.unreachableStreak, 1) - 1));
+        if (!answered) {
+          // SMTP is away (again): no drain until the server answers.
+          this.drainUntil = undefined;
+          this.outageHorizon = Math.max(this.outageHorizon ?? 0, this.now() + delay);
+        } else if (this.drainUntil !== undefined) {
+          // Refused by the server while the outbox drains: tried once in this drain, next after it.
+          delay = Math.max(delay, this.drainUntil + 1 - this.now());
+        }
         await store.retryEmail(row.id, this.now() + delay, reason, answered);
         log.warn({ email: row.id, template: row.templateId, attempts, retryInMs: delay, reason }, answered ? 'email not delivered; will retry' : 'SMTP server unreachable; will retry without using an attempt');
         this.deps.onResult?.('retry', row.templateId);
@@ -163,8 +183,23 @@ export class EmailSender {
     this.unreachableStreak = 0;
     // Marked at once after the 250: nothing awaits between the server's answer and this write.
     await store.finishEmail(row.id, { status: 'delivered', at: this.now(), messageId: message.messageId, answered: true });
+    this.reachable();
     this.deps.onResult?.('delivered', row.templateId);
     return true;
+  }
+
+  /**
+   * The server answered (250 or not): when an outage postponed emails, they go
+   * now rather than each at the end of its backoff. Returns the time the
+   * outbox drains up to, if it is draining.
+   */
+  private reachable(): number | undefined {
+    if (this.outageHorizon !== undefined) {
+      this.drainUntil = Math.max(this.drainUntil ?? 0, this.outageHorizon);
+      this.outageHorizon = undefined;
+      this.deps.log.info({ until: new Date(this.drainUntil).toISOString() }, 'SMTP reachable again: sending the emails postponed by the outage now');
+    }
+    return this.drainUntil;
   }
 
   /** Ends an email that must not go: template off or gone (cancelled), or no longer true (stale). */

@@ -167,7 +167,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     try {
       const result = await deps.sync.applyEvent(event);
       metrics.webhooks.inc({ result });
-      send(res, 200, { received: true, result });
+      // Joined an earlier delivery's flight that stored it, or found it stored: the same answer as the check above.
+      send(res, 200, result === 'duplicate' ? { received: true, duplicate: true } : { received: true, result });
     } catch (err) {
       // Stripe could not be read (or the store failed): non-2xx, so Stripe retries.
       metrics.webhooks.inc({ result: 'error' });

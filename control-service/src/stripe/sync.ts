@@ -11,6 +11,9 @@ const CUSTOMER_EVENTS = new Set(['customer.created', 'customer.updated', 'custom
 
 type Page = Awaited<ReturnType<StripeGateway['listPage']>>;
 
+/** What a webhook delivery did: applied now, not a customer event, or already applied by an earlier delivery. */
+export type WebhookOutcome = 'applied' | 'ignored' | 'duplicate';
+
 export interface SweepResult { ok: boolean; customers: number; pages: number; durationMs: number; applyMs?: number; error?: string }
 
 export class BalanceSync {
@@ -111,17 +114,38 @@ export class BalanceSync {
     await this.engine.applyReconciled({ ...plain, balance: read.balance ?? plain.balance, version: read.startedAt }, read.applied, { webhookEventId });
   }
 
+  /** Webhook events being applied now, by event id: a delivery of one joins the flight already under way. */
+  private readonly applying = new Map<string, Promise<WebhookOutcome>>();
+
   /**
    * Applies a verified webhook event. The customer is re-read from Stripe so
    * the newest state wins whatever order events arrive in (the event's own
    * object is never trusted: `created` has one-second resolution). When Stripe
    * cannot be read this throws, and the caller answers non-2xx so Stripe
    * retries. The event id is recorded in the transaction that applies it.
+   *
+   * Deliveries of one event id that arrive together share one re-read (Stripe's
+   * rate limit is shared with the sweep): each of them gets the outcome of that
+   * one flight, so every delivery is answered 2xx only once the change is
+   * stored, and all of them fail when it fails. A flight is forgotten as soon
+   * as it ends: a failed one is not remembered as done (the next delivery reads
+   * again), and a delivery that comes after a successful one finds the event id
+   * stored ('duplicate'), checked inside the flight so it cannot slip between
+   * the end of one flight and the store's record of it.
    */
-  async applyEvent(event: Stripe.Event): Promise<'applied' | 'ignored'> {
+  applyEvent(event: Stripe.Event): Promise<WebhookOutcome> {
+    const joined = this.applying.get(event.id);
+    if (joined) return joined;
+    const flight = this.applyOnce(event).finally(() => { this.applying.delete(event.id); });
+    this.applying.set(event.id, flight);
+    return flight;
+  }
+
+  private async applyOnce(event: Stripe.Event): Promise<WebhookOutcome> {
     if (!CUSTOMER_EVENTS.has(event.type)) {
       return 'ignored';
     }
+    if (await this.store.webhookEventSeen(event.id)) return 'duplicate';
     const object = event.data.object as Stripe.Customer;
     const { customer, startedAt } = await this.gateway.retrieve(object.id);
     if (customer === 'deleted') {
