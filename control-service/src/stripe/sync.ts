@@ -111,6 +111,15 @@ export class BalanceSync {
     await this.engine.applyReconciled({ ...plain, balance: read.balance ?? plain.balance, version: read.startedAt }, read.applied, { webhookEventId });
   }
 
+  /** Reads one customer again and applies it as a webhook would (top-ups: after a credit or debit is confirmed). */
+  async refresh(customerId: string): Promise<void> {
+    const { customer, startedAt } = await this.gateway.retrieve(customerId);
+    if (customer === 'deleted') { await this.engine.apply([], [{ id: customerId, version: startedAt }]); return; }
+    const read: StoredCustomer = { ...customer, version: startedAt };
+    const { needsReconcile } = await this.engine.apply([read], []);
+    if (needsReconcile.length) await this.reconcile(read);
+  }
+
   /**
    * Applies a verified webhook event. The customer is re-read from Stripe so
    * the newest state wins whatever order events arrive in (the event's own
