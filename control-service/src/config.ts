@@ -427,7 +427,9 @@ function topUpSettings(raw: z.infer<typeof rawConfig>['top_up'], secrets: Secret
     publicUrl, linkTtlMs,
     currencies: new Map(Object.entries(c.currencies).map(([code, a]) => [code, { presets: [...new Set(a.presets)], min: a.min, max: a.max }])),
     defaultCurrency, productName: c.product_name, invoiceCreation: c.invoice_creation, automaticTax: c.automatic_tax,
-    checkoutOrigins: c.checkout_origins.map((u) => new URL(u).origin),
+    // A Stripe stand-in (STRIPE_API_BASE other than api.stripe.com) serves its Checkout page itself.
+    checkoutOrigins: [...new Set([...c.checkout_origins.map((u) => new URL(u).origin),
+      ...(secrets.stripeApiBase.hostname === 'api.stripe.com' ? [] : [secrets.stripeApiBase.origin])])],
     resendIntervalMs: parseDuration(c.resend_interval)!,
   };
   // {{top_up_url}}: a signed link to payg's page, valid for link_ttl from when it is written.
