@@ -204,6 +204,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const topUps = checkout && gateway && sync && config.secrets.topUpSecret
     ? new TopUps({ settings: { ...config.topUp, checkout }, secret: config.secrets.topUpSecret, gateway, engine, store, sync, log })
     : undefined;
+  if (topUps) sync!.onLedgerRead = (id, moves) => void topUps.confirmFound(id, moves).catch((err) => log.warn({ err: (err as Error).message }, 'confirming top-ups found in Stripe failed'));
   if (topUps && !config.secrets.stripeWebhookSecret) log.warn('top_up.checkout without STRIPE_WEBHOOK_SECRET: top-ups are credited only when the customer comes back to the success page, and refunds and disputes are not seen');
 
   const server: http.Server = createHttpServer({ topUps,

@@ -44,6 +44,8 @@ export class BalanceSync {
   }
 
   private lastResultAt: number | undefined;
+  /** Told what a reconciling read found of top-up credits and debits (ref → balance transaction; see top-ups/service.ts). */
+  onLedgerRead: ((customerId: string, moves: Map<string, string>) => void) | undefined;
 
   /** Starts a sweep, or joins the one already running. */
   sweep(): Promise<SweepResult> {
@@ -104,6 +106,7 @@ export class BalanceSync {
   private async reconcile(plain: StoredCustomer, webhookEventId?: string): Promise<void> {
     const since = this.engine.oldestPendingSettlementAt(plain.id) ?? plain.version;
     const read = await this.gateway.balanceLedger(plain.id, since);
+    if (read.moves.size) this.onLedgerRead?.(plain.id, read.moves);
     if (read.deleted) {
       await this.engine.apply([], [{ id: plain.id, version: read.startedAt }], { webhookEventId });
       return;

@@ -208,6 +208,17 @@ export class TopUps {
   }
 
   /**
+   * A reconciling read (the sweep, a webhook) listed the customer's balance
+   * transactions: those of our pending rows found there are applied, so confirmed.
+   */
+  async confirmFound(customerId: string, moves: Map<string, string>): Promise<void> {
+    for (const row of await this.deps.store.pendingMoves()) {
+      const txn = row.customerId === customerId ? moves.get(row.ref) : undefined;
+      if (txn && !this.inFlight.has(row.id)) await this.deps.store.confirmMove(row.id, txn, this.now());
+    }
+  }
+
+  /**
    * The leader's pass over rows still pending (a crash, a replica that died,
    * Stripe down): each is looked up among the customer's balance transactions
    * by its metadata first (applied already: confirmed without sending, even
