@@ -32,8 +32,6 @@ export interface TopUpPageDeps {
   log: Logger;
   budget: ByteBudget;
   bodyTimeoutMs: number;
-  /** Called with each page's render time (ms), for bench:top-ups. */
-  onRender?: (ms: number) => void;
 }
 
 export function createTopUpHandler(deps: TopUpPageDeps) {
@@ -59,8 +57,6 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
   };
 
   return async (method: string, path: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    const started = process.hrtime.bigint();
-    const rendered = () => deps.onRender?.(Number(process.hrtime.bigint() - started) / 1e6);
     const parts = path.slice(TOP_UP_PREFIX.length).split('/');
     const token = parts[0] ?? '';
     const sub = parts.slice(1);
@@ -93,8 +89,7 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     if (!amounts) return page(res, 409, messagePage('Top-ups are not available', amountMessage('currency', view.currency, undefined)));
 
     if (method === 'GET') {
-      page(res, 200, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action }));
-      return rendered();
+      return page(res, 200, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action }));
     }
     // POST: the form.
     const body = await readBody(req, { limit: FORM_LIMIT, budget: deps.budget, timeoutMs: deps.bodyTimeoutMs });
