@@ -261,8 +261,17 @@ describe('top-ups through Stripe Checkout (emulator)', function () {
       }
     }
     expect(sessions()).to.have.length(0);
+    // A leaked link cannot open Checkout Sessions without end (it would spend the Stripe request budget).
+    const hankLink = await linkOf(hank.id);
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) statuses.push((await post(hankLink, { nonce: `flood-nonce-${String(i).padStart(8, '0')}`, preset: '1000' })).status);
+    expect(statuses.filter((s) => s === 303), 'ten new sessions per customer per 10 minutes').to.have.length(10);
+    expect(statuses.slice(10)).to.deep.equal([429, 429]);
+    expect((await post(hankLink, { nonce: 'flood-nonce-00000000', preset: '1000' })).status, 'the same form again still leads to its session').to.equal(303);
+    expect(sessions()).to.have.length(10);
     // Another customer's top-up on one's own link is not shown.
-    const { session } = await buy(hank.id, { preset: '1000' });
+    const session = sessions()[0];
+    expect(session.customer).to.equal(hank.id);
     const res = await fetch(`${link}/done/${session.metadata.payg_top_up_id}`);
     expect(res.status).to.equal(404);
   });
