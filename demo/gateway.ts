@@ -17,6 +17,11 @@ export interface GatewayOptions {
   route: { id: string; name: string };
   /** Requests are served under this path, stripped before proxying (strip_path). */
   path: string;
+  /**
+   * Routes with no auth plugin and no payg (kong.yml's payg-top-up route): the path
+   * prefix, kept (strip_path: false), proxied as is to `upstream`.
+   */
+  publicRoutes?: Array<{ path: string; upstream: string }>;
 }
 
 function json(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) {
@@ -44,8 +49,24 @@ export class DemoGateway {
     await new Promise((r) => this.server.close(r));
   }
 
+  /** Method, body and the headers a page needs pass through; redirects go back to the client, as Kong does. */
+  private async proxy(req: http.IncomingMessage, res: http.ServerResponse, target: string): Promise<void> {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const headers: Record<string, string> = {};
+    for (const h of ['content-type', 'accept', 'user-agent']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h] as string;
+    const upstream = await fetch(target, { method: req.method, headers, body: chunks.length ? Buffer.concat(chunks) : undefined, redirect: 'manual' });
+    const body = Buffer.from(await upstream.arrayBuffer());
+    const out: Record<string, string> = { 'content-length': String(body.length) };
+    upstream.headers.forEach((v, k) => { if (!['content-length', 'transfer-encoding', 'connection', 'keep-alive'].includes(k)) out[k] = v; });
+    res.writeHead(upstream.status, out);
+    res.end(body);
+  }
+
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://gateway');
+    const open = this.opts.publicRoutes?.find((r) => url.pathname.startsWith(r.path));
+    if (open) return this.proxy(req, res, `${open.upstream}${url.pathname}${url.search}`);
     if (!url.pathname.startsWith(this.opts.path)) return json(res, 404, { message: 'no Route matched with those values' });
     // key-auth: Kong's own answers for a missing or unknown key.
     const key = (req.headers.apikey as string | undefined) ?? url.searchParams.get('apikey') ?? undefined;

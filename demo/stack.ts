@@ -4,6 +4,7 @@
 // overrides), the real payg-pluginserver configured from kong.yml's payg
 // section, a sample upstream, and the local front standing in for Kong.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -19,6 +20,17 @@ import { DemoGateway, startUpstream } from './gateway';
 export const ADMIN_TOKEN = 'demo-admin-token';
 const CONTROL_TOKEN = 'demo-control-token';
 const WEBHOOK_SECRET = 'whsec_demo';
+/** Signs the demo's top-up links (a real deployment sets PAYG_TOP_UP_SECRET to its own random value). */
+const TOP_UP_SECRET = 'demo-top-up-secret-0123456789abcdef0123';
+
+/** A free loopback port: the top-up links name the gateway's address before it listens. */
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
 
 export interface Stack {
   stripe: StripeEmulator;
@@ -31,12 +43,15 @@ export interface Stack {
 }
 
 /** kong.yml as shipped: the payg config of its route, the route, and the consumers with their keys. */
-export function readKongYml(): { paygConfig: Record<string, unknown>; route: { id: string; name: string; path: string }; consumers: Array<Consumer & { key: string }> } {
+export function readKongYml(): { paygConfig: Record<string, unknown>; route: { id: string; name: string; path: string }; consumers: Array<Consumer & { key: string }>; topUpPath: string } {
   const doc = YAML.parse(fs.readFileSync(path.join(ROOT, 'kong.yml'), 'utf8'));
   const service = doc.services[0];
   const payg = service.plugins.find((p: { name: string }) => p.name === 'payg');
   const route = service.routes[0];
+  // The public top-up route: no auth plugin, the path kept.
+  const topUp = doc.services.find((s: { name: string }) => s.name === 'payg-top-up');
   return {
+    topUpPath: topUp.routes[0].paths[0],
     paygConfig: payg.config,
     route: { id: `route-${route.name}`, name: route.name, path: route.paths[0] },
     consumers: doc.consumers.map((c: { username: string; custom_id: string; keyauth_credentials: Array<{ key: string }> }) => ({
@@ -57,6 +72,7 @@ export async function startStack(opts: { logLevel?: string } = {}): Promise<Stac
   const upstream = await startUpstream();
 
   // The shipped example config, pointed at local things.
+  const gatewayPort = Number(process.env.PAYG_DEMO_PORT ?? 0) || await freePort();
   const exampleDir = path.join(ROOT, 'control-service');
   const doc = YAML.parse(fs.readFileSync(path.join(exampleDir, 'payg.example.yml'), 'utf8'));
   Object.assign(doc, {
@@ -66,10 +82,15 @@ export async function startStack(opts: { logLevel?: string } = {}): Promise<Stac
     email_delivery: { ...doc.email_delivery, poll_interval_ms: 100 },
     // The operator console on its own loopback port (PAYG_CONSOLE_PORT, default: any free one).
     console: { listen: { host: '127.0.0.1', port: Number(process.env.PAYG_CONSOLE_PORT ?? 0) } },
+    // Customers buy credit on payg's own page, reached through the gateway (kong.yml's payg-top-up route), and Stripe Checkout.
+    top_up: {
+      metadata_key: doc.top_up?.metadata_key,
+      checkout: { public_url: `http://127.0.0.1:${gatewayPort}`, currencies: { usd: { presets: [1000, 2000, 5000], min: 500, max: 50_000 } } },
+    },
   });
   const config = parseConfig(doc, {
     STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
-    PAYG_ADMIN_TOKEN: ADMIN_TOKEN, PAYG_CONTROL_TOKEN: CONTROL_TOKEN, SMTP_URL: smtp.url,
+    PAYG_ADMIN_TOKEN: ADMIN_TOKEN, PAYG_CONTROL_TOKEN: CONTROL_TOKEN, SMTP_URL: smtp.url, PAYG_TOP_UP_SECRET: TOP_UP_SECRET,
   }, exampleDir);
   const svc = await startService(config, { log: pino({ name: 'payg-control', level: opts.logLevel ?? 'warn' }), sweepOnStart: false });
   stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WEBHOOK_SECRET };
@@ -87,7 +108,8 @@ export async function startStack(opts: { logLevel?: string } = {}): Promise<Stac
     const gateway = await new DemoGateway({
       kong, pluginId, upstream: upstream.url, route: kongYml.route, path: kongYml.route.path,
       keys: Object.fromEntries(kongYml.consumers.map(({ key, ...consumer }) => [key, consumer])),
-    }).start(Number(process.env.PAYG_DEMO_PORT ?? 0));
+      publicRoutes: [{ path: kongYml.topUpPath, upstream: svc.url }],
+    }).start(gatewayPort);
     return {
       stripe, smtp, svc, gateway,
       keys: { alice: alice.key, bob: bob.key },

@@ -46,6 +46,32 @@ export async function playStory(stack: Stack, print: (line: string) => void = co
       await sleep(20);
     }
   };
+  /**
+   * What Alice does in her browser, as plain HTTP: the 402's link → the page → a preset →
+   * 303 to the (emulated) hosted Checkout → Pay with a test card → 303 back to the success
+   * page, read again (it refreshes itself) until the credit has landed.
+   */
+  const buyThroughPage = async (step: string, link: string | undefined, amount: number) => {
+    if (!link || !link.startsWith(`${gateway.url}/top-up/`)) throw new StoryError(step, `the 402 body has no top-up link on the gateway: ${link}`);
+    const page = await fetch(link);
+    const html = await page.text();
+    const nonce = /name="nonce" value="([^"]+)"/.exec(html)?.[1];
+    const action = /<form method="post" action="([^"]+)"/.exec(html)?.[1];
+    if (page.status !== 200 || !nonce || !action) throw new StoryError(step, `the top-up page answered ${page.status} without its form`);
+    const form = (fields: Record<string, string>) => ({ method: 'POST', redirect: 'manual' as const, headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(fields).toString() });
+    const chosen = await fetch(new URL(action, link), form({ nonce, preset: String(amount) }));
+    const checkout = chosen.headers.get('location');
+    if (chosen.status !== 303 || !checkout) throw new StoryError(step, `choosing an amount answered ${chosen.status}`);
+    const paid = await fetch(checkout, form({ email: 'alice@example.com', name: 'Alice Example', payment_method: 'pm_card_visa' }));
+    const success = paid.headers.get('location');
+    if (paid.status !== 303 || !success) throw new StoryError(step, `paying on Checkout answered ${paid.status}`);
+    for (const t0 = Date.now(); ; await sleep(50)) {
+      const done = await (await fetch(success)).text();
+      const title = /<h1>([^<]+)<\/h1>/.exec(done)?.[1] ?? '';
+      if (title === 'Credit added') return { link, pageStatus: page.status, doneTitle: title };
+      if (Date.now() - t0 > 10_000) throw new StoryError(step, `the success page still says "${title}" after 10 s`);
+    }
+  };
   const email = (m: ParsedMail) => ({ subject: m.subject ?? '', text: (m.text ?? '').trim(), to: !Array.isArray(m.to) ? m.to?.value[0]?.address ?? '' : '' });
   const indent = (text: string) => text.split('\n').map((l) => `      ${l}`).join('\n');
 
@@ -78,12 +104,12 @@ export async function playStory(stack: Stack, print: (line: string) => void = co
     if (leases.every((l) => !l.open && l.held_requests === 0)) break;
   }
   const inboxBeforeRestore = smtp.raw.length;
-  stripe.addBalanceTransaction(customers.alice, -2000);
-  print(`✔ ${step}: a -$20.00 customer balance transaction`);
+  const topUp = await buyThroughPage(step, (blockedBody as { top_up?: string }).top_up, 2000);
+  print(`✔ ${step} on payg's page and Stripe Checkout: ${topUp.pageStatus} page → $20.00 chosen → 303 to Checkout → paid → back on "${topUp.doneTitle}"\n    (link ${topUp.link.replace(/(top-up\/v1\.[^.]+\.[^.]+\.).{8}.*/, '$1…')})`);
 
   step = '6. Alice\'s calls pass again';
   const back = await callUntil(step, keys.alice, 200);
-  print(`✔ ${step}: 200 (access came back ${back.ms} ms after the top-up)`);
+  print(`✔ ${step}: 200 (access came back ${back.ms} ms after the success page showed the credit)`);
 
   step = '7. The "access restored" email arrives';
   const restored = await emailTo(step, 'alice@example.com', /restored/i, inboxBeforeRestore);

@@ -10,6 +10,8 @@ import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
 import { parseCost, UNIT_KINDS, type Pricing, type RoutePrice, type UnitKind } from './pricing';
+import { signToken } from './top-ups/token';
+import type { CheckoutOptions } from './top-ups/core';
 import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
@@ -74,7 +76,30 @@ const rawConfig = z.object({
   }).strict().default({}),
   unknown_consumer: z.enum(['allow', 'block']).default('allow'),
   decision_ttl_ms: z.number().int().min(0).max(3_600_000).default(5000),
-  top_up: z.object({ url: z.string().url().optional(), metadata_key: z.string().min(1).optional() }).strict().default({}),
+  // ---- top_up (issue 21): an operator's own flow (url), or payg's own page and Stripe Checkout (checkout) ----
+  top_up: z.object({
+    url: z.string().url().optional(),
+    metadata_key: z.string().min(1).optional(),
+    // A dispute of a top-up payment takes its credit back (as a refund does) unless this is false.
+    debit_disputes: z.boolean().default(true),
+    checkout: z.object({
+      // The page is served at /top-up/ and its forms post there: the public URL is an origin, with no path of its own.
+      public_url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL')
+        .refine((u) => { const p = new URL(u); return (p.pathname === '/' || p.pathname === '') && !p.search && !p.hash; }, 'must be an origin such as https://api.example.com, without a path: the page is served at /top-up/'),
+      link_ttl: duration.default('30d'),
+      currencies: z.record(z.string().regex(/^[a-z]{3}$/, 'use a lower-case ISO currency code such as usd'), z.object({
+        presets: z.array(z.number().int().positive()).max(8).default([]),
+        min: z.number().int().positive(),
+        max: z.number().int().positive(),
+      }).strict()).refine((c) => Object.keys(c).length > 0, 'name at least one currency, e.g. usd: { presets: [1000, 2500], min: 500, max: 50000 }'),
+      default_currency: z.string().regex(/^[a-z]{3}$/, 'use a lower-case ISO currency code such as usd').optional(),
+      product_name: z.string().min(1).max(120).default('API credit'),
+      invoice_creation: z.boolean().default(false),
+      automatic_tax: z.boolean().default(false),
+      checkout_origins: z.array(z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL')).default(['https://checkout.stripe.com']),
+      resend_interval: duration.default('10s'),
+    }).strict().optional(),
+  }).strict().refine((t) => !(t.url && t.checkout), 'set either url (your own top-up flow) or checkout (payg\'s page and Stripe Checkout), not both').default({}),
   cohorts: z.array(z.object({ id, description: z.string().optional(), filter }).strict()).default([]),
   rules: z.array(z.object({
     id,
@@ -147,6 +172,14 @@ export interface Secrets {
   adminToken: string | undefined;
   controlToken: string | undefined;
   smtpUrl: string | undefined;
+  /** Signs top-up links (PAYG_TOP_UP_SECRET); required with top_up.checkout. */
+  topUpSecret: string | undefined;
+}
+
+/** The top_up config as the service uses it: merge tags read `url`/`metadata_key`/`link`. */
+export interface TopUpSettings extends TopUpConfig {
+  debitDisputes: boolean;
+  checkout: CheckoutOptions | undefined;
 }
 
 export interface Config {
@@ -162,7 +195,7 @@ export interface Config {
   stripe: { poll: string; consumerMetadataKey: string; maxRequestsPerSecond: number; pageSize: number; timeoutMs: number; retry: { maxAttempts: number; baseDelayMs: number; maxDelayMs: number } };
   unknownConsumer: 'allow' | 'block';
   decisionTtlMs: number;
-  topUp: TopUpConfig;
+  topUp: TopUpSettings;
   cohorts: CohortDef[];
   rules: RuleDef[];
   metering: {
@@ -230,6 +263,7 @@ export function secretsFromEnv(env: NodeJS.ProcessEnv): Secrets {
     adminToken: nonEmpty(env.PAYG_ADMIN_TOKEN?.trim()),
     controlToken: nonEmpty(env.PAYG_CONTROL_TOKEN?.trim()),
     smtpUrl: nonEmpty(env.SMTP_URL),
+    topUpSecret: nonEmpty(env.PAYG_TOP_UP_SECRET?.trim()),
   };
 }
 
@@ -335,7 +369,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     },
     unknownConsumer: raw.unknown_consumer,
     decisionTtlMs: raw.decision_ttl_ms,
-    topUp: raw.top_up,
+    topUp: topUpSettings(raw.top_up, secretsFromEnv(env)),
     cohorts: raw.cohorts,
     rules,
     metering: {
@@ -369,6 +403,39 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     },
     secrets: secretsFromEnv(env),
   };
+}
+
+// ---- top_up (issue 21) ----
+/** Shortest PAYG_TOP_UP_SECRET accepted: links are signed with it. */
+export const MIN_TOP_UP_SECRET_LENGTH = 32;
+
+function topUpSettings(raw: z.infer<typeof rawConfig>['top_up'], secrets: Secrets): TopUpSettings {
+  const base = { url: raw.url, metadata_key: raw.metadata_key, debitDisputes: raw.debit_disputes };
+  const c = raw.checkout;
+  if (!c) return { ...base, checkout: undefined };
+  const secret = secrets.topUpSecret;
+  if (!secret) throw new ConfigError('PAYG_TOP_UP_SECRET', 'is required with top_up.checkout: it signs the top-up links (at least 32 random characters, e.g. openssl rand -hex 32)');
+  if (secret.length < MIN_TOP_UP_SECRET_LENGTH) throw new ConfigError('PAYG_TOP_UP_SECRET', `is too short: at least ${MIN_TOP_UP_SECRET_LENGTH} characters (e.g. openssl rand -hex 32)`);
+  for (const [code, a] of Object.entries(c.currencies)) {
+    const at = `top_up.checkout.currencies.${code}`;
+    if (a.max < a.min) throw new ConfigError(`${at}.max`, `must be at least min (${a.min})`);
+    a.presets.forEach((p, i) => { if (p < a.min || p > a.max) throw new ConfigError(`${at}.presets[${i}]`, `${p} is outside min..max (${a.min}..${a.max})`); });
+  }
+  const defaultCurrency = c.default_currency ?? Object.keys(c.currencies)[0];
+  if (!c.currencies[defaultCurrency]) throw new ConfigError('top_up.checkout.default_currency', `${defaultCurrency} is not among top_up.checkout.currencies`);
+  const publicUrl = c.public_url.replace(/\/+$/, '');
+  const linkTtlMs = parseDuration(c.link_ttl)!;
+  const checkout: CheckoutOptions = {
+    publicUrl, linkTtlMs,
+    currencies: new Map(Object.entries(c.currencies).map(([code, a]) => [code, { presets: [...new Set(a.presets)], min: a.min, max: a.max }])),
+    defaultCurrency, productName: c.product_name, invoiceCreation: c.invoice_creation, automaticTax: c.automatic_tax,
+    // A Stripe stand-in (STRIPE_API_BASE other than api.stripe.com) serves its Checkout page itself.
+    checkoutOrigins: [...new Set([...c.checkout_origins.map((u) => new URL(u).origin),
+      ...(secrets.stripeApiBase.hostname === 'api.stripe.com' ? [] : [secrets.stripeApiBase.origin])])],
+    resendIntervalMs: parseDuration(c.resend_interval)!,
+  };
+  // {{top_up_url}}: a signed link to payg's page, valid for link_ttl from when it is written.
+  return { ...base, checkout, link: (customerId: string) => `${publicUrl}/top-up/${signToken(secret, customerId, Date.now() + linkTtlMs)}` };
 }
 
 /** PAYG_DATABASE_URL wins over store.postgres.url; either must be a postgres:// URL. Never echoed: it holds a password. */

@@ -21,13 +21,14 @@ export const EMAIL_MERGE_TAGS: readonly string[] = [...MERGE_TAGS, 'threshold.ce
 
 export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string } }
 
-export interface TopUpConfig { url?: string; metadata_key?: string }
+/** `link`: with top_up.checkout, a signed link to payg's top-up page for a customer (see top-ups/token.ts). */
+export interface TopUpConfig { url?: string; metadata_key?: string; link?: (customerId: string) => string }
 
 export function mergeContext(customer: Customer, topUp: TopUpConfig): MergeContext {
   const name = customer.name ?? '';
   const credit = Math.max(0, -customer.balance);
   const fromMetadata = topUp.metadata_key ? customer.metadata[topUp.metadata_key] : undefined;
-  const topUpTemplate = fromMetadata ?? topUp.url ?? '';
+  const topUpTemplate = fromMetadata ?? (topUp.link ? topUp.link(customer.id) : topUp.url ?? '');
   return {
     customer: { id: customer.id, name, first_name: name.trim().split(/\s+/)[0] ?? '', email: customer.email ?? '' },
     balance: { cents: customer.balance, formatted: formatMoney(customer.balance, customer.currency) },

@@ -22,6 +22,7 @@ import { mountConsole } from './console';
 import type { ConsoleServer } from './console/server';
 import { LeaseDesk } from './lease-desk';
 import { ChangeStream } from './http/stream';
+import { TopUps } from './top-ups/service';
 
 export interface RunningService {
   url: string;
@@ -35,6 +36,8 @@ export interface RunningService {
   /** The operator console, when `console` is configured. */
   console: ConsoleServer | undefined;
   leadership: Leadership;
+  /** Top-ups through Stripe Checkout, when top_up.checkout is configured. */
+  topUps: TopUps | undefined;
   stop(): Promise<void>;
 }
 
@@ -195,7 +198,16 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     log.warn('STRIPE_SECRET_KEY is not set: no balance sync; decisions come from the stored state only');
   }
 
-  const server: http.Server = createHttpServer({
+  // Top-ups (issue 21): payg's page and Stripe Checkout, crediting through the money outbox.
+  const checkout = config.topUp.checkout;
+  if (checkout && !gateway) log.warn('top_up.checkout is configured but STRIPE_SECRET_KEY is not set: the top-up page is off');
+  const topUps = checkout && gateway && sync && config.secrets.topUpSecret
+    ? new TopUps({ settings: { ...config.topUp, checkout }, secret: config.secrets.topUpSecret, gateway, engine, store, sync, log })
+    : undefined;
+  if (topUps) sync!.onLedgerRead = (id, moves) => void topUps.confirmFound(id, moves).catch((err) => log.warn({ err: (err as Error).message }, 'confirming top-ups found in Stripe failed'));
+  if (topUps && !config.secrets.stripeWebhookSecret) log.warn('top_up.checkout without STRIPE_WEBHOOK_SECRET: top-ups are credited only when the customer comes back to the success page, and refunds and disputes are not seen');
+
+  const server: http.Server = createHttpServer({ topUps,
     config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases, stream,
     followsStoredSweep: () => !leadership.isLeader,
     grantsLeases: config.postgres ? () => leadership.isLeader : undefined,
@@ -228,7 +240,10 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     if (config.emails.some((t) => t.reenrollAfterMs)) engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed'));
     if (sync && opts.sweepOnStart !== false) void sync.sweep();
     if (settler && opts.sweepOnStart !== false) void settler.settle();
+    // Credits and debits a crash or another replica left pending: found applied in Stripe, or sent again with the same key.
+    if (topUps) void topUps.resendPending().catch((err) => log.error({ err: (err as Error).message }, 'resending pending top-ups failed'));
   };
+  const topUpTimer = topUps ? setInterval(() => { if (leadership.isLeader) void topUps.resendPending().catch(() => undefined); }, topUps.checkout.resendIntervalMs) : undefined;
   leadership.onChange((leader) => {
     if (leader) void lead();
     else { log.warn('no longer leading: singleton work stops here'); void stopSender(); }
@@ -237,12 +252,13 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   else await lead();
 
   return {
-    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases, stream,
+    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases, stream, topUps,
     async stop() {
       await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();
       clearInterval(pruneTimer);
+      clearInterval(topUpTimer);
       clearInterval(recurringTimer);
       await leadership.stop();
       await changes?.stop();
@@ -265,7 +281,7 @@ The kong-payg control service: Stripe balance sync, cohorts, rules, decisions, m
   --version         print the version and exit
   --help            print this help and exit
 Secrets come from the environment: STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE,
-SMTP_URL, PAYG_ADMIN_TOKEN, PAYG_CONTROL_TOKEN; PORT overrides the listen port; PAYG_LOG_LEVEL.
+SMTP_URL, PAYG_ADMIN_TOKEN, PAYG_CONTROL_TOKEN, PAYG_TOP_UP_SECRET; PORT overrides the listen port; PAYG_LOG_LEVEL.
 `;
 
 export async function main(argv: string[]): Promise<void> {

@@ -9,15 +9,18 @@ import type { Engine } from '../engine';
 import { formatMoney } from '../customer';
 import { MICROS_PER_UNIT } from '../pricing';
 import { send, tokenMatches } from './util';
+import { mergeContext, type TopUpConfig } from '../merge-tags';
 
 export interface BalanceDeps {
   engine: Engine;
   controlToken: string | undefined;
   /** Lower-case header name carrying the consumer value. */
   consumerHeader: string;
+  /** The top_up config ({{top_up_url}}). */
+  topUp?: TopUpConfig;
 }
 
-export function createBalanceHandler({ engine, controlToken, consumerHeader }: BalanceDeps) {
+export function createBalanceHandler({ engine, controlToken, consumerHeader, topUp }: BalanceDeps) {
   return (req: http.IncomingMessage, res: http.ServerResponse): void => {
     if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
     // Kong's authentication plugins replace the header with one value: several mean something
@@ -35,7 +38,10 @@ export function createBalanceHandler({ engine, controlToken, consumerHeader }: B
     // Credit in the smallest currency unit, with the unsettled fraction (micros → 6 decimals at most).
     const creditMicros = -Math.round(held.estimatedBalance * MICROS_PER_UNIT);
     const credit = Math.max(0, creditMicros) / MICROS_PER_UNIT;
+    // Where to buy more credit ({{top_up_url}}: payg's signed page with top_up.checkout, else top_up.url), when configured.
+    const topUpUrl = topUp ? mergeContext(held.customer, topUp).top_up_url : '';
     send(res, 200, {
+      ...(topUpUrl ? { top_up_url: topUpUrl } : {}),
       currency: (held.customer.currency ?? 'usd').toUpperCase(),
       credit: { amount: credit, formatted: formatMoney(Math.floor(credit), held.customer.currency) },
       as_of: new Date().toISOString(),

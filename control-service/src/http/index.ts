@@ -21,6 +21,8 @@ import { createLeaseHandler } from './leases';
 import type { LeaseDesk } from '../lease-desk';
 import type { ChangeStream } from './stream';
 import { UNIT_KINDS, type UnitKind } from '../pricing';
+import { createTopUpHandler, TOP_UP_PREFIX } from '../top-ups/http';
+import { TOP_UP_EVENTS, type TopUps } from '../top-ups/service';
 
 const DECISION_PREFIX = '/v1/decisions/';
 
@@ -46,6 +48,8 @@ export interface HttpDeps {
   publicBodyTimeoutMs?: number;
   leases: LeaseDesk;
   stream: ChangeStream;
+  /** Top-ups (issue 21): the public page and its webhook events, when top_up.checkout is configured. */
+  topUps?: TopUps;
 }
 
 const usageEvent = z.object({
@@ -165,7 +169,8 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       return send(res, 200, { received: true, duplicate: true });
     }
     try {
-      const result = await deps.sync.applyEvent(event);
+      // Top-up events (checkout.session.*, charge.refunded, charge.dispute.created) go to top-ups; the rest to balance sync.
+      const result = deps.topUps && TOP_UP_EVENTS.has(event.type) ? await deps.topUps.applyEvent(event) : await deps.sync.applyEvent(event);
       metrics.webhooks.inc({ result });
       // Joined an earlier delivery's flight that stored it, or found it stored: the same answer as the check above.
       send(res, 200, result === 'duplicate' ? { received: true, duplicate: true } : { received: true, result });
@@ -178,7 +183,11 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   };
   const admin = createAdminHandler(deps);
   const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }), deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS);
-  const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader });
+  const topUpPage = deps.topUps && createTopUpHandler({
+    topUps: deps.topUps, checkout: deps.topUps.checkout, secret: deps.topUps.deps.secret, engine, store: deps.store, log,
+    budget: publicBytes, bodyTimeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS,
+  });
+  const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader, topUp: config.topUp });
 
   const health = async (res: http.ServerResponse) => {
     let storeOk = true;
@@ -221,6 +230,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);
       if (method === 'POST' && path === '/webhooks/stripe') return webhook(req, res);
       if (method === 'GET' && path === '/v1/balance') return balance(req, res);
+      if (topUpPage && path.startsWith(TOP_UP_PREFIX)) return topUpPage(method, path, req, res);
       if (method === 'GET' && path === '/health') return health(res);
       if (method === 'GET' && path === '/metrics') {
         const text = await metrics.registry.metrics();

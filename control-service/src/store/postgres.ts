@@ -13,6 +13,8 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
 import { toOutboxRow, toSettlement } from './rows';
+import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
+import type { MoveIntent } from '../top-ups/core';
 import type { ReloadedCustomer } from '../engine';
 
 /** The NOTIFY channel saveChanges writes to; its payload is a JSON array of customer ids. */
@@ -81,6 +83,10 @@ const MIGRATIONS: string[] = [
   // 4: running totals carry a version, one more per commit that adds usage, so followers can apply
   // the usage other replicas NOTIFY in order, and know when they missed some
   `ALTER TABLE usage_totals ADD COLUMN version BIGINT NOT NULL DEFAULT 0;`,
+  // 5: RESERVED for durable leases (issue 20, branch i20-leases): merge that branch's migration here, never a no-op.
+  'SELECT 1;',
+  // 6: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox (as SQLite's 8)
+  topUpSchema('postgres'),
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -609,6 +615,89 @@ export class PostgresStore implements Store {
   async setMeta(key: string, value: string): Promise<void> {
     await this.pool.query('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
+
+  // ---- top-ups (issue 21): TopUpStore -------------------------------------------------------
+  // Replicas race here by unique keys (top-up id, move ref) and a row lock on the top-up for debits.
+  async recordTopUp(row: { id: string; customerId: string; amount: number; currency: string; createdAt: number }): Promise<TopUpRow> {
+    await this.pool.query('INSERT INTO top_ups (id, customer_id, amount, currency, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING',
+      [row.id, row.customerId, row.amount, row.currency, row.createdAt]);
+    return (await this.topUp(row.id))!;
+  }
+
+  async setTopUpSession(id: string, sessionId: string, sessionUrl: string | null): Promise<void> {
+    await this.pool.query('UPDATE top_ups SET session_id = $2, session_url = COALESCE($3, session_url) WHERE id = $1 AND (session_id IS NULL OR session_id = $2)', [id, sessionId, sessionUrl]);
+  }
+
+  async setTopUpPaymentIntent(id: string, paymentIntent: string): Promise<void> {
+    await this.pool.query('UPDATE top_ups SET payment_intent = $2 WHERE id = $1 AND payment_intent IS NULL', [id, paymentIntent]);
+  }
+
+  async topUp(id: string): Promise<TopUpRow | undefined> {
+    const [r] = await this.rows('SELECT * FROM top_ups WHERE id = $1', [id]);
+    return r && toTopUp(r);
+  }
+
+  async topUpByPaymentIntent(paymentIntent: string): Promise<TopUpRow | undefined> {
+    const [r] = await this.rows('SELECT * FROM top_ups WHERE payment_intent = $1', [paymentIntent]);
+    return r && toTopUp(r);
+  }
+
+  async topUps(customerId: string, limit: number): Promise<TopUpRow[]> {
+    return (await this.rows('SELECT * FROM top_ups WHERE customer_id = $1 ORDER BY created_at DESC, id LIMIT $2', [customerId, limit])).map(toTopUp);
+  }
+
+  private async insertMove(c: pg.PoolClient | pg.Pool, intent: MoveIntent, now: number): Promise<boolean> {
+    const r = await c.query(`INSERT INTO top_up_moves (ref, kind, top_up_id, customer_id, amount, currency, idempotency_key, description, metadata, status, created_at)
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) ON CONFLICT DO NOTHING`,
+      [intent.ref, intent.kind, intent.topUpId, intent.customerId, intent.amount, intent.currency, intent.idempotencyKey, intent.description, JSON.stringify(intent.metadata), now]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async enqueueMove(intent: MoveIntent, now: number): Promise<{ row: MoveRow; created: boolean }> {
+    const created = await this.insertMove(this.pool, intent, now);
+    const [r] = await this.rows('SELECT * FROM top_up_moves WHERE ref = $1', [intent.ref]);
+    return { row: toMove(r), created };
+  }
+
+  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number): Promise<{ row: MoveRow | undefined; created: boolean }> {
+    return this.tx(async (c) => {
+      // One debit of a top-up at a time, whichever replica: the sum read here is the sum the new row adds to.
+      await c.query('SELECT 1 FROM top_ups WHERE id = $1 FOR UPDATE', [intent.topUpId]);
+      const [held] = (await c.query('SELECT * FROM top_up_moves WHERE ref = $1', [intent.ref])).rows;
+      if (held) return { row: toMove(held), created: false };
+      const before = Number((await c.query(`SELECT COALESCE(SUM(amount), 0) AS n FROM top_up_moves WHERE top_up_id = $1 AND kind <> 'credit' AND status <> 'failed'`, [intent.topUpId])).rows[0].n);
+      const amount = amountFor(before);
+      if (amount <= 0) return { row: undefined, created: false };
+      const created = await this.insertMove(c, { ...intent, amount }, now);
+      const [r] = (await c.query('SELECT * FROM top_up_moves WHERE ref = $1', [intent.ref])).rows;
+      return { row: toMove(r), created };
+    });
+  }
+
+  async pendingMoves(): Promise<MoveRow[]> {
+    return (await this.rows(`SELECT * FROM top_up_moves WHERE status = 'pending' ORDER BY id`)).map(toMove);
+  }
+
+  async moves(filter: { topUpId?: string; customerId?: string }): Promise<MoveRow[]> {
+    const rows = filter.topUpId ? await this.rows('SELECT * FROM top_up_moves WHERE top_up_id = $1 ORDER BY id', [filter.topUpId])
+      : filter.customerId ? await this.rows('SELECT * FROM top_up_moves WHERE customer_id = $1 ORDER BY id', [filter.customerId])
+      : await this.rows('SELECT * FROM top_up_moves ORDER BY id');
+    return rows.map(toMove);
+  }
+
+  async moveAttemptFailed(id: number, error: string): Promise<void> {
+    await this.pool.query('UPDATE top_up_moves SET attempts = attempts + 1, last_error = $2 WHERE id = $1', [id, error]);
+  }
+
+  async confirmMove(id: number, stripeRef: string, at: number): Promise<boolean> {
+    const r = await this.pool.query(`UPDATE top_up_moves SET status = 'confirmed', stripe_ref = $2, confirmed_at = $3, attempts = attempts + 1 WHERE id = $1 AND status = 'pending'`, [id, stripeRef, at]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async failMove(id: number, error: string, at: number): Promise<void> {
+    await this.pool.query(`UPDATE top_up_moves SET status = 'failed', last_error = $2, confirmed_at = $3, attempts = attempts + 1 WHERE id = $1 AND status = 'pending'`, [id, error, at]);
+  }
+  // ---- end top-ups ----------------------------------------------------------------------------
 
   async ping(): Promise<void> {
     await this.pool.query('SELECT 1');

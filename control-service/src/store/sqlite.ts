@@ -5,6 +5,8 @@ import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
 import { toOutboxRow, toSettlement } from './rows';
+import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
+import type { MoveIntent } from '../top-ups/core';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -65,6 +67,10 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
+  // 7: RESERVED for durable leases (issue 20, branch i20-leases): merge that branch's migration here, never a no-op.
+  'SELECT 1;',
+  // 8: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox
+  topUpSchema('sqlite'),
 ];
 
 export class SqliteStore implements Store {
@@ -343,6 +349,89 @@ export class SqliteStore implements Store {
   async setMeta(key: string, value: string): Promise<void> {
     this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(key, value);
   }
+
+  // ---- top-ups (issue 21): TopUpStore -------------------------------------------------------
+  async recordTopUp(row: { id: string; customerId: string; amount: number; currency: string; createdAt: number }): Promise<TopUpRow> {
+    this.db.prepare('INSERT OR IGNORE INTO top_ups (id, customer_id, amount, currency, created_at) VALUES (?, ?, ?, ?, ?)')
+      .run(row.id, row.customerId, row.amount, row.currency, row.createdAt);
+    return (await this.topUp(row.id))!;
+  }
+
+  async setTopUpSession(id: string, sessionId: string, sessionUrl: string | null): Promise<void> {
+    this.db.prepare('UPDATE top_ups SET session_id = ?, session_url = COALESCE(?, session_url) WHERE id = ? AND (session_id IS NULL OR session_id = ?)').run(sessionId, sessionUrl, id, sessionId);
+  }
+
+  async setTopUpPaymentIntent(id: string, paymentIntent: string): Promise<void> {
+    this.db.prepare('UPDATE top_ups SET payment_intent = ? WHERE id = ? AND payment_intent IS NULL').run(paymentIntent, id);
+  }
+
+  async topUp(id: string): Promise<TopUpRow | undefined> {
+    const r = this.db.prepare('SELECT * FROM top_ups WHERE id = ?').get(id) as Record<string, any> | undefined;
+    return r && toTopUp(r);
+  }
+
+  async topUpByPaymentIntent(paymentIntent: string): Promise<TopUpRow | undefined> {
+    const r = this.db.prepare('SELECT * FROM top_ups WHERE payment_intent = ?').get(paymentIntent) as Record<string, any> | undefined;
+    return r && toTopUp(r);
+  }
+
+  async topUps(customerId: string, limit: number): Promise<TopUpRow[]> {
+    return (this.db.prepare('SELECT * FROM top_ups WHERE customer_id = ? ORDER BY created_at DESC, id LIMIT ?').all(customerId, limit) as Array<Record<string, any>>).map(toTopUp);
+  }
+
+  private insertMove(intent: MoveIntent, now: number): boolean {
+    return this.db.prepare(`INSERT OR IGNORE INTO top_up_moves (ref, kind, top_up_id, customer_id, amount, currency, idempotency_key, description, metadata, status, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)`).run(intent.ref, intent.kind, intent.topUpId, intent.customerId, intent.amount, intent.currency,
+      intent.idempotencyKey, intent.description, JSON.stringify(intent.metadata), now).changes > 0;
+  }
+
+  private moveByRef(ref: string): MoveRow | undefined {
+    const r = this.db.prepare('SELECT * FROM top_up_moves WHERE ref = ?').get(ref) as Record<string, any> | undefined;
+    return r && toMove(r);
+  }
+
+  async enqueueMove(intent: MoveIntent, now: number): Promise<{ row: MoveRow; created: boolean }> {
+    return this.db.transaction(() => {
+      const created = this.insertMove(intent, now);
+      return { row: this.moveByRef(intent.ref)!, created };
+    })();
+  }
+
+  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number): Promise<{ row: MoveRow | undefined; created: boolean }> {
+    return this.db.transaction(() => {
+      const held = this.moveByRef(intent.ref);
+      if (held) return { row: held, created: false };
+      const before = (this.db.prepare(`SELECT COALESCE(SUM(amount), 0) AS n FROM top_up_moves WHERE top_up_id = ? AND kind <> 'credit' AND status <> 'failed'`).get(intent.topUpId) as { n: number }).n;
+      const amount = amountFor(before);
+      if (amount <= 0) return { row: undefined, created: false };
+      this.insertMove({ ...intent, amount }, now);
+      return { row: this.moveByRef(intent.ref)!, created: true };
+    })();
+  }
+
+  async pendingMoves(): Promise<MoveRow[]> {
+    return (this.db.prepare(`SELECT * FROM top_up_moves WHERE status = 'pending' ORDER BY id`).all() as Array<Record<string, any>>).map(toMove);
+  }
+
+  async moves(filter: { topUpId?: string; customerId?: string }): Promise<MoveRow[]> {
+    const rows = filter.topUpId ? this.db.prepare('SELECT * FROM top_up_moves WHERE top_up_id = ? ORDER BY id').all(filter.topUpId)
+      : filter.customerId ? this.db.prepare('SELECT * FROM top_up_moves WHERE customer_id = ? ORDER BY id').all(filter.customerId)
+      : this.db.prepare('SELECT * FROM top_up_moves ORDER BY id').all();
+    return (rows as Array<Record<string, any>>).map(toMove);
+  }
+
+  async moveAttemptFailed(id: number, error: string): Promise<void> {
+    this.db.prepare('UPDATE top_up_moves SET attempts = attempts + 1, last_error = ? WHERE id = ?').run(error, id);
+  }
+
+  async confirmMove(id: number, stripeRef: string, at: number): Promise<boolean> {
+    return this.db.prepare(`UPDATE top_up_moves SET status = 'confirmed', stripe_ref = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`).run(stripeRef, at, id).changes > 0;
+  }
+
+  async failMove(id: number, error: string, at: number): Promise<void> {
+    this.db.prepare(`UPDATE top_up_moves SET status = 'failed', last_error = ?, confirmed_at = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`).run(error, at, id);
+  }
+  // ---- end top-ups ----------------------------------------------------------------------------
 
   async ping(): Promise<void> {
     this.db.prepare('SELECT 1').get();

@@ -2,6 +2,7 @@
 // SQLite file is the embedded default, PostgreSQL comes for several replicas.
 
 import type { Customer } from '../customer';
+import type { TopUpStore } from '../top-ups/store';
 
 export interface StoredCustomer extends Customer {
   /** When Stripe last told us this state (ms): a sweep's fetch time or a webhook event's `created`. */
@@ -97,7 +98,8 @@ export interface SettlementRow {
 export interface UsageAdded { customerId: string; micros: number; version: number }
 export interface SavedChanges { usageAdded: UsageAdded[] }
 
-export interface Store {
+/** Top-ups (issue 21) keep their rows through TopUpStore (top-ups/store.ts). */
+export interface Store extends TopUpStore {
   loadCustomers(): Promise<StoredCustomer[]>;
   /**
    * In one transaction: upserts customers, deletes the ids given, and records

@@ -6,6 +6,7 @@
 
 import Stripe from 'stripe';
 import type { Customer } from '../customer';
+import { moveRefOf } from '../top-ups/core';
 
 export interface GatewayOptions {
   secretKey: string;
@@ -28,7 +29,8 @@ export function isPermanentRefusal(err: unknown): boolean {
 }
 
 /** What the customer's balance transactions say: the balance after the newest, and our settlements among them. */
-export interface BalanceLedgerRead { balance: number | undefined; applied: Map<number, string>; startedAt: number; deleted?: boolean }
+/** `moves`: our top-up credits and debits among them (ref → balance transaction id; see top-ups/core.ts moveRefOf). */
+export interface BalanceLedgerRead { balance: number | undefined; applied: Map<number, string>; startedAt: number; deleted?: boolean; moves: Map<string, string> }
 
 let lastStamp = 0;
 /** When a read starts, strictly increasing: of two reads, the later-started one is newer even within one millisecond. */
@@ -149,6 +151,7 @@ export class StripeGateway {
   async balanceLedger(customerId: string, since: number): Promise<BalanceLedgerRead> {
     const startedAt = readStamp();
     const applied = new Map<number, string>();
+    const moves = new Map<string, string>();
     let balance: number | undefined;
     let after: string | undefined;
     const horizon = Math.floor((since - 10 * 60_000) / 1000);
@@ -158,18 +161,20 @@ export class StripeGateway {
         page = await this.call((s) => s.customers.listBalanceTransactions(customerId, { limit: 100, ...(after ? { starting_after: after } : {}) }));
       } catch (err) {
         // No such customer: deleted since it was read (its settlements then fail as refused).
-        if ((err as { statusCode?: number }).statusCode === 404) return { balance: undefined, applied, startedAt, deleted: true };
+        if ((err as { statusCode?: number }).statusCode === 404) return { balance: undefined, applied, startedAt, deleted: true, moves };
         throw err;
       }
       if (balance === undefined && page.data.length) balance = page.data[0].ending_balance;
       for (const t of page.data) {
         const ref = Number(t.metadata?.payg_settlement);
         if (Number.isInteger(ref) && ref > 0) applied.set(ref, t.id);
+        const move = moveRefOf(t.metadata);
+        if (move) moves.set(move, t.id);
       }
       const last = page.data.at(-1);
       if (!page.has_more || !last || last.created < horizon) break;
       after = last.id;
     }
-    return { balance, applied, startedAt };
+    return { balance, applied, startedAt, moves };
   }
 }

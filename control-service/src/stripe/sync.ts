@@ -47,6 +47,8 @@ export class BalanceSync {
   }
 
   private lastResultAt: number | undefined;
+  /** Told what a reconciling read found of top-up credits and debits (ref → balance transaction; see top-ups/service.ts). */
+  onLedgerRead: ((customerId: string, moves: Map<string, string>) => void) | undefined;
 
   /** Starts a sweep, or joins the one already running. */
   sweep(): Promise<SweepResult> {
@@ -107,11 +109,21 @@ export class BalanceSync {
   private async reconcile(plain: StoredCustomer, webhookEventId?: string): Promise<void> {
     const since = this.engine.oldestPendingSettlementAt(plain.id) ?? plain.version;
     const read = await this.gateway.balanceLedger(plain.id, since);
+    if (read.moves.size) this.onLedgerRead?.(plain.id, read.moves);
     if (read.deleted) {
       await this.engine.apply([], [{ id: plain.id, version: read.startedAt }], { webhookEventId });
       return;
     }
     await this.engine.applyReconciled({ ...plain, balance: read.balance ?? plain.balance, version: read.startedAt }, read.applied, { webhookEventId });
+  }
+
+  /** Reads one customer again and applies it as a webhook would (top-ups: after a credit or debit is confirmed). */
+  async refresh(customerId: string): Promise<void> {
+    const { customer, startedAt } = await this.gateway.retrieve(customerId);
+    if (customer === 'deleted') { await this.engine.apply([], [{ id: customerId, version: startedAt }]); return; }
+    const read: StoredCustomer = { ...customer, version: startedAt };
+    const { needsReconcile } = await this.engine.apply([read], []);
+    if (needsReconcile.length) await this.reconcile(read);
   }
 
   /** Webhook events being applied now, by event id: a delivery of one joins the flight already under way. */

@@ -1,0 +1,94 @@
+// The public top-up pages, server-rendered: no script, one inline stylesheet
+// allowed by its hash, nothing loaded from elsewhere. Readable on a phone.
+// Pure: every value comes in, HTML goes out, every value escaped.
+
+import { createHash } from 'node:crypto';
+import { formatMoney } from '../customer';
+import { decimalsOf, type CurrencyAmounts } from './core';
+
+const STYLE = `body{font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1a1f36}
+main{max-width:28rem;margin:0 auto;padding:1.5rem 1rem}h1{font-size:1.4rem;margin:0 0 .25rem}
+.card{background:#fff;border-radius:12px;padding:1.25rem;box-shadow:0 1px 3px rgba(0,0,0,.08);margin:1rem 0}
+.credit{font-size:2rem;font-weight:600;margin:.25rem 0}.muted{color:#5b6478;font-size:.9rem}
+.presets{display:grid;grid-template-columns:repeat(auto-fit,minmax(6rem,1fr));gap:.5rem}
+button{font:inherit;font-weight:600;padding:.8rem;border:0;border-radius:8px;background:#635bff;color:#fff;cursor:pointer;width:100%}
+button.alt{background:#e3e8ee;color:#1a1f36}label{display:block;margin:.5rem 0 .25rem}
+input{font:inherit;width:100%;box-sizing:border-box;padding:.7rem;border:1px solid #c1c9d2;border-radius:8px;margin-bottom:.5rem}
+.error{background:#fdecea;color:#8a1c1c;border-radius:8px;padding:.75rem}.ok{background:#e8f5e9;color:#1b5e20;border-radius:8px;padding:.75rem}
+a{color:#635bff}`;
+
+/** The Content-Security-Policy of every page: nothing runs, only our own stylesheet applies, forms go to us or Checkout. */
+export function contentSecurityPolicy(formTargets: readonly string[]): string {
+  const hash = createHash('sha256').update(STYLE).digest('base64');
+  return [`default-src 'none'`, `style-src 'sha256-${hash}'`, `img-src 'none'`, `base-uri 'none'`, `frame-ancestors 'none'`,
+    `form-action 'self' ${formTargets.join(' ')}`.trim()].join('; ');
+}
+
+export function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]!));
+}
+
+function layout(title: string, body: string, opts: { refreshSeconds?: number } = {}): string {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">${opts.refreshSeconds ? `\n<meta http-equiv="refresh" content="${opts.refreshSeconds}">` : ''}
+<title>${escapeHtml(title)}</title><style>${STYLE}</style></head>
+<body><main>${body}</main></body></html>`;
+}
+
+export interface PageCustomer { name: string | null; creditMinor: number; currency: string }
+
+/** What the refusal reasons of chooseAmount (and others) say to the customer. */
+export function amountMessage(reason: string, currency: string, amounts: CurrencyAmounts | undefined): string {
+  const fmt = (n: number) => formatMoney(n, currency);
+  switch (reason) {
+    case 'missing': return 'Choose an amount.';
+    case 'not_a_number': return 'The amount is not a number.';
+    case 'not_whole': return decimalsOf(currency) === 0 ? `Enter a whole amount of ${currency.toUpperCase()}.` : `Enter the amount with at most ${decimalsOf(currency)} decimals.`;
+    case 'below_min': return `The smallest top-up is ${fmt(amounts!.min)}.`;
+    case 'above_max': return `The largest top-up is ${fmt(amounts!.max)}.`;
+    case 'currency': return `Top-ups in ${currency.toUpperCase()} are not available; contact us.`;
+    default: return 'The amount was refused.';
+  }
+}
+
+export function topUpPage(p: { customer: PageCustomer; amounts: CurrencyAmounts; nonce: string; action: string; error?: string; custom?: string }): string {
+  const { customer, amounts } = p;
+  const fmt = (n: number) => formatMoney(n, customer.currency);
+  const decimals = decimalsOf(customer.currency);
+  const step = decimals === 0 ? '1' : `0.${'0'.repeat(decimals - 1)}1`;
+  const major = (n: number) => (n / 10 ** decimals).toFixed(decimals);
+  const presets = amounts.presets.map((a) => `<button type="submit" name="preset" value="${a}">${escapeHtml(fmt(a))}</button>`).join('\n');
+  const hidden = `<input type="hidden" name="nonce" value="${escapeHtml(p.nonce)}">`;
+  return layout('Add API credit', `<h1>Add API credit</h1>
+<p class="muted">${customer.name ? `For ${escapeHtml(customer.name)}` : 'For your account'}</p>
+<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(customer.creditMinor))}</div></div>
+${p.error ? `<p class="error" role="alert">${escapeHtml(p.error)}</p>` : ''}
+<div class="card">${presets ? `<form method="post" action="${escapeHtml(p.action)}">${hidden}<div class="presets">${presets}</div></form>` : ''}
+<form method="post" action="${escapeHtml(p.action)}">${hidden}
+<label for="custom">Another amount (${escapeHtml(customer.currency.toUpperCase())}, ${escapeHtml(fmt(amounts.min))} to ${escapeHtml(fmt(amounts.max))})</label>
+<input id="custom" name="custom" type="number" inputmode="decimal" min="${major(amounts.min)}" max="${major(amounts.max)}" step="${step}" required value="${escapeHtml(p.custom ?? '')}">
+<button type="submit" class="alt">Continue to payment</button></form></div>
+<p class="muted">You pay on Stripe's secure checkout page. The credit is added once the payment is confirmed.</p>`);
+}
+
+export function messagePage(title: string, message: string): string {
+  return layout(title, `<h1>${escapeHtml(title)}</h1><p class="error" role="alert">${escapeHtml(message)}</p>`);
+}
+
+export function successPage(p: { customer: PageCustomer; credited: number | undefined; backHref: string }): string {
+  const fmt = (n: number) => formatMoney(n, p.customer.currency);
+  if (p.credited === undefined) {
+    // No script: the page asks again by itself until the credit has landed.
+    return layout('Payment received', `<h1>Payment received</h1><p class="ok" role="status">Thank you. Your credit is being added; this page updates by itself.</p>
+<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(p.customer.creditMinor))}</div></div>`, { refreshSeconds: 2 });
+  }
+  return layout('Credit added', `<h1>Credit added</h1><p class="ok" role="status">${escapeHtml(fmt(p.credited))} of API credit has been added.</p>
+<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(p.customer.creditMinor))}</div></div>
+<p><a href="${escapeHtml(p.backHref)}">Add more credit</a></p>`);
+}
+
+export function cancelPage(p: { backHref: string }): string {
+  return layout('Payment cancelled', `<h1>Payment cancelled</h1><p>Nothing was charged and no credit was added.</p>
+<p><a href="${escapeHtml(p.backHref)}">Choose another amount</a></p>`);
+}

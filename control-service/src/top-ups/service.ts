@@ -1,0 +1,257 @@
+// Top-ups at the edges: creates Checkout Sessions, turns Stripe's events into
+// credits and debits through the money outbox, sends them with their
+// idempotency keys and recovers the ones in flight after a crash. What is
+// decided lives in core.ts; this carries it out.
+
+import type Stripe from 'stripe';
+import type { Logger } from 'pino';
+import type { Engine } from '../engine';
+import type { Store } from '../store/store';
+import { isPermanentRefusal, type StripeGateway } from '../stripe/gateway';
+import type { BalanceSync } from '../stripe/sync';
+import type { TopUpSettings } from '../config';
+import { creditIntent, debitFor, debitIntent, decideCredit, type CheckoutOptions, type SessionRead } from './core';
+import type { MoveRow, TopUpRow } from './store';
+
+export const TOP_UP_EVENTS = new Set(['checkout.session.completed', 'checkout.session.async_payment_succeeded', 'charge.refunded', 'charge.dispute.created']);
+
+export type EventOutcome = 'applied' | 'ignored' | 'refused';
+
+const idOf = (v: string | { id: string } | null | undefined): string | null => (v == null ? null : typeof v === 'string' ? v : v.id);
+
+export function sessionRead(s: Stripe.Checkout.Session): SessionRead {
+  return {
+    id: s.id, mode: s.mode, status: s.status, paymentStatus: s.payment_status, customer: idOf(s.customer as string | Stripe.Customer | null),
+    currency: s.currency, amountSubtotal: s.amount_subtotal, amountTotal: s.amount_total,
+    topUpId: s.metadata?.payg_top_up_id, paymentIntent: idOf(s.payment_intent as string | Stripe.PaymentIntent | null),
+  };
+}
+
+export interface TopUpsDeps {
+  settings: TopUpSettings & { checkout: CheckoutOptions };
+  secret: string;
+  gateway: StripeGateway;
+  engine: Engine;
+  store: Store;
+  sync: BalanceSync;
+  log: Logger;
+  now?: () => number;
+}
+
+export class TopUps {
+  private readonly inFlight = new Set<number>();
+  private resending: Promise<number> | undefined;
+  readonly now: () => number;
+
+  constructor(readonly deps: TopUpsDeps) {
+    this.now = deps.now ?? Date.now;
+  }
+
+  get checkout(): CheckoutOptions { return this.deps.settings.checkout; }
+
+  /** Creates (or, asked again for the same top-up, gets back) the Checkout Session of a recorded top-up. */
+  async createSession(row: TopUpRow, token: string): Promise<{ id: string; url: string | null }> {
+    const c = this.checkout;
+    const base = `${c.publicUrl}/top-up/${token}`;
+    const params: Stripe.Checkout.SessionCreateParams = {
+      mode: 'payment',
+      customer: row.customerId,
+      line_items: [{ quantity: 1, price_data: { currency: row.currency, unit_amount: row.amount, product_data: { name: c.productName }, ...(c.automaticTax ? { tax_behavior: 'exclusive' as const } : {}) } }],
+      success_url: `${base}/done/${row.id}`,
+      cancel_url: `${base}/cancel`,
+      metadata: { payg_top_up_id: row.id, payg_customer: row.customerId },
+      payment_intent_data: { metadata: { payg_top_up_id: row.id } },
+      ...(c.invoiceCreation ? { invoice_creation: { enabled: true } } : {}),
+      ...(c.automaticTax ? { automatic_tax: { enabled: true }, customer_update: { address: 'auto' as const } } : {}),
+    };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const s = await this.deps.gateway.call((stripe) => stripe.checkout.sessions.create(params, { idempotencyKey: `payg-top-up-session-${row.id}` }));
+        await this.deps.store.setTopUpSession(row.id, s.id, s.url);
+        return { id: s.id, url: s.url };
+      } catch (err) {
+        // The same form submitted twice at once: Stripe answers 409 while the first request runs; its answer is replayed after.
+        if ((err as { statusCode?: number }).statusCode !== 409 || attempt >= 10) throw err;
+        await new Promise((r) => setTimeout(r, 100 * attempt));
+        const held = await this.deps.store.topUp(row.id);
+        if (held?.sessionId) return { id: held.sessionId, url: held.sessionUrl };
+      }
+    }
+  }
+
+  /** A verified webhook event of ours (TOP_UP_EVENTS): everything in it is read again from Stripe. */
+  async applyEvent(event: Stripe.Event): Promise<EventOutcome> {
+    const object = event.data.object as { id?: string };
+    if (typeof object.id !== 'string') return 'ignored';
+    switch (event.type) {
+      case 'checkout.session.completed':
+      case 'checkout.session.async_payment_succeeded':
+        return (await this.creditSession(object.id)).outcome;
+      case 'charge.refunded':
+        return this.chargeRefunded(object.id);
+      case 'charge.dispute.created':
+        if (!this.deps.settings.debitDisputes) return 'ignored';
+        return this.disputeCreated(object.id);
+      default:
+        return 'ignored';
+    }
+  }
+
+  /**
+   * Credits a paid session of one of our top-ups, once: the session is read
+   * from Stripe, checked against the top-up we recorded, and its credit written
+   * to the outbox (unique by session) before it is sent.
+   */
+  async creditSession(sessionId: string): Promise<{ outcome: EventOutcome; why?: string }> {
+    const session = await this.deps.gateway.call((s) => s.checkout.sessions.retrieve(sessionId));
+    const read = sessionRead(session);
+    const record = read.topUpId ? await this.deps.store.topUp(read.topUpId) : undefined;
+    const decision = decideCredit(read, record);
+    // A session of the operator's other Checkout flows (no payg metadata) is none of ours: ignored without a warning.
+    if (!read.topUpId) return { outcome: 'ignored', why: decision.kind === 'refuse' ? decision.why : undefined };
+    if (decision.kind === 'refuse') {
+      this.deps.log.warn({ session: sessionId, why: decision.why }, 'top-up refused: nothing credited');
+      return { outcome: 'refused', why: decision.why };
+    }
+    if (decision.kind === 'wait') return { outcome: 'ignored', why: decision.why };
+    if (!record!.sessionId) await this.deps.store.setTopUpSession(record!.id, session.id, null);
+    if (read.paymentIntent) await this.deps.store.setTopUpPaymentIntent(record!.id, read.paymentIntent);
+    const { row, created } = await this.deps.store.enqueueMove(creditIntent(session.id, record!.id, decision.customerId, decision.amount, decision.currency), this.now());
+    // Whoever wrote the row sends it; a row left pending by a process that died is sent by the leader's resend pass.
+    if (created) await this.send(row);
+    return { outcome: 'applied' };
+  }
+
+  /** The top-up a charge paid for, if any: by the PaymentIntent we recorded, else by asking Stripe for its session. */
+  private async topUpOfCharge(charge: Stripe.Charge): Promise<{ topUp: TopUpRow; sessionId: string } | undefined> {
+    const pi = idOf(charge.payment_intent as string | Stripe.PaymentIntent | null);
+    if (!pi) return undefined;
+    let topUp = await this.deps.store.topUpByPaymentIntent(pi);
+    if (!topUp || !topUp.sessionId) {
+      const list = await this.deps.gateway.call((s) => s.checkout.sessions.list({ payment_intent: pi, limit: 1 }));
+      const session = list.data[0];
+      const id = session?.metadata?.payg_top_up_id;
+      const record = id ? await this.deps.store.topUp(id) : undefined;
+      // Only a session of ours, of that top-up's customer, ties a charge to a top-up.
+      if (!session || !record || idOf(session.customer as string | null) !== record.customerId || (record.sessionId && record.sessionId !== session.id)) return undefined;
+      if (!record.sessionId) await this.deps.store.setTopUpSession(record.id, session.id, null);
+      await this.deps.store.setTopUpPaymentIntent(record.id, pi);
+      topUp = { ...record, sessionId: session.id, paymentIntent: pi };
+    }
+    if (idOf(charge.customer as string | null) !== null && idOf(charge.customer as string | null) !== topUp.customerId) return undefined;
+    return { topUp, sessionId: topUp.sessionId! };
+  }
+
+  /** Debits what each refund of a top-up's charge took back, once per refund. */
+  private async chargeRefunded(chargeId: string): Promise<EventOutcome> {
+    const charge = await this.deps.gateway.call((s) => s.charges.retrieve(chargeId));
+    const of = await this.topUpOfCharge(charge);
+    if (!of) return 'ignored';
+    const refunds: Stripe.Refund[] = [];
+    for (let after: string | undefined; ;) {
+      const page = await this.deps.gateway.call((s) => s.refunds.list({ charge: chargeId, limit: 100, ...(after ? { starting_after: after } : {}) }));
+      refunds.push(...page.data);
+      if (!page.has_more || !page.data.length) break;
+      after = page.data.at(-1)!.id;
+    }
+    // Oldest first, so the cap (never more than was credited) falls on the latest.
+    refunds.sort((a, b) => a.created - b.created || a.id.localeCompare(b.id));
+    let any = false;
+    for (const refund of refunds) {
+      if (refund.status !== 'succeeded' && refund.status !== 'pending') continue;
+      any = (await this.debit('refund', refund.id, refund.amount, charge.amount, of.topUp, of.sessionId)) || any;
+    }
+    return any ? 'applied' : 'ignored';
+  }
+
+  private async disputeCreated(disputeId: string): Promise<EventOutcome> {
+    const dispute = await this.deps.gateway.call((s) => s.disputes.retrieve(disputeId));
+    const chargeId = idOf(dispute.charge as string | Stripe.Charge);
+    if (!chargeId) return 'ignored';
+    const charge = await this.deps.gateway.call((s) => s.charges.retrieve(chargeId));
+    const of = await this.topUpOfCharge(charge);
+    if (!of) return 'ignored';
+    return (await this.debit('dispute', dispute.id, dispute.amount, charge.amount, of.topUp, of.sessionId)) ? 'applied' : 'ignored';
+  }
+
+  private async debit(kind: 'refund' | 'dispute', id: string, taken: number, paidTotal: number, topUp: TopUpRow, sessionId: string): Promise<boolean> {
+    const intent = debitIntent(kind, id, sessionId, topUp.id, topUp.customerId, 0, topUp.currency);
+    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(taken, paidTotal, topUp.amount, before), this.now());
+    if (row && created) await this.send(row);
+    return row !== undefined;
+  }
+
+  /**
+   * Sends one outbox row with its idempotency key, then records Stripe's
+   * answer and reads the customer again (the normal balance-change path:
+   * cohorts, emails, a push to every gateway node).
+   */
+  async send(row: MoveRow): Promise<void> {
+    if (this.inFlight.has(row.id)) return;
+    this.inFlight.add(row.id);
+    try {
+      const txn = await this.deps.gateway.debitBalance(row.customerId, row.amount, row.currency, row.description, row.metadata, row.idempotencyKey);
+      await this.deps.store.confirmMove(row.id, txn.id, this.now());
+      this.deps.log.info({ customer: row.customerId, ref: row.ref, amount: row.amount, txn: txn.id }, row.kind === 'credit' ? 'top-up credited' : `top-up ${row.kind} debited`);
+    } catch (err) {
+      const message = (err as Error).message;
+      if (isPermanentRefusal(err)) {
+        await this.deps.store.failMove(row.id, message, this.now());
+        this.deps.log.error({ customer: row.customerId, ref: row.ref, amount: row.amount, err: message }, 'top-up balance transaction refused by Stripe; marked failed');
+      } else {
+        await this.deps.store.moveAttemptFailed(row.id, message);
+        this.deps.log.warn({ customer: row.customerId, ref: row.ref, err: message }, 'top-up balance transaction not confirmed; sent again with the same idempotency key');
+      }
+      return;
+    } finally {
+      this.inFlight.delete(row.id);
+    }
+    await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+  }
+
+  /**
+   * A reconciling read (the sweep, a webhook) listed the customer's balance
+   * transactions: those of our pending rows found there are applied, so confirmed.
+   */
+  async confirmFound(customerId: string, moves: Map<string, string>): Promise<void> {
+    for (const row of await this.deps.store.pendingMoves()) {
+      const txn = row.customerId === customerId ? moves.get(row.ref) : undefined;
+      if (txn && !this.inFlight.has(row.id)) await this.deps.store.confirmMove(row.id, txn, this.now());
+    }
+  }
+
+  /**
+   * The leader's pass over rows still pending (a crash, a replica that died,
+   * Stripe down): each is looked up among the customer's balance transactions
+   * by its metadata first (applied already: confirmed without sending, even
+   * past the idempotency key's 24 hours), else sent again with the same key.
+   */
+  resendPending(): Promise<number> {
+    this.resending ??= this.resendNow().finally(() => { this.resending = undefined; });
+    return this.resending;
+  }
+
+  private async resendNow(): Promise<number> {
+    let done = 0;
+    for (const row of await this.deps.store.pendingMoves()) {
+      if (this.inFlight.has(row.id)) continue;
+      try {
+        const read = await this.deps.gateway.balanceLedger(row.customerId, row.createdAt);
+        const applied = read.moves.get(row.ref);
+        if (applied) {
+          await this.deps.store.confirmMove(row.id, applied, this.now());
+          await this.deps.sync.refresh(row.customerId);
+          this.deps.log.info({ customer: row.customerId, ref: row.ref, txn: applied }, 'top-up found applied in Stripe; confirmed without sending again');
+        } else if (read.deleted) {
+          await this.deps.store.failMove(row.id, 'customer deleted in Stripe', this.now());
+        } else {
+          await this.send(row);
+        }
+        done++;
+      } catch (err) {
+        this.deps.log.warn({ ref: row.ref, err: (err as Error).message }, 'resending a top-up failed; tried again on the next pass');
+      }
+    }
+    return done;
+  }
+}
