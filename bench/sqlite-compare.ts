@@ -8,7 +8,8 @@
 //    it: read the customer's balance and usage totals, upsert the lease row
 //    (customer, node, amount, expiry) in a bench-only table; grants/s and p99.
 // Each driver runs ROUNDS times on a fresh copy of the file, alternating; the
-// median round is printed. On a Node without node:sqlite (20.x, or 22.x before
+// median round is printed, per wall second and per CPU second of this process
+// (the latter barely moved by other load on a shared machine). On a Node without node:sqlite (20.x, or 22.x before
 // 22.13 without --experimental-sqlite) it says so and measures better-sqlite3
 // alone. Figures only; nothing is asserted.
 import fs from 'node:fs';
@@ -96,7 +97,10 @@ function prng(seed: number): () => number {
   return () => { s = (s * 1664525 + 1013904223) >>> 0; return s / 2 ** 32; };
 }
 
-function ingest(db: Db): number {
+/** CPU seconds (user + system) this process spent since `from`: unlike wall time, barely moved by other load. */
+const cpuSince = (from: NodeJS.CpuUsage) => { const d = process.cpuUsage(from); return (d.user + d.system) / 1e6; };
+
+function ingest(db: Db): { perSecond: number; perCpuSecond: number } {
   const insertUsage = db.prepare(`INSERT OR IGNORE INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
   const addUsage = db.prepare(`INSERT INTO usage_totals (customer_id, used_micros, last_seq) VALUES (?, ?, ?)
@@ -104,6 +108,7 @@ function ingest(db: Db): number {
   const rand = prng(7);
   const now = Date.now();
   let n = 0;
+  const cpu = process.cpuUsage();
   const started = process.hrtime.bigint();
   for (let b = 0; b < BATCHES; b++) {
     db.inTransaction(() => {
@@ -123,10 +128,10 @@ function ingest(db: Db): number {
     });
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  return n / seconds;
+  return { perSecond: n / seconds, perCpuSecond: n / cpuSince(cpu) };
 }
 
-function grants(db: Db): { perSecond: number; p99Us: number } {
+function grants(db: Db): { perSecond: number; perCpuSecond: number; p99Us: number } {
   db.exec(`CREATE TABLE IF NOT EXISTS bench_leases (customer_id TEXT NOT NULL, node TEXT NOT NULL, amount INTEGER NOT NULL,
     expires_at INTEGER NOT NULL, PRIMARY KEY (customer_id, node))`);
   const customer = db.prepare('SELECT balance FROM customers WHERE id = ?');
@@ -137,6 +142,7 @@ function grants(db: Db): { perSecond: number; p99Us: number } {
   const rand = prng(11);
   const lat = new Float64Array(GRANTS);
   const now = Date.now();
+  const cpu = process.cpuUsage();
   const started = process.hrtime.bigint();
   for (let g = 0; g < GRANTS; g++) {
     const c = `cus_${Math.floor(rand() * CUSTOMERS)}`;
@@ -154,7 +160,7 @@ function grants(db: Db): { perSecond: number; p99Us: number } {
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   lat.sort();
-  return { perSecond: GRANTS / seconds, p99Us: lat[Math.floor(GRANTS * 0.99)] };
+  return { perSecond: GRANTS / seconds, perCpuSecond: GRANTS / cpuSince(cpu), p99Us: lat[Math.floor(GRANTS * 0.99)] };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -167,21 +173,26 @@ async function main() {
     const builtin = nodeSqlite();
     if (typeof builtin === 'string') console.log(builtin); else drivers.push(builtin);
     console.log(`Node ${process.versions.node}; ${CUSTOMERS} customers; ingest ${BATCHES} x ${BATCH} events; ${GRANTS} grants; median of ${ROUNDS} rounds`);
-    const results = new Map<string, { ingest: number[]; grants: number[]; p99: number[] }>(drivers.map((d) => [d.name, { ingest: [], grants: [], p99: [] }]));
+    const results = new Map<string, { ingest: number[]; ingestCpu: number[]; grants: number[]; grantsCpu: number[]; p99: number[] }>(
+      drivers.map((d) => [d.name, { ingest: [], ingestCpu: [], grants: [], grantsCpu: [], p99: [] }]));
     for (let round = 0; round < ROUNDS; round++) {
       for (const d of round % 2 ? [...drivers].reverse() : drivers) {
         const db = d.open(copyOf(template, dir, 'run'));
         pragmas(db);
         const r = results.get(d.name)!;
-        r.ingest.push(ingest(db));
+        const i = ingest(db);
+        r.ingest.push(i.perSecond);
+        r.ingestCpu.push(i.perCpuSecond);
         const g = grants(db);
         r.grants.push(g.perSecond);
+        r.grantsCpu.push(g.perCpuSecond);
         r.p99.push(g.p99Us);
         db.close();
       }
     }
+    const fmt = (x: number, w: number) => Math.round(x).toLocaleString('en-US').padStart(w);
     for (const [name, r] of results) {
-      console.log(`${name.padEnd(34)} ingest ${Math.round(median(r.ingest)).toLocaleString('en-US').padStart(9)} events/s   grants ${Math.round(median(r.grants)).toLocaleString('en-US').padStart(7)}/s   grant p99 ${median(r.p99).toFixed(0)} µs`);
+      console.log(`${name.padEnd(34)} ingest ${fmt(median(r.ingest), 9)} events/s (${fmt(median(r.ingestCpu), 9)} per CPU-s)   grants ${fmt(median(r.grants), 7)}/s (${fmt(median(r.grantsCpu), 7)} per CPU-s)   grant p99 ${median(r.p99).toFixed(0)} µs`);
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
