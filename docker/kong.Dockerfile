@@ -1,7 +1,11 @@
 # Kong 3.x with Node.js and payg-pluginserver, built from the lockfile.
-FROM node:20-bookworm-slim AS build
+# Node 26 "Lithium": Active LTS from 2026-10-28, maintained until 2029-04-30 (docs/runtime.md).
+FROM node:26-trixie-slim AS build
 WORKDIR /src
-COPY package.json package-lock.json ./
+# better-sqlite3 (a production dependency) compiles when no prebuilt binary fits.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
+# .npmrc turns on strict install-script approval: only what package.json's allowScripts approves runs.
+COPY package.json package-lock.json .npmrc ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY plugin ./plugin

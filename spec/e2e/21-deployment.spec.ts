@@ -148,15 +148,32 @@ describe('deployment files', () => {
     expect(controlEnv.PAYG_DATABASE_URL).to.not.match(/:\/\/[^:]+:[^$][^@]*@/);
   });
 
-  it('both images build from the lockfile', () => {
+  it('both images build from the lockfile, with the install-script policy (.npmrc) in force', () => {
+    expect(read('.npmrc').split('\n')).to.include('strict-allow-scripts=true');
     for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
       const text = read(file);
-      expect(text, file).to.include('COPY package.json package-lock.json ./');
+      expect(text, file).to.include('COPY package.json package-lock.json .npmrc ./');
       expect(text, file).to.match(/RUN npm ci\b/);
+      expect(text.indexOf('COPY package.json package-lock.json .npmrc ./'), file).to.be.below(text.search(/RUN npm ci\b/));
     }
   });
 
-  it('both images build the product alone: no test folder is copied, and tsconfig.build.json compiles without it', () => {
+  it('both images run Node 26 (LTS), a version package.json\'s engines accepts', () => {
+    const engines = (JSON.parse(read('package.json')) as { engines: { node: string } }).engines.node;
+    for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
+      const majors = [...read(file).matchAll(/^FROM node:(\d+)-/gm)].map((m) => Number(m[1]));
+      expect(majors, `${file}: every Node stage`).to.not.be.empty;
+      for (const major of majors) {
+        expect(major, file).to.equal(26);
+        expect(engines.split('||').map((r) => r.trim()), `engines "${engines}"`).to.include(`^${major}.0.0`);
+      }
+    }
+    // The Kong image runs the plugin server on the Node binary of its build stage.
+    expect(read(kong.build!.dockerfile)).to.include('COPY --from=build /usr/local/bin/node /usr/local/bin/node');
+  });
+
+  it('both images build the product alone: no test folder is copied, and tsconfig.build.json compiles without it', function () {
+    this.timeout(60_000); // a whole tsc run, on a machine whose two cores may both be busy
     for (const file of [kong.build!.dockerfile, control.build!.dockerfile]) {
       const text = read(file);
       expect(text, file).to.not.match(/COPY (spec|testkit|bench|demo)\b/);
