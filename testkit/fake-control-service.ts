@@ -13,6 +13,9 @@ export class FakeControlService extends LoopbackServer {
   readonly leaseRequests: Array<Record<string, any>> = [];
   readonly releases: Array<Record<string, any>> = [];
   private readonly streams = new Set<http.ServerResponse>();
+  private readonly streamNodes = new Map<http.ServerResponse, string>();
+  /** Every GET /v1/stream, in order: the node id each named. */
+  readonly streamConnects: string[] = [];
 
   /** Pushes a server-sent event to every connected plugin server. */
   push(event: string, data: unknown): void {
@@ -57,10 +60,15 @@ export class FakeControlService extends LoopbackServer {
         return;
       }
       if (req.method === 'GET' && url.startsWith('/v1/stream')) {
+        // As the real service does: a node's new stream replaces its old one.
+        const node = new URL(url, 'http://x').searchParams.get('node') ?? '';
+        this.streamConnects.push(node);
+        for (const [old, n] of this.streamNodes) if (n === node) { this.streams.delete(old); this.streamNodes.delete(old); old.destroy(); }
+        this.streamNodes.set(res, node);
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.write('event: hello\ndata: {}\n\n');
         this.streams.add(res);
-        res.on('close', () => this.streams.delete(res)); // the response closes with the connection; the request closes once read
+        res.on('close', () => { this.streams.delete(res); this.streamNodes.delete(res); }); // the response closes with the connection; the request closes once read
         return;
       }
       if (req.method === 'POST' && url === '/v1/usage') {
@@ -78,8 +86,11 @@ export class FakeControlService extends LoopbackServer {
 }
 
 /** An allow carrying a lease of `requests` requests. */
-export const leased = (requests: number, opts: { id?: string; ttlMs?: number; leaseTtlMs?: number } = {}): ScriptedAnswer => ({
-  body: JSON.stringify({ allow: true, ttl_ms: opts.ttlMs ?? 5000, lease: { id: opts.id ?? `lease-${requests}`, requests, ttl_ms: opts.leaseTtlMs ?? 10_000 } }),
+export const leased = (requests: number, opts: { id?: string; ttlMs?: number; leaseTtlMs?: number; micros?: number; credit?: number } = {}): ScriptedAnswer => ({
+  body: JSON.stringify({ allow: true, ttl_ms: opts.ttlMs ?? 5000, lease: {
+    id: opts.id ?? `lease-${requests}`, requests, ttl_ms: opts.leaseTtlMs ?? 10_000,
+    ...(opts.micros !== undefined ? { micros: opts.micros } : {}), ...(opts.credit !== undefined ? { credit: opts.credit } : {}),
+  } }),
 });
 
 export const allow = (ttlMs = 5000): ScriptedAnswer => ({ body: JSON.stringify({ allow: true, ttl_ms: ttlMs }) });

@@ -11,6 +11,7 @@ import type { RouteKey } from './lease-cache';
 import type { Decision } from './decision';
 import { log } from './log';
 import { measure } from './measure';
+import type { UsageEvent } from './usage-queue';
 
 /** The part of kong-pdk's `kong` object payg uses. */
 export interface KongPdk {
@@ -116,7 +117,7 @@ export class Plugin {
       if (status >= 400 && await kong.ctx.shared.get(REFUSED_KEY) === 'true') return;
       const units = measure(entry, this.opts.usageUnitsHeader);
       const draw = this.runtime.decisions.takeDraw(consumer, routeKey(entry.route));
-      this.runtime.usage.push({
+      const event: UsageEvent = {
         id: randomUUID(),
         consumer,
         at: new Date(entry.started_at ?? Date.now()).toISOString(),
@@ -125,7 +126,10 @@ export class Plugin {
         lease: draw?.lease,
         ...(draw?.reserved !== undefined ? { reserved: draw.reserved } : {}),
         ...(units ? { units } : {}),
-      });
+      };
+      // Its reservation counts against the credit header until the service has counted it.
+      if (draw?.reserved !== undefined) this.runtime.target.leases.credit.track(event);
+      this.runtime.usage.push(event);
     } catch (err) {
       log.error({ err: String(err) }, 'payg: could not record usage');
     }
@@ -133,7 +137,7 @@ export class Plugin {
 
   private async apply(kong: KongPdk, decision: Decision, consumer: string): Promise<void> {
     if (decision.allow) {
-      // One more PDK call, only when the operator asked for the header. The lease's credit less what this node drew on it.
+      // One more PDK call, only when the operator asked for the header (see credit-book.ts for what it shows).
       const credit = this.opts.creditHeader ? this.runtime.decisions.creditOf(consumer) ?? decision.credit : undefined;
       if (this.opts.creditHeader && credit !== undefined) await kong.response.setHeader(this.opts.creditHeader, String(credit));
       return;

@@ -14,12 +14,16 @@
 // reservation is let go of and the difference to the real cost is free credit again,
 // which comes back to this node with its next lease. A request whose maximum the lease
 // cannot cover asks again; a service with no free credit for it answers with the rules.
+//
+// One cache per control service per process, shared by every plugin instance that talks
+// to it (leases are granted per node id, and a process is one node): each instance sees
+// it through a view with its own cache_ttl_ms, stale_ttl_ms, timeout_ms and report_usage.
+// A lease is drawn on until its own ttl_ms, whatever the instance's cache_ttl_ms.
 
 import type { Decision } from './decision';
 import type { FailureReason, LeaseOutcome, LeaseReturn } from './control-client';
 import type { MaxCosts } from './lease';
-
-const MICROS_PER_UNIT = 1_000_000;
+import { CreditBook } from './credit-book';
 
 export type Resolution =
   | { kind: 'FRESH' | 'FETCHED' | 'STALE'; decision: Decision }
@@ -42,10 +46,22 @@ export type RouteKey = string | null | undefined;
 
 interface Entry {
   decision: Decision;
-  freshUntil: number;
-  usableUntil: number;
-  /** Set on an allow that spends credit: the request is served only on it. */
+  /** When the call that fetched it was sent: freshness is timed from there. */
+  sentAt: number;
+  /** A block or unmetered allow fetched across a push: used for its waiters, never reused. */
+  raced: boolean;
+  /** Set on an allow that spends credit: the request is served only on it, until its own expiry. */
   lease: HeldLease | undefined;
+}
+
+/** What one plugin instance's config says about reusing decisions. */
+export interface ViewOptions {
+  cacheTtlMs: number;
+  staleTtlMs: number;
+  /** Remember which lease each request drew from, for its usage event (off when usage is not reported). */
+  trackDraws: boolean;
+  /** How long a request waits for a lease call (timeout_ms); undefined: as long as the call takes. */
+  waitMs?: number;
 }
 
 /** `reserve`: the most a waiter needs (micros); undefined once a waiter does not know its route. */
@@ -55,19 +71,15 @@ interface Fetch {
   raced: boolean;
 }
 
-export interface LeaseCacheOptions {
-  cacheTtlMs: number;
-  staleTtlMs: number;
-  /** Remember which lease each request drew from, for its usage event (off when usage is not reported). */
-  trackDraws: boolean;
+/**
+ * The defaults for callers that use the cache directly (the view of a single instance).
+ * waitMs: a request waits that long for a lease call; the call itself may run longer (the
+ * transport's own limit): a lease granted late is kept for the next requests, not dropped,
+ * so its credit is neither stranded nor asked for twice.
+ */
+export interface LeaseCacheOptions extends ViewOptions {
   maxEntries?: number;
   now?: () => number;
-  /**
-   * How long a request waits for a lease call (timeout_ms). The call itself may run longer
-   * (the transport's own limit): a lease granted late is kept for the next requests, not
-   * dropped, so its credit is neither stranded nor asked for twice.
-   */
-  waitMs?: number;
 }
 
 export interface LeaseTransport {
@@ -91,10 +103,18 @@ export class LeaseCache {
   private releaseScheduled = false;
   private readonly maxEntries: number;
   private readonly now: () => number;
+  /** What the credit header shows per consumer (see credit-book.ts). */
+  readonly credit: CreditBook;
 
   constructor(private readonly transport: LeaseTransport, private readonly opts: LeaseCacheOptions) {
     this.maxEntries = opts.maxEntries ?? 100_000;
     this.now = opts.now ?? Date.now;
+    this.credit = new CreditBook(this.maxEntries);
+  }
+
+  /** One plugin instance's way in: its own TTLs, wait and draw tracking over the shared leases. */
+  view(options: ViewOptions): LeaseView {
+    return new LeaseView(this, options);
   }
 
   /** Whether requests draw by route (prices by measured units): only then does the access phase read the route. */
@@ -104,31 +124,45 @@ export class LeaseCache {
    * The synchronous fast path: a fresh decision, drawing the request's reservation from
    * its lease, or undefined (ask again).
    */
-  fresh(consumer: string, route?: RouteKey): Decision | undefined {
+  fresh(consumer: string, route?: RouteKey, view: ViewOptions = this.opts): Decision | undefined {
     const entry = this.entries.get(consumer);
     if (entry === undefined) return undefined;
     const now = this.now();
-    if (now >= entry.freshUntil) return undefined;
     const lease = entry.lease;
-    if (lease !== undefined) {
-      if (lease.closed || now >= lease.expiresAt) return undefined;
-      const need = lease.amount ? this.reservation(route) ?? Math.max(lease.unit, this.dearestMaxCost) : 1;
-      // A free route (max_cost 0) draws nothing, but still needs a live lease.
-      if (lease.left < need) return undefined;
-      lease.left -= need;
-      lease.drawn++;
-      if (lease.amount) lease.drawnMicros += need;
-      if (this.opts.trackDraws) this.recordDraw(consumer, route, { lease: lease.id, reserved: lease.amount ? need : undefined });
+    if (lease === undefined) {
+      if (entry.raced || now >= entry.sentAt + Math.min(entry.decision.ttlMs, view.cacheTtlMs)) return undefined;
+      return entry.decision;
+    }
+    // A lease is credit set aside for this node until it expires: drawn on until then, however
+    // short the instance's cache_ttl_ms (a push or its expiry ends it sooner).
+    if (lease.closed || now >= lease.expiresAt) return undefined;
+    const need = lease.amount ? this.reservation(route) ?? Math.max(lease.unit, this.dearestMaxCost) : 1;
+    // A free route (max_cost 0) draws nothing, but still needs a live lease.
+    if (lease.left < need) return undefined;
+    lease.left -= need;
+    lease.drawn++;
+    if (lease.amount) lease.drawnMicros += need;
+    if (view.trackDraws) {
+      this.recordDraw(consumer, route, { lease: lease.id, reserved: lease.amount ? need : undefined });
+      // Only reported requests are counted against the shown credit: their usage settles them.
+      if (lease.amount) this.credit.drew(consumer, need);
     }
     return entry.decision;
   }
 
-  /** The consumer's credit for the credit header: as of its lease's grant, less what this node drew since. Approximate. */
+  /**
+   * The consumer's credit for the credit header, in the smallest currency unit: never more
+   * than the latest grant's estimate less what this node reserved since that the estimate did
+   * not count, and never more than the value shown before unless the credit went up (a top-up).
+   * Undefined without a lease that carried a credit.
+   */
   creditOf(consumer: string): number | undefined {
-    const lease = this.entries.get(consumer)?.lease;
-    if (lease?.credit === undefined) return undefined;
-    const micros = Math.round(lease.credit * MICROS_PER_UNIT) - (lease.amount ? lease.drawnMicros : 0);
-    return Math.max(0, micros) / MICROS_PER_UNIT;
+    return this.credit.show(consumer);
+  }
+
+  /** Usage events that left the queue for good (counted by the service, or dropped): their reservations are settled. */
+  usageDone(events: ReadonlyArray<{ consumer: string; reserved?: number }>): void {
+    this.credit.done(events);
   }
 
   /** A request's max_cost by its route; undefined when unknown (fixed prices, or the route was not read). */
@@ -137,14 +171,14 @@ export class LeaseCache {
     return (route !== null ? this.maxCosts.routes.get(route) : undefined) ?? this.maxCosts.default;
   }
 
-  async resolve(consumer: string, route?: RouteKey): Promise<Resolution> {
+  async resolve(consumer: string, route?: RouteKey, view: ViewOptions = this.opts): Promise<Resolution> {
     let last: LeaseOutcome | undefined;
     for (let round = 0; round < MAX_ROUNDS; round++) {
-      const decision = this.fresh(consumer, route);
+      const decision = this.fresh(consumer, route, view);
       if (decision) return { kind: last ? 'FETCHED' : 'FRESH', decision };
       const need = this.reservation(route);
-      last = await this.waitAtMost(this.fetchShared(consumer, need === undefined ? undefined : Math.max(1, need)));
-      if (last.kind === 'UNAVAILABLE') return this.fallback(consumer, last);
+      last = await this.waitAtMost(this.fetchShared(consumer, need === undefined ? undefined : Math.max(1, need)), view.waitMs);
+      if (last.kind === 'UNAVAILABLE') return this.fallback(consumer, last, view);
       // A block, or an allow with nothing to reserve: it applies to every waiter as is.
       if (!last.decision.allow || last.lease === undefined) return { kind: 'FETCHED', decision: last.decision };
       // An allow with a lease: draw from it (others waiting may have used it up: ask again).
@@ -201,8 +235,7 @@ export class LeaseCache {
     return n;
   }
 
-  private waitAtMost(call: Promise<LeaseOutcome>): Promise<LeaseOutcome> {
-    const ms = this.opts.waitMs;
+  private waitAtMost(call: Promise<LeaseOutcome>, ms: number | undefined): Promise<LeaseOutcome> {
     if (ms === undefined) return call;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<LeaseOutcome>((resolve) => {
@@ -234,6 +267,8 @@ export class LeaseCache {
     const held = this.entries.get(consumer);
     const previous = this.closeLease(held?.lease, false);
     const sentAt = this.now();
+    // What of this node's reservations the service has certainly counted when it answers.
+    const settledBefore = this.credit.settledSoFar(consumer);
     f.raced = false; // only pushes from now on can postdate the answer
     const outcome = await this.transport.fetch(consumer, want, previous, reserve);
     // A push arrived while the call was out: the answer may predate the change it announced. A
@@ -246,12 +281,12 @@ export class LeaseCache {
       this.maxCosts = lease.maxCosts;
       this.dearestMaxCost = Math.max(lease.maxCosts.default, ...lease.maxCosts.routes.values());
     }
-    const ttl = Math.min(decision.ttlMs, this.opts.cacheTtlMs);
+    if (lease?.credit !== undefined) this.credit.granted(consumer, lease.credit, settledBefore);
     // Timed from before the call: this node stops drawing no later than the service expects.
     const entry: Entry = {
-      decision, freshUntil: raced && !lease ? sentAt : sentAt + ttl, usableUntil: sentAt + Math.max(ttl, this.opts.staleTtlMs),
+      decision, sentAt, raced: raced && !lease,
       lease: lease && {
-        id: lease.id, left: lease.micros ?? lease.requests, drawn: 0, drawnMicros: 0, expiresAt: sentAt + Math.min(lease.ttlMs, ttl), closed: false,
+        id: lease.id, left: lease.micros ?? lease.requests, drawn: 0, drawnMicros: 0, expiresAt: sentAt + lease.ttlMs, closed: false,
         amount: lease.micros !== undefined, unit: lease.micros !== undefined ? Math.floor(lease.micros / lease.requests) : 1, credit: lease.credit,
       },
     };
@@ -268,11 +303,14 @@ export class LeaseCache {
     return outcome;
   }
 
-  private fallback(consumer: string, outcome: Extract<LeaseOutcome, { kind: 'UNAVAILABLE' }>): Resolution {
+  private fallback(consumer: string, outcome: Extract<LeaseOutcome, { kind: 'UNAVAILABLE' }>, view: ViewOptions): Resolution {
     const entry = this.entries.get(consumer);
     // A stale block still applies; a stale unmetered allow still serves. A lease is never stretched:
     // the credit it stood for is drawn or given back.
-    if (entry && this.now() < entry.usableUntil && entry.lease === undefined) return { kind: 'STALE', decision: entry.decision };
+    if (entry && entry.lease === undefined) {
+      const usableUntil = entry.sentAt + Math.max(Math.min(entry.decision.ttlMs, view.cacheTtlMs), view.staleTtlMs);
+      if (this.now() < usableUntil) return { kind: 'STALE', decision: entry.decision };
+    }
     return outcome;
   }
 
@@ -321,6 +359,16 @@ export class LeaseCache {
     if (list.length >= MAX_DRAWS) list.shift();
     list.push(draw);
   }
+}
+
+/** One plugin instance's view of the shared lease cache: the same leases, its own options. */
+export class LeaseView {
+  constructor(readonly cache: LeaseCache, readonly options: ViewOptions) {}
+  get routePriced(): boolean { return this.cache.routePriced; }
+  fresh(consumer: string, route?: RouteKey): Decision | undefined { return this.cache.fresh(consumer, route, this.options); }
+  resolve(consumer: string, route?: RouteKey): Promise<Resolution> { return this.cache.resolve(consumer, route, this.options); }
+  takeDraw(consumer: string, route: string | null): Draw | undefined { return this.cache.takeDraw(consumer, route); }
+  creditOf(consumer: string): number | undefined { return this.cache.creditOf(consumer); }
 }
 
 function drawKey(consumer: string, route: RouteKey): string {

@@ -1,11 +1,21 @@
 // What a request measurably used, read from Kong's log serializer entry
 // (kong.log.serialize()) in the log phase. Pure. Every value is a
 // non-negative safe integer or absent, so the usage API never refuses it.
-//   prompt_tokens, completion_tokens: Kong's AI plugins (ai-proxy and others,
-//     with logging.log_statistics on) write `ai.<name>.usage.prompt_tokens`
-//     and `.completion_tokens`; several AI plugins on one request are summed.
+//   prompt_tokens, completion_tokens: Kong's AI plugins (with logging.log_statistics on)
+//     write `.usage.prompt_tokens` and `.usage.completion_tokens` under `ai`:
+//       Kong 3.6:         ai.usage                        (one record for the request)
+//       Kong 3.7:         ai.<plugin name>.usage          (ai.ai-proxy, ai.ai-request-transformer, ...)
+//       Kong 3.8 – 3.9.x: ai.ai-proxy.usage               (ai-proxy and ai-proxy-advanced)
+//       Kong 3.10+ (and later 3.9 builds): ai.proxy.usage
+//     Every such record on the entry is read and summed (several AI plugins on one request
+//     each made their own LLM call).
 //   header_units: a number the upstream put in a response header (configured).
 //   request_bytes, response_bytes: the entry's request.size and response.size.
+//
+// A value that is there but cannot be read as a count (not a plain non-negative integer, more
+// than 2^53 − 1, a header sent twice) is reported as UNREADABLE, the largest count the usage API
+// takes: on a route priced by that unit the service's price is then capped at the route's
+// max_cost, i.e. the request is charged what it reserved. An absent value is not measured (0).
 
 export interface MeasuredUnits {
   prompt_tokens?: number;
@@ -15,17 +25,31 @@ export interface MeasuredUnits {
   response_bytes?: number;
 }
 
+/** What an unreadable or oversized value is reported as: any unit price times it passes any max_cost. */
+export const UNREADABLE = Number.MAX_SAFE_INTEGER;
+
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/** undefined: absent; a count; or UNREADABLE for anything else. */
 function count(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  if (v === undefined || v === null) return undefined;
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : UNREADABLE;
 }
 
-/** "12" → 12. A header holding anything but a plain non-negative integer is not a measure. */
+/** "12" → 12. Absent: undefined; present but not one plain non-negative integer: UNREADABLE. */
 function headerCount(v: unknown): number | undefined {
+  if (v === undefined || v === null) return undefined;
   const text = Array.isArray(v) ? (v.length === 1 ? v[0] : undefined) : v;
-  if (typeof text !== 'string' || !/^\s*\d{1,15}\s*$/.test(text)) return undefined;
-  return Number(text);
+  const m = typeof text === 'string' ? /^\s*(\d+)\s*$/.exec(text) : null;
+  if (!m) return UNREADABLE;
+  const n = Number(m[1]);
+  return Number.isSafeInteger(n) ? n : UNREADABLE;
+}
+
+/** a + b, saturating at UNREADABLE. */
+function add(a: number | undefined, b: number | undefined): number | undefined {
+  if (b === undefined) return a;
+  return Math.min(UNREADABLE, (a ?? 0) + b);
 }
 
 /** `unitsHeader` is lower-case (Kong's serializer lower-cases header names). */
@@ -44,16 +68,15 @@ export function measure(entry: Record<string, unknown>, unitsHeader: string | un
   if (isRecord(entry.ai)) {
     let prompt: number | undefined;
     let completion: number | undefined;
-    for (const plugin of Object.values(entry.ai)) {
-      const usage = isRecord(plugin) && isRecord(plugin.usage) ? plugin.usage : undefined;
-      if (!usage) continue;
-      const p = count(usage.prompt_tokens);
-      const c = count(usage.completion_tokens);
-      if (p !== undefined) prompt = (prompt ?? 0) + p;
-      if (c !== undefined) completion = (completion ?? 0) + c;
+    // ai.usage (Kong 3.6) and ai.<name>.usage (3.7 and later): each record once.
+    const records = [entry.ai.usage, ...Object.entries(entry.ai).filter(([k]) => k !== 'usage').map(([, v]) => (isRecord(v) ? v.usage : undefined))];
+    for (const usage of records) {
+      if (!isRecord(usage)) continue;
+      prompt = add(prompt, count(usage.prompt_tokens));
+      completion = add(completion, count(usage.completion_tokens));
     }
-    if (prompt !== undefined && Number.isSafeInteger(prompt)) units.prompt_tokens = prompt;
-    if (completion !== undefined && Number.isSafeInteger(completion)) units.completion_tokens = completion;
+    if (prompt !== undefined) units.prompt_tokens = prompt;
+    if (completion !== undefined) units.completion_tokens = completion;
   }
   return Object.keys(units).length ? units : undefined;
 }

@@ -97,7 +97,7 @@ export const Schema: KongSchemaField[] = [
   } },
   { cache_ttl_ms: {
     type: 'integer', required: true, default: 5000, between: [0, 3600000],
-    description: 'Upper bound in milliseconds on how long a decision is reused (the service may ask for less).',
+    description: 'Upper bound in milliseconds on how long a block or an allow without a lease is reused (the service may ask for less). A lease is drawn on until its own ttl_ms, whatever this says.',
   } },
   { stale_ttl_ms: {
     type: 'integer', required: true, default: 60000, between: [0, 86400000],
@@ -117,11 +117,11 @@ export const Schema: KongSchemaField[] = [
   } },
   { usage_units_header: {
     type: 'string', required: false,
-    description: 'A response header in which the upstream reports the units a request used (e.g. X-Usage-Units); sent with usage as header_units, for routes priced per unit.',
+    description: 'A response header in which the upstream reports the units a request used (e.g. X-Usage-Units); sent with usage as header_units, for routes priced per unit. A value that is not a plain non-negative integer is charged the route max_cost.',
   } },
   { credit_header: {
     type: 'string', required: false,
-    description: 'A response header set on allowed requests with the remaining credit in the smallest currency unit (approximate: as of the decision this node holds).',
+    description: 'A response header set on requests allowed on a lease with the remaining credit in the smallest currency unit, as this node knows it: never rising except after a top-up (docs/plugin-credit-header.md).',
   } },
   { queue: {
     type: 'record', required: true, fields: queueFields,

@@ -28,6 +28,8 @@ export interface UsageQueueDeps {
   send: (batch: UsageEvent[]) => Promise<SendOutcome>;
   error?: (fields: Record<string, unknown>, msg: string) => void;
   warn: (fields: Record<string, unknown>, msg: string) => void;
+  /** Events that left the queue for good: taken by the service, refused, or dropped (never sent again). */
+  done?: (events: UsageEvent[]) => void;
 }
 
 /** How often at most a "dropped" warning is logged, with the count since the last one. */
@@ -61,7 +63,8 @@ export class UsageQueue {
     return this.unreportedByConsumer.get(consumer) ?? 0;
   }
 
-  private settled(batch: UsageEvent[]): void {
+  private settled(batch: UsageEvent[], done = true): void {
+    if (done) this.deps.done?.(batch);
     for (const e of batch) {
       this.bytes -= this.eventBytes.get(e) ?? 0;
       const n = (this.unreportedByConsumer.get(e.consumer) ?? 1) - 1;
@@ -76,6 +79,7 @@ export class UsageQueue {
       this.droppedTotal++;
       this.droppedSinceLog++;
       this.dropLogTimer ??= setTimeout(() => this.logDrops(), DROP_LOG_INTERVAL_MS).unref();
+      this.deps.done?.([event]);
       return false;
     }
     this.queue.push(event);
@@ -100,7 +104,7 @@ export class UsageQueue {
     clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     const rest = this.queue.splice(0);
-    this.settled(rest);
+    this.settled(rest, false); // kept on disk: not done
     return rest;
   }
 

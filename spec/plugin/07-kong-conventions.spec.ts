@@ -7,7 +7,7 @@ import path from 'node:path';
 import YAML from 'yaml';
 import { parseConfig } from '../../plugin/src/schema';
 import { renderSchemaLua } from '../../plugin/src/schema-lua';
-import { measure } from '../../plugin/src/measure';
+import { measure, UNREADABLE } from '../../plugin/src/measure';
 import { dumpedSchema, SCHEMA_LUA } from '../../scripts/schema-lua';
 import { ROOT } from '../../testkit/pluginserver-process';
 import { validateConfig, type SchemaFields } from '../support/kong-schema';
@@ -88,10 +88,31 @@ describe('Kong conventions', () => {
         ai: { payload: { request: '{}' }, proxy: { usage: { prompt_tokens: 100, completion_tokens: 40, total_tokens: 140 } }, other: { usage: { prompt_tokens: 5 } } },
       }, 'x-usage-units')).to.deep.equal({ request_bytes: 512, response_bytes: 2048, header_units: 12, prompt_tokens: 105, completion_tokens: 40 });
     });
-    it('leaves out anything that is not a non-negative integer, so the usage API never refuses the event', () => {
-      expect(measure({ request: { size: -1 }, response: { size: 1.5, headers: { 'x-usage-units': ['1', '2'] } }, ai: { proxy: { usage: { prompt_tokens: 'ten' } } } }, 'x-usage-units')).to.equal(undefined);
-      expect(measure({ response: { headers: { 'x-usage-units': '2.5' } } }, 'x-usage-units')).to.equal(undefined);
+    it('a value that is there but is not a count is reported as the largest count (charged max_cost); an absent one is not measured', () => {
+      const U = UNREADABLE;
+      expect(U).to.equal(Number.MAX_SAFE_INTEGER);
+      expect(measure({ request: { size: -1 }, response: { size: 1.5, headers: { 'x-usage-units': ['1', '2'] } }, ai: { proxy: { usage: { prompt_tokens: 'ten' } } } }, 'x-usage-units'))
+        .to.deep.equal({ request_bytes: U, response_bytes: U, header_units: U, prompt_tokens: U });
+      for (const text of ['2.5', '-3', '', 'lots', '100000000000000000', '9007199254740992']) {
+        expect(measure({ response: { headers: { 'x-usage-units': text } } }, 'x-usage-units'), JSON.stringify(text)).to.deep.equal({ header_units: U });
+      }
+      expect(measure({ response: { headers: { 'x-usage-units': ' 9007199254740991 ' } } }, 'x-usage-units')).to.deep.equal({ header_units: 9007199254740991 });
+      expect(measure({ response: { headers: {} } }, 'x-usage-units'), 'no header sent').to.equal(undefined);
       expect(measure({ response: { headers: { 'x-usage-units': '3' } } }, undefined), 'no header configured').to.equal(undefined);
+      // Sums saturate instead of passing 2^53 - 1.
+      expect(measure({ ai: { a: { usage: { prompt_tokens: U - 1 } }, b: { usage: { prompt_tokens: 5 } } } }, undefined)).to.deep.equal({ prompt_tokens: U });
+    });
+    it('reads the keys every Kong version writes: ai.usage (3.6), ai.<plugin>.usage (3.7), ai.ai-proxy.usage (3.8-3.9), ai.proxy.usage (3.10+)', () => {
+      expect(measure({ ai: { usage: { prompt_tokens: 28, completion_tokens: 20, total_tokens: 48, processing_time: 3 }, payload: { request: '{}' } } }, undefined), '3.6')
+        .to.deep.equal({ prompt_tokens: 28, completion_tokens: 20 });
+      expect(measure({ ai: {
+        'ai-proxy': { usage: { prompt_tokens: 100, completion_tokens: 40, total_tokens: 140, cost: 0.01 }, meta: { provider_name: 'openai' } },
+        'ai-request-transformer': { usage: { prompt_tokens: 7, completion_tokens: 3 }, meta: {} },
+      } }, undefined), '3.7: each AI plugin made its own call').to.deep.equal({ prompt_tokens: 107, completion_tokens: 43 });
+      expect(measure({ ai: { 'ai-proxy': { usage: { prompt_tokens: 9, completion_tokens: 1, time_per_token: 12 }, meta: {} } } }, undefined), '3.8-3.9')
+        .to.deep.equal({ prompt_tokens: 9, completion_tokens: 1 });
+      expect(measure({ ai: { proxy: { usage: { prompt_tokens: 11, completion_tokens: 2, total_tokens: 13, cost: 0 }, meta: {} } } }, undefined), '3.10+')
+        .to.deep.equal({ prompt_tokens: 11, completion_tokens: 2 });
     });
   });
 });
