@@ -5,6 +5,8 @@
 //   SQLite kill -9 · SQLite SIGTERM      one process, stopped and started again on its port
 //   PostgreSQL leader kill -9            three replicas, the leader killed, started again later
 //   PostgreSQL rolling restart           three replicas, each in turn SIGTERM then started again
+// (ONLY=<text> runs only the scenarios whose name contains it.) With one process on SQLite there is no
+// service to ask while it is down: requests whose node has no lease left are refused until it is back.
 // Prints per scenario: time to first grant (SQLite: from "listening" after the restart to the first
 // lease a fresh node is granted; PostgreSQL kill: from the kill to the first lease granted by a
 // surviving replica; rolling: the longest, over the restarts, from "listening" to the first lease the
@@ -20,6 +22,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Figures { firstGrantMs: number | undefined; refusals: number; requests: number; overspend: number; counted: boolean }
 
 async function scenario(name: string, databaseUrl: string | undefined, run: (rig: FailoverRig) => Promise<number | undefined>): Promise<void> {
+  // ONLY=<text>: run only the scenarios whose name contains it.
+  if (process.env.ONLY && !name.toLowerCase().includes(process.env.ONLY.toLowerCase())) return;
   const rig = new FailoverRig({ databaseUrl, replicas: databaseUrl ? 3 : 1, nodes: 2, balances: [-10_000_000, -LIMITED], timeoutMs: TIMEOUT_MS });
   try {
     await rig.start();

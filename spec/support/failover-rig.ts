@@ -86,7 +86,9 @@ export class FailoverRig {
         const deadline = Date.now() + 15_000;
         while ((await fetch(`${url}/admin/customers/${c.id}`, { headers: { authorization: `Bearer ${RIG_ADMIN}` } })).status !== 200) {
           if (Date.now() > deadline) throw new Error(`replica ${url} never knew ${c.id}`);
-          await new Promise((r) => setTimeout(r, 50));
+          await new Promise((r) => setTimeout(r, 100));
+          // Swept again (a sweep asked of a replica before it leads, or a change missed while it started).
+          await fetch(`${url}/admin/sweep`, { method: 'POST', headers: { authorization: `Bearer ${RIG_ADMIN}` } });
         }
       }
     }
