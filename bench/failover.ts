@@ -19,9 +19,11 @@ const TIMEOUT_MS = 1000;
 const LIMITED = 200;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Figures { firstGrantMs: number | undefined; refusals: number; requests: number; overspend: number; counted: boolean }
+interface Figures { firstGrantMs: number | undefined; refusals: number; refusedAfterBack: number; requests: number; overspend: number; counted: boolean }
+/** What a scenario measured: time to first grant, and since when every replica stopped was back (its "listening" line). */
+interface Run { firstGrantMs: number | undefined; backAt: number }
 
-async function scenario(name: string, databaseUrl: string | undefined, run: (rig: FailoverRig) => Promise<number | undefined>): Promise<void> {
+async function scenario(name: string, databaseUrl: string | undefined, run: (rig: FailoverRig) => Promise<Run>): Promise<void> {
   // ONLY=<text>: run only the scenarios whose name contains it.
   if (process.env.ONLY && !name.toLowerCase().includes(process.env.ONLY.toLowerCase())) return;
   const rig = new FailoverRig({ databaseUrl, replicas: databaseUrl ? 3 : 1, nodes: 2, balances: [-10_000_000, -LIMITED], timeoutMs: TIMEOUT_MS });
@@ -29,11 +31,14 @@ async function scenario(name: string, databaseUrl: string | undefined, run: (rig
     await rig.start();
     rig.startLoad(3);
     await sleep(1500);
-    const firstGrantMs = await run(rig);
+    const { firstGrantMs, backAt } = await run(rig);
     await sleep(1500);
     await rig.stopLoad();
     const [rich, limited] = rig.customers;
-    const refusals = rig.answers.filter((a) => a.customer === rich.custom_id && a.status !== 200).length;
+    const refused = rig.answers.filter((a) => a.customer === rich.custom_id && a.status !== 200);
+    const refusals = refused.length;
+    // A request that started before the service was back may end after it: counted from timeout_ms on.
+    const refusedAfterBack = refused.filter((a) => a.at > backAt + TIMEOUT_MS).length;
     const served = rig.served.get(limited.custom_id!)!;
     // Usage counted exactly once: what the store holds equals what was served, once the queues drained.
     let counted = false;
@@ -41,8 +46,8 @@ async function scenario(name: string, databaseUrl: string | undefined, run: (rig
       counted = (await rig.usage(rich.custom_id!)) === rig.served.get(rich.custom_id!) && (await rig.usage(limited.custom_id!)) === served;
       if (!counted) await sleep(100);
     }
-    const f: Figures = { firstGrantMs, refusals, requests: rig.answers.length, overspend: Math.max(0, served - LIMITED), counted };
-    console.log(`${name.padEnd(28)} time to first grant ${f.firstGrantMs === undefined ? 'none within 30 s' : `${f.firstGrantMs} ms`}; refusals of a customer with credit ${f.refusals} of ${f.requests} requests; overspend ${f.overspend}; usage counted once: ${f.counted ? 'yes' : 'NO'}`);
+    const f: Figures = { firstGrantMs, refusals, refusedAfterBack, requests: rig.answers.length, overspend: Math.max(0, served - LIMITED), counted };
+    console.log(`${name.padEnd(28)} time to first grant ${f.firstGrantMs === undefined ? 'none within 30 s' : `${f.firstGrantMs} ms`}; refusals of a customer with credit ${f.refusals} of ${f.requests} requests (${f.refusedAfterBack} once the service was back); overspend ${f.overspend}; usage counted once: ${f.counted ? 'yes' : 'NO'}`);
   } finally {
     await rig.stop();
   }
@@ -56,7 +61,7 @@ async function main(): Promise<void> {
       await sleep(500);
       const ready = await rig.startReplica(0);
       const at = await rig.firstGrant(0, rig.customers[0], 30_000);
-      return at === undefined ? undefined : at - ready;
+      return { firstGrantMs: at === undefined ? undefined : at - ready, backAt: ready };
     });
   }
   await scenario('PostgreSQL leader kill -9', await freshDatabase(), async (rig) => {
@@ -65,11 +70,12 @@ async function main(): Promise<void> {
     const leader = rig.leader() ?? 0;
     const killedAt = Date.now();
     await rig.stopReplica(leader, 'SIGKILL');
+    // The others never stopped: every refusal counts.
     const survivor = [0, 1, 2].find((i) => i !== leader)!;
     const at = await rig.firstGrant(survivor, rig.customers[0], 30_000);
     await sleep(1000);
     await rig.startReplica(leader);
-    return at === undefined ? undefined : at - killedAt;
+    return { firstGrantMs: at === undefined ? undefined : at - killedAt, backAt: 0 };
   });
   await scenario('PostgreSQL rolling restart', await freshDatabase(), async (rig) => {
     let longest: number | undefined = 0;
@@ -80,7 +86,7 @@ async function main(): Promise<void> {
       longest = at === undefined || longest === undefined ? undefined : Math.max(longest, at - ready);
       await sleep(1000);
     }
-    return longest;
+    return { firstGrantMs: longest, backAt: 0 };
   });
   await mochaHooks.afterAll.call(undefined);
 }
