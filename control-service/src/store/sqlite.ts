@@ -3,8 +3,8 @@
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
-import { toOutboxRow, toSettlement } from './rows';
+import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import { toLease, toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 import type { MoveIntent } from '../top-ups/core';
 
@@ -67,8 +67,14 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
-  // 7: RESERVED for durable leases (issue 20, branch i20-leases): merge that branch's migration here, never a no-op.
-  'SELECT 1;',
+  // 7: durable leases (written before a grant is answered, so a restart counts them); the
+  // "leases may be outstanding until" horizon of earlier versions is read once after upgrading, never written
+  `CREATE TABLE leases (id TEXT PRIMARY KEY, node TEXT NOT NULL, customer_id TEXT NOT NULL, consumer TEXT NOT NULL,
+     requests INTEGER NOT NULL, cost_micros INTEGER NOT NULL, micros INTEGER NOT NULL, granted_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL, held_until INTEGER NOT NULL, drawn INTEGER, drawn_micros INTEGER,
+     settled_micros INTEGER NOT NULL DEFAULT 0);
+   CREATE INDEX leases_customer ON leases (customer_id, held_until);
+   CREATE INDEX leases_held_until ON leases (held_until);`,
   // 8: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox
   topUpSchema('sqlite'),
 ];
@@ -114,6 +120,12 @@ export class SqliteStore implements Store {
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
       dueEmail: this.db.prepare(`SELECT * FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1`),
       claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending' WHERE id = ? AND status = 'pending'`),
+      insertLease: this.db.prepare(`INSERT OR IGNORE INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
+        VALUES (@id, @node, @customerId, @consumer, @requests, @costMicros, @micros, @grantedAt, @expiresAt, @heldUntil)`),
+      closeLease: this.db.prepare('UPDATE leases SET drawn = ?, drawn_micros = ? WHERE id = ? AND drawn IS NULL'),
+      // A usage event counted now lets go of what it reserved from its own consumer's lease, never beyond what the lease drew.
+      settleLease: this.db.prepare(`UPDATE leases SET settled_micros = MIN(COALESCE(drawn_micros, micros), settled_micros + COALESCE(?, cost_micros))
+        WHERE id = ? AND consumer = ?`),
     };
   }
 
@@ -144,8 +156,10 @@ export class SqliteStore implements Store {
       const added = new Map<string, { micros: number; seq: number }>();
       const receivedAt = Date.now();
       for (const u of changes.usage ?? []) {
-        const r = this.stmt.insertUsage.run({ ...u, receivedAt });
-        if (r.changes === 0 || !u.customerId) continue;
+        const r = this.stmt.insertUsage.run({ id: u.id, customerId: u.customerId, consumer: u.consumer, at: u.at, route: u.route, status: u.status, costMicros: u.costMicros, receivedAt });
+        if (r.changes === 0) continue;
+        if (u.lease !== undefined) this.stmt.settleLease.run(u.reserved ?? null, u.lease, u.consumer);
+        if (!u.customerId) continue;
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
         t.seq = Number(r.lastInsertRowid);
@@ -340,6 +354,23 @@ export class SqliteStore implements Store {
 
   async webhookEventSeen(eventId: string): Promise<boolean> {
     return this.db.prepare('SELECT 1 FROM webhook_events WHERE id = ?').get(eventId) !== undefined;
+  }
+
+  async recordLeases(changes: LeaseChanges): Promise<void> {
+    if (!changes.open?.length && !changes.close?.length) return;
+    this.db.transaction(() => {
+      for (const l of changes.open ?? []) this.stmt.insertLease.run(l);
+      for (const c of changes.close ?? []) this.stmt.closeLease.run(c.drawn, c.drawnMicros, c.id);
+    })();
+  }
+
+  async heldLeases(now: number): Promise<LeaseRow[]> {
+    return (this.db.prepare('SELECT * FROM leases WHERE held_until > ? ORDER BY granted_at').all(now) as Array<Record<string, any>>).map(toLease);
+  }
+
+  async pruneLeases(now: number): Promise<number> {
+    return this.db.prepare(`DELETE FROM leases WHERE held_until <= ?
+      OR (drawn_micros IS NOT NULL AND settled_micros >= drawn_micros)`).run(now).changes;
   }
 
   async getMeta(key: string): Promise<string | undefined> {
