@@ -16,6 +16,7 @@ import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
 import { planEmails, planRecurring, staleReason } from './emails/workflow';
+import { consumersOfCustomer, parseConsumerClaim } from './consumer-claims';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -551,10 +552,9 @@ export class Engine {
   /** The dearest price of one request, in micros (0: nothing is metered). */
   get dearestMicros(): number { return this.dearestCostMicros; }
 
-  /** The consumer values that name a customer: its id and its metadata claim. */
+  /** The consumer values that name a customer: its id and each consumer its metadata claims (see consumer-claims.ts). */
   consumersOf(customer: StoredCustomer): string[] {
-    const claim = customer.metadata[this.config.stripe.consumerMetadataKey];
-    return claim && claim !== customer.id ? [customer.id, claim] : [customer.id];
+    return consumersOfCustomer(customer.id, customer.metadata[this.config.stripe.consumerMetadataKey]);
   }
 
   /**
@@ -578,8 +578,7 @@ export class Engine {
     let shared = this.cohortLists.get(key);
     if (!shared) { shared = Object.freeze([...cohorts]) as string[]; this.cohortLists.set(key, shared); }
     this.entries.set(customer.id, { customer, ledger, cohorts: shared, answer: this.answerFor(customer, shared, ledger) });
-    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
-    if (consumer) {
+    for (const consumer of parseConsumerClaim(customer.metadata[this.config.stripe.consumerMetadataKey])) {
       const ids = this.claims.get(consumer);
       if (ids === undefined || ids === customer.id) this.claims.set(consumer, customer.id);
       else if (typeof ids === 'string') this.claims.set(consumer, new Set([ids, customer.id]));
@@ -596,15 +595,16 @@ export class Engine {
   }
 
   private unclaim(customer: StoredCustomer): void {
-    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
-    const ids = consumer ? this.claims.get(consumer) : undefined;
-    if (ids === undefined) return;
-    if (typeof ids === 'string') {
-      if (ids === customer.id) this.claims.delete(consumer);
-      return;
+    for (const consumer of parseConsumerClaim(customer.metadata[this.config.stripe.consumerMetadataKey])) {
+      const ids = this.claims.get(consumer);
+      if (ids === undefined) continue;
+      if (typeof ids === 'string') {
+        if (ids === customer.id) this.claims.delete(consumer);
+        continue;
+      }
+      ids.delete(customer.id);
+      if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
     }
-    ids.delete(customer.id);
-    if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
   }
 
   private answerFor(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): DecisionAnswer {
