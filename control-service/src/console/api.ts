@@ -163,7 +163,8 @@ export function createConsoleApi(deps: ConsoleDeps) {
       blocked.set(rule, (blocked.get(rule) ?? 0) + 1);
     });
     return ok({ rules: engine.rules().map(({ rule, enabled }) => ({
-      id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status, cohort_size: sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
+      id: rule.id, cohort: rule.cohort ?? null, limit: rule.limit ?? null, enabled, log_only: rule.logOnly, status: rule.status,
+      cohort_size: rule.cohort === undefined ? 0 : sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
     })) });
   }
 
@@ -178,7 +179,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
     let newly = 0;
     for (const id of engine.knownIds()) {
       const s = engine.customer(id)!;
-      if (!s.cohorts.includes(target.rule.cohort)) continue;
+      if (target.rule.cohort === undefined || !s.cohorts.includes(target.rule.cohort)) continue;
       const v = verdict(config.rules, s.cohorts, (r) => (r.id === ruleId ? true : enabled.get(r.id) ?? r.enabled));
       const caught = target.rule.logOnly ? v.wouldBlock.includes(ruleId) : v.outcome === 'BLOCK' && v.rule.id === ruleId;
       if (!caught) continue;
