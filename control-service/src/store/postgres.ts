@@ -9,6 +9,8 @@
 // and the running totals' new version), any other on `payg_changes` (the
 // customer ids touched, which followers read again).
 
+import { POSTGRES_ADD_SPEND, POSTGRES_CONSUMER_SPEND_MIGRATION, spendFromRows, spendRows } from './consumer-spend';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
@@ -81,6 +83,10 @@ const MIGRATIONS: string[] = [
   // 4: running totals carry a version, one more per commit that adds usage, so followers can apply
   // the usage other replicas NOTIFY in order, and know when they missed some
   `ALTER TABLE usage_totals ADD COLUMN version BIGINT NOT NULL DEFAULT 0;`,
+  // ---- issue 23 (team caps): PostgreSQL migration 8, after 5 (leases), 6 (top-ups), 7 (recharges): renumber when merging ----
+  // each consumer's spend in its current daily and monthly periods
+  POSTGRES_CONSUMER_SPEND_MIGRATION,
+  // ---- end issue 23 ----
 ];
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -289,9 +295,13 @@ export class PostgresStore implements Store {
         const inserted = await c.query(`INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
           SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
             AS x(i, cu, co, a, r, st, m)
-          ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros`, [
+          ON CONFLICT (id) DO NOTHING RETURNING seq, id, customer_id, cost_micros`, [
           usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
           usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now()]);
+        // Issue 23: the consumers' spend, in the transaction that stores their usage (only the events stored now).
+        const stored = new Set(inserted.rows.map((r) => r.id as string));
+        const spend = spendRows(usage.filter((u) => stored.has(u.id)));
+        if (spend.consumers.length) await c.query(POSTGRES_ADD_SPEND, [spend.consumers, spend.periods, spend.starts, spend.micros]);
         // Running totals per customer, so settlement never scans the events.
         const added = new Map<string, { micros: number; seq: number }>();
         for (const r of inserted.rows) {
@@ -376,7 +386,22 @@ export class PostgresStore implements Store {
         INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
         SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
           AS x(i, cu, co, a, r, st, m)
-        ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros
+        ON CONFLICT (id) DO NOTHING RETURNING seq, id, customer_id, cost_micros
+      ), spend_rows AS (
+        -- issue 23: the consumers' spend, in this same statement (see store/consumer-spend.ts)
+        SELECT y.co, y.period, y.start, SUM(y.m) AS micros
+        FROM (SELECT i, co, 'daily' AS period, ds AS start, m FROM unnest($1::text[], $3::text[], $11::bigint[], $7::bigint[]) AS d(i, co, ds, m)
+              UNION ALL SELECT i, co, 'monthly', ms, m FROM unnest($1::text[], $3::text[], $12::bigint[], $7::bigint[]) AS d(i, co, ms, m)) y
+          JOIN ins ON ins.id = y.i
+        WHERE ins.customer_id IS NOT NULL AND y.m > 0
+        GROUP BY y.co, y.period, y.start
+      ), spend AS (
+        INSERT INTO consumer_spend (consumer, period, period_start, micros)
+        SELECT DISTINCT ON (co, period) co, period, start, micros FROM spend_rows ORDER BY co, period, start DESC
+        ON CONFLICT (consumer, period) DO UPDATE SET
+          micros = CASE WHEN excluded.period_start > consumer_spend.period_start THEN excluded.micros
+                        WHEN excluded.period_start = consumer_spend.period_start THEN consumer_spend.micros + excluded.micros ELSE consumer_spend.micros END,
+          period_start = GREATEST(consumer_spend.period_start, excluded.period_start)
       ), added AS (
         SELECT customer_id, SUM(cost_micros)::bigint AS micros, MAX(seq) AS seq FROM ins WHERE customer_id IS NOT NULL GROUP BY customer_id
       ), totals AS (
@@ -393,9 +418,19 @@ export class PostgresStore implements Store {
       )
       SELECT p, pg_notify($9, p) FROM payloads`, [
       usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
-      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK]);
+      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK,
+      usage.map((u) => periodStart('daily', u.at)), usage.map((u) => periodStart('monthly', u.at))]);
     return { usageAdded: r.rows.flatMap((row) => parseUsageAdded(JSON.parse(row.p))) };
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? await this.rows('SELECT * FROM consumer_spend')
+      : await this.rows('SELECT * FROM consumer_spend WHERE consumer = ANY($1)', [consumers]);
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
     // A reminder makes the earlier pending reminders of its template and customer stale, in order: one at a time.

@@ -5,6 +5,9 @@ import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
 import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
 import { toOutboxRow, toSettlement } from './rows';
+import { SQLITE_ADD_SPEND, SQLITE_CONSUMER_SPEND_MIGRATION, spendFromRows } from './consumer-spend';
+import type { ConsumerSpend } from '../caps/caps';
+import { periodStart } from '../caps/caps';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -65,6 +68,10 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
+  // ---- issue 23 (team caps): SQLite migration 10, after 7 (leases), 8 (top-ups), 9 (recharges): renumber when merging ----
+  // each consumer's spend in its current daily and monthly periods
+  SQLITE_CONSUMER_SPEND_MIGRATION,
+  // ---- end issue 23 ----
 ];
 
 export class SqliteStore implements Store {
@@ -98,6 +105,7 @@ export class SqliteStore implements Store {
         RETURNING customer_id, amount`),
       failSettlement: this.db.prepare(`UPDATE settlements SET status = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
       recordWebhook: this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)'),
+      addSpend: this.db.prepare(SQLITE_ADD_SPEND),
       staleReminders: this.db.prepare(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
         WHERE template_id = ? AND customer_id = ? AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
@@ -140,6 +148,8 @@ export class SqliteStore implements Store {
       for (const u of changes.usage ?? []) {
         const r = this.stmt.insertUsage.run({ ...u, receivedAt });
         if (r.changes === 0 || !u.customerId) continue;
+        // Issue 23: the consumer's spend, in the transaction that stores its usage.
+        if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.at), u.costMicros);
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
         t.seq = Number(r.lastInsertRowid);
@@ -161,6 +171,15 @@ export class SqliteStore implements Store {
       }
     })();
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? this.db.prepare('SELECT * FROM consumer_spend').all()
+      : consumers.flatMap((c) => this.db.prepare('SELECT * FROM consumer_spend WHERE consumer = ?').all(c));
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   async loadMemberships(): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();

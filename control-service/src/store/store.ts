@@ -2,6 +2,7 @@
 // SQLite file is the embedded default, PostgreSQL comes for several replicas.
 
 import type { Customer } from '../customer';
+import type { ConsumerSpend } from '../caps/caps';
 
 export interface StoredCustomer extends Customer {
   /** When Stripe last told us this state (ms): a sweep's fetch time or a webhook event's `created`. */
@@ -161,6 +162,10 @@ export interface Store {
   setRuleEnabled(ruleId: string, enabled: boolean): Promise<void>;
   /** Whether a webhook event was processed (recorded by saveChanges in the transaction that applied it). */
   webhookEventSeen(eventId: string): Promise<boolean>;
+  // ---- issue 23 (team caps) ----
+  /** Each consumer's spend in its current periods, counted by saveChanges from the usage it stores (store/consumer-spend.ts). */
+  consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>>;
+  // ---- end issue 23 ----
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
   ping(): Promise<void>;
