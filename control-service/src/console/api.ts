@@ -148,6 +148,15 @@ export function createConsoleApi(deps: ConsoleDeps) {
       usage_by_route: usage.map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
       settlements: settlementRows.map((r) => settlementJson(r, s.customer.name)),
       emails: emailRows.map(emailJson),
+      // Issue 23: each consumer of this customer, its spend this period and its caps (smallest currency unit; null: no cap).
+      consumers: engine.consumerCaps(id).map((c) => ({
+        consumer: c.consumer,
+        daily: { spent: c.daily.spentMicros / MICROS_PER_UNIT, cap: c.limits.daily ?? null, resets_at: iso(c.daily.resetsAt) },
+        monthly: { spent: c.monthly.spentMicros / MICROS_PER_UNIT, cap: c.limits.monthly ?? null, resets_at: iso(c.monthly.resetsAt) },
+        cap_left: c.left.leftMicros === undefined ? null : c.left.leftMicros / MICROS_PER_UNIT,
+        binding_period: c.left.period ?? null,
+        problems: c.problems,
+      })),
     });
   }
 
