@@ -19,7 +19,7 @@ import { planEmails, planRecurring, staleReason } from './emails/workflow';
 import { consumersOfCustomer, parseConsumerClaim } from './consumer-claims';
 import { addSpend, boundLease, capLeft, NO_SPEND, periodEnd as periodEndOf, spentIn, type CapLeft, type CapLimits, type ConsumerSpend } from './caps/caps';
 import { capsFor } from './caps/limits';
-import { refusalJson } from './caps/refusal';
+import { limitRule, refusalJson } from './caps/refusal';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -661,7 +661,14 @@ export class Engine {
     const view = estimated(e.customer, e.ledger);
     const spent = { ...view, balance: Math.max(0, view.balance) };
     const v = verdict(this.config.rules, cohortsOf(this.config.cohorts, spent), this.isEnabled);
-    return v.outcome === 'ALLOW' ? undefined : decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs);
+    if (v.outcome === 'ALLOW') {
+      // Issue 23: an enabled `limit: no_credit` rule words the refusal when no cohort rule blocks.
+      if (!limitRule(this.config.rules, 'no_credit', this.isEnabled)) return undefined;
+      return refusalJson({ kind: 'no_credit' }, spent, this.config.topUp, this.config.rules, this.isEnabled, this.now(), this.config.decisionTtlMs);
+    }
+    // A cohort rule's refusal at no credit names its reason too.
+    const json = JSON.parse(decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs)) as Record<string, unknown>;
+    return JSON.stringify({ ...json, reason: 'no_credit' });
   }
 
   private put(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): void {
