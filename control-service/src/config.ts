@@ -122,7 +122,10 @@ const rawConfig = z.object({
     initial_requests: z.number().int().min(1).default(10),
     max_requests: z.number().int().min(1).default(10_000),
     expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
-    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
+    // Long enough for a recalled node to send its queued usage and have it settled (a push, one usage
+    // POST and its commit: a few ms idle, ~50–100 ms on a busy host), short enough that the lease call
+    // still answers within the plugin's default timeout_ms (250): 100 ms are left for the call itself.
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(150),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),

@@ -3,11 +3,10 @@
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
-import { toOutboxRow, toSettlement } from './rows';
+import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import { toLease, toOutboxRow, toSettlement } from './rows';
 import { SQLITE_ADD_SPEND, SQLITE_CONSUMER_SPEND_MIGRATION, spendFromRows } from './consumer-spend';
-import type { ConsumerSpend } from '../caps/caps';
-import { periodStart } from '../caps/caps';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -68,7 +67,15 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
-  // ---- issue 23 (team caps): SQLite migration 10, after 7 (leases), 8 (top-ups), 9 (recharges): renumber when merging ----
+  // 7: durable leases (written before a grant is answered, so a restart counts them); the
+  // "leases may be outstanding until" horizon of earlier versions is read once after upgrading, never written
+  `CREATE TABLE leases (id TEXT PRIMARY KEY, node TEXT NOT NULL, customer_id TEXT NOT NULL, consumer TEXT NOT NULL,
+     requests INTEGER NOT NULL, cost_micros INTEGER NOT NULL, micros INTEGER NOT NULL, granted_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL, held_until INTEGER NOT NULL, drawn INTEGER, drawn_micros INTEGER,
+     settled_micros INTEGER NOT NULL DEFAULT 0);
+   CREATE INDEX leases_customer ON leases (customer_id, held_until);
+   CREATE INDEX leases_held_until ON leases (held_until);`,
+  // ---- issue 23 (team caps): SQLite migration 10, after 7 (leases), 8 (top-ups), 9 (recharges): renumber when merging (8 until those land) ----
   // each consumer's spend in its current daily and monthly periods
   SQLITE_CONSUMER_SPEND_MIGRATION,
   // ---- end issue 23 ----
@@ -116,6 +123,12 @@ export class SqliteStore implements Store {
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
       dueEmail: this.db.prepare(`SELECT * FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1`),
       claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending' WHERE id = ? AND status = 'pending'`),
+      insertLease: this.db.prepare(`INSERT OR IGNORE INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
+        VALUES (@id, @node, @customerId, @consumer, @requests, @costMicros, @micros, @grantedAt, @expiresAt, @heldUntil)`),
+      closeLease: this.db.prepare('UPDATE leases SET drawn = ?, drawn_micros = ? WHERE id = ? AND drawn IS NULL'),
+      // A usage event counted now lets go of what it reserved from its own consumer's lease, never beyond what the lease drew.
+      settleLease: this.db.prepare(`UPDATE leases SET settled_micros = MIN(COALESCE(drawn_micros, micros), settled_micros + COALESCE(?, cost_micros))
+        WHERE id = ? AND consumer = ?`),
     };
   }
 
@@ -146,8 +159,10 @@ export class SqliteStore implements Store {
       const added = new Map<string, { micros: number; seq: number }>();
       const receivedAt = Date.now();
       for (const u of changes.usage ?? []) {
-        const r = this.stmt.insertUsage.run({ ...u, receivedAt });
-        if (r.changes === 0 || !u.customerId) continue;
+        const r = this.stmt.insertUsage.run({ id: u.id, customerId: u.customerId, consumer: u.consumer, at: u.at, route: u.route, status: u.status, costMicros: u.costMicros, receivedAt });
+        if (r.changes === 0) continue;
+        if (u.lease !== undefined) this.stmt.settleLease.run(u.reserved ?? null, u.lease, u.consumer);
+        if (!u.customerId) continue;
         // Issue 23: the consumer's spend, in the transaction that stores its usage.
         if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.at), u.costMicros);
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
@@ -353,6 +368,23 @@ export class SqliteStore implements Store {
 
   async webhookEventSeen(eventId: string): Promise<boolean> {
     return this.db.prepare('SELECT 1 FROM webhook_events WHERE id = ?').get(eventId) !== undefined;
+  }
+
+  async recordLeases(changes: LeaseChanges): Promise<void> {
+    if (!changes.open?.length && !changes.close?.length) return;
+    this.db.transaction(() => {
+      for (const l of changes.open ?? []) this.stmt.insertLease.run(l);
+      for (const c of changes.close ?? []) this.stmt.closeLease.run(c.drawn, c.drawnMicros, c.id);
+    })();
+  }
+
+  async heldLeases(now: number): Promise<LeaseRow[]> {
+    return (this.db.prepare('SELECT * FROM leases WHERE held_until > ? ORDER BY granted_at').all(now) as Array<Record<string, any>>).map(toLease);
+  }
+
+  async pruneLeases(now: number): Promise<number> {
+    return this.db.prepare(`DELETE FROM leases WHERE held_until <= ?
+      OR (drawn_micros IS NOT NULL AND settled_micros >= drawn_micros)`).run(now).changes;
   }
 
   async getMeta(key: string): Promise<string | undefined> {
