@@ -369,6 +369,7 @@ export class Engine {
   /** Returns the positions of the events counted now. */
   private async ingestNow(events: UsageEventInput[]): Promise<Set<number>> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
+    const now = this.now();
     const fresh: UsageRecord[] = [];
     const counted = new Set<number>();
     const ledgers = new Map<string, LedgerState>();
@@ -379,7 +380,8 @@ export class Engine {
       counted.add(i);
       const customerId = this.resolve(e.consumer) ?? null;
       const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
-      fresh.push({ ...e, customerId, costMicros });
+      // Issue 23: a consumer's spend counts in the period of the service's clock, not the gateway's (see caps/caps.ts).
+      fresh.push({ ...e, customerId, costMicros, spentAt: now });
       if (customerId) expected.set(customerId, (expected.get(customerId) ?? 0) + costMicros);
       if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
@@ -387,7 +389,7 @@ export class Engine {
       const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
       await this.applyNow(updates, [], {}, { usage: fresh, saved: (r) => {
         // Issue 23: each consumer's spend, as the store counted it in this commit (an event another replica stored first errs high until re-read).
-        for (const u of fresh) if (u.customerId && u.costMicros > 0) this.spend.set(u.consumer, addSpend(this.spend.get(u.consumer) ?? NO_SPEND, u.at, u.costMicros));
+        for (const u of fresh) if (u.customerId && u.costMicros > 0) this.spend.set(u.consumer, addSpend(this.spend.get(u.consumer) ?? NO_SPEND, u.spentAt ?? u.at, u.costMicros));
         if (r) this.ownUsageSaved(expected, r.usageAdded);
       } });
     }
@@ -560,6 +562,22 @@ export class Engine {
     const cap = this.capOf(consumer, now);
     const left = cap?.left ?? { leftMicros: undefined, period: undefined, resetsAt: undefined };
     return { ...boundLease(teamFreeMicros, left.leftMicros, consumerHeldMicros), left };
+  }
+  /** The caps that apply to a consumer (undefined: it maps to no customer, or no cap applies). */
+  capLimitsOf(consumer: string): CapLimits | undefined {
+    const customerId = this.resolve(consumer);
+    const e = customerId === undefined ? undefined : this.entries.get(customerId);
+    if (!e || !this.mayBeCapped(e.customer)) return undefined;
+    const { limits } = capsFor(this.config.caps, e.customer.metadata, consumer);
+    return limits.daily === undefined && limits.monthly === undefined ? undefined : limits;
+  }
+
+  /** A consumer's spend as this replica counted it. */
+  spendOf(consumer: string): ConsumerSpend { return this.spend.get(consumer) ?? NO_SPEND; }
+
+  /** The cap refusal for a consumer whose cap resets at `resetsAt`. */
+  capRefusalAt(consumer: string, resetsAt: number, now: number = this.now()): string {
+    return this.capRefusal(consumer, { leftMicros: 0, period: undefined, resetsAt }, now);
   }
   // ---- end issue 23 ----
 

@@ -38,7 +38,7 @@ export function spendRows(usage: readonly UsageRecord[]): { consumers: string[];
   for (const u of usage) {
     if (!u.customerId || u.costMicros <= 0) continue;
     for (const period of ['daily', 'monthly'] as const) {
-      const start = periodStart(period, u.at);
+      const start = periodStart(period, u.spentAt ?? u.at);
       const key = `${period}\n${u.consumer}`;
       const held = latest.get(key);
       if (!held || start > held.start) latest.set(key, { consumer: u.consumer, period, start, micros: u.costMicros });

@@ -113,6 +113,8 @@ export interface LeaseNotice { recall?: string[]; freed?: string[] }
 
 /** What a grant sees of one customer, under its row lock: credit before reservations, and what leases hold. */
 export interface CreditState { creditMicros: number; heldMicros: number; othersHoldMicros: number }
+/** Issue 23: a consumer's spend this period and what its leases hold (micros), read in the grant's transaction. */
+export interface ConsumerCapState { heldMicros: number; spend: ConsumerSpend }
 
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -465,7 +467,7 @@ export class PostgresStore implements Store {
       usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
       usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK,
       usage.map((u) => u.lease ?? null), usage.map((u) => u.reserved ?? null),
-      usage.map((u) => periodStart('daily', u.at)), usage.map((u) => periodStart('monthly', u.at))]);
+      usage.map((u) => periodStart('daily', u.spentAt ?? u.at)), usage.map((u) => periodStart('monthly', u.spentAt ?? u.at))]);
     return { usageAdded: r.rows.flatMap((row) => parseUsageAdded(JSON.parse(row.p))) };
   }
 
@@ -737,6 +739,24 @@ export class PostgresStore implements Store {
     return new Map(r.rows.map((row) => [row.id as string, { creditMicros: Number(row.credit), heldMicros: Number(row.held), othersHoldMicros: Number(row.others) }]));
   }
 
+  // ---- issue 23 (team caps) ----
+  /**
+   * Per consumer: its spend in its current periods and what its leases hold, in one statement
+   * (one snapshot: a usage commit that adds spend and settles a lease is seen whole or not at all).
+   */
+  private async consumerCapStates(c: pg.PoolClient, consumers: string[], now: number): Promise<Map<string, ConsumerCapState>> {
+    const r = await c.query(`SELECT x.consumer,
+        (SELECT COALESCE(SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)), 0)::bigint FROM leases l WHERE l.consumer = x.consumer AND l.held_until > $2) AS held,
+        (SELECT json_agg(json_build_array(s.period, s.period_start, s.micros)) FROM consumer_spend s WHERE s.consumer = x.consumer)::text AS spend
+      FROM unnest($1::text[]) AS x(consumer)`, [consumers, now]);
+    return new Map(r.rows.map((row) => {
+      const parts = (row.spend ? JSON.parse(row.spend) : []) as Array<[string, number, number]>;
+      const spend = spendFromRows(parts.map(([period, start, micros]) => ({ consumer: row.consumer, period, period_start: start, micros }))).get(row.consumer);
+      return [row.consumer as string, { heldMicros: Number(row.held), spend: spend ?? { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } }];
+    }));
+  }
+  // ---- end issue 23 ----
+
   /** Credit states read without locks (to wake starved customers, or decide on a recall). */
   readCreditStates(ids: string[], now: number, node?: string): Promise<Map<string, CreditState>> {
     return this.creditStates(this.pool, ids, now, node ?? null);
@@ -749,13 +769,14 @@ export class PostgresStore implements Store {
    * sizes the leases from that, and they are inserted before the commit. Two replicas can never grant
    * the same credit: the second waits for the first's commit and sees its leases.
    */
-  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>) => LeaseRow[]): Promise<LeaseRow[]> {
+  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>, consumers: Map<string, ConsumerCapState>) => LeaseRow[], consumers: string[] = []): Promise<LeaseRow[]> {
     const ids = [...new Set(customerIds)].sort();
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.tx(async (c) => {
           await c.query('SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE', [ids]);
-          const rows = decide(await this.creditStates(c, ids, now, null));
+          const states = await this.creditStates(c, ids, now, null);
+          const rows = decide(states, consumers.length ? await this.consumerCapStates(c, consumers, now) : new Map());
           if (rows.length) await this.insertLeases(c, rows);
           return rows;
         });

@@ -164,7 +164,7 @@ export class SqliteStore implements Store {
         if (u.lease !== undefined) this.stmt.settleLease.run(u.reserved ?? null, u.lease, u.consumer);
         if (!u.customerId) continue;
         // Issue 23: the consumer's spend, in the transaction that stores its usage.
-        if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.at), u.costMicros);
+        if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.spentAt ?? u.at), u.costMicros);
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
         t.seq = Number(r.lastInsertRowid);

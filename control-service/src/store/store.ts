@@ -71,6 +71,8 @@ export interface UsageRecord {
   /** The lease the request drew from, and what it reserved (default: the lease's costMicros): settled in the same commit. */
   lease?: string;
   reserved?: number;
+  /** Issue 23: when the control service counted it (its clock): the period its consumer's spend counts in. Default `at`. */
+  spentAt?: number;
 }
 
 /**
