@@ -15,6 +15,7 @@ import { StripeEmulator } from '../../../testkit/stripe-emulator';
 import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../../../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../../../testkit/pluginserver-process';
 import { until } from '../../support/until';
+import { freshDatabase } from '../../support/postgres';
 
 const ADMIN = 'admin-token-for-tests';
 const CONTROL = 'control-token-for-tests';
@@ -26,14 +27,16 @@ describe('caps: real plugin servers, two consumers of one customer on two nodes'
   this.timeout(60_000);
   let stripe: StripeEmulator;
   let svc: RunningService | undefined;
+  /** With PostgreSQL: a second replica on the same database (node 2 leases from it). */
+  let svc2: RunningService | undefined;
   let dir: string;
   let nodes: Node[] = [];
   // In the past: the service refuses usage dated ahead of its own clock.
   let clock = Date.UTC(2025, 5, 30, 23, 50, 0);
 
-  async function startControl(): Promise<void> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+  async function startControl(postgres = false): Promise<void> {
+    const doc = {
+      listen: { port: 0 }, store: postgres ? { postgres: {} } : { sqlite: path.join(dir, 'payg.sqlite') },
       stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
       decision_ttl_ms: 60_000,
       cohorts: [],
@@ -42,17 +45,19 @@ describe('caps: real plugin servers, two consumers of one customer on two nodes'
       metering: { default_cost: 1, settle: { enabled: false } },
       leases: { initial_requests: 3 },
       caps: { daily: 10 },
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, now: () => clock });
+    };
+    const env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL, ...(postgres ? { PAYG_DATABASE_URL: await freshDatabase() } : {}) };
+    svc = await startService(parseConfig(doc, env, dir), { log: pino({ level: 'silent' }), sweepOnStart: false, now: () => clock });
     await svc.sync!.sweep();
+    if (postgres) svc2 = await startService(parseConfig(doc, env, dir), { log: pino({ level: 'silent' }), sweepOnStart: false, now: () => clock });
   }
 
   async function startNodes(n: number): Promise<Node[]> {
-    const started = await Promise.all(Array.from({ length: n }, async () => {
+    const started = await Promise.all(Array.from({ length: n }, async (_, i) => {
       const ps = await startPluginServer();
       const kong = new KongHarness(ps.socketPath);
       const plugin = await kong.startInstance('payg', {
-        control_service_url: svc!.url, control_service_token: CONTROL, cache_ttl_ms: 60_000, timeout_ms: 3000,
+        control_service_url: (i === 1 && svc2 ? svc2 : svc!).url, control_service_token: CONTROL, cache_ttl_ms: 60_000, timeout_ms: 3000,
         usage_queue: { max_coalescing_delay: 0.02 },
       });
       return { ps, kong, plugin };
@@ -79,16 +84,18 @@ describe('caps: real plugin servers, two consumers of one customer on two nodes'
     for (const n of nodes) { n.kong.close(); await n.ps.stop(); }
     nodes = [];
     await svc?.stop();
+    await svc2?.stop();
     svc = undefined;
+    svc2 = undefined;
     await stripe.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('the capped consumer gets exactly its cap, then consumer_cap with Retry-After; the other goes on to the team\'s end, then no_credit; the next UTC day the cap is whole again', async () => {
+  for (const store of ['SQLite', 'PostgreSQL, two replicas'] as const) it(`${store}: the capped consumer gets exactly its cap, then consumer_cap with Retry-After; the other goes on to the team's end, then no_credit; the next UTC day the cap is whole again`, async () => {
     clock = Date.UTC(2025, 5, 30, 23, 50, 0);
     // Credit for 40 requests at 1 cent; app-batch capped at 6 cents a day; app-web's default cap (10) lifted with none.
     const team = stripe.create({ balance: -40, metadata: { kong_consumer: 'app-web,app-batch', 'payg_cap_daily.app-batch': '6', 'payg_cap_daily.app-web': 'none' } });
-    await startControl();
+    await startControl(store !== 'SQLite');
     const two = await startNodes(2);
     const batch = { id: 'k-batch', custom_id: 'app-batch' };
     const web = { id: 'k-web', custom_id: 'app-web' };
