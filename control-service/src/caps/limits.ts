@@ -23,7 +23,8 @@ export interface CapsConfig {
 
 export interface ResolvedCaps { limits: CapLimits; problems: Array<{ key: string; value: string; error: string }> }
 
-const WHOLE = /^(0|[1-9][0-9]{0,14})$/;
+/** Up to 9 digits: 999,999,999 in the smallest unit, so cap × 1,000,000 micros stays an exact integer. */
+const WHOLE = /^(0|[1-9][0-9]{0,8})$/;
 
 function parseValue(value: string): { ok: true; cap: number | undefined } | { ok: false; error: string } {
   const v = value.trim();

@@ -43,6 +43,13 @@ describe('caps core (pure)', () => {
     expect(c.problems).to.have.length(1);
     expect(c.problems[0].key).to.equal('payg_cap_monthly.c');
     expect(capsFor({ metadataPrefix: 'payg_cap' }, {}, 'a').limits).to.deep.equal({});
+    // More than 9 digits (cap × 1,000,000 micros would not be an exact integer), a sign, a unit: reported, not guessed.
+    for (const bad of ['1234567890', '-5', '$10', '1e3', '']) {
+      const r = capsFor(cfg, { 'payg_cap_daily.d': bad }, 'd');
+      expect(r.limits.daily, bad).to.equal(1000);
+      expect(r.problems.map((p) => p.key), bad).to.deep.equal(['payg_cap_daily.d']);
+    }
+    expect(capsFor(cfg, { 'payg_cap_daily.d': ' 999999999 ' }, 'd').limits.daily).to.equal(999_999_999);
   });
 
   it('the tighter cap binds and names its reset; no cap leaves the team credit the only bound', () => {
