@@ -40,6 +40,7 @@ describe('caps: the control service', function () {
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }, ...rules],
       top_up: { url: 'https://billing.example.com/top-up?c={customer_id}' },
       metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+      console: { listen: { host: '127.0.0.1', port: 0 } },
       caps,
     }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
     svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, now: () => clock });
@@ -87,6 +88,16 @@ describe('caps: the control service', function () {
     const web = await decision('app-web');
     expect(web).to.include({ allow: true, max_requests: 1000 - 5 });
     expect((await balance('app-web')).body).to.include({ limit: 'no_credit' });
+
+    // The console API shows each consumer's spend this period and its caps.
+    const consoleUrl = svc!.console!.url.replace(/\/$/, '');
+    const signIn = await fetch(`${consoleUrl}/api/session`, { method: 'POST', body: JSON.stringify({ token: ADMIN }), headers: { 'content-type': 'application/json' } });
+    const cookie = signIn.headers.get('set-cookie')!.split(';')[0];
+    const detail = await (await fetch(`${consoleUrl}/api/customers/${team.id}`, { headers: { cookie } })).json() as any;
+    expect(detail.consumers).to.deep.equal([
+      { consumer: 'app-web', daily: { spent: 0, cap: null, resets_at: '2025-12-03T00:00:00.000Z' }, monthly: { spent: 0, cap: 100000, resets_at: '2026-01-01T00:00:00.000Z' }, cap_left: 100000, binding_period: 'monthly', problems: [] },
+      { consumer: 'app-batch', daily: { spent: 5, cap: 5, resets_at: '2025-12-03T00:00:00.000Z' }, monthly: { spent: 5, cap: 100000, resets_at: '2026-01-01T00:00:00.000Z' }, cap_left: 0, binding_period: 'daily', problems: [] },
+    ]);
 
     // The next UTC day: the daily cap is whole again (the monthly spend stays).
     clock = Date.UTC(2025, 11, 3, 0, 0, 1);
