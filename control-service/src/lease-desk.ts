@@ -49,8 +49,8 @@ function consumerHeld<L extends { consumer: string }>(leases: Iterable<L>, consu
 interface Keeper {
   init(now: number): Promise<void>;
   grant(ask: GrantAsk, now: number): Promise<Granted>;
-  /** Closes a node's leases; answers the customers whose leases it closed. */
-  close(node: string, returns: LeaseReturn[], now: number): Promise<string[]>;
+  /** Closes a node's leases; answers the leases it closed, as they are now. */
+  close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]>;
   /** Usage events the store counted now (and settled against their leases in that commit). */
   settled(events: Array<{ id: string; consumer: string; lease?: unknown; reserved?: number }>, now: number): void;
   /** Credit free of every reservation, and what other nodes' leases hold that a recall may bring back (micros). */
@@ -139,14 +139,14 @@ class MemoryKeeper implements Keeper {
     return { kind: 'GRANTED', lease, creditMicros: shown };
   }
 
-  async close(node: string, returns: LeaseReturn[], now: number): Promise<string[]> {
-    const closed: string[] = [];
+  async close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]> {
+    const closed: LeaseRow[] = [];
     const writes: Array<Promise<void>> = [];
     for (const r of returns) {
       const l = this.book.get(r.id);
       const customerId = this.book.close(node, r.id, r.drawn, now, r.drawn_micros);
       if (customerId === undefined || !l) continue;
-      closed.push(customerId);
+      closed.push(rowOf(l, this.opts));
       // A closing lost in a crash only keeps credit reserved longer (until the lease's held_until).
       writes.push(this.writes.push({ close: { id: r.id, drawn: l.drawn ?? 0, drawnMicros: l.drawnMicros ?? 0 } }).catch(() => undefined));
     }
@@ -252,11 +252,18 @@ class PostgresKeeper implements Keeper {
     return out;
   }
 
-  async close(node: string, returns: LeaseReturn[], now: number): Promise<string[]> {
-    const rows = await this.store.closeLeases(node, returns.map((r) => ({ id: r.id, drawn: r.drawn, drawnMicros: r.drawn_micros })));
+  async close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]> {
+    // Closings that arrive together (each renewal gives one back) share one statement.
+    const rows = (await Promise.all(returns.map((r) => this.closes.push({ id: r.id, drawn: r.drawn, drawnMicros: r.drawn_micros, node })))).flat();
     for (const l of rows) this.nextSize.set(`${l.customerId}\n${l.node}`, nextLeaseSize(this.opts, l, l.drawn ?? 0, now));
-    return rows.map((l) => l.customerId);
+    return rows;
   }
+
+  private readonly closes = new Batcher<{ id: string; drawn: number; drawnMicros?: number; node: string }, LeaseRow[]>(async (items) => {
+    const rows = await this.store.closeLeases(undefined, items);
+    const byId = new Map(rows.map((l) => [l.id, l]));
+    return items.map((i) => { const l = byId.get(i.id); return l && l.node === i.node ? [l] : []; });
+  }, 2);
 
   settled(): void { /* settled in the usage commit itself */ }
 
@@ -457,8 +464,10 @@ export class LeaseDesk {
   async release(node: string, leases: LeaseReturn[]): Promise<number> {
     const closed = await this.keeper.close(node, leases, this.now());
     if (closed.length) {
-      this.freed(closed);
-      this.notify?.({ freed: [...new Set(closed)] });
+      this.freed(closed.map((l) => l.customerId));
+      // Other replicas hear only of credit given back undrawn (a renewal that drew its lease in full frees nothing).
+      const undrawn = [...new Set(closed.filter((l) => (l.drawnMicros ?? 0) < l.micros).map((l) => l.customerId))];
+      if (undrawn.length) this.notify?.({ freed: undrawn });
     }
     return closed.length;
   }

@@ -699,16 +699,17 @@ export class PostgresStore implements Store {
   }
 
   /**
-   * A node gives leases back, saying what it drew from each (capped at the lease): only its own,
-   * only once. Answers the leases closed, as they are now.
+   * Nodes give leases back, saying what they drew from each (capped at the lease): each only its
+   * own (`node`; undefined: any), each only once. Answers the leases closed, as they are now.
    */
-  async closeLeases(node: string | undefined, returns: Array<{ id: string; drawn: number; drawnMicros?: number }>): Promise<LeaseRow[]> {
+  async closeLeases(node: string | undefined, returns: Array<{ id: string; drawn: number; drawnMicros?: number; node?: string }>): Promise<LeaseRow[]> {
     if (!returns.length) return [];
     const r = await this.pool.query(`UPDATE leases l SET drawn = LEAST(l.requests, x.d),
         drawn_micros = LEAST(l.micros, COALESCE(x.dm, LEAST(l.requests, x.d)::bigint * l.cost_micros))
-      FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(i, d, dm)
-      WHERE l.id = x.i AND l.drawn IS NULL AND ($4::text IS NULL OR l.node = $4)
-      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.max(0, Math.floor(x.drawn))), returns.map((x) => x.drawnMicros ?? null), node ?? null]);
+      FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS x(i, d, dm, n)
+      WHERE l.id = x.i AND l.drawn IS NULL AND (x.n IS NULL OR l.node = x.n)
+      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.max(0, Math.floor(x.drawn))), returns.map((x) => x.drawnMicros ?? null),
+      returns.map((x) => x.node ?? node ?? null)]);
     return r.rows.map(toLease);
   }
 
