@@ -15,6 +15,7 @@ import type { LeaseRow, Store } from './store/store';
 import type { CreditState, LeaseNotice, PostgresStore } from './store/postgres';
 import type { ChangeStream } from './http/stream';
 import type { Config } from './config';
+import { boundLease, capLeft, type CapLimits, type ConsumerSpend, type LimitKind } from './caps/caps';
 
 /** Written by versions before durable leases: until when their leases (memory only) may be in use. Read once after upgrading. */
 const LEGACY_HORIZON_KEY = 'lease_horizon';
@@ -29,9 +30,20 @@ export interface LeaseReturn { id: string; drawn: number; drawn_micros?: number 
 export interface LeaseRequest { node: string; consumer: string; want: number; reserve?: number; previous?: LeaseReturn }
 export type LeaseAnswer = { status: 200; json: string } | { status: 503; json: string };
 
-/** One grant asked of a keeper. */
-interface GrantAsk { customerId: string; consumer: string; node: string; costMicros: number; want: number }
-type Granted = { kind: 'GRANTED'; lease: LeaseRow; creditMicros: number } | { kind: 'EXHAUSTED' };
+/**
+ * One grant asked of a keeper. `caps` (issue 23): the consumer's spending caps; a lease is then
+ * bounded by its cap left less what its other leases hold (caps/caps.ts boundLease).
+ */
+interface GrantAsk { customerId: string; consumer: string; node: string; costMicros: number; want: number; caps?: CapLimits }
+/** `creditMicros`: the tighter of the team's credit and the consumer's cap left. `limit`/`resetsAt`: which one refused. */
+type Granted = { kind: 'GRANTED'; lease: LeaseRow; creditMicros: number } | { kind: 'EXHAUSTED'; limit?: LimitKind; resetsAt?: number };
+
+/** Issue 23: what a consumer's open leases hold (micros), given what each holds. */
+function consumerHeld<L extends { consumer: string }>(leases: Iterable<L>, consumer: string, heldOf: (l: L) => number): number {
+  let sum = 0;
+  for (const l of leases) if (l.consumer === consumer) sum += heldOf(l);
+  return sum;
+}
 
 /** Where leases live (see the top of this file). */
 interface Keeper {
@@ -84,7 +96,8 @@ class MemoryKeeper implements Keeper {
   readonly book: LeaseBook;
   private readonly writes: Batcher<{ open?: LeaseRow; close?: { id: string; drawn: number; drawnMicros: number } }, void>;
 
-  constructor(private readonly opts: LeaseOptions, private readonly store: Store, private readonly creditOf: (customerId: string) => number | undefined) {
+  constructor(private readonly opts: LeaseOptions, private readonly store: Store, private readonly creditOf: (customerId: string) => number | undefined,
+    private readonly spendOf: (consumer: string) => ConsumerSpend) {
     this.book = new LeaseBook(opts, newLeaseId);
     this.writes = new Batcher(async (items) => {
       await this.store.recordLeases({ open: items.flatMap((i) => (i.open ? [i.open] : [])), close: items.flatMap((i) => (i.close ? [i.close] : [])) });
@@ -97,10 +110,24 @@ class MemoryKeeper implements Keeper {
   }
 
   async grant(ask: GrantAsk, now: number): Promise<Granted> {
-    const creditMicros = this.creditOf(ask.customerId);
+    let creditMicros = this.creditOf(ask.customerId);
     if (creditMicros === undefined) return { kind: 'EXHAUSTED' };
+    // Issue 23: the book grants from credit − reserved; a capped consumer's lease is held to its cap left less its other leases.
+    // The credit header shows the tighter of the team's credit and the consumer's cap left.
+    let shown = creditMicros;
+    let capBound: ReturnType<typeof boundLease> | undefined;
+    let resetsAt: number | undefined;
+    if (ask.caps && (ask.caps.daily !== undefined || ask.caps.monthly !== undefined)) {
+      const left = capLeft(ask.caps, this.spendOf(ask.consumer), now);
+      const reserved = this.book.reservedMicros(ask.customerId, now);
+      const mine = consumerHeld(this.book.leasesOf(ask.customerId, now), ask.consumer, (l) => this.book.heldMicros(l, now));
+      capBound = boundLease(creditMicros - reserved, left.leftMicros, mine);
+      resetsAt = left.resetsAt;
+      creditMicros = Math.min(creditMicros, reserved + capBound.micros);
+      shown = Math.min(shown, left.leftMicros ?? Infinity);
+    }
     const outcome = this.book.grant({ ...ask, creditMicros, now });
-    if (outcome.kind === 'EXHAUSTED') return outcome;
+    if (outcome.kind === 'EXHAUSTED') return capBound?.limit === 'consumer_cap' ? { kind: 'EXHAUSTED', limit: 'consumer_cap', resetsAt } : { kind: 'EXHAUSTED', limit: 'no_credit' };
     const lease = rowOf(outcome.lease, this.opts);
     try {
       await this.writes.push({ open: lease });
@@ -109,7 +136,7 @@ class MemoryKeeper implements Keeper {
       this.book.close(ask.node, lease.id, 0, now, 0);
       throw err;
     }
-    return { kind: 'GRANTED', lease, creditMicros };
+    return { kind: 'GRANTED', lease, creditMicros: shown };
   }
 
   async close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]> {
@@ -183,29 +210,45 @@ class PostgresKeeper implements Keeper {
   private async grantBatch(asks: Array<GrantAsk & { now: number }>): Promise<Granted[]> {
     const now = Math.max(...asks.map((a) => a.now));
     const out: Granted[] = [];
-    await this.store.grantLeases(asks.map((a) => a.customerId), now, (states) => {
+    const capped = (a: GrantAsk) => a.caps !== undefined && (a.caps.daily !== undefined || a.caps.monthly !== undefined);
+    const consumers = [...new Set(asks.filter(capped).map((a) => a.consumer))];
+    await this.store.grantLeases(asks.map((a) => a.customerId), now, (states, consumerStates) => {
       out.length = 0;
       const held = new Map<string, number>();
+      const heldByConsumer = new Map<string, number>();
       const rows: LeaseRow[] = [];
       for (const a of asks) {
         const s = states.get(a.customerId);
         if (!s) { out.push({ kind: 'EXHAUSTED' }); continue; }
         const taken = held.get(a.customerId) ?? 0;
         const key = `${a.customerId}\n${a.node}`;
-        const requests = leaseRequests(this.opts, s.creditMicros - s.heldMicros - taken, a.costMicros, a.want, this.nextSize.get(key));
-        if (requests < 1) { out.push({ kind: 'EXHAUSTED' }); continue; }
+        let free = s.creditMicros - s.heldMicros - taken;
+        let credit = s.creditMicros;
+        let refusal: Granted = { kind: 'EXHAUSTED', limit: 'no_credit' };
+        if (capped(a)) {
+          // Issue 23: the consumer's spend and what its leases hold, read in the same transaction (one statement).
+          const cs = consumerStates.get(a.consumer) ?? { heldMicros: 0, spend: { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } };
+          const left = capLeft(a.caps!, cs.spend, a.now);
+          const bound = boundLease(free, left.leftMicros, cs.heldMicros + (heldByConsumer.get(a.consumer) ?? 0));
+          if (bound.limit === 'consumer_cap') refusal = { kind: 'EXHAUSTED', limit: 'consumer_cap', resetsAt: left.resetsAt };
+          free = bound.micros;
+          credit = Math.min(credit, left.leftMicros ?? Infinity);
+        }
+        const requests = leaseRequests(this.opts, free, a.costMicros, a.want, this.nextSize.get(key));
+        if (requests < 1) { out.push(refusal); continue; }
         const micros = requests * a.costMicros;
         held.set(a.customerId, taken + micros);
+        heldByConsumer.set(a.consumer, (heldByConsumer.get(a.consumer) ?? 0) + micros);
         const lease: LeaseRow = {
           id: newLeaseId(), node: a.node, customerId: a.customerId, consumer: a.consumer, requests, costMicros: a.costMicros, micros,
           grantedAt: a.now, expiresAt: a.now + this.opts.ttlMs, heldUntil: a.now + this.opts.ttlMs + this.opts.usageGraceMs,
           drawn: null, drawnMicros: null, settledMicros: 0,
         };
         rows.push(lease);
-        out.push({ kind: 'GRANTED', lease, creditMicros: s.creditMicros });
+        out.push({ kind: 'GRANTED', lease, creditMicros: credit });
       }
       return rows;
-    });
+    }, consumers);
     return out;
   }
 
@@ -272,7 +315,7 @@ export class LeaseDesk {
       ? { default: pricing.defaultPrice.maxCostMicros, routes: Object.fromEntries([...pricing.routePrices].map(([r, p]) => [r, p.maxCostMicros])) }
       : undefined;
     const pg = 'grantLeases' in store ? store as unknown as PostgresStore : undefined;
-    this.keeper = pg ? new PostgresKeeper(config.leases, pg) : new MemoryKeeper(config.leases, store, (id) => this.engineCredit(id));
+    this.keeper = pg ? new PostgresKeeper(config.leases, pg) : new MemoryKeeper(config.leases, store, (id) => this.engineCredit(id), (consumer) => this.engine.spendOf(consumer));
     this.notify = pg ? (notice) => { pg.notifyLeases(notice).catch(() => undefined); } : undefined;
   }
 
@@ -333,11 +376,13 @@ export class LeaseDesk {
     // A node that knows its waiting requests' routes asks for no more than they reserve, so a
     // cheap route is served on credit that would not cover the dearest one.
     const costMicros = r.reserve !== undefined ? Math.min(dearest, Math.max(1, r.reserve)) : dearest;
-    const ask: GrantAsk = { customerId, consumer: r.consumer, node: r.node, costMicros, want: r.want };
+    const ask: GrantAsk = { customerId, consumer: r.consumer, node: r.node, costMicros, want: r.want, caps: this.engine.capLimitsOf(r.consumer) };
     let outcome = await this.keeper.grant(ask, now);
     if (outcome.kind === 'EXHAUSTED') outcome = await this.recallAndRetry(ask, outcome);
     if (outcome.kind === 'EXHAUSTED') {
       this.starved.add(customerId);
+      // Issue 23: the consumer's cap refused, not the team's credit: say so, with Retry-After until the reset.
+      if (outcome.limit === 'consumer_cap' && outcome.resetsAt !== undefined) return { status: 200, json: this.engine.capRefusalAt(r.consumer, outcome.resetsAt, this.now()) };
       return { status: 200, json: this.engine.exhaustedAnswer(customerId) ?? this.allowJson };
     }
     const { lease } = outcome;

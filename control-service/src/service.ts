@@ -102,14 +102,14 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger, leases
   return { ready: listener.ready, stop: listener.stop, start() { started = true; schedule(); } };
 }
 
-export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number; /** Tests: the clock of caps and leases (issue 23). */ now?: () => number } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
   const exposure = checkExposure(config);
   if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
   if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? (config.postgres ? await PostgresStore.open(config.postgres.url, { poolSize: config.postgres.poolSize }) : new SqliteStore(config.sqlitePath));
-  const engine = new Engine(config, store);
+  const engine = new Engine(config, store, opts.now);
   // Several replicas on PostgreSQL: each follows the others' changes (listening before it loads), and one leads the singleton work.
   let leases: LeaseDesk | undefined;
   const changes = store instanceof PostgresStore ? followChanges(store, engine, log, () => leases) : undefined;
@@ -121,7 +121,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     : soleLeader();
   const stream = new ChangeStream();
   engine.onChange = (consumers) => stream.changed(consumers);
-  const desk = new LeaseDesk(config, engine, store, stream);
+  const desk = new LeaseDesk(config, engine, store, stream, opts.now);
   await desk.init();
   leases = desk;
 

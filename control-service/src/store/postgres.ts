@@ -9,6 +9,8 @@
 // and the running totals' new version), any other on `payg_changes` (the
 // customer ids touched, which followers read again).
 
+import { POSTGRES_ADD_SPEND, POSTGRES_CONSUMER_SPEND_MIGRATION, spendFromRows, spendRows } from './consumer-spend';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
@@ -93,6 +95,8 @@ const MIGRATIONS: string[] = [
    CREATE INDEX leases_held_until ON leases (held_until);`,
   // 6: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox (as SQLite's 8)
   topUpSchema('postgres'),
+  // 7: as SQLite's 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
+  POSTGRES_CONSUMER_SPEND_MIGRATION,
 ];
 
 /**
@@ -111,6 +115,8 @@ export interface LeaseNotice { recall?: string[]; freed?: string[] }
 
 /** What a grant sees of one customer, under its row lock: credit before reservations, and what leases hold. */
 export interface CreditState { creditMicros: number; heldMicros: number; othersHoldMicros: number }
+/** Issue 23: a consumer's spend this period and what its leases hold (micros), read in the grant's transaction. */
+export interface ConsumerCapState { heldMicros: number; spend: ConsumerSpend }
 
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
@@ -338,6 +344,9 @@ export class PostgresStore implements Store {
             ins AS (SELECT i AS id FROM x) ${SETTLE_LEASES_SQL}`,
           [settling.map((u) => u.id), settling.map((u) => u.consumer), settling.map((u) => u.lease), settling.map((u) => u.reserved ?? null)]);
         }
+        // Issue 23: the consumers' spend, in the transaction that stores their usage (only the events stored now).
+        const spend = spendRows(usage.filter((u) => counted.has(u.id)));
+        if (spend.consumers.length) await c.query(POSTGRES_ADD_SPEND, [spend.consumers, spend.periods, spend.starts, spend.micros]);
         // Running totals per customer, so settlement never scans the events.
         const added = new Map<string, { micros: number; seq: number }>();
         for (const r of inserted.rows) {
@@ -427,6 +436,21 @@ export class PostgresStore implements Store {
         ON CONFLICT (id) DO NOTHING RETURNING id, seq, customer_id, cost_micros
       ), settle AS (
         ${SETTLE_LEASES_SQL}
+      ), spend_rows AS (
+        -- issue 23: the consumers' spend, in this same statement (see store/consumer-spend.ts)
+        SELECT y.co, y.period, y.start, SUM(y.m) AS micros
+        FROM (SELECT i, co, 'daily' AS period, ds AS start, m FROM unnest($1::text[], $3::text[], $13::bigint[], $7::bigint[]) AS d(i, co, ds, m)
+              UNION ALL SELECT i, co, 'monthly', ms, m FROM unnest($1::text[], $3::text[], $14::bigint[], $7::bigint[]) AS d(i, co, ms, m)) y
+          JOIN ins ON ins.id = y.i
+        WHERE ins.customer_id IS NOT NULL AND y.m > 0
+        GROUP BY y.co, y.period, y.start
+      ), spend AS (
+        INSERT INTO consumer_spend (consumer, period, period_start, micros)
+        SELECT DISTINCT ON (co, period) co, period, start, micros FROM spend_rows ORDER BY co, period, start DESC
+        ON CONFLICT (consumer, period) DO UPDATE SET
+          micros = CASE WHEN excluded.period_start > consumer_spend.period_start THEN excluded.micros
+                        WHEN excluded.period_start = consumer_spend.period_start THEN consumer_spend.micros + excluded.micros ELSE consumer_spend.micros END,
+          period_start = GREATEST(consumer_spend.period_start, excluded.period_start)
       ), added AS (
         SELECT customer_id, SUM(cost_micros)::bigint AS micros, MAX(seq) AS seq FROM ins WHERE customer_id IS NOT NULL GROUP BY customer_id
       ), totals AS (
@@ -444,9 +468,19 @@ export class PostgresStore implements Store {
       SELECT p, pg_notify($9, p) FROM payloads`, [
       usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
       usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK,
-      usage.map((u) => u.lease ?? null), usage.map((u) => u.reserved ?? null)]);
+      usage.map((u) => u.lease ?? null), usage.map((u) => u.reserved ?? null),
+      usage.map((u) => periodStart('daily', u.spentAt ?? u.at)), usage.map((u) => periodStart('monthly', u.spentAt ?? u.at))]);
     return { usageAdded: r.rows.flatMap((row) => parseUsageAdded(JSON.parse(row.p))) };
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? await this.rows('SELECT * FROM consumer_spend')
+      : await this.rows('SELECT * FROM consumer_spend WHERE consumer = ANY($1)', [consumers]);
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
     // A reminder makes the earlier pending reminders of its template and customer stale, in order: one at a time.
@@ -708,6 +742,24 @@ export class PostgresStore implements Store {
     return new Map(r.rows.map((row) => [row.id as string, { creditMicros: Number(row.credit), heldMicros: Number(row.held), othersHoldMicros: Number(row.others) }]));
   }
 
+  // ---- issue 23 (team caps) ----
+  /**
+   * Per consumer: its spend in its current periods and what its leases hold, in one statement
+   * (one snapshot: a usage commit that adds spend and settles a lease is seen whole or not at all).
+   */
+  private async consumerCapStates(c: pg.PoolClient, consumers: string[], now: number): Promise<Map<string, ConsumerCapState>> {
+    const r = await c.query(`SELECT x.consumer,
+        (SELECT COALESCE(SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)), 0)::bigint FROM leases l WHERE l.consumer = x.consumer AND l.held_until > $2) AS held,
+        (SELECT json_agg(json_build_array(s.period, s.period_start, s.micros)) FROM consumer_spend s WHERE s.consumer = x.consumer)::text AS spend
+      FROM unnest($1::text[]) AS x(consumer)`, [consumers, now]);
+    return new Map(r.rows.map((row) => {
+      const parts = (row.spend ? JSON.parse(row.spend) : []) as Array<[string, number, number]>;
+      const spend = spendFromRows(parts.map(([period, start, micros]) => ({ consumer: row.consumer, period, period_start: start, micros }))).get(row.consumer);
+      return [row.consumer as string, { heldMicros: Number(row.held), spend: spend ?? { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } }];
+    }));
+  }
+  // ---- end issue 23 ----
+
   /** Credit states read without locks (to wake starved customers, or decide on a recall). */
   readCreditStates(ids: string[], now: number, node?: string): Promise<Map<string, CreditState>> {
     return this.creditStates(this.pool, ids, now, node ?? null);
@@ -720,13 +772,14 @@ export class PostgresStore implements Store {
    * sizes the leases from that, and they are inserted before the commit. Two replicas can never grant
    * the same credit: the second waits for the first's commit and sees its leases.
    */
-  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>) => LeaseRow[]): Promise<LeaseRow[]> {
+  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>, consumers: Map<string, ConsumerCapState>) => LeaseRow[], consumers: string[] = []): Promise<LeaseRow[]> {
     const ids = [...new Set(customerIds)].sort();
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.tx(async (c) => {
           await c.query('SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE', [ids]);
-          const rows = decide(await this.creditStates(c, ids, now, null));
+          const states = await this.creditStates(c, ids, now, null);
+          const rows = decide(states, consumers.length ? await this.consumerCapStates(c, consumers, now) : new Map());
           if (rows.length) await this.insertLeases(c, rows);
           return rows;
         });

@@ -7,6 +7,8 @@ import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, Sett
 import { toLease, toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 import type { MoveIntent } from '../top-ups/core';
+import { SQLITE_ADD_SPEND, SQLITE_CONSUMER_SPEND_MIGRATION, spendFromRows } from './consumer-spend';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -77,6 +79,8 @@ const MIGRATIONS: string[] = [
    CREATE INDEX leases_held_until ON leases (held_until);`,
   // 8: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox
   topUpSchema('sqlite'),
+  // 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
+  SQLITE_CONSUMER_SPEND_MIGRATION,
 ];
 
 export class SqliteStore implements Store {
@@ -110,6 +114,7 @@ export class SqliteStore implements Store {
         RETURNING customer_id, amount`),
       failSettlement: this.db.prepare(`UPDATE settlements SET status = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
       recordWebhook: this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)'),
+      addSpend: this.db.prepare(SQLITE_ADD_SPEND),
       staleReminders: this.db.prepare(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
         WHERE template_id = ? AND customer_id = ? AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
@@ -160,6 +165,8 @@ export class SqliteStore implements Store {
         if (r.changes === 0) continue;
         if (u.lease !== undefined) this.stmt.settleLease.run(u.reserved ?? null, u.lease, u.consumer);
         if (!u.customerId) continue;
+        // Issue 23: the consumer's spend, in the transaction that stores its usage.
+        if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.spentAt ?? u.at), u.costMicros);
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
         t.seq = Number(r.lastInsertRowid);
@@ -181,6 +188,15 @@ export class SqliteStore implements Store {
       }
     })();
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? this.db.prepare('SELECT * FROM consumer_spend').all()
+      : consumers.flatMap((c) => this.db.prepare('SELECT * FROM consumer_spend WHERE consumer = ?').all(c));
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   async loadMemberships(): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();

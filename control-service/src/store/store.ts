@@ -3,6 +3,7 @@
 
 import type { Customer } from '../customer';
 import type { TopUpStore } from '../top-ups/store';
+import type { ConsumerSpend } from '../caps/caps';
 
 export interface StoredCustomer extends Customer {
   /** When Stripe last told us this state (ms): a sweep's fetch time or a webhook event's `created`. */
@@ -71,6 +72,8 @@ export interface UsageRecord {
   /** The lease the request drew from, and what it reserved (default: the lease's costMicros): settled in the same commit. */
   lease?: string;
   reserved?: number;
+  /** Issue 23: when the control service counted it (its clock): the period its consumer's spend counts in. Default `at`. */
+  spentAt?: number;
 }
 
 /**
@@ -199,6 +202,10 @@ export interface Store extends TopUpStore {
   heldLeases(now: number): Promise<LeaseRow[]>;
   /** Forgets leases that hold nothing any more (past held_until, or closed and fully settled). */
   pruneLeases(now: number): Promise<number>;
+  // ---- issue 23 (team caps) ----
+  /** Each consumer's spend in its current periods, counted by saveChanges from the usage it stores (store/consumer-spend.ts). */
+  consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>>;
+  // ---- end issue 23 ----
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
   ping(): Promise<void>;
