@@ -1,6 +1,6 @@
 // Issue 23: each consumer's spend in its current daily and monthly periods,
 // counted from the usage events in the same store transaction that stores
-// them (SQLite migration 10, PostgreSQL migration 8: table consumer_spend).
+// them (SQLite migration 9, PostgreSQL migration 7: table consumer_spend).
 // One row per (consumer, period): the period's UTC start and the micros spent
 // in it. An event of a later period starts it again; one of an earlier period
 // (late after a reset) leaves it as it is. See caps/caps.ts (addSpend).
