@@ -57,9 +57,9 @@ export function OverviewPage() {
         <Stat label="Settlements pending" value={data.settlements.pending + data.settlements.retrying} tone={data.settlements.retrying ? 'warn' : 'ok'} hint={`${data.settlements.retrying} retrying · ${data.settlements.confirmed} confirmed`} testid="stat-settlements-pending" />
         <Stat label="Settlements failed" value={data.settlements.failed} tone={data.settlements.failed ? 'bad' : 'ok'} hint="refused by Stripe for good" testid="stat-settlements-failed" />
         <Stat label="Top-ups today" value={data.today.top_ups.count.toLocaleString()} testid="stat-top-ups-today"
-          hint={`${amounts(data.today.top_ups.amounts, 'none yet')} (UTC day ${data.today.day})`} />
-        <Stat label="Refunds · disputes today" value={<>{data.today.refunds.count} · {data.today.disputes.count}</>} tone={data.today.disputes.count ? 'bad' : data.today.refunds.count ? 'warn' : 'ok'} testid="stat-refunds-today"
-          hint={`refunded ${amounts(data.today.refunds.amounts, '$0')} · disputed ${amounts(data.today.disputes.amounts, '$0')}`} />
+          hint={`${amounts(data.today.top_ups.amounts, 'none yet')} · since 00:00 UTC`} />
+        <Stat label="Refunds · disputes" value={<>{data.today.refunds.count} · {data.today.disputes.count}</>} tone={data.today.disputes.count ? 'bad' : data.today.refunds.count ? 'warn' : 'ok'} testid="stat-refunds-today"
+          hint={`today: ${data.today.refunds.count + data.today.disputes.count ? `${amounts(data.today.refunds.amounts, '$0')} refunded · ${amounts(data.today.disputes.amounts, '$0')} disputed` : 'none'}`} />
         <Stat label="Customers who owe" value={data.owing.customers.toLocaleString()} tone={data.owing.customers ? 'warn' : 'ok'} testid="stat-owing"
           hint={Object.entries(data.owing.amounts).map(([cur, v]) => credit(v, cur)).join(' · ') || 'nobody owes'} />
         <Stat label="Consumer conflicts" value={data.conflicts} tone={data.conflicts ? 'warn' : 'ok'} />
