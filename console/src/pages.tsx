@@ -1,6 +1,6 @@
 // The console's pages: overview, cohorts, customers, one customer, rules,
 // email templates and settlements.
-import type { JSX } from 'preact';
+import type { ComponentChildren, JSX } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { ago, api, credit, creditAxis, money, when } from './api';
 import { Badge, BarChart, Card, Empty, LineChart, Loading, Page, Stat, Table, useApi } from './ui';
@@ -15,9 +15,11 @@ interface Overview {
   would_blocks_per_minute: { minutes: number[]; rules: Sums };
   emails: Record<string, number>;
   settlements: SettlementCounts;
+  today: { day: string; top_ups: DayTotal; refunds: DayTotal; disputes: DayTotal };
   last_sweep: { configured: boolean; at: string | null; age_seconds: number | null };
   stripe_errors: Record<string, number>;
 }
+interface DayTotal { count: number; amounts: Record<string, number> }
 interface CustomerRow { id: string; name: string | null; email: string | null; currency: string | null; consumer: string | null; balance: number; estimated_balance: number; unsettled_usage: number; cohorts: string[]; blocked: boolean }
 interface EmailRow { id: number; template: string; customer: string; to: string; status: string; attempts: number; created_at: string; delivered_at: string | null; last_error: string | null; message_id: string | null }
 interface SettlementCounts { pending: number; retrying: number; failed: number; confirmed: number }
@@ -30,6 +32,10 @@ const Credit = (props: { balance: number; currency: string | null }) => <span cl
 /** The same for a stat's big figure: "owes" smaller, so the amount keeps one line. */
 const creditFigure = (balance: number, currency: string | null) => (balance > 0 ? <><span class="owes">owes </span>{money(balance, currency)}</> : credit(balance, currency));
 const perMinute = (m: Sums) => Object.entries(m).map(([rule, v]) => ({ rule, v, total: v.reduce((a, b) => a + b, 0), last: v[v.length - 1] }));
+/** "$20.00 · €5.00", or `none` when nothing moved. */
+const amounts = (a: Record<string, number>, none: string) => Object.entries(a).map(([cur, v]) => money(v, cur)).join(' · ') || none;
+/** A link to a page of the Stripe Dashboard, opened apart from the console. */
+const stripeA = (href: string | null, text: ComponentChildren) => (href ? <a href={href} target="_blank" rel="noreferrer noopener">{text}</a> : text);
 const statusTone = (s: string) => (s === 'delivered' || s === 'confirmed' ? 'ok' : s === 'failed' ? 'bad' : s === 'cancelled' || s === 'stale' ? 'muted' : 'warn');
 
 export function OverviewPage() {
@@ -50,6 +56,10 @@ export function OverviewPage() {
         <Stat label="Emails failed" value={data.emails.failed} tone={data.emails.failed ? 'bad' : 'ok'} hint={`${data.emails.stale ?? 0} stale: no longer true, not sent`} testid="stat-emails-failed" />
         <Stat label="Settlements pending" value={data.settlements.pending + data.settlements.retrying} tone={data.settlements.retrying ? 'warn' : 'ok'} hint={`${data.settlements.retrying} retrying · ${data.settlements.confirmed} confirmed`} testid="stat-settlements-pending" />
         <Stat label="Settlements failed" value={data.settlements.failed} tone={data.settlements.failed ? 'bad' : 'ok'} hint="refused by Stripe for good" testid="stat-settlements-failed" />
+        <Stat label="Top-ups today" value={data.today.top_ups.count.toLocaleString()} testid="stat-top-ups-today"
+          hint={`${amounts(data.today.top_ups.amounts, 'none yet')} · since 00:00 UTC`} />
+        <Stat label="Refunds · disputes" value={<>{data.today.refunds.count} · {data.today.disputes.count}</>} tone={data.today.disputes.count ? 'bad' : data.today.refunds.count ? 'warn' : 'ok'} testid="stat-refunds-today"
+          hint={`today: ${data.today.refunds.count + data.today.disputes.count ? `${amounts(data.today.refunds.amounts, '$0')} refunded · ${amounts(data.today.disputes.amounts, '$0')} disputed` : 'none'}`} />
         <Stat label="Customers who owe" value={data.owing.customers.toLocaleString()} tone={data.owing.customers ? 'warn' : 'ok'} testid="stat-owing"
           hint={Object.entries(data.owing.amounts).map(([cur, v]) => credit(v, cur)).join(' · ') || 'nobody owes'} />
         <Stat label="Consumer conflicts" value={data.conflicts} tone={data.conflicts ? 'warn' : 'ok'} />
@@ -160,7 +170,12 @@ interface CustomerDetail extends CustomerRow {
   recent_decisions: Array<{ at: string; consumer: string; outcome: string; rule: string | null; would_block: string[] }>;
   usage_by_route: Array<{ route: string | null; requests: number; cost: number }>;
   settlements: SettlementRow[]; emails: EmailRow[];
+  top_ups: TopUpRow[]; top_up_debits: DebitRow[];
 }
+interface TopUpRow { id: string; amount: number; currency: string; formatted: string; status: string; refunded: number; disputed: number; created_at: string; credited_at: string | null; session_id: string | null; payment_intent: string | null; balance_transaction: string | null; last_error: string | null; stripe_url: string | null }
+interface DebitRow { id: number; kind: 'refund' | 'dispute'; stripe_id: string; top_up: string; amount: number; currency: string; formatted: string; status: string; attempts: number; balance_transaction: string | null; last_error: string | null; created_at: string; confirmed_at: string | null; stripe_url: string }
+const topUpTone = (s: string) => (s === 'credited' ? 'ok' : s === 'failed' ? 'bad' : s === 'crediting' ? 'warn' : 'muted');
+
 
 export function CustomerPage(props: { id: string }) {
   const { data: c, error } = useApi<CustomerDetail>(`customers/${encodeURIComponent(props.id)}`);
@@ -202,6 +217,27 @@ export function CustomerPage(props: { id: string }) {
             { key: 'requests', label: 'Requests', render: (r) => r.requests.toLocaleString(), value: (r) => r.requests, align: 'right' },
             { key: 'cost', label: 'Cost', render: (r) => money(r.cost, c.currency), value: (r) => r.cost, align: 'right' },
           ]} />
+      </Card>
+      <Card title="Top-ups">
+        <Table rowKey={(r) => r.id} rows={c.top_ups} testid="top-ups-table" empty={<Empty title="No top-ups">Top-ups bought on payg's page through Stripe Checkout show here.</Empty>} columns={[
+          { key: 'created', label: 'Started', render: (r) => <span class="nowrap">{when(r.created_at)}</span>, value: (r) => r.created_at },
+          { key: 'amount', label: 'Amount', render: (r) => r.formatted, value: (r) => r.amount, align: 'right' },
+          { key: 'status', label: 'Status', render: (r) => <span title={r.last_error ?? ''}><Badge tone={topUpTone(r.status)}>{r.status}</Badge></span>, value: (r) => r.status },
+          { key: 'back', label: 'Taken back', render: (r) => (r.refunded || r.disputed
+            ? <span class="bad-text">{[r.refunded && `refunded ${money(r.refunded, r.currency)}`, r.disputed && `disputed ${money(r.disputed, r.currency)}`].filter(Boolean).join(' · ')}</span>
+            : <span class="muted">—</span>), value: (r) => r.refunded + r.disputed, align: 'right' },
+          { key: 'stripe', label: 'In Stripe', render: (r) => (r.stripe_url
+            ? stripeA(r.stripe_url, <>{r.payment_intent ? 'payment' : 'Checkout Session'} <code class="ref">{r.payment_intent ?? r.session_id}</code> ↗</>)
+            : <span class="muted small">no session yet</span>) },
+        ]} />
+        <h3>Refunds and disputes</h3>
+        <Table rowKey={(r) => String(r.id)} rows={c.top_up_debits} testid="top-up-debits-table" empty={<Empty title="No refunds or disputes">A refund or dispute of a top-up in Stripe is debited from the customer's credit, and shows here.</Empty>} columns={[
+          { key: 'created', label: 'Seen', render: (r) => <span class="nowrap">{when(r.created_at)}</span>, value: (r) => r.created_at },
+          { key: 'kind', label: 'Kind', render: (r) => <Badge tone={r.kind === 'dispute' ? 'bad' : 'warn'}>{r.kind}</Badge>, value: (r) => r.kind },
+          { key: 'amount', label: 'Debited', render: (r) => r.formatted, value: (r) => r.amount, align: 'right' },
+          { key: 'status', label: 'Status', render: (r) => <span title={r.last_error ?? ''}><Badge tone={statusTone(r.status)}>{r.status}</Badge></span>, value: (r) => r.status },
+          { key: 'stripe', label: 'In Stripe', render: (r) => stripeA(r.stripe_url, <><code class="ref">{r.stripe_id}</code> ↗</>) },
+        ]} />
       </Card>
       <Card title="Settlements">
         <SettlementTable rows={c.settlements} showCustomer={false} />

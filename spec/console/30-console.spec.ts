@@ -83,6 +83,9 @@ describe('operator console (headless Chromium)', function () {
     expect(await blocks.innerText()).to.include('block-no-credit').and.match(/\d+ in the last hour · peak \d+ a minute/);
     expect(await page.locator('.stat', { hasText: 'Last sweep' }).innerText()).to.match(/ago/);
     expect(await page.getByTestId('stat-owing').innerText()).to.match(/Customers who owe\s+1\s+owes \$2\.50/);
+    // Alice's $20.00 top-up through Checkout in the story, today (UTC); no refund or dispute.
+    expect(await page.getByTestId('stat-top-ups-today').innerText()).to.match(/Top-ups today\s+1\s+\$20\.00 · since 00:00 UTC/);
+    expect(await page.getByTestId('stat-refunds-today').innerText()).to.match(/Refunds · disputes\s+0 · 0\s+today: none/);
     // The blocks of each minute are a readable bar: wide and tall enough to see, on a labelled time axis.
     const bar = (await blocks.locator('rect.bar').first().boundingBox())!;
     expect(bar.width, 'bar width (px)').to.be.at.least(5);
@@ -134,6 +137,21 @@ describe('operator console (headless Chromium)', function () {
     expect(await page.getByTestId('settlements-table').innerText()).to.match(/cbtxn_\w+\s[\s\S]*\d{4}, \d\d:\d\d:\d\d/);
     expect(await page.getByRole('link', { name: /Open in Stripe/ }).getAttribute('href')).to.equal('https://dashboard.stripe.com/test/customers/cus_demo_bob');
     await shot('customer');
+  });
+
+  it('customer page: Alice\'s top-up through Checkout, its amount, status and payment in Stripe', async () => {
+    await page.goto(`${consoleUrl}#/customers/cus_demo_alice`);
+    const table = page.getByTestId('top-ups-table');
+    await table.waitFor();
+    const rows = table.locator('tbody tr');
+    expect(await rows.count()).to.equal(1);
+    expect(await rows.first().innerText()).to.match(/\$20\.00\s+credited\s+—\s+payment pi_\w+/);
+    const [session] = [...stack.stripe.checkoutSessions.values()] as Array<Record<string, any>>;
+    expect(await rows.first().getByRole('link').getAttribute('href')).to.equal(`https://dashboard.stripe.com/test/payments/${session.payment_intent}`);
+    expect(await page.getByTestId('top-up-debits-table').count(), 'no refunds or disputes: the empty state').to.equal(0);
+    expect(await page.locator('.card', { hasText: 'Top-ups' }).innerText()).to.include('No refunds or disputes');
+    expect(await fullyVisible('.card:has([data-testid=top-ups-table]) .table-wrap', 'code.ref, th')).to.deep.include({ scrolls: false, cut: [] });
+    await shot('customer-top-ups');
   });
 
   it('rules: dry run names who would be blocked; switching a rule off lets Bob through', async () => {

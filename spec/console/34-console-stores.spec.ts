@@ -7,6 +7,7 @@
 import { expect } from 'chai';
 import { customerFixture, startConsoleFixture, type ConsoleFixture, type Session } from '../support/console-fixture';
 import { freshDatabase } from '../support/postgres';
+import { creditIntent, debitIntent } from '../../control-service/src/top-ups/core';
 
 const DAY = 86_400_000;
 const MINUTE = 60_000;
@@ -60,6 +61,44 @@ async function seed(fx: ConsoleFixture, clock: { t: number }): Promise<void> {
   const byKey = log.slice().sort((a, b) => (a.dedupeKey < b.dedupeKey ? -1 : 1));
   for (const [k, row] of byKey.slice(0, finish.length * 2).entries()) await fx.store.finishEmail(row.id, { ...finish[k % finish.length], at: clock.t + 100 + k });
   clock.t += MINUTE;
+  await seedTopUps(fx, clock);
+}
+
+/**
+ * Top-ups in every state: customer 3 bought $25.00 three days ago (credited, then refunded $10.00 today, the
+ * refund confirmed) and $10.00 today (credited, disputed today: the debit retrying); customer 5 bought €30.00
+ * today (credited), ¥500 today (Stripe refused the credit for good: not counted), and left two
+ * forms at the same instant (one with an open session, one before its session: ties go by id, in byte order).
+ */
+async function seedTopUps(fx: ConsoleFixture, clock: { t: number }): Promise<void> {
+  const s = fx.store;
+  const buy = async (id: string, customer: number, amount: number, currency: string, at: number, paid: 'confirmed' | 'failed' | 'open' | 'none') => {
+    const customerId = customerFixture(customer, 0).id;
+    await s.recordTopUp({ id, customerId, amount, currency, createdAt: at });
+    if (paid === 'none') return;
+    await s.setTopUpSession(id, `cs_test_${id}`, `https://checkout.stripe.com/c/pay/cs_test_${id}`);
+    if (paid === 'open') return;
+    await s.setTopUpPaymentIntent(id, `pi_${id}`);
+    const { row } = await s.enqueueMove(creditIntent(`cs_test_${id}`, id, customerId, amount, currency), at + 1000);
+    if (paid === 'confirmed') await s.confirmMove(row.id, `cbtxn_credit_${id}`, at + 2000);
+    else await s.failMove(row.id, 'Stripe refused: currency mismatch', at + 2000);
+  };
+  const debit = async (kind: 'refund' | 'dispute', stripeId: string, topUp: string, customer: number, amount: number, at: number) => {
+    const { row } = await s.enqueueDebit(debitIntent(kind, stripeId, `cs_test_${topUp}`, topUp, customerFixture(customer, 0).id, 0, 'usd'), () => amount, at);
+    return row!;
+  };
+  await buy('tu_old3', 3, 2500, 'usd', clock.t - 3 * DAY, 'confirmed');
+  await buy('tu_new3', 3, 1000, 'usd', clock.t, 'confirmed');
+  await buy('tu_eur5', 5, 3000, 'eur', clock.t + 10, 'confirmed');
+  await buy('tu_jpy5', 5, 500, 'jpy', clock.t + 20, 'failed');
+  await buy('tu_B_open5', 5, 2500, 'usd', clock.t + 30, 'open');
+  await buy('tu_a_none5', 5, 2500, 'usd', clock.t + 30, 'none');
+  clock.t += MINUTE;
+  const refund = await debit('refund', 're_3', 'tu_old3', 3, 1000, clock.t);
+  await s.confirmMove(refund.id, 'cbtxn_refund_3', clock.t + 500);
+  const dispute = await debit('dispute', 'dp_3', 'tu_new3', 3, 1000, clock.t + 1000);
+  await s.moveAttemptFailed(dispute.id, 'Stripe answered 503');
+  clock.t += MINUTE;
 }
 
 /**
@@ -83,6 +122,7 @@ const PAGES = [
   'overview', 'cohorts', 'rules', 'emails',
   'customers', 'customers?cohort=no-credit&per_page=5&page=2&sort=name&dir=desc', 'customers?cohort=low-credit&sort=estimated_balance',
   'customers?q=customer%201', 'customers/cus_000003', 'customers/cus_000005', 'customers/cus_000006', 'customers/cus_000007', 'customers/cus_000024',
+  'customers/cus_000009',
   'settlements', 'settlements?status=pending', 'settlements?status=retrying', 'settlements?status=failed', 'settlements?status=confirmed',
   'settlements?customer=cus_000007', 'settlements?status=confirmed&customer=cus_000003',
   'emails/log', 'emails/log?status=delivered', 'emails/log?status=failed', 'emails/log?status=stale', 'emails/log?status=cancelled',
@@ -146,6 +186,26 @@ describe('console: the same answers on SQLite and on PostgreSQL', function () {
       expect(c3.settlements.map((s: any) => [s.status, s.stripe_ref]), kind).to.deep.equal([['confirmed', 'cbtxn_3']]);
       expect(c3.emails.map((e: any) => e.template).sort(), kind).to.deep.equal(['low-credit', 'out-of-credit']);
       expect(answers[kind].get('customers/cus_000024')!.status, `${kind}: a deleted customer is gone`).to.equal(404);
+      // Today's top-ups: the $10.00 and the €30.00 (the ¥500 was refused, the $25.00 was three days ago); one refund, one dispute.
+      expect(overview.today, kind).to.deep.include({
+        top_ups: { count: 2, amounts: { eur: 3000, usd: 1000 } }, refunds: { count: 1, amounts: { usd: 1000 } }, disputes: { count: 1, amounts: { usd: 1000 } },
+      });
+      expect(c3.top_ups.map((t: any) => [t.id, t.formatted, t.status, t.refunded, t.disputed, t.stripe_url]), kind).to.deep.equal([
+        ['tu_new3', '$10.00', 'credited', 0, 1000, 'https://dashboard.stripe.com/test/payments/pi_tu_new3'],
+        ['tu_old3', '$25.00', 'credited', 1000, 0, 'https://dashboard.stripe.com/test/payments/pi_tu_old3'],
+      ]);
+      expect(c3.top_up_debits.map((d: any) => [d.kind, d.stripe_id, d.formatted, d.status, d.balance_transaction, d.stripe_url]), kind).to.deep.equal([
+        ['dispute', 'dp_3', '$10.00', 'retrying', null, 'https://dashboard.stripe.com/test/disputes/dp_3'],
+        ['refund', 're_3', '$10.00', 'confirmed', 'cbtxn_refund_3', 'https://dashboard.stripe.com/test/refunds/re_3'],
+      ]);
+      const c5 = answers[kind].get('customers/cus_000005')!.body as any;
+      expect(c5.top_ups.map((t: any) => [t.id, t.status, t.stripe_url]), kind).to.deep.equal([
+        ['tu_B_open5', 'open', 'https://dashboard.stripe.com/test/checkout/sessions/cs_test_tu_B_open5'],
+        ['tu_a_none5', 'not_started', null],
+        ['tu_jpy5', 'failed', 'https://dashboard.stripe.com/test/payments/pi_tu_jpy5'],
+        ['tu_eur5', 'credited', 'https://dashboard.stripe.com/test/payments/pi_tu_eur5'],
+      ]);
+      expect(c5.top_up_debits, kind).to.deep.equal([]);
     }
   });
 });

@@ -13,6 +13,7 @@ import { MICROS_PER_UNIT } from '../pricing';
 import { verdict } from '../rules';
 import { SETTLEMENT_VIEWS, settlementView, type ConsoleQueries, type SettlementView } from '../store/console-queries';
 import type { EmailStatus, Store } from '../store/store';
+import type { MoveRow, TopUpRow } from '../top-ups/store';
 import type { BalanceSync } from '../stripe/sync';
 import type { ActivityRecorder } from './activity';
 import { pageOrder } from './page-order';
@@ -41,7 +42,32 @@ const EMAIL_STATUSES: EmailStatus[] = ['pending', 'sending', 'delivered', 'faile
 export function createConsoleApi(deps: ConsoleDeps) {
   const { config, engine, store, activity, queries } = deps;
   const testMode = /^(sk|rk)_test_/.test(config.secrets.stripeSecretKey ?? 'sk_test_');
-  const stripeLink = (id: string) => `${config.console?.stripeDashboardUrl ?? 'https://dashboard.stripe.com'}${testMode ? '/test' : ''}/customers/${encodeURIComponent(id)}`;
+  /** A page of the Stripe Dashboard (test mode's under /test), as "Open in Stripe" links a customer. */
+  const dashboard = (kind: string, id: string) => `${config.console?.stripeDashboardUrl ?? 'https://dashboard.stripe.com'}${testMode ? '/test' : ''}/${kind}/${encodeURIComponent(id)}`;
+  const stripeLink = (id: string) => dashboard('customers', id);
+
+  /** A top-up with what became of it: its credit's state, what refunds and disputes took back, its payment in Stripe. */
+  const topUpJson = (t: TopUpRow, moves: MoveRow[]) => {
+    const own = moves.filter((m) => m.topUpId === t.id);
+    const credit = own.find((m) => m.kind === 'credit');
+    const taken = (kind: MoveRow['kind']) => own.filter((m) => m.kind === kind && m.status !== 'failed').reduce((a, m) => a + m.amount, 0);
+    return {
+      id: t.id, amount: t.amount, currency: t.currency, formatted: formatMoney(t.amount, t.currency), status: topUpStatus(t, credit),
+      refunded: taken('refund'), disputed: taken('dispute'), created_at: iso(t.createdAt), credited_at: iso(credit?.status === 'confirmed' ? credit.confirmedAt : null),
+      session_id: t.sessionId, payment_intent: t.paymentIntent, balance_transaction: credit?.stripeRef ?? null, last_error: credit?.lastError ?? null,
+      // The payment once Stripe has one (refunds and disputes hang off it there), else the Checkout Session.
+      stripe_url: t.paymentIntent ? dashboard('payments', t.paymentIntent) : t.sessionId ? dashboard('checkout/sessions', t.sessionId) : null,
+    };
+  };
+  /** A refund or dispute payg debited (or is debiting) from the customer's balance. */
+  const debitJson = (m: MoveRow) => {
+    const stripeId = m.ref.slice(m.ref.indexOf(':') + 1);
+    return {
+      id: m.id, kind: m.kind, stripe_id: stripeId, top_up: m.topUpId, amount: m.amount, currency: m.currency, formatted: formatMoney(m.amount, m.currency),
+      status: m.status === 'pending' && m.lastError ? 'retrying' : m.status, attempts: m.attempts, balance_transaction: m.stripeRef, last_error: m.lastError,
+      created_at: iso(m.createdAt), confirmed_at: iso(m.confirmedAt), stripe_url: dashboard(m.kind === 'refund' ? 'refunds' : 'disputes', stripeId),
+    };
+  };
 
   const summary = (id: string) => {
     const s = engine.customer(id)!;
@@ -57,7 +83,13 @@ export function createConsoleApi(deps: ConsoleDeps) {
     // Sizes per day, rebuilt backwards from now with the recorded transitions.
     const days = 14;
     const today = Math.floor(Date.now() / DAY);
-    const [net, emails, settlementCounts] = await Promise.all([queries.cohortNetByDay((today - days + 1) * DAY), queries.emailCounts(), queries.settlementCounts()]);
+    const [net, emails, settlementCounts, totals] = await Promise.all([queries.cohortNetByDay((today - days + 1) * DAY), queries.emailCounts(), queries.settlementCounts(),
+      queries.topUpTotals(today * DAY, (today + 1) * DAY)]);
+    // Today (UTC): top-ups credited (or being credited), refunds and disputes debited, with their amounts per currency.
+    const topUpsToday = Object.fromEntries((['credit', 'refund', 'dispute'] as const).map((kind) => {
+      const rows = totals.filter((r) => r.kind === kind);
+      return [kind === 'credit' ? 'top_ups' : `${kind}s`, { count: rows.reduce((a, r) => a + r.count, 0), amounts: Object.fromEntries(rows.map((r) => [r.currency, Math.abs(r.amount)])) }];
+    }));
     const history = config.cohorts.map((c) => {
       const byDay = new Map(net.filter((r) => r.cohort === c.id).map((r) => [r.day, r.net]));
       const points: Array<[number, number]> = [];
@@ -90,6 +122,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       would_blocks_per_minute: activity.perMinute('would_blocks'),
       emails,
       settlements: settlementCounts,
+      today: { day: iso(today * DAY)!.slice(0, 10), ...topUpsToday },
       last_sweep: { configured: Boolean(deps.sync), at: iso(lastSweep), age_seconds: lastSweep ? Math.round((Date.now() - lastSweep) / 1000) : null },
       stripe_errors: stripeErrors,
       conflicts: engine.conflicts().length,
@@ -126,9 +159,10 @@ export function createConsoleApi(deps: ConsoleDeps) {
   async function customer(id: string): Promise<ApiResult> {
     const s = engine.customer(id);
     if (!s) return fail(404, 'not_found', `no customer ${id} is known; it may not exist in Stripe yet, or the first sweep has not run`);
-    const [history, usage, settlementRows, emailRows] = await Promise.all([
+    const [history, usage, settlementRows, emailRows, topUpRows, moves] = await Promise.all([
       store.history(id), queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs),
-      queries.settlements({ customerId: id, limit: 100 }), store.emailLog({ customerId: id, limit: 100 })]);
+      queries.settlements({ customerId: id, limit: 100 }), store.emailLog({ customerId: id, limit: 100 }),
+      queries.topUps(id, 100), queries.topUpMoves(id, 1000)]);
     const consumer = s.customer.metadata[config.stripe.consumerMetadataKey];
     // The estimated balance over time: cohort transitions (persisted) and samples taken at decisions (in memory), then now.
     const points = [...history.map((t) => [t.at, t.balance] as [number, number]), ...activity.balanceSamples(id)]
@@ -157,6 +191,8 @@ export function createConsoleApi(deps: ConsoleDeps) {
         binding_period: c.left.period ?? null,
         problems: c.problems,
       })),
+      top_ups: topUpRows.map((t) => topUpJson(t, moves)),
+      top_up_debits: moves.filter((m) => m.kind !== 'credit').map(debitJson),
     });
   }
 
@@ -293,6 +329,16 @@ export function createConsoleApi(deps: ConsoleDeps) {
     if (method === 'POST' && resource === 'emails' && id && sub === 'test') return testSend(id, await body());
     return fail(404, 'not_found', 'no such console API');
   };
+}
+
+/**
+ * Where a top-up stands: `credited` (Stripe confirmed the credit), `crediting` (paid, the credit
+ * written and being sent), `failed` (Stripe refused the credit for good), `open` (a Checkout
+ * Session, no payment seen: unpaid, abandoned or expired) or `not_started` (no session yet).
+ */
+function topUpStatus(t: TopUpRow, credit: MoveRow | undefined): string {
+  if (credit) return credit.status === 'confirmed' ? 'credited' : credit.status === 'failed' ? 'failed' : 'crediting';
+  return t.sessionId ? 'open' : 'not_started';
 }
 
 function settlementJson(r: Awaited<ReturnType<Store['settlements']>>[number], customerName: string | null) {

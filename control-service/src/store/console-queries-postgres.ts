@@ -5,8 +5,9 @@
 // cannot take connections from the decision and usage path, nor write.
 
 import pg from 'pg';
+import { toMove, toTopUp, type MoveRow, type TopUpRow } from '../top-ups/store';
 import { toSettlement } from './rows';
-import { noEmails, noSettlements, VIEW_SQL, type ConsoleQueries, type SettlementView } from './console-queries';
+import { noEmails, noSettlements, TOP_UP_TOTALS_SQL, VIEW_SQL, type ConsoleQueries, type SettlementView, type TopUpTotal } from './console-queries';
 import type { EmailStatus, SettlementRow } from './store';
 
 const DAY = 86_400_000;
@@ -69,6 +70,22 @@ export class PostgresConsoleQueries implements ConsoleQueries {
     const out = noEmails();
     for (const r of await this.rows<{ status: EmailStatus; n: number }>('SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status')) out[r.status] = r.n;
     return out;
+  }
+
+  async topUps(customerId: string, limit: number): Promise<TopUpRow[]> {
+    // Ties by id in byte order, as SQLite orders text.
+    return (await this.rows<Record<string, unknown>>('SELECT * FROM top_ups WHERE customer_id = $1 ORDER BY created_at DESC, id COLLATE "C" LIMIT $2', [customerId, limit])).map(toTopUp);
+  }
+
+  async topUpMoves(customerId: string, limit: number): Promise<MoveRow[]> {
+    return (await this.rows<Record<string, unknown>>('SELECT * FROM top_up_moves WHERE customer_id = $1 ORDER BY id DESC LIMIT $2', [customerId, limit])).map(toMove);
+  }
+
+  async topUpTotals(from: number, to: number): Promise<TopUpTotal[]> {
+    // Kinds and currencies are ASCII: ORDER BY gives SQLite's order under any collation but "C" is asked for anyway.
+    const sql = TOP_UP_TOTALS_SQL((n) => `$${n}`).replace('ORDER BY kind, currency', 'ORDER BY kind COLLATE "C", currency COLLATE "C"');
+    return (await this.rows<{ kind: MoveRow['kind']; currency: string; n: number; amount: number }>(sql, [from, to]))
+      .map((r) => ({ kind: r.kind, currency: r.currency, count: r.n, amount: Number(r.amount) }));
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,7 @@
 // console-queries-postgres.ts.
 
 import Database from 'better-sqlite3';
+import { toMove, toTopUp, type MoveRow, type TopUpRow } from '../top-ups/store';
 import { toSettlement } from './rows';
 import type { EmailStatus, SettlementRow } from './store';
 
@@ -20,8 +21,21 @@ export interface ConsoleQueries {
   settlements(filter: { status?: SettlementView; customerId?: string; limit: number }): Promise<SettlementRow[]>;
   /** Outbox rows per status, every status present (0 when none). */
   emailCounts(): Promise<Record<EmailStatus, number>>;
+  /** A customer's top-ups, newest first (ties by id), at most `limit`. */
+  topUps(customerId: string, limit: number): Promise<TopUpRow[]>;
+  /** A customer's credits, refunds and disputes (top_up_moves), newest first, at most `limit`. */
+  topUpMoves(customerId: string, limit: number): Promise<MoveRow[]>;
+  /** Credits, refunds and disputes written in [from, to) and not failed: how many and how much, per kind and currency (by kind, then currency). */
+  topUpTotals(from: number, to: number): Promise<TopUpTotal[]>;
   close(): Promise<void>;
 }
+
+/** `amount` is the sum of the moves' amounts: negative for credits (Stripe's sign), positive for refunds and disputes. */
+export interface TopUpTotal { kind: MoveRow['kind']; currency: string; count: number; amount: number }
+
+/** Shared by both stores: failed moves moved no money; ordered so both answer in one order. */
+export const TOP_UP_TOTALS_SQL = (p: (n: number) => string) => `SELECT kind, currency, COUNT(*) AS n, SUM(amount) AS amount FROM top_up_moves
+  WHERE created_at >= ${p(1)} AND created_at < ${p(2)} AND status <> 'failed' GROUP BY kind, currency ORDER BY kind, currency`;
 
 const DAY = 86_400_000;
 
@@ -58,6 +72,9 @@ export class SqliteConsoleQueries implements ConsoleQueries {
       settlementCounts: this.db.prepare(`SELECT CASE WHEN status = 'pending' AND last_error IS NOT NULL THEN 'retrying' ELSE status END AS view, COUNT(*) AS n
         FROM settlements GROUP BY view`),
       emails: this.db.prepare('SELECT status, COUNT(*) AS n FROM email_outbox GROUP BY status'),
+      topUps: this.db.prepare('SELECT * FROM top_ups WHERE customer_id = ? ORDER BY created_at DESC, id LIMIT ?'),
+      moves: this.db.prepare('SELECT * FROM top_up_moves WHERE customer_id = ? ORDER BY id DESC LIMIT ?'),
+      totals: this.db.prepare(TOP_UP_TOTALS_SQL(() => '?')),
     };
   }
 
@@ -86,6 +103,19 @@ export class SqliteConsoleQueries implements ConsoleQueries {
     const out = noEmails();
     for (const r of this.stmt.emails.all() as Array<{ status: EmailStatus; n: number }>) out[r.status] = r.n;
     return out;
+  }
+
+  async topUps(customerId: string, limit: number): Promise<TopUpRow[]> {
+    return (this.stmt.topUps.all(customerId, limit) as Array<Record<string, any>>).map(toTopUp);
+  }
+
+  async topUpMoves(customerId: string, limit: number): Promise<MoveRow[]> {
+    return (this.stmt.moves.all(customerId, limit) as Array<Record<string, any>>).map(toMove);
+  }
+
+  async topUpTotals(from: number, to: number): Promise<TopUpTotal[]> {
+    return (this.stmt.totals.all(from, to) as Array<{ kind: MoveRow['kind']; currency: string; n: number; amount: number }>)
+      .map((r) => ({ kind: r.kind, currency: r.currency, count: r.n, amount: r.amount }));
   }
 
   async close(): Promise<void> { this.db.close(); }
