@@ -24,6 +24,7 @@ const ADMIN = 'admin-token-for-tests';
 const WEBHOOK_SECRET = 'whsec_chaos';
 const COST_MICROS = 370_000; // 0.37 of a cent per request: the fractions must carry over exactly
 const CHAOS_MS = Number(process.env.PAYG_CHAOS_MS ?? 30_000);
+const MIN_KILLS = 5;
 
 function seeded(seed: number): () => number {
   let s = seed >>> 0;
@@ -41,7 +42,7 @@ async function freePort(): Promise<number> {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements and emails', function () {
-  this.timeout(CHAOS_MS + 90_000);
+  this.timeout(3 * CHAOS_MS + 90_000);
   let dir: string;
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
@@ -162,7 +163,8 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
     const kills: string[] = [];
     const chaos = async () => {
       const until = Date.now() + CHAOS_MS;
-      while (Date.now() < until) {
+      // At least MIN_KILLS, even when a loaded machine restarts replicas slowly (bounded at 3 × CHAOS_MS).
+      while ((Date.now() < until || kills.length < MIN_KILLS) && Date.now() < until + 2 * CHAOS_MS) {
         await sleep(2000 + random() * 2000);
         const i = pick([0, 1, 2]);
         const r = replicas[i];
@@ -181,7 +183,7 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
     running = false;
     await Promise.all(load);
     console.log(`      ${requests} requests (${blocked} blocked) in ${Math.round((Date.now() - startedAt) / 1000)} s; kills: ${kills.join(', ')}; webhook deliveries retried: ${webhookRetries}`);
-    expect(kills.length).to.be.greaterThan(4);
+    expect(kills.length).to.be.at.least(MIN_KILLS);
 
     // No usage lost, none counted twice: the store holds exactly what the plugins served, per customer.
     const totals = async () => new Map((await db.query('SELECT customer_id, used_micros FROM usage_totals')).rows.map((r) => [r.customer_id as string, Number(r.used_micros)]));
