@@ -17,9 +17,15 @@ export const MERGE_TAGS: readonly string[] = [
   'balance.cents', 'balance.formatted', 'credit.cents', 'credit.formatted', 'currency', 'top_up_url',
 ];
 /** Emails also know the threshold a low-balance warning is about. */
-export const EMAIL_MERGE_TAGS: readonly string[] = [...MERGE_TAGS, 'threshold.cents', 'threshold.formatted'];
+export const EMAIL_MERGE_TAGS: readonly string[] = [...MERGE_TAGS, 'threshold.cents', 'threshold.formatted',
+  // auto-recharge emails (issue 22)
+  'recharge.amount', 'recharge.cents', 'recharge.reason', 'recharge.failures', 'recharge.max_failures'];
 
-export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string } }
+/** What auto-recharge emails know of the recharge (issue 22). */
+export interface RechargeMergeContext { amount: string; cents: number; reason: string; failures: number; max_failures: number }
+export const SAMPLE_RECHARGE: RechargeMergeContext = { amount: '$20.00', cents: 2000, reason: 'Your card was declined.', failures: 1, max_failures: 3 };
+
+export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string }; recharge?: RechargeMergeContext }
 
 /** `link`: with top_up.checkout, a signed link to payg's top-up page for a customer (see top-ups/token.ts). */
 export interface TopUpConfig { url?: string; metadata_key?: string; link?: (customerId: string) => string }
