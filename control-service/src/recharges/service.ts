@@ -17,6 +17,7 @@ import { formatMoney } from '../customer';
 import { META_TOP_UP, type MoveIntent } from '../top-ups/core';
 import { outcomeOfError, outcomeOfIntent, rechargeKey, type ChargeOutcome, type RechargeOptions } from './core';
 import type { RechargeRow } from './store';
+import { completeOptIns } from './opt-in';
 
 export interface RechargerDeps {
   options: RechargeOptions;
@@ -83,6 +84,7 @@ export class Recharger {
   }
 
   async pass(): Promise<void> {
+    await completeOptIns(this.deps.gateway, this.deps.store, this.deps.log).catch((err) => this.deps.log.warn({ err: (err as Error).message }, 'applying auto-recharge opt-ins failed; tried again on the next pass'));
     await this.rearmPass();
     const due = await this.deps.store.dueRecharges(this.now());
     // Customers are independent: a few at a time, each customer's one open recharge in turn.

@@ -30,6 +30,9 @@ export interface RechargeCrossing { customerId: string; currency: string; settin
 
 export interface RechargeState { failures: number; pausedAt: number | null }
 
+export interface PendingOptIn { topUpId: string; customerId: string; sessionId: string; settings: RechargeSettings }
+export const toOptIn = (r: Record<string, any>): PendingOptIn => ({ topUpId: r.top_up_id, customerId: r.customer_id, sessionId: r.session_id, settings: JSON.parse(r.settings) });
+
 export interface RechargeStore {
   /** Planned recharges due by `now` and those still processing at Stripe, oldest first. */
   dueRecharges(now: number): Promise<RechargeRow[]>;
@@ -51,6 +54,10 @@ export interface RechargeStore {
   finishRecharge(id: string, end: { status: 'succeeded' | 'failed' | 'action_required'; paymentIntent: string | null; failureCode?: string; error?: string; at: number }, maxFailures: number): Promise<{ changed: boolean; state: RechargeState }>;
   /** A manual top-up credited after the pause: failures back to 0, not paused. Answers whether it was paused. */
   rearmRecharges(customerId: string, at: number): Promise<boolean>;
+  /** An opt-in chosen on the top-up page, applied once its top-up is credited (recharges/opt-in.ts). */
+  recordOptIn(o: PendingOptIn, at: number): Promise<void>;
+  pendingOptIns(): Promise<PendingOptIn[]>;
+  optInDone(topUpId: string, at: number): Promise<void>;
   /** Customers paused now. */
   pausedRecharges(): Promise<Array<{ customerId: string; pausedAt: number }>>;
 }
@@ -73,7 +80,9 @@ export function rechargeSchema(dialect: 'sqlite' | 'postgres'): string {
    CREATE INDEX recharges_customer_month ON recharges (customer_id, month);
    CREATE INDEX recharges_open ON recharges (status, due_at) WHERE status IN ('planned','processing');
    CREATE UNIQUE INDEX recharges_one_open ON recharges (customer_id) WHERE status IN ('planned','processing');
-   CREATE TABLE recharge_state (customer_id TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0, paused_at ${big});`;
+   CREATE TABLE recharge_state (customer_id TEXT PRIMARY KEY, failures INTEGER NOT NULL DEFAULT 0, paused_at ${big});
+   CREATE TABLE recharge_opt_ins (top_up_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, session_id TEXT NOT NULL, settings TEXT NOT NULL,
+     created_at ${big} NOT NULL, done_at ${big});`;
 }
 
 const IN = (xs: readonly string[]) => `(${xs.map((x) => `'${x}'`).join(',')})`;
@@ -98,6 +107,9 @@ export const SQL = {
      WHERE id = ? AND status IN ${IN(OPEN)}`,
   setState: 'UPDATE recharge_state SET failures = ?, paused_at = ? WHERE customer_id = ?',
   paused: 'SELECT customer_id, paused_at FROM recharge_state WHERE paused_at IS NOT NULL',
+  recordOptIn: 'INSERT INTO recharge_opt_ins (top_up_id, customer_id, session_id, settings, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (top_up_id) DO NOTHING',
+  pendingOptIns: 'SELECT * FROM recharge_opt_ins WHERE done_at IS NULL ORDER BY created_at LIMIT 100',
+  optInDone: 'UPDATE recharge_opt_ins SET done_at = ? WHERE top_up_id = ? AND done_at IS NULL',
 };
 
 /** `?` → `$1, $2, …` for PostgreSQL. */

@@ -15,7 +15,7 @@ import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode
 import { toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 // ---- auto-recharge (issue 22) ----
-import { decideCrossing, monthFloor, newRechargeId, pg as toPg, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState } from '../recharges/store';
+import { decideCrossing, monthFloor, newRechargeId, pg as toPg, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState, type PendingOptIn, toOptIn } from '../recharges/store';
 // ---- end auto-recharge ----
 import type { MoveIntent } from '../top-ups/core';
 import type { ReloadedCustomer } from '../engine';
@@ -786,6 +786,17 @@ export class PostgresStore implements Store {
 
   async pausedRecharges(): Promise<Array<{ customerId: string; pausedAt: number }>> {
     return (await this.rows(RSQL.paused)).map((r) => ({ customerId: r.customer_id, pausedAt: Number(r.paused_at) }));
+  }
+  async recordOptIn(o: PendingOptIn, at: number): Promise<void> {
+    await this.rows(toPg(RSQL.recordOptIn), [o.topUpId, o.customerId, o.sessionId, JSON.stringify(o.settings), at]);
+  }
+
+  async pendingOptIns(): Promise<PendingOptIn[]> {
+    return (await this.rows(RSQL.pendingOptIns)).map(toOptIn);
+  }
+
+  async optInDone(topUpId: string, at: number): Promise<void> {
+    await this.rows(toPg(RSQL.optInDone), [at, topUpId]);
   }
   // ---- end auto-recharge ----
 }

@@ -8,7 +8,7 @@ import { toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 import type { MoveIntent } from '../top-ups/core';
 // ---- auto-recharge (issue 22) ----
-import { decideCrossing, monthFloor, newRechargeId, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState } from '../recharges/store';
+import { decideCrossing, monthFloor, newRechargeId, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState, type PendingOptIn, toOptIn } from '../recharges/store';
 // ---- end auto-recharge ----
 
 const MIGRATIONS: string[] = [
@@ -517,6 +517,17 @@ export class SqliteStore implements Store {
 
   async pausedRecharges(): Promise<Array<{ customerId: string; pausedAt: number }>> {
     return (this.db.prepare(RSQL.paused).all() as Array<{ customer_id: string; paused_at: number }>).map((r) => ({ customerId: r.customer_id, pausedAt: r.paused_at }));
+  }
+  async recordOptIn(o: PendingOptIn, at: number): Promise<void> {
+    this.db.prepare(RSQL.recordOptIn).run(o.topUpId, o.customerId, o.sessionId, JSON.stringify(o.settings), at);
+  }
+
+  async pendingOptIns(): Promise<PendingOptIn[]> {
+    return (this.db.prepare(RSQL.pendingOptIns).all() as Array<Record<string, any>>).map(toOptIn);
+  }
+
+  async optInDone(topUpId: string, at: number): Promise<void> {
+    this.db.prepare(RSQL.optInDone).run(at, topUpId);
   }
   // ---- end auto-recharge ----
 }
