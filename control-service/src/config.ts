@@ -84,7 +84,9 @@ const rawConfig = z.object({
     // A dispute of a top-up payment takes its credit back (as a refund does) unless this is false.
     debit_disputes: z.boolean().default(true),
     checkout: z.object({
-      public_url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL'),
+      // The page is served at /top-up/ and its forms post there: the public URL is an origin, with no path of its own.
+      public_url: z.string().url().refine((u) => /^https?:\/\//i.test(u), 'must be an http(s) URL')
+        .refine((u) => { const p = new URL(u); return (p.pathname === '/' || p.pathname === '') && !p.search && !p.hash; }, 'must be an origin such as https://api.example.com, without a path: the page is served at /top-up/'),
       link_ttl: duration.default('30d'),
       currencies: z.record(z.string().regex(/^[a-z]{3}$/, 'use a lower-case ISO currency code such as usd'), z.object({
         presets: z.array(z.number().int().positive()).max(8).default([]),

@@ -2,19 +2,10 @@
 // retrieve with expand, list, expire, paying with test methods (sync and bank
 // debit), setup mode, invoices, events — and Stripe's validation errors.
 import { expect } from 'chai';
-import Stripe from 'stripe';
+import type Stripe from 'stripe';
 import http from 'node:http';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
-
-export function sdkFor(emu: StripeEmulator): Stripe {
-  return new Stripe(emu.secretKey, { host: '127.0.0.1', port: Number(new URL(emu.url).port), protocol: 'http', maxNetworkRetries: 0 });
-}
-
-/** The StripeInvalidRequestError / StripeCardError a call fails with. */
-export async function stripeError(p: Promise<unknown>): Promise<any> {
-  try { await p; } catch (e) { return e; }
-  throw new Error('expected the call to fail');
-}
+import { sdkFor, stripeError } from './sdk';
 
 describe('Stripe emulator: Checkout Sessions', () => {
   let emu: StripeEmulator;
@@ -169,6 +160,8 @@ describe('Stripe emulator: Checkout Sessions', () => {
       expect(await stripeError(stripe.checkout.sessions.create({ ...base, customer: 'cus_nope', line_items: li({}) }))).to.include({ code: 'resource_missing', param: 'customer' });
       expect(await stripeError(stripe.checkout.sessions.create({ ...base, line_items: li({ unit_amount: 10 }) }))).to.include({ code: 'amount_too_small' });
       expect(await stripeError(stripe.checkout.sessions.create({ mode: 'setup', customer, currency: 'usd', line_items: li({}) }))).to.include({ param: 'line_items' });
+      expect(await stripeError(stripe.checkout.sessions.create({ ...base, line_items: li({}), customer_update: { address: 'auto' } }))).to.include({ param: 'customer_update' });
+      expect(await stripeError(stripe.checkout.sessions.create({ ...base, customer, line_items: li({}), payment_method_types: ['card'] } as any))).to.include({ code: 'parameter_unknown', param: 'payment_method_types' });
     });
     it('automatic_tax needs the customer address collected (customer_update[address]=auto), as in Stripe', async () => {
       const err = await stripeError(topUp({ automatic_tax: { enabled: true } }));

@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import Stripe from 'stripe';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { sdkFor, stripeError } from './40-emulator-checkout.spec';
+import { sdkFor, stripeError } from './sdk';
 
 describe('Stripe emulator: payment methods and off-session PaymentIntents', () => {
   let emu: StripeEmulator;
@@ -32,6 +32,8 @@ describe('Stripe emulator: payment methods and off-session PaymentIntents', () =
     const list = await stripe.paymentMethods.list({ customer, type: 'card' });
     expect(list.data.map((m) => m.id)).to.deep.equal([mc, visa]);
     expect((await stripe.customers.retrieve(customer) as Stripe.Customer).invoice_settings.default_payment_method).to.equal(visa);
+    const expanded = await stripe.customers.retrieve(customer, { expand: ['invoice_settings.default_payment_method'] }) as Stripe.Customer;
+    expect((expanded.invoice_settings.default_payment_method as Stripe.PaymentMethod).card?.last4).to.equal('4242');
     const other = emu.create().id;
     const foreign = (await stripe.paymentMethods.attach('pm_card_visa', { customer: other })).id;
     const err = await stripeError(stripe.customers.update(customer, { invoice_settings: { default_payment_method: foreign } }));

@@ -56,6 +56,7 @@ function createSession(emu: StripeEmulator, body: Obj): Obj {
     }
   }
   if (p.mode === 'payment' && p.setup_intent_data) throw invalid('You can not pass `setup_intent_data` in `payment` mode.', 'setup_intent_data');
+  if (p.customer_update && !customer) throw invalid('`customer_update` can only be used with `customer`.', 'customer_update');
   if (p.saved_payment_method_options && !customer) throw invalid('`saved_payment_method_options` can only be used with `customer`.', 'saved_payment_method_options');
   const created = emu.tick();
   if (p.expires_at !== undefined) {

@@ -3,7 +3,8 @@
 // method for invoices (invoice_settings.default_payment_method).
 import type { StripeEmulator } from './emulator';
 import type { Route } from './routes';
-import { invalid, missing, rid } from './params';
+import { invalid, missing, parseForm, rid } from './params';
+import { expandObject } from './expand';
 
 export interface EmuCustomer {
   id: string; object: 'customer'; created: number; balance: number; currency: string | null;
@@ -116,10 +117,12 @@ export const customerRoutes: Route[] = [
     },
   },
   {
-    method: 'GET', path: /^\/v1\/customers\/([^/]+)$/, run(emu, m) {
+    method: 'GET', path: /^\/v1\/customers\/([^/]+)$/, run(emu, m, _b, query) {
       const id = m[1];
       if (!emu.customers.has(id) && emu.deleted.has(id)) return { id, object: 'customer', deleted: true };
-      return customerOr404(emu, id);
+      const expand = parseForm(query.toString()).expand;
+      const customer = customerOr404(emu, id);
+      return expand ? expandObject(emu, customer, Object.values(expand as Record<string, string>)) : customer;
     },
   },
   {

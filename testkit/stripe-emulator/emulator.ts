@@ -282,7 +282,11 @@ export class StripeEmulator extends LoopbackServer {
         try {
           send(route.run(this, m, body, url.searchParams));
         } catch (e) {
-          if (!(e instanceof StripeApiError)) throw e;
+          if (!(e instanceof StripeApiError)) {
+            // A bug in the emulator: answer as Stripe's 500 would, and say so on stderr.
+            console.error('stripe emulator:', e);
+            return this.error(res, 500, 'api_error', 'An unknown error occurred.');
+          }
           const { code, ...extra } = e.extra;
           this.error(res, e.status, e.type, e.message, { code, ...extra });
         } finally {

@@ -50,7 +50,6 @@ export interface HttpDeps {
   stream: ChangeStream;
   /** Top-ups (issue 21): the public page and its webhook events, when top_up.checkout is configured. */
   topUps?: TopUps;
-  onTopUpPageRender?: (ms: number) => void;
 }
 
 const usageEvent = z.object({
@@ -185,7 +184,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   const leases = createLeaseHandler(deps.leases, deps.stream, (allow) => metrics.decisions.inc({ outcome: allow ? 'allow' : 'block' }), deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS);
   const topUpPage = deps.topUps && createTopUpHandler({
     topUps: deps.topUps, checkout: deps.topUps.checkout, secret: deps.topUps.deps.secret, engine, store: deps.store, log,
-    budget: publicBytes, bodyTimeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS, onRender: deps.onTopUpPageRender,
+    budget: publicBytes, bodyTimeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS,
   });
   const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader, topUp: config.topUp });
 

@@ -22,6 +22,12 @@ export const TOP_UP_PREFIX = '/top-up/';
 const FORM_LIMIT = 4096;
 /** How often a success page may read a session from Stripe itself (per top-up), when the webhook is late. */
 const RECHECK_MS = 3000;
+/**
+ * New Checkout Sessions one customer's link may open per window (per replica): a leaked
+ * link cannot spend the Stripe request budget the sweep and settlements share.
+ */
+export const SESSIONS_PER_WINDOW = 10;
+export const SESSION_WINDOW_MS = 10 * 60_000;
 
 export interface TopUpPageDeps {
   topUps: TopUps;
@@ -32,14 +38,22 @@ export interface TopUpPageDeps {
   log: Logger;
   budget: ByteBudget;
   bodyTimeoutMs: number;
-  /** Called with each page's render time (ms), for bench:top-ups. */
-  onRender?: (ms: number) => void;
 }
 
 export function createTopUpHandler(deps: TopUpPageDeps) {
   const { checkout, secret, engine, store, log } = deps;
   const csp = contentSecurityPolicy(checkout.checkoutOrigins);
   const lastCheck = new Map<string, number>();
+  const opened = new Map<string, { since: number; count: number }>();
+  /** Counts a new session for the customer; false when the window's allowance is spent. */
+  const allowSession = (customerId: string, now: number): boolean => {
+    if (opened.size > 10_000) for (const [id, w] of opened) if (now - w.since >= SESSION_WINDOW_MS) opened.delete(id);
+    const w = opened.get(customerId);
+    if (!w || now - w.since >= SESSION_WINDOW_MS) { opened.set(customerId, { since: now, count: 1 }); return true; }
+    if (w.count >= SESSIONS_PER_WINDOW) return false;
+    w.count++;
+    return true;
+  };
 
   const page = (res: http.ServerResponse, status: number, html: string, extra: Record<string, string> = {}) => {
     res.writeHead(status, {
@@ -59,8 +73,6 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
   };
 
   return async (method: string, path: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    const started = process.hrtime.bigint();
-    const rendered = () => deps.onRender?.(Number(process.hrtime.bigint() - started) / 1e6);
     const parts = path.slice(TOP_UP_PREFIX.length).split('/');
     const token = parts[0] ?? '';
     const sub = parts.slice(1);
@@ -93,8 +105,7 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     if (!amounts) return page(res, 409, messagePage('Top-ups are not available', amountMessage('currency', view.currency, undefined)));
 
     if (method === 'GET') {
-      page(res, 200, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action }));
-      return rendered();
+      return page(res, 200, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action }));
     }
     // POST: the form.
     const body = await readBody(req, { limit: FORM_LIMIT, budget: deps.budget, timeoutMs: deps.bodyTimeoutMs });
@@ -110,7 +121,13 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
       return page(res, 422, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action, error: amountMessage(choice.reason, view.currency, amounts), custom: (custom ?? '').slice(0, 20) }));
     }
     const id = topUpId(secret, customerId, nonce, choice.amount, view.currency);
-    const row = await store.recordTopUp({ id, customerId, amount: choice.amount, currency: view.currency, createdAt: Date.now() });
+    // The same form again (a double click, a reload) is not a new session and is not counted.
+    const before = await store.topUp(id);
+    if (!before && !allowSession(customerId, Date.now())) {
+      log.warn({ customer: customerId }, 'top-up page: too many new Checkout Sessions for one customer; refused for now');
+      return page(res, 429, messagePage('Too many attempts', 'Too many payment pages were opened for this account just now. Try again in a few minutes.'), { 'retry-after': String(Math.ceil(SESSION_WINDOW_MS / 1000)) });
+    }
+    const row = before ?? await store.recordTopUp({ id, customerId, amount: choice.amount, currency: view.currency, createdAt: Date.now() });
     let url = row.sessionUrl;
     if (!url) {
       try {

@@ -107,6 +107,8 @@ export class TopUps {
     const read = sessionRead(session);
     const record = read.topUpId ? await this.deps.store.topUp(read.topUpId) : undefined;
     const decision = decideCredit(read, record);
+    // A session of the operator's other Checkout flows (no payg metadata) is none of ours: ignored without a warning.
+    if (!read.topUpId) return { outcome: 'ignored', why: decision.kind === 'refuse' ? decision.why : undefined };
     if (decision.kind === 'refuse') {
       this.deps.log.warn({ session: sessionId, why: decision.why }, 'top-up refused: nothing credited');
       return { outcome: 'refused', why: decision.why };

@@ -124,6 +124,8 @@ describe('top-ups: the pure core', () => {
       expect(() => parseConfig({ top_up: { checkout: { ...checkout, currencies: {} } } }, env, '/')).to.throw(/top_up\.checkout\.currencies/);
       expect(() => parseConfig({ top_up: { url: 'https://x.example', checkout } }, env, '/')).to.throw(/top_up: set either url/);
       expect(() => parseConfig({ top_up: { checkout: { ...checkout, default_currency: 'eur' } } }, env, '/')).to.throw(/default_currency/);
+      expect(() => parseConfig({ top_up: { checkout: { ...checkout, public_url: 'https://api.example.com/billing' } } }, env, '/')).to.throw(/top_up\.checkout\.public_url: must be an origin/);
+      expect(() => parseConfig({ top_up: { checkout: { ...checkout, public_url: 'javascript:alert(1)' } } }, env, '/')).to.throw(/top_up\.checkout\.public_url/);
     });
     it('{{top_up_url}} is a signed link to the page with checkout, top_up.url without', () => {
       const config = parseConfig({ top_up: { checkout } }, env, '/');

@@ -27,13 +27,13 @@ describe('top-ups through Stripe Checkout (emulator)', function () {
   let base: string;
   let sdk: Stripe;
 
-  async function start(topUp: Record<string, unknown> = {}): Promise<RunningService> {
+  async function start(topUp: Record<string, unknown> = {}, checkout: Record<string, unknown> = {}): Promise<RunningService> {
     const port = await freePort();
     base = `http://127.0.0.1:${port}`;
     const config = parseConfig({
       listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
       stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 3, base_delay_ms: 20, max_delay_ms: 50 }, timeout_ms: 3000 },
-      top_up: { checkout: { public_url: base, currencies: { usd: { presets: [1000, 2500], min: 500, max: 50_000 } } }, ...topUp },
+      top_up: { checkout: { public_url: base, currencies: { usd: { presets: [1000, 2500], min: 500, max: 50_000 } }, ...checkout }, ...topUp },
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', status: 402, body: '{"error":"payment_required","top_up_url":"{{top_up_url}}"}' }],
       emails: [{ id: 'restored', cohort: 'no-credit', on: 'leave', from: { address: 'billing@example.com' }, subject: 'Access restored', text: path.join(dir, 'restored.txt') }],
@@ -183,6 +183,20 @@ describe('top-ups through Stripe Checkout (emulator)', function () {
     expect(stripe.customers.get(carol.id)!.balance).to.equal(0);
   });
 
+  it('with invoice_creation and automatic_tax the session asks Stripe for both, and the credit is the amount chosen, before tax', async () => {
+    const ivy = stripe.create({ name: 'Ivy', email: 'ivy@example.com', balance: 0, currency: 'usd' });
+    await start({}, { invoice_creation: true, automatic_tax: true, product_name: 'Credits for the Example API' });
+    const { session } = await buy(ivy.id, { preset: '2500' });
+    expect(session.automatic_tax.enabled).to.equal(true);
+    expect(session.invoice_creation.enabled).to.equal(true);
+    const [line] = (await sdk.checkout.sessions.listLineItems(session.id)).data;
+    expect(line).to.include({ description: 'Credits for the Example API', amount_subtotal: 2500 });
+    stripe.completeCheckoutSession(session.id, 'pm_card_visa');
+    for (const e of eventsOf('checkout.session.completed')) await stripe.deliver(e);
+    await until(() => ours(ivy.id).length === 1, 5000, 'credited');
+    expect(ours(ivy.id)[0]).to.deep.include({ amount: -2500 });
+  });
+
   it('with debit_disputes: false a dispute takes nothing back', async () => {
     const dan = stripe.create({ name: 'Dan', balance: 0, currency: 'usd' });
     await start({ debit_disputes: false });
@@ -261,8 +275,17 @@ describe('top-ups through Stripe Checkout (emulator)', function () {
       }
     }
     expect(sessions()).to.have.length(0);
+    // A leaked link cannot open Checkout Sessions without end (it would spend the Stripe request budget).
+    const hankLink = await linkOf(hank.id);
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) statuses.push((await post(hankLink, { nonce: `flood-nonce-${String(i).padStart(8, '0')}`, preset: '1000' })).status);
+    expect(statuses.filter((s) => s === 303), 'ten new sessions per customer per 10 minutes').to.have.length(10);
+    expect(statuses.slice(10)).to.deep.equal([429, 429]);
+    expect((await post(hankLink, { nonce: 'flood-nonce-00000000', preset: '1000' })).status, 'the same form again still leads to its session').to.equal(303);
+    expect(sessions()).to.have.length(10);
     // Another customer's top-up on one's own link is not shown.
-    const { session } = await buy(hank.id, { preset: '1000' });
+    const session = sessions()[0];
+    expect(session.customer).to.equal(hank.id);
     const res = await fetch(`${link}/done/${session.metadata.payg_top_up_id}`);
     expect(res.status).to.equal(404);
   });
