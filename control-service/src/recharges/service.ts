@@ -120,7 +120,29 @@ export class Recharger {
     return outcomeOfIntent(await this.deps.gateway.call((s) => s.paymentIntents.retrieve(paymentIntent)) as Stripe.PaymentIntent & { last_payment_error: { code?: string; message?: string } | null });
   }
 
+  /**
+   * A PaymentIntent an earlier attempt made for this recharge, found by its
+   * metadata among the customer's: an answer lost, then a wait past the 24
+   * hours Stripe keeps an idempotency key, must not charge a second time.
+   */
+  private async findIntent(row: RechargeRow): Promise<Stripe.PaymentIntent | undefined> {
+    const since = Math.floor(row.createdAt / 1000) - 300;
+    let after: string | undefined;
+    for (let page = 0; page < 10; page++) {
+      const list = await this.deps.gateway.call((s) => s.paymentIntents.list({ customer: row.customerId, created: { gte: since }, limit: 100, ...(after ? { starting_after: after } : {}) }));
+      const found = list.data.find((p) => p.metadata?.[META_RECHARGE] === row.id);
+      if (found) return found;
+      if (!list.has_more || !list.data.length) return undefined;
+      after = list.data.at(-1)!.id;
+    }
+    return undefined;
+  }
+
   private async confirm(row: RechargeRow): Promise<ChargeOutcome> {
+    if (row.attempts > 0) {
+      const earlier = await this.findIntent(row);
+      if (earlier) return outcomeOfIntent(earlier as Stripe.PaymentIntent & { last_payment_error: { code?: string; message?: string } | null });
+    }
     let pm = row.paymentMethod;
     if (!pm) {
       const customer = await this.deps.gateway.call((s) => s.customers.retrieve(row.customerId));

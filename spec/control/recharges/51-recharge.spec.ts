@@ -28,11 +28,11 @@ describe('auto-recharge (emulator, SQLite)', function () {
   let sdk: Stripe;
   let seq = 0;
 
-  async function start(autoRecharge: Record<string, unknown> = {}): Promise<RunningService> {
+  async function start(autoRecharge: Record<string, unknown> = {}, timeoutMs = 3000): Promise<RunningService> {
     const port = await freePort();
     const config = parseConfig({
       listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 4, base_delay_ms: 10, max_delay_ms: 40 }, timeout_ms: 3000 },
+      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 4, base_delay_ms: 10, max_delay_ms: 40 }, timeout_ms: timeoutMs },
       top_up: { checkout: { public_url: `http://127.0.0.1:${port}`, currencies: { usd: { presets: [1000, 2500], min: 500, max: 50_000 } } } },
       auto_recharge: { enabled: true, threshold: 500, amount: 2000, monthly_cap: 10_000, min_interval: '1ms', max_consecutive_failures: 3, poll_interval: '50ms', ...autoRecharge },
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
@@ -132,6 +132,20 @@ describe('auto-recharge (emulator, SQLite)', function () {
     await new Promise((r) => setTimeout(r, 300));
     await svc.recharger!.drain();
     expect(intents(alice)).to.have.length(1);
+    expect(credits(alice)).to.have.length(1);
+  });
+
+  it('charged, never answered, past the 24 hours of its idempotency key: found by its metadata, not charged again', async () => {
+    const alice = await customer('pm_card_visa');
+    await start({}, 400);
+    stripe.holdAnswers(/^\/v1\/payment_intents$/, 'POST');
+    await spend(alice, 6);
+    await until(async () => ((await svc.store.recharges(alice, 1))[0]?.attempts ?? 0) >= 1 && intents(alice).length === 1, 15_000, 'charged, answer held');
+    stripe.forgetIdempotencyKeys();
+    stripe.holdAnswers(undefined);
+    await until(() => credits(alice).length === 1 && credit(alice) === 2400, 15_000, 'credited');
+    await svc.recharger!.drain();
+    expect(intents(alice), 'one payment').to.have.length(1);
     expect(credits(alice)).to.have.length(1);
   });
 
