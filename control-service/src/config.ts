@@ -14,6 +14,7 @@ import { DEFAULT_LIMIT_BODIES } from './caps/refusal';
 import { parseCost, UNIT_KINDS, type Pricing, type RoutePrice, type UnitKind } from './pricing';
 import { signToken } from './top-ups/token';
 import type { CheckoutOptions } from './top-ups/core';
+import type { RechargeOptions } from './recharges/core';
 import { compileEmailPart, parseDuration, readTemplateFile, TemplateError, type EmailTemplate } from './emails/templates';
 
 const comparison = z.object({
@@ -105,6 +106,21 @@ const rawConfig = z.object({
       resend_interval: duration.default('10s'),
     }).strict().optional(),
   }).strict().refine((t) => !(t.url && t.checkout), 'set either url (your own top-up flow) or checkout (payg\'s page and Stripe Checkout), not both').default({}),
+  // ---- auto_recharge (issue 22): a saved card tops up below a threshold, never past a monthly cap ----
+  auto_recharge: z.object({
+    enabled: z.boolean().default(false),
+    threshold: z.number().int().min(0).default(500),
+    amount: z.number().int().positive().default(2000),
+    monthly_cap: z.number().int().positive().default(10000),
+    min_amount: z.number().int().positive().default(500),
+    max_amount: z.number().int().positive().default(50000),
+    max_threshold: z.number().int().min(0).default(20000),
+    max_monthly_cap: z.number().int().positive().default(200000),
+    min_interval: duration.default('1m'),
+    max_consecutive_failures: z.number().int().min(1).max(20).default(3),
+    poll_interval: duration.default('1s'),
+  }).strict().default({}),
+  // ---- end auto_recharge ----
   cohorts: z.array(z.object({ id, description: z.string().optional(), filter }).strict()).default([]),
   rules: z.array(z.object({
     id,
@@ -166,6 +182,7 @@ const rawConfig = z.object({
     cohort: id.optional(),
     on: z.enum(['enter', 'leave']).optional(),
     low_balance: z.object({ below: z.array(z.number().int().positive()).min(1) }).strict().optional(),
+    auto_recharge: z.enum(['failed', 'action_required', 'paused']).optional(),
     active: z.boolean().default(true),
     from: z.object({ address: z.string().email(), name: z.string().optional() }).strict(),
     subject: z.string().min(1),
@@ -213,6 +230,8 @@ export interface Config {
   unknownConsumer: 'allow' | 'block';
   decisionTtlMs: number;
   topUp: TopUpSettings;
+  /** auto_recharge (issue 22), validated once: defaults within bounds, amounts in the smallest unit. */
+  autoRecharge: RechargeOptions;
   cohorts: CohortDef[];
   rules: RuleDef[];
   /** Issue 23: default caps per consumer (smallest currency unit; absent: none) and the metadata prefix of per-customer overrides (caps/limits.ts). */
@@ -338,10 +357,10 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     const at = `emails[${i}]`;
     if (emailIds.has(e.id)) throw new ConfigError(`${at}.id`, `duplicate email id ${e.id}`);
     emailIds.add(e.id);
-    if ((e.cohort === undefined) === (e.low_balance === undefined)) throw new ConfigError(at, 'needs exactly one trigger: cohort (with on: enter | leave) or low_balance');
+    if ([e.cohort, e.low_balance, e.auto_recharge].filter((x) => x !== undefined).length !== 1) throw new ConfigError(at, 'needs exactly one trigger: cohort (with on: enter | leave), low_balance or auto_recharge (failed | action_required | paused)');
     if (e.cohort !== undefined && !cohortIds.has(e.cohort)) throw new ConfigError(`${at}.cohort`, `no cohort with id ${e.cohort}`);
-    if (e.low_balance && e.on) throw new ConfigError(`${at}.on`, 'applies to cohort triggers only');
-    if (e.recurring && (e.low_balance || e.on === 'leave')) throw new ConfigError(`${at}.recurring`, 'applies to cohort-entry emails only');
+    if ((e.low_balance || e.auto_recharge) && e.on) throw new ConfigError(`${at}.on`, 'applies to cohort triggers only');
+    if (e.recurring && (e.low_balance || e.auto_recharge || e.on === 'leave')) throw new ConfigError(`${at}.recurring`, 'applies to cohort-entry emails only');
     if (!e.html && !e.text) throw new ConfigError(at, 'needs an html or a text template file (or both)');
     const part = (field: 'html' | 'text', escaping: 'html' | 'none') => {
       const file = e[field];
@@ -352,7 +371,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     try {
       return {
         id: e.id,
-        trigger: e.cohort !== undefined ? { kind: 'cohort' as const, cohort: e.cohort, on: e.on ?? 'enter' } : { kind: 'low_balance' as const, belowCents: [...new Set(e.low_balance!.below)].sort((a, b) => b - a) },
+        trigger: e.cohort !== undefined ? { kind: 'cohort' as const, cohort: e.cohort, on: e.on ?? 'enter' } : e.auto_recharge !== undefined ? { kind: 'auto_recharge' as const, event: e.auto_recharge } : { kind: 'low_balance' as const, belowCents: [...new Set(e.low_balance!.below)].sort((a, b) => b - a) },
         active: e.active,
         from: e.from,
         subject: compileEmailPart(e.subject, 'none', `${at}.subject`, raw.top_up),
@@ -394,6 +413,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     unknownConsumer: raw.unknown_consumer,
     decisionTtlMs: raw.decision_ttl_ms,
     topUp: topUpSettings(raw.top_up, secretsFromEnv(env)),
+    autoRecharge: autoRechargeOptions(raw.auto_recharge, Boolean(raw.top_up.checkout)),
     cohorts: raw.cohorts,
     rules,
     caps: { daily: raw.caps.daily, monthly: raw.caps.monthly, metadataPrefix: raw.caps.metadata_prefix },
@@ -427,6 +447,21 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
       stripeDashboardUrl: raw.console.stripe_dashboard_url.replace(/\/+$/, ''),
     },
     secrets: secretsFromEnv(env),
+  };
+}
+
+// ---- auto_recharge (issue 22) ----
+function autoRechargeOptions(raw: z.infer<typeof rawConfig>['auto_recharge'], checkout: boolean): RechargeOptions {
+  const at = 'auto_recharge';
+  if (raw.enabled && !checkout) throw new ConfigError(`${at}.enabled`, 'needs top_up.checkout: customers opt in on its page and failed recharges link to it');
+  if (raw.min_amount > raw.max_amount) throw new ConfigError(`${at}.min_amount`, `${raw.min_amount} is above max_amount (${raw.max_amount})`);
+  if (raw.amount < raw.min_amount || raw.amount > raw.max_amount) throw new ConfigError(`${at}.amount`, `${raw.amount} is outside min_amount..max_amount (${raw.min_amount}..${raw.max_amount})`);
+  if (raw.threshold > raw.max_threshold) throw new ConfigError(`${at}.threshold`, `${raw.threshold} is above max_threshold (${raw.max_threshold})`);
+  if (raw.monthly_cap < raw.amount || raw.monthly_cap > raw.max_monthly_cap) throw new ConfigError(`${at}.monthly_cap`, `${raw.monthly_cap} is outside amount..max_monthly_cap (${raw.amount}..${raw.max_monthly_cap})`);
+  return {
+    enabled: raw.enabled, threshold: raw.threshold, amount: raw.amount, monthlyCap: raw.monthly_cap, minAmount: raw.min_amount, maxAmount: raw.max_amount,
+    maxThreshold: raw.max_threshold, maxMonthlyCap: raw.max_monthly_cap, minIntervalMs: parseDuration(raw.min_interval)!,
+    maxConsecutiveFailures: raw.max_consecutive_failures, pollIntervalMs: parseDuration(raw.poll_interval)!,
   };
 }
 

@@ -20,6 +20,8 @@ import { consumersOfCustomer, parseConsumerClaim } from './consumer-claims';
 import { addSpend, boundLease, capLeft, NO_SPEND, periodEnd as periodEndOf, spentIn, type CapLeft, type CapLimits, type ConsumerSpend } from './caps/caps';
 import { capsFor } from './caps/limits';
 import { limitRule, refusalJson } from './caps/refusal';
+import { crossed, settingsOf } from './recharges/core';
+import type { RechargeCrossing } from './recharges/store';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -93,6 +95,8 @@ export class Engine {
   private ruleEnabled = new Map<string, boolean>();
   private templateActive = new Map<string, boolean>();
   private lastAt = 0;
+  /** Called after threshold crossings were decided in a commit (the recharger wakes up). */
+  onRechargeCrossings: () => void = () => undefined;
   /** Called after emails were written to the outbox (the sender wakes up). */
   onEmailsEnqueued: () => void = () => undefined;
   /** Called after Stripe news or a rule switch changed customers' answers (pushed to gateway nodes); not for usage. */
@@ -605,6 +609,7 @@ export class Engine {
     const at = this.lastAt = Math.max(this.now(), this.lastAt + 1);
     const transitions: TransitionRecord[] = [];
     const emails: OutboxRecord[] = [];
+    const recharges: RechargeCrossing[] = [];
     const saved: StoredCustomer[] = [];
     const removed: string[] = [];
     const removedConsumers: string[] = [];
@@ -630,6 +635,14 @@ export class Engine {
       if (!opts.force && this.config.emails.length) {
         emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: viewBefore, after: viewAfter, transitions: mine, at }, this.config.topUp));
       }
+      // Auto-recharge (issue 22): a crossing of the customer's threshold is decided in this same commit.
+      if (!opts.force && this.config.autoRecharge.enabled && viewBefore) {
+        const s = settingsOf(c.metadata, this.config.autoRecharge);
+        const currency = (c.currency ?? this.config.topUp.checkout?.defaultCurrency)?.toLowerCase();
+        if (s.kind === 'on' && currency && crossed(-viewBefore.balance, -viewAfter.balance, s.settings.threshold)) {
+          recharges.push({ customerId: c.id, currency, settings: s.settings, at, minIntervalMs: this.config.autoRecharge.minIntervalMs });
+        }
+      }
       if (!unchanged && (!opts.force || !held)) saved.push(c);
       staged.push(() => this.put(c, after, ledger));
     }
@@ -643,9 +656,9 @@ export class Engine {
     }
     // Persist first: what is served must be what survives a crash.
     let result: SavedChanges | void = undefined;
-    if (saved.length || removed.length || transitions.length || extra.usage?.length || extra.confirmSettlements?.length || extra.failSettlement || extra.webhookEventId) {
+    if (saved.length || removed.length || transitions.length || recharges.length || extra.usage?.length || extra.confirmSettlements?.length || extra.failSettlement || extra.webhookEventId) {
       result = await this.store.saveChanges({
-        upserts: saved, deletes: removed, transitions, emails, usage: extra.usage,
+        upserts: saved, deletes: removed, transitions, emails, usage: extra.usage, ...(recharges.length ? { recharges } : {}),
         confirmSettlements: extra.confirmSettlements, failSettlement: extra.failSettlement,
         webhookEvent: extra.webhookEventId === undefined ? undefined : { id: extra.webhookEventId, at: this.now() },
       });
@@ -653,6 +666,7 @@ export class Engine {
     for (const commit of staged) commit();
     extra.saved?.(result);
     if (emails.length) this.onEmailsEnqueued();
+    if (recharges.length) this.onRechargeCrossings();
     // Stripe news (not usage, not a settlement, not a config reload): gateway nodes drop what they hold.
     if (!opts.force && !extra.usage && !extra.confirmSettlements?.length && (saved.length || removed.length)) {
       this.onChange([...saved.flatMap((c) => this.consumersOf(c)), ...removedConsumers]);

@@ -26,12 +26,18 @@ const BASE_TAGS: readonly string[] = [
 /** Rule bodies also know which limit refused. */
 export const MERGE_TAGS: readonly string[] = [...BASE_TAGS, 'limit.kind', 'limit.resets_at', 'limit.retry_after'];
 /** Emails also know the threshold a low-balance warning is about. */
-export const EMAIL_MERGE_TAGS: readonly string[] = [...BASE_TAGS, 'threshold.cents', 'threshold.formatted'];
+export const EMAIL_MERGE_TAGS: readonly string[] = [...BASE_TAGS, 'threshold.cents', 'threshold.formatted',
+  // auto-recharge emails (issue 22)
+  'recharge.amount', 'recharge.cents', 'recharge.reason', 'recharge.failures', 'recharge.max_failures'];
 
 /** The limit tags of a refusal for want of team credit. */
 export const NO_CREDIT_LIMIT: NonNullable<MergeContext['limit']> = { kind: 'no_credit', resets_at: '', retry_after: '' };
 
-export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string } }
+/** What auto-recharge emails know of the recharge (issue 22). */
+export interface RechargeMergeContext { amount: string; cents: number; reason: string; failures: number; max_failures: number }
+export const SAMPLE_RECHARGE: RechargeMergeContext = { amount: '$20.00', cents: 2000, reason: 'Your card was declined.', failures: 1, max_failures: 3 };
+
+export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string }; recharge?: RechargeMergeContext }
 
 /** `link`: with top_up.checkout, a signed link to payg's top-up page for a customer (see top-ups/token.ts). */
 export interface TopUpConfig { url?: string; metadata_key?: string; link?: (customerId: string) => string }

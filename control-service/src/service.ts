@@ -27,6 +27,7 @@ import type { LeaseNotice } from './store/postgres';
 
 /** How long a stopping replica lets lease calls in flight finish (a grant waits recall_wait_ms at most). */
 const STOP_DRAIN_MS = 5_000;
+import { Recharger } from './recharges/service';
 
 export interface RunningService {
   url: string;
@@ -42,6 +43,8 @@ export interface RunningService {
   leadership: Leadership;
   /** Top-ups through Stripe Checkout, when top_up.checkout is configured. */
   topUps: TopUps | undefined;
+  /** Auto-recharge (issue 22), when auto_recharge.enabled and top-ups are on. */
+  recharger: Recharger | undefined;
   stop(): Promise<void>;
 }
 
@@ -221,6 +224,13 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (topUps) sync!.onLedgerRead = (id, moves) => void topUps.confirmFound(id, moves).catch((err) => log.warn({ err: (err as Error).message }, 'confirming top-ups found in Stripe failed'));
   if (topUps && !config.secrets.stripeWebhookSecret) log.warn('top_up.checkout without STRIPE_WEBHOOK_SECRET: top-ups are credited only when the customer comes back to the success page, and refunds and disputes are not seen');
 
+  // Auto-recharge (issue 22): crossings are planned by the engine in its commits; the leader charges them.
+  if (config.autoRecharge.enabled && !topUps) log.warn('auto_recharge.enabled but top-ups are off (STRIPE_SECRET_KEY or PAYG_TOP_UP_SECRET missing): nothing is charged');
+  const recharger = config.autoRecharge.enabled && topUps && gateway
+    ? new Recharger({ options: config.autoRecharge, store, gateway, topUps, engine, emails: config.emails, topUp: config.topUp, log, isLeader: () => leadership.isLeader })
+    : undefined;
+  if (recharger) engine.onRechargeCrossings = () => recharger.wake();
+
   const server: http.Server = createHttpServer({ topUps,
     config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases: desk, stream,
     followsStoredSweep: () => !leadership.isLeader,
@@ -254,6 +264,8 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     if (settler && opts.sweepOnStart !== false) void settler.settle();
     // Credits and debits a crash or another replica left pending: found applied in Stripe, or sent again with the same key.
     if (topUps) void topUps.resendPending().catch((err) => log.error({ err: (err as Error).message }, 'resending pending top-ups failed'));
+    // Recharges planned or still processing (a crash, the last leader died): charged again under the same keys.
+    recharger?.start();
   };
   const topUpTimer = topUps ? setInterval(() => { if (leadership.isLeader) void topUps.resendPending().catch(() => undefined); }, topUps.checkout.resendIntervalMs) : undefined;
   leadership.onChange((leader) => {
@@ -264,7 +276,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   else await lead();
 
   return {
-    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases: desk, stream, topUps,
+    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases: desk, stream, topUps, recharger,
     async stop() {
       // Stop accepting: new lease calls are answered 503 (the node asks the next replica at once);
       // streams end, so their nodes move to another replica (and give back their leases there);
@@ -280,6 +292,8 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       server.closeIdleConnections();
       await drained;
       await closed;
+      recharger?.stop();
+      await recharger?.drain();
       await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();

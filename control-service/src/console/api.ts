@@ -6,7 +6,7 @@ import type { Config } from '../config';
 import { formatMoney } from '../customer';
 import type { EmailSender } from '../emails/sender';
 import type { DecisionAnswer, Engine } from '../engine';
-import { mergeContext, SAMPLE_CUSTOMER, type EmailMergeContext } from '../merge-tags';
+import { mergeContext, SAMPLE_CUSTOMER, type EmailMergeContext, SAMPLE_RECHARGE } from '../merge-tags';
 import type { Metrics } from '../metrics';
 import { estimatedBalance } from '../ledger';
 import { MICROS_PER_UNIT } from '../pricing';
@@ -240,7 +240,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
   async function emailTemplates(): Promise<ApiResult> {
     return ok({ smtp: Boolean(deps.emails), templates: config.emails.map((t) => ({
       id: t.id, active: engine.isTemplateActive(t.id), from: t.from, has_html: Boolean(t.html), has_text: Boolean(t.text),
-      trigger: t.trigger.kind === 'cohort' ? `${t.trigger.on === 'enter' ? 'enters' : 'leaves'} ${t.trigger.cohort}` : `credit below ${t.trigger.belowCents.map((c) => formatMoney(c, 'usd')).join(', ')}`,
+      trigger: t.trigger.kind === 'cohort' ? `${t.trigger.on === 'enter' ? 'enters' : 'leaves'} ${t.trigger.cohort}` : t.trigger.kind === 'auto_recharge' ? `auto-recharge ${t.trigger.event.replace('_', ' ')}` : `credit below ${t.trigger.belowCents.map((c) => formatMoney(c, 'usd')).join(', ')}`,
       reenroll_after_ms: t.reenrollAfterMs ?? null,
     })) });
   }
@@ -255,7 +255,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       c = { ...s.customer, balance: s.estimatedBalance };
     }
     const cents = t.trigger.kind === 'low_balance' ? t.trigger.belowCents[t.trigger.belowCents.length - 1] : 1000;
-    return { ...mergeContext(c, config.topUp), threshold: { cents, formatted: formatMoney(cents, c.currency) } };
+    return { ...mergeContext(c, config.topUp), threshold: { cents, formatted: formatMoney(cents, c.currency) }, recharge: SAMPLE_RECHARGE };
   }
 
   function emailPreview(id: string, q: URLSearchParams, asHtml: boolean): ApiResult {

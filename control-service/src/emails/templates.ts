@@ -4,13 +4,15 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { compileTemplate, EMAIL_MERGE_TAGS, mergeContext, SAMPLE_CUSTOMER, type RenderFn } from '../merge-tags';
+import { compileTemplate, EMAIL_MERGE_TAGS, mergeContext, SAMPLE_CUSTOMER, SAMPLE_RECHARGE, type RenderFn } from '../merge-tags';
 import type { TopUpConfig } from '../merge-tags';
 
 /** What sends a template: entering or leaving a cohort, or credit falling below a threshold. */
 export type EmailTrigger =
   | { kind: 'cohort'; cohort: string; on: 'enter' | 'leave' }
-  | { kind: 'low_balance'; belowCents: number[] };
+  | { kind: 'low_balance'; belowCents: number[] }
+  /** Auto-recharge (issue 22): a recharge failed, needs the customer (3-D Secure), or auto-recharge paused. */
+  | { kind: 'auto_recharge'; event: 'failed' | 'action_required' | 'paused' };
 
 export interface EmailTemplate {
   id: string;
@@ -48,7 +50,7 @@ export function compileEmailPart(source: string, escaping: 'html' | 'none', wher
   let render: RenderFn;
   try {
     render = compileTemplate(source, escaping, EMAIL_MERGE_TAGS);
-    render({ ...mergeContext(SAMPLE_CUSTOMER, topUp), threshold: { cents: 1000, formatted: '$10.00' } });
+    render({ ...mergeContext(SAMPLE_CUSTOMER, topUp), threshold: { cents: 1000, formatted: '$10.00' }, recharge: SAMPLE_RECHARGE });
   } catch (err) {
     throw new TemplateError(where, `template does not compile: ${withoutExcerpt((err as Error).message)}`);
   }

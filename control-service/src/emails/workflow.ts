@@ -40,7 +40,7 @@ export function planEmails(templates: readonly EmailTemplate[], isActive: (id: s
       for (const tr of change.transitions) {
         if (tr.cohort === cohort && tr.kind === on) out.push(record(t, after, `${cohort}|${on}@${tr.at}`, at, topUp));
       }
-    } else if (before) {
+    } else if (t.trigger.kind === 'low_balance' && before) {
       const creditBefore = -before.balance;
       const creditAfter = -after.balance;
       const crossed = t.trigger.belowCents.filter((threshold) => creditBefore >= threshold && creditAfter < threshold);
@@ -97,6 +97,7 @@ export function staleReason(template: EmailTemplate, dedupeKey: string, now: Cus
     }
     return now.since !== undefined && now.since > at ? `customer is back in cohort ${template.trigger.cohort}` : undefined;
   }
+  if (template.trigger.kind === 'auto_recharge') return undefined;
   const m = /\|below:(\d+)@\d+$/.exec(dedupeKey);
   if (m && now.credit >= Number(m[1])) return `credit is back at or above ${m[1]}`;
   return undefined;

@@ -17,7 +17,7 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
     if (method === 'GET' && !id) {
       return send(res, 200, { emails: config.emails.map((t) => ({
         id: t.id, active: engine.isTemplateActive(t.id),
-        trigger: t.trigger.kind === 'cohort' ? { cohort: t.trigger.cohort, on: t.trigger.on } : { low_balance_below: t.trigger.belowCents },
+        trigger: t.trigger.kind === 'cohort' ? { cohort: t.trigger.cohort, on: t.trigger.on } : t.trigger.kind === 'auto_recharge' ? { auto_recharge: t.trigger.event } : { low_balance_below: t.trigger.belowCents },
         reenroll_after_ms: t.reenrollAfterMs ?? null,
       })) });
     }

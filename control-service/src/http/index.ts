@@ -180,6 +180,7 @@ export function createHttpServer(deps: HttpDeps): http.Server {
   const topUpPage = deps.topUps && createTopUpHandler({
     topUps: deps.topUps, checkout: deps.topUps.checkout, secret: deps.topUps.deps.secret, engine, store: deps.store, log,
     budget: publicBytes, bodyTimeoutMs: deps.publicBodyTimeoutMs ?? PUBLIC_BODY_TIMEOUT_MS,
+    autoRecharge: config.autoRecharge.enabled ? config.autoRecharge : undefined,
   });
   const balance = createBalanceHandler({ engine, controlToken, consumerHeader: config.balanceApi.consumerHeader, topUp: config.topUp });
 

@@ -16,6 +16,9 @@ import pg from 'pg';
 import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
 import { toLease, toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
+// ---- auto-recharge (issue 22) ----
+import { decideCrossing, monthFloor, newRechargeId, pg as toPg, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState, type PendingOptIn, toOptIn } from '../recharges/store';
+// ---- end auto-recharge ----
 import type { MoveIntent } from '../top-ups/core';
 import type { ReloadedCustomer } from '../engine';
 
@@ -97,6 +100,8 @@ const MIGRATIONS: string[] = [
   topUpSchema('postgres'),
   // 7: as SQLite's 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
   POSTGRES_CONSUMER_SPEND_MIGRATION,
+  // 8: as SQLite's 10: auto-recharge (issue 22): the recharge outbox and failures in a row per customer
+  rechargeSchema('postgres'),
 ];
 
 /**
@@ -128,7 +133,7 @@ const types = {
 /** Only usage, for customer ids short enough that 100 of them fit one NOTIFY payload. */
 function isUsageOnly(c: StoreChanges): boolean {
   return Boolean(c.usage?.length) && !c.upserts.length && !c.deletes.length && !c.transitions.length && !c.emails?.length
-    && !c.confirmSettlements?.length && !c.failSettlement && !c.webhookEvent
+    && !c.confirmSettlements?.length && !c.failSettlement && !c.webhookEvent && !c.recharges?.length
     && c.usage!.every((u) => u.customerId === null || u.customerId.length <= 60);
 }
 
@@ -388,6 +393,8 @@ export class PostgresStore implements Store {
       }
       const emails = changes.emails ?? [];
       if (emails.length) await this.insertEmails(c, emails);
+      // Auto-recharge (issue 22): crossings decided under each customer's lock, ids in order (no deadlock between replicas).
+      for (const r of [...(changes.recharges ?? [])].sort((a, b) => (a.customerId < b.customerId ? -1 : a.customerId > b.customerId ? 1 : 0))) await this.planRecharge(c, r);
       const upserts = [...changes.upserts].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
       if (upserts.length) {
         await c.query(`INSERT INTO customers (id, balance, currency, name, email, metadata, version)
@@ -901,4 +908,90 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     await this.pool.end();
   }
+
+  // ---- auto-recharge (issue 22) ----
+  /** Inside saveChanges' transaction: the customer's recharge_state row locked, so replicas decide one crossing at a time. */
+  private async planRecharge(c: pg.PoolClient, r: RechargeCrossing): Promise<void> {
+    const q = async (sql: string, args: unknown[]) => (await c.query(toPg(sql), args)).rows;
+    await q(RSQL.ensureState, [r.customerId]);
+    const [state] = await q(RSQL.lockState, [r.customerId]);
+    const read: CrossingRead = {
+      state: state as CrossingRead['state'],
+      open: Number((await q(RSQL.open, [r.customerId]))[0].n),
+      lastDue: (await q(RSQL.lastDue, [r.customerId]))[0].t,
+      spent: (await q(RSQL.spent, [r.customerId, monthFloor(r.at)])) as CrossingRead['spent'],
+    };
+    const d = decideCrossing(r, read);
+    if (d.kind === 'plan') await q(RSQL.insert, [newRechargeId(), r.customerId, d.amount, r.currency, d.month, d.dueAt, r.at]);
+  }
+
+  async dueRecharges(now: number): Promise<RechargeRow[]> {
+    return (await this.rows(toPg(RSQL.due), [now])).map(toRecharge);
+  }
+
+  async nextRechargeDueAt(): Promise<number | undefined> {
+    return (await this.rows(RSQL.nextDue))[0]?.t ?? undefined;
+  }
+
+  async recharges(customerId: string, limit: number): Promise<RechargeRow[]> {
+    return (await this.rows(toPg(RSQL.byCustomer), [customerId, limit])).map(toRecharge);
+  }
+
+  async recharge(id: string): Promise<RechargeRow | undefined> {
+    const [r] = await this.rows(toPg(RSQL.byId), [id]);
+    return r && toRecharge(r);
+  }
+
+  async rechargeState(customerId: string): Promise<RechargeState> {
+    const [r] = await this.rows(toPg(RSQL.state), [customerId]);
+    return { failures: r?.failures ?? 0, pausedAt: r?.paused_at ?? null };
+  }
+
+  async fixRechargePaymentMethod(id: string, paymentMethod: string): Promise<string> {
+    await this.rows(toPg(RSQL.fixMethod), [paymentMethod, id]);
+    return (await this.rows(toPg(RSQL.byId), [id]))[0].payment_method;
+  }
+
+  async rechargeAttemptFailed(id: string, error: string): Promise<void> {
+    await this.rows(toPg(RSQL.attemptFailed), [error.slice(0, 500), id]);
+  }
+
+  async rechargeProcessing(id: string, paymentIntent: string): Promise<void> {
+    await this.rows(toPg(RSQL.processing), [paymentIntent, id]);
+  }
+
+  async finishRecharge(id: string, end: { status: 'succeeded' | 'failed' | 'action_required'; paymentIntent: string | null; failureCode?: string; error?: string; at: number }, maxFailures: number): Promise<{ changed: boolean; state: RechargeState }> {
+    return this.tx(async (c) => {
+      const q = async (sql: string, args: unknown[]) => (await c.query(toPg(sql), args));
+      const [row] = (await q(RSQL.byId, [id])).rows;
+      if (!row) return { changed: false, state: { failures: 0, pausedAt: null } };
+      await q(RSQL.ensureState, [row.customer_id]);
+      const before = (await q(RSQL.lockState, [row.customer_id])).rows[0] as { failures: number; paused_at: number | null };
+      const changed = ((await q(RSQL.finish, [end.status, end.paymentIntent, end.failureCode ?? null, end.error?.slice(0, 500) ?? null, end.at, id])).rowCount ?? 0) > 0;
+      if (!changed) return { changed, state: { failures: before.failures, pausedAt: before.paused_at } };
+      const state = stateAfter(before, end.status, end.at, maxFailures);
+      await q(RSQL.setState, [state.failures, state.pausedAt, row.customer_id]);
+      return { changed, state };
+    });
+  }
+
+  async rearmRecharges(customerId: string, _at: number): Promise<boolean> {
+    return ((await this.pool.query('UPDATE recharge_state SET failures = 0, paused_at = NULL WHERE customer_id = $1 AND (paused_at IS NOT NULL OR failures > 0)', [customerId])).rowCount ?? 0) > 0;
+  }
+
+  async pausedRecharges(): Promise<Array<{ customerId: string; pausedAt: number }>> {
+    return (await this.rows(RSQL.paused)).map((r) => ({ customerId: r.customer_id, pausedAt: Number(r.paused_at) }));
+  }
+  async recordOptIn(o: PendingOptIn, at: number): Promise<void> {
+    await this.rows(toPg(RSQL.recordOptIn), [o.topUpId, o.customerId, o.sessionId, JSON.stringify(o.settings), at]);
+  }
+
+  async pendingOptIns(): Promise<PendingOptIn[]> {
+    return (await this.rows(RSQL.pendingOptIns)).map(toOptIn);
+  }
+
+  async optInDone(topUpId: string, at: number): Promise<void> {
+    await this.rows(toPg(RSQL.optInDone), [at, topUpId]);
+  }
+  // ---- end auto-recharge ----
 }

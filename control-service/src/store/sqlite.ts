@@ -9,6 +9,9 @@ import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../to
 import type { MoveIntent } from '../top-ups/core';
 import { SQLITE_ADD_SPEND, SQLITE_CONSUMER_SPEND_MIGRATION, spendFromRows } from './consumer-spend';
 import { periodStart, type ConsumerSpend } from '../caps/caps';
+// ---- auto-recharge (issue 22) ----
+import { decideCrossing, monthFloor, newRechargeId, rechargeSchema, SQL as RSQL, stateAfter, toRecharge, type CrossingRead, type RechargeCrossing, type RechargeRow, type RechargeState, type PendingOptIn, toOptIn } from '../recharges/store';
+// ---- end auto-recharge ----
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -81,6 +84,8 @@ const MIGRATIONS: string[] = [
   topUpSchema('sqlite'),
   // 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
   SQLITE_CONSUMER_SPEND_MIGRATION,
+  // 10: auto-recharge (issue 22): the recharge outbox and failures in a row per customer
+  rechargeSchema('sqlite'),
 ];
 
 export class SqliteStore implements Store {
@@ -180,6 +185,7 @@ export class SqliteStore implements Store {
       if (changes.failSettlement) this.stmt.failSettlement.run(changes.failSettlement.error, changes.failSettlement.id);
       if (changes.webhookEvent) this.stmt.recordWebhook.run(changes.webhookEvent.id, changes.webhookEvent.at);
       for (const e of changes.emails ?? []) this.enqueueOne(e);
+      for (const r of changes.recharges ?? []) this.planRecharge(r);
       for (const c of changes.upserts) this.stmt.upsertCustomer.run(c.id, c.balance, c.currency, c.name, c.email, JSON.stringify(c.metadata), c.version);
       for (const id of changes.deletes) this.stmt.deleteCustomer.run(id);
       for (const t of changes.transitions) {
@@ -487,4 +493,88 @@ export class SqliteStore implements Store {
   async close(): Promise<void> {
     this.db.close();
   }
+
+  // ---- auto-recharge (issue 22) ----
+  /** Inside saveChanges' transaction (SQLite writes one at a time: the read and the insert cannot interleave). */
+  private planRecharge(c: RechargeCrossing): void {
+    const read: CrossingRead = {
+      state: this.db.prepare(RSQL.state).get(c.customerId) as CrossingRead['state'],
+      open: (this.db.prepare(RSQL.open).get(c.customerId) as { n: number }).n,
+      lastDue: (this.db.prepare(RSQL.lastDue).get(c.customerId) as { t: number | null }).t,
+      spent: this.db.prepare(RSQL.spent).all(c.customerId, monthFloor(c.at)) as CrossingRead['spent'],
+    };
+    const d = decideCrossing(c, read);
+    if (d.kind === 'plan') this.db.prepare(RSQL.insert).run(newRechargeId(), c.customerId, d.amount, c.currency, d.month, d.dueAt, c.at);
+  }
+
+  async dueRecharges(now: number): Promise<RechargeRow[]> {
+    return (this.db.prepare(RSQL.due).all(now) as Array<Record<string, any>>).map(toRecharge);
+  }
+
+  async nextRechargeDueAt(): Promise<number | undefined> {
+    return (this.db.prepare(RSQL.nextDue).get() as { t: number | null }).t ?? undefined;
+  }
+
+  async recharges(customerId: string, limit: number): Promise<RechargeRow[]> {
+    return (this.db.prepare(RSQL.byCustomer).all(customerId, limit) as Array<Record<string, any>>).map(toRecharge);
+  }
+
+  async recharge(id: string): Promise<RechargeRow | undefined> {
+    const r = this.db.prepare(RSQL.byId).get(id) as Record<string, any> | undefined;
+    return r && toRecharge(r);
+  }
+
+  async rechargeState(customerId: string): Promise<RechargeState> {
+    const r = this.db.prepare(RSQL.state).get(customerId) as { failures: number; paused_at: number | null } | undefined;
+    return { failures: r?.failures ?? 0, pausedAt: r?.paused_at ?? null };
+  }
+
+  async fixRechargePaymentMethod(id: string, paymentMethod: string): Promise<string> {
+    return this.db.transaction(() => {
+      this.db.prepare(RSQL.fixMethod).run(paymentMethod, id);
+      return (this.db.prepare(RSQL.byId).get(id) as { payment_method: string }).payment_method;
+    })();
+  }
+
+  async rechargeAttemptFailed(id: string, error: string): Promise<void> {
+    this.db.prepare(RSQL.attemptFailed).run(error.slice(0, 500), id);
+  }
+
+  async rechargeProcessing(id: string, paymentIntent: string): Promise<void> {
+    this.db.prepare(RSQL.processing).run(paymentIntent, id);
+  }
+
+  async finishRecharge(id: string, end: { status: 'succeeded' | 'failed' | 'action_required'; paymentIntent: string | null; failureCode?: string; error?: string; at: number }, maxFailures: number): Promise<{ changed: boolean; state: RechargeState }> {
+    return this.db.transaction(() => {
+      const row = this.db.prepare(RSQL.byId).get(id) as { customer_id: string } | undefined;
+      if (!row) return { changed: false, state: { failures: 0, pausedAt: null } };
+      this.db.prepare(RSQL.ensureState).run(row.customer_id);
+      const before = this.db.prepare(RSQL.state).get(row.customer_id) as { failures: number; paused_at: number | null };
+      const changed = this.db.prepare(RSQL.finish).run(end.status, end.paymentIntent, end.failureCode ?? null, end.error?.slice(0, 500) ?? null, end.at, id).changes > 0;
+      if (!changed) return { changed, state: { failures: before.failures, pausedAt: before.paused_at } };
+      const state = stateAfter(before, end.status, end.at, maxFailures);
+      this.db.prepare(RSQL.setState).run(state.failures, state.pausedAt, row.customer_id);
+      return { changed, state };
+    })();
+  }
+
+  async rearmRecharges(customerId: string, _at: number): Promise<boolean> {
+    return this.db.prepare('UPDATE recharge_state SET failures = 0, paused_at = NULL WHERE customer_id = ? AND (paused_at IS NOT NULL OR failures > 0)').run(customerId).changes > 0;
+  }
+
+  async pausedRecharges(): Promise<Array<{ customerId: string; pausedAt: number }>> {
+    return (this.db.prepare(RSQL.paused).all() as Array<{ customer_id: string; paused_at: number }>).map((r) => ({ customerId: r.customer_id, pausedAt: r.paused_at }));
+  }
+  async recordOptIn(o: PendingOptIn, at: number): Promise<void> {
+    this.db.prepare(RSQL.recordOptIn).run(o.topUpId, o.customerId, o.sessionId, JSON.stringify(o.settings), at);
+  }
+
+  async pendingOptIns(): Promise<PendingOptIn[]> {
+    return (this.db.prepare(RSQL.pendingOptIns).all() as Array<Record<string, any>>).map(toOptIn);
+  }
+
+  async optInDone(topUpId: string, at: number): Promise<void> {
+    this.db.prepare(RSQL.optInDone).run(at, topUpId);
+  }
+  // ---- end auto-recharge ----
 }

@@ -4,6 +4,9 @@
 import type { Customer } from '../customer';
 import type { TopUpStore } from '../top-ups/store';
 import type { ConsumerSpend } from '../caps/caps';
+// ---- auto-recharge (issue 22) ----
+import type { RechargeCrossing, RechargeStore } from '../recharges/store';
+// ---- end auto-recharge ----
 
 export interface StoredCustomer extends Customer {
   /** When Stripe last told us this state (ms): a sweep's fetch time or a webhook event's `created`. */
@@ -30,6 +33,10 @@ export interface StoreChanges {
   failSettlement?: { id: number; error: string; at: number };
   /** A webhook event processed by this change (its id is deduplicated from then on). */
   webhookEvent?: { id: string; at: number };
+  // ---- auto-recharge (issue 22) ----
+  /** Threshold crossings: each plans at most one recharge, decided under the customer's lock in this transaction (recharges/store.ts). */
+  recharges?: RechargeCrossing[];
+  // ---- end auto-recharge ----
 }
 
 /** `stale`: cancelled at delivery time because what it announced is no longer true (or a newer reminder replaced it). */
@@ -132,7 +139,7 @@ export interface UsageAdded { customerId: string; micros: number; version: numbe
 export interface SavedChanges { usageAdded: UsageAdded[] }
 
 /** Top-ups (issue 21) keep their rows through TopUpStore (top-ups/store.ts). */
-export interface Store extends TopUpStore {
+export interface Store extends TopUpStore, RechargeStore {
   loadCustomers(): Promise<StoredCustomer[]>;
   /**
    * In one transaction: upserts customers, deletes the ids given, and records

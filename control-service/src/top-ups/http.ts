@@ -17,6 +17,11 @@ import { chooseAmount, topUpId, type CheckoutOptions } from './core';
 import { amountMessage, cancelPage, contentSecurityPolicy, messagePage, successPage, topUpPage, type PageCustomer } from './page';
 import { verifyToken } from './token';
 import type { TopUps } from './service';
+// ---- auto-recharge (issue 22): the opt-in ----
+import type { RechargeOptions } from '../recharges/core';
+import { chooseOptIn, createOptInSession } from '../recharges/opt-in';
+import { formatMoney } from '../customer';
+// ---- end auto-recharge ----
 
 export const TOP_UP_PREFIX = '/top-up/';
 const FORM_LIMIT = 4096;
@@ -38,6 +43,8 @@ export interface TopUpPageDeps {
   log: Logger;
   budget: ByteBudget;
   bodyTimeoutMs: number;
+  /** Auto-recharge (issue 22): offered on the page when set. */
+  autoRecharge?: RechargeOptions;
 }
 
 export function createTopUpHandler(deps: TopUpPageDeps) {
@@ -85,6 +92,7 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     const view = viewOf(customerId);
     if (!view) return page(res, 404, messagePage('No billing account', 'There is no billing account for this link. Contact us.'));
     const amounts = checkout.currencies.get(view.currency);
+    const offer = deps.autoRecharge?.enabled ? deps.autoRecharge : undefined;
     const action = `${TOP_UP_PREFIX}${token}`;
 
     if (sub[0] === 'cancel') return page(res, 200, cancelPage({ backHref: action }));
@@ -105,7 +113,7 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     if (!amounts) return page(res, 409, messagePage('Top-ups are not available', amountMessage('currency', view.currency, undefined)));
 
     if (method === 'GET') {
-      return page(res, 200, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action }));
+      return page(res, 200, topUpPage({ customer: view.customer, amounts, auto: offer, nonce: randomBytes(16).toString('base64url'), action }));
     }
     // POST: the form.
     const body = await readBody(req, { limit: FORM_LIMIT, budget: deps.budget, timeoutMs: deps.bodyTimeoutMs });
@@ -118,9 +126,14 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     const custom = form.get('custom') ?? undefined;
     const choice = chooseAmount({ preset: form.get('preset') ?? undefined, custom }, view.currency, amounts);
     if (choice.kind === 'refused') {
-      return page(res, 422, topUpPage({ customer: view.customer, amounts, nonce: randomBytes(16).toString('base64url'), action, error: amountMessage(choice.reason, view.currency, amounts), custom: (custom ?? '').slice(0, 20) }));
+      return page(res, 422, topUpPage({ customer: view.customer, amounts, auto: offer, nonce: randomBytes(16).toString('base64url'), action, error: amountMessage(choice.reason, view.currency, amounts), custom: (custom ?? '').slice(0, 20) }));
     }
-    const id = topUpId(secret, customerId, nonce, choice.amount, view.currency);
+    // Auto-recharge (issue 22): the opt-in form pays its first top-up with the card saved for off-session use.
+    const optIn = deps.autoRecharge ? chooseOptIn(form, choice.amount, view.currency, deps.autoRecharge, (n) => formatMoney(n, view.currency)) : { kind: 'none' as const };
+    if (optIn.kind === 'refused') {
+      return page(res, 422, topUpPage({ customer: view.customer, amounts, auto: offer, nonce: randomBytes(16).toString('base64url'), action, error: optIn.message }));
+    }
+    const id = topUpId(secret, customerId, optIn.kind === 'ok' ? `${nonce}:auto:${optIn.settings.threshold}:${optIn.settings.monthlyCap}` : nonce, choice.amount, view.currency);
     // The same form again (a double click, a reload) is not a new session and is not counted.
     const before = await store.topUp(id);
     if (!before && !allowSession(customerId, Date.now())) {
@@ -131,7 +144,9 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     let url = row.sessionUrl;
     if (!url) {
       try {
-        url = (await deps.topUps.createSession(row, token)).url;
+        url = optIn.kind === 'ok'
+          ? (await createOptInSession(deps.topUps.deps.gateway, store, row, checkout, `${checkout.publicUrl}/top-up/${token}`, optIn.settings)).url
+          : (await deps.topUps.createSession(row, token)).url;
       } catch (err) {
         log.error({ customer: customerId, topUp: id, err: (err as Error).message }, 'creating a Checkout Session failed');
         return page(res, 502, messagePage('Payment page unavailable', 'The payment page could not be opened just now. Nothing was charged. Go back and try again in a moment.'));

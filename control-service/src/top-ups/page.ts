@@ -52,7 +52,10 @@ export function amountMessage(reason: string, currency: string, amounts: Currenc
   }
 }
 
-export function topUpPage(p: { customer: PageCustomer; amounts: CurrencyAmounts; nonce: string; action: string; error?: string; custom?: string }): string {
+/** The opt-in form's defaults (auto-recharge, issue 22), in the smallest unit. */
+export interface AutoRechargeOffer { amount: number; threshold: number; monthlyCap: number; minAmount: number; maxAmount: number }
+
+export function topUpPage(p: { customer: PageCustomer; amounts: CurrencyAmounts; nonce: string; action: string; error?: string; custom?: string; auto?: AutoRechargeOffer }): string {
   const { customer, amounts } = p;
   const fmt = (n: number) => formatMoney(n, customer.currency);
   const decimals = decimalsOf(customer.currency);
@@ -69,7 +72,23 @@ ${p.error ? `<p class="error" role="alert">${escapeHtml(p.error)}</p>` : ''}
 <label for="custom">Another amount (${escapeHtml(customer.currency.toUpperCase())}, ${escapeHtml(fmt(amounts.min))} to ${escapeHtml(fmt(amounts.max))})</label>
 <input id="custom" name="custom" type="number" inputmode="decimal" min="${major(amounts.min)}" max="${major(amounts.max)}" step="${step}" required value="${escapeHtml(p.custom ?? '')}">
 <button type="submit" class="alt">Continue to payment</button></form></div>
+${p.auto ? autoRechargeForm(p.auto, hidden, p.action, customer.currency, major, step) : ''}
 <p class="muted">You pay on Stripe's secure checkout page. The credit is added once the payment is confirmed.</p>`);
+}
+
+/** "Top up X automatically when my credit falls below Y": the first top-up of X now, the card saved for the next ones. */
+function autoRechargeForm(a: AutoRechargeOffer, hidden: string, action: string, currency: string, major: (n: number) => string, step: string): string {
+  const min = Math.max(a.minAmount, 0);
+  return `<div class="card"><form method="post" action="${escapeHtml(action)}">${hidden}<input type="hidden" name="auto" value="on">
+<h2>Top up automatically</h2>
+<label for="auto_amount">Top up (${escapeHtml(currency.toUpperCase())})</label>
+<input id="auto_amount" name="custom" type="number" inputmode="decimal" min="${major(min)}" max="${major(a.maxAmount)}" step="${step}" required value="${major(a.amount)}">
+<label for="auto_threshold">automatically when my credit falls below</label>
+<input id="auto_threshold" name="auto_threshold" type="number" inputmode="decimal" min="0" step="${step}" required value="${major(a.threshold)}">
+<label for="auto_cap">at most this much per month</label>
+<input id="auto_cap" name="auto_cap" type="number" inputmode="decimal" min="0" step="${step}" required value="${major(a.monthlyCap)}">
+<button type="submit">Pay now and save my card</button></form>
+<p class="muted">You pay the first top-up now. Your card is saved and charged the same amount each time your credit falls below the limit you chose, never more than the monthly maximum. A failed payment is emailed to you; a top-up here turns automatic top-ups back on after they paused.</p></div>`;
 }
 
 export function messagePage(title: string, message: string): string {
