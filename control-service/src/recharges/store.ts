@@ -1,4 +1,4 @@
-// What auto-recharge keeps in the store (SQLite version 9, PostgreSQL version 7):
+// What auto-recharge keeps in the store (SQLite version 10, PostgreSQL version 8):
 // the recharge outbox (one row per planned recharge, written in the same
 // transaction as the change that crossed the threshold, before anything is
 // charged) and per customer the failures in a row and whether it is paused.
