@@ -13,13 +13,10 @@ import { ROOT } from '../../testkit/pluginserver-process';
  * Each is checked to exist by a test of its own, naming it; links to them are otherwise checked like any other.
  * At merge, drop from this list (and from the pages' "being written" lists) any page that did not land.
  */
-export const PAGES_FROM_OTHER_BRANCHES = [
-  'docs/leases-and-failover.md',
-  'docs/top-ups.md',
-  'docs/runtime.md',
-  'docs/webhooks-and-emails.md',
-  'docs/plugin-credit-header.md',
-  'docs/stripe-emulator.md',
+export const PAGES_FROM_OTHER_BRANCHES: string[] = [
+  // None pending: the pages of issues 19, 21 and 25 have landed and are ordinary links. The pages of branches
+  // still to merge (docs/leases-and-failover.md, docs/auto-recharge.md, docs/teams-and-caps.md) are linked from
+  // nowhere yet; add a page here when a link to it goes in before its branch does.
 ];
 
 export interface Link { from: string; line: number; target: string }
