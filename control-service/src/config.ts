@@ -9,6 +9,8 @@ import { z } from 'zod';
 import type { CohortDef, Filter } from './cohorts';
 import { compileTemplate, escapingFor, mergeContext, SAMPLE_CUSTOMER, type TopUpConfig } from './merge-tags';
 import type { RuleDef } from './rules';
+import type { CapsConfig } from './caps/limits';
+import { DEFAULT_LIMIT_BODIES } from './caps/refusal';
 import { parseCost, UNIT_KINDS, type Pricing, type RoutePrice, type UnitKind } from './pricing';
 import { signToken } from './top-ups/token';
 import type { CheckoutOptions } from './top-ups/core';
@@ -42,6 +44,9 @@ const duration = z.string()
   .refine((t) => (parseDuration(t) ?? 1) > 0, 'must be longer than zero');
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'use lower-case letters, digits, - and _');
+
+/** A cap in the customer's currency's smallest unit (cents for USD): a whole number, 0 refuses every metered request. */
+const capAmount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER / 1_000_000);
 
 const rawConfig = z.object({
   listen: z.object({
@@ -103,13 +108,22 @@ const rawConfig = z.object({
   cohorts: z.array(z.object({ id, description: z.string().optional(), filter }).strict()).default([]),
   rules: z.array(z.object({
     id,
-    cohort: id,
+    cohort: id.optional(),
+    // Issue 23: a rule that words the refusal of one limit instead of refusing a cohort.
+    limit: z.enum(['no_credit', 'consumer_cap']).optional(),
     enabled: z.boolean().default(true),
     log_only: z.boolean().default(false),
     status: z.number().int().min(400).max(599).default(402),
     headers: z.record(z.string()).default({ 'Content-Type': 'application/json' }),
-    body: z.string(),
+    body: z.string().optional(),
   }).strict()).default([]),
+  // ---- issue 23 (team caps): per-consumer spending caps ----
+  caps: z.object({
+    daily: capAmount.optional(),
+    monthly: capAmount.optional(),
+    metadata_prefix: z.string().regex(/^[a-z][a-z0-9_]{0,15}$/, 'must be 1-16 characters: a lower-case letter, then lower-case letters, digits or _').default('payg_cap'),
+  }).strict().default({}),
+  // ---- end issue 23 ----
   metering: z.object({
     default_cost: price.default(0),
     routes: z.record(price).default({}),
@@ -133,7 +147,10 @@ const rawConfig = z.object({
     initial_requests: z.number().int().min(1).default(10),
     max_requests: z.number().int().min(1).default(10_000),
     expire_interval_ms: z.number().int().min(10).max(60_000).default(1000),
-    recall_wait_ms: z.number().int().min(0).max(10_000).default(100),
+    // Long enough for a recalled node to send its queued usage and have it settled (a push, one usage
+    // POST and its commit: a few ms idle, ~50–100 ms on a busy host), short enough that the lease call
+    // still answers within the plugin's default timeout_ms (250): 100 ms are left for the call itself.
+    recall_wait_ms: z.number().int().min(0).max(10_000).default(150),
   }).strict().default({}),
   email_delivery: z.object({
     messages_per_second: z.number().positive().max(1000).default(10),
@@ -198,6 +215,8 @@ export interface Config {
   topUp: TopUpSettings;
   cohorts: CohortDef[];
   rules: RuleDef[];
+  /** Issue 23: default caps per consumer (smallest currency unit; absent: none) and the metadata prefix of per-customer overrides (caps/limits.ts). */
+  caps: CapsConfig;
   metering: {
     pricing: Pricing;
     lowCreditRequests: number;
@@ -290,7 +309,10 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
   const rules: RuleDef[] = raw.rules.map((r, i) => {
     if (ruleIds.has(r.id)) throw new ConfigError(`rules[${i}].id`, `duplicate rule id ${r.id}`);
     ruleIds.add(r.id);
-    if (!cohortIds.has(r.cohort)) throw new ConfigError(`rules[${i}].cohort`, `no cohort with id ${r.cohort}`);
+    if ((r.cohort === undefined) === (r.limit === undefined)) throw new ConfigError(`rules[${i}]`, 'needs exactly one of cohort (refuse a cohort) or limit (word the refusal of no_credit or consumer_cap)');
+    if (r.cohort !== undefined && !cohortIds.has(r.cohort)) throw new ConfigError(`rules[${i}].cohort`, `no cohort with id ${r.cohort}`);
+    if (r.limit !== undefined && r.log_only) throw new ConfigError(`rules[${i}].log_only`, 'applies to cohort rules only: a limit rule words a refusal that happens anyway');
+    if (r.cohort !== undefined && r.body === undefined) throw new ConfigError(`rules[${i}].body`, 'is required for a cohort rule');
     for (const [name, value] of Object.entries(r.headers)) {
       const field = `rules[${i}].headers.${JSON.stringify(name)}`;
       if (!HEADER_NAME.test(name)) throw new ConfigError(field, 'is not a valid HTTP header name (letters, digits and !#$%&\'*+-.^_`|~ only)');
@@ -300,13 +322,15 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     const escaping = escapingFor(contentType);
     let render;
     try {
-      render = compileTemplate(r.body, escaping);
-      const sample = render(mergeContext(SAMPLE_CUSTOMER, raw.top_up));
+      // A limit rule without a body serves the default body of its limit (caps/refusal.ts).
+      const body = r.body ?? DEFAULT_LIMIT_BODIES[r.limit!];
+      render = compileTemplate(body, escaping);
+      const sample = render(mergeContext(SAMPLE_CUSTOMER, raw.top_up, r.limit === 'consumer_cap' ? { kind: 'consumer_cap', resets_at: '2026-01-02T00:00:00.000Z', retry_after: 60 } : undefined));
       if (escaping === 'json') JSON.parse(sample);
     } catch (err) {
       throw new ConfigError(`rules[${i}].body`, `template does not compile or render valid ${escaping === 'json' ? 'JSON' : 'text'}: ${(err as Error).message}`);
     }
-    return { id: r.id, cohort: r.cohort, enabled: r.enabled, logOnly: r.log_only, status: r.status, headers: r.headers, render };
+    return { id: r.id, cohort: r.cohort, limit: r.limit, enabled: r.enabled, logOnly: r.log_only, status: r.status, headers: r.headers, render };
   });
 
   const emailIds = new Set<string>();
@@ -372,6 +396,7 @@ export function parseConfig(doc: unknown, env: NodeJS.ProcessEnv, baseDir: strin
     topUp: topUpSettings(raw.top_up, secretsFromEnv(env)),
     cohorts: raw.cohorts,
     rules,
+    caps: { daily: raw.caps.daily, monthly: raw.caps.monthly, metadataPrefix: raw.caps.metadata_prefix },
     metering: {
       pricing,
       lowCreditRequests: raw.metering.low_credit_requests,

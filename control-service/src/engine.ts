@@ -16,6 +16,10 @@ import { costOf, MICROS_PER_UNIT, type Units } from './pricing';
 import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, openSettlement, type BalanceRead, type LedgerState } from './ledger';
 import type { Customer } from './customer';
 import { planEmails, planRecurring, staleReason } from './emails/workflow';
+import { consumersOfCustomer, parseConsumerClaim } from './consumer-claims';
+import { addSpend, boundLease, capLeft, NO_SPEND, periodEnd as periodEndOf, spentIn, type CapLeft, type CapLimits, type ConsumerSpend } from './caps/caps';
+import { capsFor } from './caps/limits';
+import { limitRule, refusalJson } from './caps/refusal';
 
 export type DecisionOutcome = 'allow' | 'block' | 'would_block' | 'unknown_allow' | 'unknown_block' | 'conflict';
 export interface DecisionAnswer { json: string; outcome: DecisionOutcome }
@@ -111,6 +115,7 @@ export class Engine {
   async init(): Promise<void> {
     this.ruleEnabled = await this.store.ruleOverrides();
     this.templateActive = await this.store.templateOverrides();
+    for (const [consumer, spend] of await this.store.consumerSpend()) this.spend.set(consumer, spend);
     const memberships = await this.store.loadMemberships();
     const usage = await this.store.usageTotals();
     const pending = new Map<string, SettlementRow[]>();
@@ -248,7 +253,25 @@ export class Engine {
     if (id === undefined && typeof this.claims.get(consumer) === 'object') return { json: this.unknownJson, outcome: 'conflict' };
     const entry = id === undefined ? undefined : this.entries.get(id);
     if (!entry) return { json: this.unknownJson, outcome: this.config.unknownConsumer === 'allow' ? 'unknown_allow' : 'unknown_block' };
-    return entry.answer;
+    return this.capped(consumer, entry) ?? entry.answer;
+  }
+
+  /**
+   * Issue 23: a capped consumer's read-only answer (GET /v1/decisions): refused
+   * once its cap left is worth less than the dearest request; otherwise the
+   * customer's allow with `max_requests` and `credit` at the tighter of the two limits.
+   */
+  private capped(consumer: string, entry: Entry): DecisionAnswer | undefined {
+    if (entry.answer.outcome === 'block' || !this.mayBeCapped(entry.customer)) return undefined;
+    const now = this.now();
+    const cap = this.capOf(consumer, now);
+    if (!cap || cap.left.leftMicros === undefined || this.dearestCostMicros === 0) return undefined;
+    if (cap.left.leftMicros < this.dearestCostMicros) return { json: this.capRefusal(consumer, cap.left, now), outcome: 'block' };
+    const held = JSON.parse(entry.answer.json) as { allow: true; ttl_ms: number; max_requests?: number; credit?: number };
+    if (held.max_requests === undefined) return undefined;
+    const byCap = Math.floor(cap.left.leftMicros / this.dearestCostMicros);
+    if (byCap >= held.max_requests) return undefined;
+    return { json: JSON.stringify({ ...held, max_requests: byCap, credit: Math.min(held.credit ?? Infinity, cap.left.leftMicros / MICROS_PER_UNIT) }), outcome: entry.answer.outcome };
   }
 
   /**
@@ -346,6 +369,7 @@ export class Engine {
   /** Returns the positions of the events counted now. */
   private async ingestNow(events: UsageEventInput[]): Promise<Set<number>> {
     const known = await this.store.knownUsageIds(events.map((e) => e.id));
+    const now = this.now();
     const fresh: UsageRecord[] = [];
     const counted = new Set<number>();
     const ledgers = new Map<string, LedgerState>();
@@ -356,13 +380,18 @@ export class Engine {
       counted.add(i);
       const customerId = this.resolve(e.consumer) ?? null;
       const costMicros = customerId ? costOf(this.config.metering.pricing, e.route, e.status, e.units) : 0;
-      fresh.push({ ...e, customerId, costMicros });
+      // Issue 23: a consumer's spend counts in the period of the service's clock, not the gateway's (see caps/caps.ts).
+      fresh.push({ ...e, customerId, costMicros, spentAt: now });
       if (customerId) expected.set(customerId, (expected.get(customerId) ?? 0) + costMicros);
       if (customerId && costMicros > 0) ledgers.set(customerId, addUsage(ledgers.get(customerId) ?? this.entries.get(customerId)!.ledger, costMicros));
     }
     if (fresh.length) {
       const updates = [...ledgers].map(([id, ledger]) => ({ customer: this.entries.get(id)!.customer, ledger }));
-      await this.applyNow(updates, [], {}, { usage: fresh, saved: (r) => { if (r) this.ownUsageSaved(expected, r.usageAdded); } });
+      await this.applyNow(updates, [], {}, { usage: fresh, saved: (r) => {
+        // Issue 23: each consumer's spend, as the store counted it in this commit (an event another replica stored first errs high until re-read).
+        for (const u of fresh) if (u.customerId && u.costMicros > 0) this.spend.set(u.consumer, addSpend(this.spend.get(u.consumer) ?? NO_SPEND, u.spentAt ?? u.at, u.costMicros));
+        if (r) this.ownUsageSaved(expected, r.usageAdded);
+      } });
     }
     return counted;
   }
@@ -466,8 +495,91 @@ export class Engine {
         this.usageVersions.set(a.customerId, a.version);
       }
       if (again.size) await this.reloadNow([...again], read);
+      await this.rereadSpend([...new Set([...added.map((a) => a.customerId), ...again])]);
     });
   }
+
+  // ---- issue 23 (team caps) ----
+  /** Each consumer's spend in its current periods (store/consumer-spend.ts), as this replica knows it. */
+  private readonly spend = new Map<string, ConsumerSpend>();
+
+  /** Usage another replica counted: its consumers' spend is read again (only for customers a cap can apply to). */
+  private async rereadSpend(customerIds: string[]): Promise<void> {
+    const consumers = customerIds.flatMap((id) => {
+      const e = this.entries.get(id);
+      return e && this.mayBeCapped(e.customer) ? this.consumersOf(e.customer) : [];
+    });
+    if (!consumers.length) return;
+    const fresh = await this.store.consumerSpend(consumers);
+    for (const c of consumers) this.spend.set(c, fresh.get(c) ?? NO_SPEND);
+  }
+
+  private mayBeCapped(customer: StoredCustomer): boolean {
+    const { caps } = this.config;
+    if (caps.daily !== undefined || caps.monthly !== undefined) return true;
+    return Object.keys(customer.metadata).some((k) => k.startsWith(`${caps.metadataPrefix}_`));
+  }
+
+  /**
+   * A consumer's cap now: the customer it bills, the caps that apply (config
+   * defaults, metadata overrides), its spend this period and what is left.
+   * Undefined when the consumer maps to no customer.
+   */
+  capOf(consumer: string, now: number = this.now()): { customerId: string; limits: CapLimits; left: CapLeft; spend: ConsumerSpend; problems: Array<{ key: string; value: string; error: string }> } | undefined {
+    const customerId = this.resolve(consumer);
+    const e = customerId === undefined ? undefined : this.entries.get(customerId);
+    if (!e) return undefined;
+    const { limits, problems } = capsFor(this.config.caps, e.customer.metadata, consumer);
+    const spend = this.spend.get(consumer) ?? NO_SPEND;
+    return { customerId: e.customer.id, limits, left: capLeft(limits, spend, now), spend, problems };
+  }
+
+  /** Each consumer of a customer with its spend this period and its caps (console, balance endpoint), amounts in micros. */
+  consumerCaps(customerId: string, now: number = this.now()): Array<{ consumer: string; limits: CapLimits; daily: { spentMicros: number; resetsAt: number }; monthly: { spentMicros: number; resetsAt: number }; left: CapLeft; problems: Array<{ key: string; value: string; error: string }> }> {
+    const e = this.entries.get(customerId);
+    if (!e) return [];
+    const claims = parseConsumerClaim(e.customer.metadata[this.config.stripe.consumerMetadataKey]);
+    return (claims.length ? claims : [customerId]).map((consumer) => {
+      const { limits, problems } = capsFor(this.config.caps, e.customer.metadata, consumer);
+      const spend = this.spend.get(consumer) ?? NO_SPEND;
+      return {
+        consumer, limits, problems, left: capLeft(limits, spend, now),
+        daily: { spentMicros: spentIn(spend, 'daily', now), resetsAt: periodEndOf('daily', now) },
+        monthly: { spentMicros: spentIn(spend, 'monthly', now), resetsAt: periodEndOf('monthly', now) },
+      };
+    });
+  }
+
+  /** The refusal of a consumer whose cap is spent (what is left is worth less than `costMicros`), as decision JSON. */
+  capRefusal(consumer: string, left: CapLeft, now: number = this.now()): string {
+    const customerId = this.resolve(consumer)!;
+    const e = this.entries.get(customerId)!;
+    return refusalJson({ kind: 'consumer_cap', resetsAt: left.resetsAt }, estimated(e.customer, e.ledger), this.config.topUp, this.config.rules, this.isEnabled, now, this.config.decisionTtlMs);
+  }
+
+  /** Credit free for a consumer's new lease: the team's free credit bounded by its cap left less its other open leases (caps/caps.ts boundLease). */
+  boundForConsumer(consumer: string, teamFreeMicros: number, consumerHeldMicros: number, now: number = this.now()): { micros: number; limit: 'no_credit' | 'consumer_cap'; left: CapLeft } {
+    const cap = this.capOf(consumer, now);
+    const left = cap?.left ?? { leftMicros: undefined, period: undefined, resetsAt: undefined };
+    return { ...boundLease(teamFreeMicros, left.leftMicros, consumerHeldMicros), left };
+  }
+  /** The caps that apply to a consumer (undefined: it maps to no customer, or no cap applies). */
+  capLimitsOf(consumer: string): CapLimits | undefined {
+    const customerId = this.resolve(consumer);
+    const e = customerId === undefined ? undefined : this.entries.get(customerId);
+    if (!e || !this.mayBeCapped(e.customer)) return undefined;
+    const { limits } = capsFor(this.config.caps, e.customer.metadata, consumer);
+    return limits.daily === undefined && limits.monthly === undefined ? undefined : limits;
+  }
+
+  /** A consumer's spend as this replica counted it. */
+  spendOf(consumer: string): ConsumerSpend { return this.spend.get(consumer) ?? NO_SPEND; }
+
+  /** The cap refusal for a consumer whose cap resets at `resetsAt`. */
+  capRefusalAt(consumer: string, resetsAt: number, now: number = this.now()): string {
+    return this.capRefusal(consumer, { leftMicros: 0, period: undefined, resetsAt }, now);
+  }
+  // ---- end issue 23 ----
 
   private async reloadNow(ids: string[], read: (ids: string[]) => Promise<ReloadedCustomer[]>): Promise<void> {
     const found = new Map((await read(ids)).map((r) => [r.customer.id, r]));
@@ -551,10 +663,9 @@ export class Engine {
   /** The dearest price of one request, in micros (0: nothing is metered). */
   get dearestMicros(): number { return this.dearestCostMicros; }
 
-  /** The consumer values that name a customer: its id and its metadata claim. */
+  /** The consumer values that name a customer: its id and each consumer its metadata claims (see consumer-claims.ts). */
   consumersOf(customer: StoredCustomer): string[] {
-    const claim = customer.metadata[this.config.stripe.consumerMetadataKey];
-    return claim && claim !== customer.id ? [customer.id, claim] : [customer.id];
+    return consumersOfCustomer(customer.id, customer.metadata[this.config.stripe.consumerMetadataKey]);
   }
 
   /**
@@ -568,7 +679,14 @@ export class Engine {
     const view = estimated(e.customer, e.ledger);
     const spent = { ...view, balance: Math.max(0, view.balance) };
     const v = verdict(this.config.rules, cohortsOf(this.config.cohorts, spent), this.isEnabled);
-    return v.outcome === 'ALLOW' ? undefined : decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs);
+    if (v.outcome === 'ALLOW') {
+      // Issue 23: an enabled `limit: no_credit` rule words the refusal when no cohort rule blocks.
+      if (!limitRule(this.config.rules, 'no_credit', this.isEnabled)) return undefined;
+      return refusalJson({ kind: 'no_credit' }, spent, this.config.topUp, this.config.rules, this.isEnabled, this.now(), this.config.decisionTtlMs);
+    }
+    // A cohort rule's refusal at no credit names its reason too.
+    const json = JSON.parse(decisionJson(v, mergeContext(spent, this.config.topUp), this.config.decisionTtlMs)) as Record<string, unknown>;
+    return JSON.stringify({ ...json, reason: 'no_credit' });
   }
 
   private put(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): void {
@@ -578,8 +696,7 @@ export class Engine {
     let shared = this.cohortLists.get(key);
     if (!shared) { shared = Object.freeze([...cohorts]) as string[]; this.cohortLists.set(key, shared); }
     this.entries.set(customer.id, { customer, ledger, cohorts: shared, answer: this.answerFor(customer, shared, ledger) });
-    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
-    if (consumer) {
+    for (const consumer of parseConsumerClaim(customer.metadata[this.config.stripe.consumerMetadataKey])) {
       const ids = this.claims.get(consumer);
       if (ids === undefined || ids === customer.id) this.claims.set(consumer, customer.id);
       else if (typeof ids === 'string') this.claims.set(consumer, new Set([ids, customer.id]));
@@ -596,15 +713,16 @@ export class Engine {
   }
 
   private unclaim(customer: StoredCustomer): void {
-    const consumer = customer.metadata[this.config.stripe.consumerMetadataKey];
-    const ids = consumer ? this.claims.get(consumer) : undefined;
-    if (ids === undefined) return;
-    if (typeof ids === 'string') {
-      if (ids === customer.id) this.claims.delete(consumer);
-      return;
+    for (const consumer of parseConsumerClaim(customer.metadata[this.config.stripe.consumerMetadataKey])) {
+      const ids = this.claims.get(consumer);
+      if (ids === undefined) continue;
+      if (typeof ids === 'string') {
+        if (ids === customer.id) this.claims.delete(consumer);
+        continue;
+      }
+      ids.delete(customer.id);
+      if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
     }
-    ids.delete(customer.id);
-    if (ids.size === 1) this.claims.set(consumer, ids.values().next().value as string);
   }
 
   private answerFor(customer: StoredCustomer, cohorts: string[], ledger: LedgerState): DecisionAnswer {

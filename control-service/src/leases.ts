@@ -89,14 +89,9 @@ export class LeaseBook {
 
   grant(input: GrantInput, ): GrantOutcome {
     const reserved = this.reservedMicros(input.customerId, input.now);
-    const free = input.creditMicros - reserved;
-    const affordable = free > 0 ? Math.floor(free / input.costMicros) : 0;
-    if (affordable < 1) return { kind: 'EXHAUSTED', reservedMicros: reserved };
     const key = `${input.customerId}\n${input.node}`;
-    const size = this.nextSize.get(key) ?? this.opts.initialRequests;
-    // Half of what is free at most, so other nodes find credit too; but never fewer than
-    // the requests already waiting, when the credit pays for them.
-    const requests = Math.max(1, Math.min(this.opts.maxRequests, affordable, Math.max(input.want, Math.min(size, Math.ceil(affordable / 2)))));
+    const requests = leaseRequests(this.opts, input.creditMicros - reserved, input.costMicros, input.want, this.nextSize.get(key));
+    if (requests < 1) return { kind: 'EXHAUSTED', reservedMicros: reserved };
     const lease: Lease = {
       id: this.newId(), customerId: input.customerId, consumer: input.consumer, node: input.node,
       requests, costMicros: input.costMicros, micros: requests * input.costMicros, grantedAt: input.now, expiresAt: input.now + this.opts.ttlMs,
@@ -120,11 +115,7 @@ export class LeaseBook {
     if (!l || l.node !== node || l.drawn !== undefined) return undefined;
     l.drawn = Math.max(0, Math.min(l.requests, Math.floor(drawn)));
     l.drawnMicros = Math.max(0, Math.min(l.micros, Math.floor(drawnMicros ?? l.drawn * l.costMicros)));
-    const key = `${l.customerId}\n${l.node}`;
-    const fast = now - l.grantedAt < this.opts.ttlMs / 2;
-    this.nextSize.set(key, l.drawn >= l.requests && fast
-      ? Math.min(this.opts.maxRequests, l.requests * 2)
-      : Math.max(this.opts.initialRequests, l.drawn));
+    this.nextSize.set(`${l.customerId}\n${l.node}`, nextLeaseSize(this.opts, l, l.drawn, now));
     if (this.heldMicros(l, now) === 0) this.drop(l);
     return l.customerId;
   }
@@ -174,6 +165,27 @@ export class LeaseBook {
 
   get size(): number { return this.byId.size; }
 
+  /** A lease by id, while the book holds it. */
+  get(id: string): Lease | undefined { return this.byId.get(id); }
+
+  /**
+   * A lease read back from the store after a restart: it holds what it held (open: all it did not
+   * settle, until `heldUntil`), so grants count it. `heldUntil` is kept as stored.
+   */
+  restore(row: { id: string; customerId: string; consumer: string; node: string; requests: number; costMicros: number; micros: number;
+    grantedAt: number; expiresAt: number; heldUntil: number; drawn: number | null; drawnMicros: number | null; settledMicros: number }): void {
+    if (this.byId.has(row.id)) return;
+    const lease: Lease = {
+      id: row.id, customerId: row.customerId, consumer: row.consumer, node: row.node, requests: row.requests, costMicros: row.costMicros,
+      micros: row.micros, grantedAt: row.grantedAt, expiresAt: row.heldUntil - this.opts.usageGraceMs,
+      drawn: row.drawn ?? undefined, drawnMicros: row.drawnMicros ?? undefined, settled: new Set(), settledMicros: row.settledMicros,
+    };
+    this.byId.set(lease.id, lease);
+    let set = this.byCustomer.get(lease.customerId);
+    if (!set) { set = new Set(); this.byCustomer.set(lease.customerId, set); }
+    set.add(lease);
+  }
+
   private drop(l: Lease): void {
     this.ended.add(l.customerId);
     this.byId.delete(l.id);
@@ -181,4 +193,24 @@ export class LeaseBook {
     set?.delete(l);
     if (set?.size === 0) this.byCustomer.delete(l.customerId);
   }
+}
+
+/**
+ * How many requests a lease is for, given the credit free of every reservation (micros), the
+ * reservation of one request, the requests waiting and the size this node's last lease earned
+ * (undefined: the first). 0 when less than one request is free. Half of what is free at most, so
+ * other nodes find credit too; but never fewer than the requests already waiting, when the credit
+ * pays for them.
+ */
+export function leaseRequests(opts: LeaseOptions, freeMicros: number, costMicros: number, want: number, size: number | undefined): number {
+  const affordable = freeMicros > 0 ? Math.floor(freeMicros / costMicros) : 0;
+  if (affordable < 1) return 0;
+  const next = size ?? opts.initialRequests;
+  return Math.max(1, Math.min(opts.maxRequests, affordable, Math.max(want, Math.min(next, Math.ceil(affordable / 2)))));
+}
+
+/** The size of a node's next lease: doubles while leases run out fast, shrinks to what was drawn. */
+export function nextLeaseSize(opts: LeaseOptions, lease: { requests: number; grantedAt: number }, drawn: number, now: number): number {
+  const fast = now - lease.grantedAt < opts.ttlMs / 2;
+  return drawn >= lease.requests && fast ? Math.min(opts.maxRequests, lease.requests * 2) : Math.max(opts.initialRequests, drawn);
 }

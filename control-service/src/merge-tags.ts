@@ -10,21 +10,33 @@ export interface MergeContext {
   credit: { cents: number; formatted: string };
   currency: string;
   top_up_url: string;
+  /**
+   * Rule bodies only: which limit refused (issue 23). `kind` is `no_credit` (the
+   * team's credit) or `consumer_cap` (this consumer's spending cap; then
+   * `resets_at` is when its period ends, ISO 8601 UTC, and `retry_after` the
+   * seconds until then); empty for no_credit.
+   */
+  limit?: { kind: 'no_credit' | 'consumer_cap'; resets_at: string; retry_after: number | '' };
 }
 
-export const MERGE_TAGS: readonly string[] = [
+const BASE_TAGS: readonly string[] = [
   'customer.id', 'customer.name', 'customer.first_name', 'customer.email',
   'balance.cents', 'balance.formatted', 'credit.cents', 'credit.formatted', 'currency', 'top_up_url',
 ];
+/** Rule bodies also know which limit refused. */
+export const MERGE_TAGS: readonly string[] = [...BASE_TAGS, 'limit.kind', 'limit.resets_at', 'limit.retry_after'];
 /** Emails also know the threshold a low-balance warning is about. */
-export const EMAIL_MERGE_TAGS: readonly string[] = [...MERGE_TAGS, 'threshold.cents', 'threshold.formatted'];
+export const EMAIL_MERGE_TAGS: readonly string[] = [...BASE_TAGS, 'threshold.cents', 'threshold.formatted'];
+
+/** The limit tags of a refusal for want of team credit. */
+export const NO_CREDIT_LIMIT: NonNullable<MergeContext['limit']> = { kind: 'no_credit', resets_at: '', retry_after: '' };
 
 export interface EmailMergeContext extends MergeContext { threshold?: { cents: number; formatted: string } }
 
 /** `link`: with top_up.checkout, a signed link to payg's top-up page for a customer (see top-ups/token.ts). */
 export interface TopUpConfig { url?: string; metadata_key?: string; link?: (customerId: string) => string }
 
-export function mergeContext(customer: Customer, topUp: TopUpConfig): MergeContext {
+export function mergeContext(customer: Customer, topUp: TopUpConfig, limit: MergeContext['limit'] = NO_CREDIT_LIMIT): MergeContext {
   const name = customer.name ?? '';
   const credit = Math.max(0, -customer.balance);
   const fromMetadata = topUp.metadata_key ? customer.metadata[topUp.metadata_key] : undefined;
@@ -35,6 +47,7 @@ export function mergeContext(customer: Customer, topUp: TopUpConfig): MergeConte
     credit: { cents: credit, formatted: formatMoney(credit, customer.currency) },
     currency: (customer.currency ?? 'usd').toUpperCase(),
     top_up_url: topUpTemplate.replace('{customer_id}', encodeURIComponent(customer.id)),
+    limit,
   };
 }
 

@@ -8,7 +8,9 @@ import type { RenderFn, MergeContext } from './merge-tags';
 
 export interface RuleDef {
   id: string;
-  cohort: string;
+  /** A cohort rule refuses the customers of a cohort; a limit rule (issue 23) words the refusal of one limit. Exactly one is set. */
+  cohort?: string;
+  limit?: 'no_credit' | 'consumer_cap';
   enabled: boolean;
   logOnly: boolean;
   status: number;
@@ -23,7 +25,7 @@ export type Verdict =
 export function verdict(rules: readonly RuleDef[], cohorts: readonly string[], isEnabled: (rule: RuleDef) => boolean): Verdict {
   const wouldBlock: string[] = [];
   for (const rule of rules) {
-    if (!isEnabled(rule) || !cohorts.includes(rule.cohort)) continue;
+    if (!isEnabled(rule) || rule.cohort === undefined || !cohorts.includes(rule.cohort)) continue;
     if (rule.logOnly) { wouldBlock.push(rule.id); continue; }
     return { outcome: 'BLOCK', rule, wouldBlock };
   }

@@ -23,6 +23,10 @@ import type { ConsoleServer } from './console/server';
 import { LeaseDesk } from './lease-desk';
 import { ChangeStream } from './http/stream';
 import { TopUps } from './top-ups/service';
+import type { LeaseNotice } from './store/postgres';
+
+/** How long a stopping replica lets lease calls in flight finish (a grant waits recall_wait_ms at most). */
+const STOP_DRAIN_MS = 5_000;
 
 export interface RunningService {
   url: string;
@@ -52,7 +56,10 @@ export interface RunningService {
  */
 const FOLLOW_BATCH_MS = 10;
 
-function followChanges(store: PostgresStore, engine: Engine, log: Logger): { ready: Promise<void>; start(): void; stop(): Promise<void> } {
+/** Lease news from the other replicas: recalls and freed credit (NOTIFY), and usage they settled. */
+interface LeaseFollower { onNotice(notice: LeaseNotice): void; freed(customerIds: Iterable<string>): void }
+
+function followChanges(store: PostgresStore, engine: Engine, log: Logger, leases: () => LeaseFollower | undefined): { ready: Promise<void>; start(): void; stop(): Promise<void> } {
   let pending = new Set<string>();
   let usage: UsageAdded[] = [];
   let switches = false;
@@ -77,7 +84,12 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger): { rea
   const listener = store.listenForChanges({
     onIds: (ids) => { for (const id of ids) pending.add(id); schedule(); },
     // Usage alone: added in version order, no read (a gap or an unknown customer is read again).
-    onUsage: (added) => { usage.push(...added); schedule(); },
+    onUsage: (added) => {
+      usage.push(...added); schedule();
+      // Usage another replica counted settled its leases in the same commit: waiters for this credit try again.
+      leases()?.freed(added.map((a) => a.customerId));
+    },
+    onLeases: (notice) => leases()?.onNotice(notice),
     onSwitches: () => { switches = true; schedule(); },
     onResync: () => {
       if (!started) return; // init loads everything after this anyway
@@ -90,16 +102,17 @@ function followChanges(store: PostgresStore, engine: Engine, log: Logger): { rea
   return { ready: listener.ready, stop: listener.stop, start() { started = true; schedule(); } };
 }
 
-export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number } = {}): Promise<RunningService> {
+export async function startService(config: Config, opts: { log?: Logger; store?: Store; sweepOnStart?: boolean; publicBodyTimeoutMs?: number; /** Tests: the clock of caps and leases (issue 23). */ now?: () => number } = {}): Promise<RunningService> {
   // Secrets never reach logs: pino redacts the places they could appear.
   const log = opts.log ?? pino({ name: 'payg-control', level: process.env.PAYG_LOG_LEVEL ?? 'info', redact: ['req.headers.authorization', '*.secretKey', '*.token'] });
   const exposure = checkExposure(config);
   if (!exposure.ok) throw new ConfigError('listen.host', exposure.refuse.replace(/^config: listen\.host: /, ''));
   if ('warn' in exposure) log.warn(exposure.warn);
   const store = opts.store ?? (config.postgres ? await PostgresStore.open(config.postgres.url, { poolSize: config.postgres.poolSize }) : new SqliteStore(config.sqlitePath));
-  const engine = new Engine(config, store);
+  const engine = new Engine(config, store, opts.now);
   // Several replicas on PostgreSQL: each follows the others' changes (listening before it loads), and one leads the singleton work.
-  const changes = store instanceof PostgresStore ? followChanges(store, engine, log) : undefined;
+  let leases: LeaseDesk | undefined;
+  const changes = store instanceof PostgresStore ? followChanges(store, engine, log, () => leases) : undefined;
   await changes?.ready;
   await engine.init();
   changes?.start();
@@ -108,8 +121,9 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
     : soleLeader();
   const stream = new ChangeStream();
   engine.onChange = (consumers) => stream.changed(consumers);
-  const leases = new LeaseDesk(config, engine, store, stream);
-  await leases.init();
+  const desk = new LeaseDesk(config, engine, store, stream, opts.now);
+  await desk.init();
+  leases = desk;
 
   let sync: BalanceSync | undefined;
   let settler: Settler | undefined;
@@ -208,16 +222,15 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   if (topUps && !config.secrets.stripeWebhookSecret) log.warn('top_up.checkout without STRIPE_WEBHOOK_SECRET: top-ups are credited only when the customer comes back to the success page, and refunds and disputes are not seen');
 
   const server: http.Server = createHttpServer({ topUps,
-    config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases, stream,
+    config, engine, sync, get emails() { return sendsTests(); }, settler, store, metrics, log, webhooks: gateway?.stripe.webhooks, publicBodyTimeoutMs: opts.publicBodyTimeoutMs, leases: desk, stream,
     followsStoredSweep: () => !leadership.isLeader,
-    grantsLeases: config.postgres ? () => leadership.isLeader : undefined,
   });
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve) => server.listen(config.listen.port, config.listen.host, resolve));
   const addr = server.address() as AddressInfo;
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
-  if (leases.recoveryEndsAt) log.warn({ until: new Date(leases.recoveryEndsAt).toISOString() }, 'leases of the previous run may still be in use: granting none until then');
+  if (desk.recoveryEndsAt) log.warn({ until: new Date(desk.recoveryEndsAt).toISOString() }, 'upgraded from memory-only leases: those of the previous run may still be in use, granting none until then');
   const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, get emails() { return sendsTests(); }, metrics, log, followsStoredSweep: () => !leadership.isLeader }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
@@ -235,7 +248,6 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   // (same idempotency keys), requeue emails the last leader left in flight, and send.
   const lead = async () => {
     log.info('leading: sweep, settlement and email sending run here');
-    if (config.postgres) await leases.takeOver().catch((err) => log.error({ err: (err as Error).message }, 'reading the lease horizon failed'));
     await startSender().catch((err) => log.error({ err: (err as Error).message }, 'email sender did not start'));
     if (config.emails.some((t) => t.reenrollAfterMs)) engine.enqueueRecurring().catch((err) => log.error({ err: (err as Error).message }, 'recurring email check failed'));
     if (sync && opts.sweepOnStart !== false) void sync.sweep();
@@ -252,8 +264,22 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   else await lead();
 
   return {
-    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases, stream, topUps,
+    url, engine, sync, get emails() { return emails; }, settler, store, console: consoleServer, leadership, leases: desk, stream, topUps,
     async stop() {
+      // Stop accepting: new lease calls are answered 503 (the node asks the next replica at once);
+      // streams end, so their nodes move to another replica (and give back their leases there);
+      // lease calls and other requests in flight finish; then the singleton work and the store stop.
+      const drained = desk.drain(STOP_DRAIN_MS);
+      stream.close();
+      const closed = new Promise<void>((resolve) => {
+        // Keep-alive connections are closed as soon as they are idle (their request answered).
+        const idle = setInterval(() => server.closeIdleConnections(), 20);
+        const t = setTimeout(() => { clearInterval(idle); resolve(); }, STOP_DRAIN_MS).unref();
+        server.close(() => { clearTimeout(t); clearInterval(idle); resolve(); });
+      });
+      server.closeIdleConnections();
+      await drained;
+      await closed;
       await consoleServer?.stop();
       await task?.stop();
       await settleTask?.stop();
@@ -264,10 +290,8 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
       await changes?.stop();
       await stopSender();
       testSender?.stop().catch(() => undefined);
-      leases.stop();
-      stream.close();
+      desk.stop();
       server.closeAllConnections();
-      await new Promise((r) => server.close(r));
       await store.close();
     },
   };

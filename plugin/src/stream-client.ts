@@ -14,7 +14,7 @@ export interface StreamEvents {
 
 export interface StreamClientOptions {
   baseUrl: URL;
-  /** Further control-service replicas: a refused or failed stream moves on to the next (only the leader streams). */
+  /** Further control-service replicas: a refused or failed stream moves on to the next. */
   fallbackUrls?: URL[];
   token: string | undefined;
   node: string;

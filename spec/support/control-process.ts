@@ -11,7 +11,7 @@ export interface ControlProcess {
   kill(signal: NodeJS.Signals): Promise<void>;
 }
 
-export async function startControlProcess(configFile: string, env: NodeJS.ProcessEnv, timeoutMs = 10_000): Promise<ControlProcess> {
+export async function startControlProcess(configFile: string, env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<ControlProcess> {
   const proc = spawn(process.execPath, [path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
     env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -148,6 +148,15 @@ export function createConsoleApi(deps: ConsoleDeps) {
       usage_by_route: usage.map((u) => ({ route: u.route, requests: u.requests, cost: u.costMicros / MICROS_PER_UNIT })),
       settlements: settlementRows.map((r) => settlementJson(r, s.customer.name)),
       emails: emailRows.map(emailJson),
+      // Issue 23: each consumer of this customer, its spend this period and its caps (smallest currency unit; null: no cap).
+      consumers: engine.consumerCaps(id).map((c) => ({
+        consumer: c.consumer,
+        daily: { spent: c.daily.spentMicros / MICROS_PER_UNIT, cap: c.limits.daily ?? null, resets_at: iso(c.daily.resetsAt) },
+        monthly: { spent: c.monthly.spentMicros / MICROS_PER_UNIT, cap: c.limits.monthly ?? null, resets_at: iso(c.monthly.resetsAt) },
+        cap_left: c.left.leftMicros === undefined ? null : c.left.leftMicros / MICROS_PER_UNIT,
+        binding_period: c.left.period ?? null,
+        problems: c.problems,
+      })),
     });
   }
 
@@ -163,7 +172,8 @@ export function createConsoleApi(deps: ConsoleDeps) {
       blocked.set(rule, (blocked.get(rule) ?? 0) + 1);
     });
     return ok({ rules: engine.rules().map(({ rule, enabled }) => ({
-      id: rule.id, cohort: rule.cohort, enabled, log_only: rule.logOnly, status: rule.status, cohort_size: sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
+      id: rule.id, cohort: rule.cohort ?? null, limit: rule.limit ?? null, enabled, log_only: rule.logOnly, status: rule.status,
+      cohort_size: rule.cohort === undefined ? 0 : sizes.get(rule.cohort) ?? 0, blocking_now: blocked.get(rule.id) ?? 0,
     })) });
   }
 
@@ -178,7 +188,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
     let newly = 0;
     for (const id of engine.knownIds()) {
       const s = engine.customer(id)!;
-      if (!s.cohorts.includes(target.rule.cohort)) continue;
+      if (target.rule.cohort === undefined || !s.cohorts.includes(target.rule.cohort)) continue;
       const v = verdict(config.rules, s.cohorts, (r) => (r.id === ruleId ? true : enabled.get(r.id) ?? r.enabled));
       const caught = target.rule.logOnly ? v.wouldBlock.includes(ruleId) : v.outcome === 'BLOCK' && v.rule.id === ruleId;
       if (!caught) continue;

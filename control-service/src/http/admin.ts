@@ -86,7 +86,7 @@ export function createAdminHandler(deps: HttpDeps): (method: string, parts: stri
         estimated_balance: state.estimatedBalance, unsettled_usage: state.unsettledMicros / MICROS_PER_UNIT, decision: JSON.parse(state.decision.json), updated_at: new Date(version).toISOString(),
         history: (await deps.store.history(id)).map((t) => ({ cohort: t.cohort, kind: t.kind, at: new Date(t.at).toISOString(), balance: t.balance })),
         // Read-only: credit reserved to gateway nodes (the decision above reserves nothing).
-        leases: deps.leases.leasesOf(id),
+        leases: await deps.leases.leasesOf(id),
       });
     }
     if (method === 'GET' && resource === 'rules' && !id) {

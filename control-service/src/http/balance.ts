@@ -36,14 +36,28 @@ export function createBalanceHandler({ engine, controlToken, consumerHeader, top
     const held = id === undefined ? undefined : engine.customer(id);
     if (!held) return send(res, 404, { error: 'no_billing_account', message: 'No billing account is linked to this API consumer.' });
     // Credit in the smallest currency unit, with the unsettled fraction (micros → 6 decimals at most).
-    const creditMicros = -Math.round(held.estimatedBalance * MICROS_PER_UNIT);
-    const credit = Math.max(0, creditMicros) / MICROS_PER_UNIT;
+    const teamMicros = Math.max(0, -Math.round(held.estimatedBalance * MICROS_PER_UNIT));
+    // Issue 23: what this consumer may spend is the tighter of the team's credit and its cap left.
+    const cap = engine.capOf(raw);
+    const capMicros = cap?.left.leftMicros;
+    const limit = capMicros !== undefined && capMicros < teamMicros ? 'consumer_cap' : 'no_credit';
+    const credit = Math.min(teamMicros, capMicros ?? Infinity) / MICROS_PER_UNIT;
+    const money = (micros: number) => ({ amount: micros / MICROS_PER_UNIT, formatted: formatMoney(Math.floor(micros / MICROS_PER_UNIT), held.customer.currency) });
     // Where to buy more credit ({{top_up_url}}: payg's signed page with top_up.checkout, else top_up.url), when configured.
     const topUpUrl = topUp ? mergeContext(held.customer, topUp).top_up_url : '';
     send(res, 200, {
       ...(topUpUrl ? { top_up_url: topUpUrl } : {}),
       currency: (held.customer.currency ?? 'usd').toUpperCase(),
       credit: { amount: credit, formatted: formatMoney(Math.floor(credit), held.customer.currency) },
+      limit,
+      team_credit: money(teamMicros),
+      ...(cap && cap.left.leftMicros !== undefined ? {
+        consumer_cap: {
+          period: cap.left.period, left: money(cap.left.leftMicros), resets_at: new Date(cap.left.resetsAt!).toISOString(),
+          daily: cap.limits.daily === undefined ? null : money(cap.limits.daily * MICROS_PER_UNIT),
+          monthly: cap.limits.monthly === undefined ? null : money(cap.limits.monthly * MICROS_PER_UNIT),
+        },
+      } : {}),
       as_of: new Date().toISOString(),
     }, { 'cache-control': 'no-store' });
   };

@@ -38,12 +38,6 @@ export interface HttpDeps {
   webhooks: Stripe['webhooks'] | undefined;
   /** True on a replica that does not lead: it sweeps nothing itself, so /health reads the leader's last sweep from the store. */
   followsStoredSweep?(): boolean;
-  /**
-   * False on a replica that does not lead (several replicas on PostgreSQL): leases are granted by
-   * one process only, so a grant is never made twice from the same credit. Such a replica answers
-   * 503 not_leader on the lease and stream paths, and the plugin moves on to the next URL at once.
-   */
-  grantsLeases?(): boolean;
   /** How long a webhook or lease body may take (default PUBLIC_BODY_TIMEOUT_MS; tests shorten it). */
   publicBodyTimeoutMs?: number;
   leases: LeaseDesk;
@@ -221,10 +215,6 @@ export function createHttpServer(deps: HttpDeps): http.Server {
     const run = async () => {
       if (path.startsWith('/v1/leases') || path === '/v1/stream') {
         if (controlToken && !tokenMatches(req.headers.authorization, controlToken)) return send(res, 401, { error: 'unauthorized' });
-        if (deps.grantsLeases && !deps.grantsLeases()) {
-          res.setHeader('retry-after', '1');
-          return send(res, 503, { error: 'not_leader', message: 'this replica does not grant leases; the leader does' });
-        }
         if (await leases(method, path, url, req, res)) return;
       }
       if (method === 'POST' && path === '/v1/usage') return usage(req, res);

@@ -56,7 +56,7 @@ export function createLeaseHandler(desk: LeaseDesk, stream: ChangeStream, onDeci
     if (method === 'POST' && path === '/v1/leases/release') {
       const r = await parse(releaseRequest, RELEASE_BODY_LIMIT, bodyTimeoutMs, req, res);
       if (!r) return true;
-      send(res, 200, { released: desk.release(r.node, r.leases) });
+      send(res, 200, { released: await desk.release(r.node, r.leases) });
       return true;
     }
     if (method === 'GET' && path === '/v1/stream') {

@@ -9,10 +9,12 @@
 // and the running totals' new version), any other on `payg_changes` (the
 // customer ids touched, which followers read again).
 
+import { POSTGRES_ADD_SPEND, POSTGRES_CONSUMER_SPEND_MIGRATION, spendFromRows, spendRows } from './consumer-spend';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import type { EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
-import { toOutboxRow, toSettlement } from './rows';
+import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SavedChanges, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord, UsageAdded, UsageRecord } from './store';
+import { toLease, toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 import type { MoveIntent } from '../top-ups/core';
 import type { ReloadedCustomer } from '../engine';
@@ -83,11 +85,39 @@ const MIGRATIONS: string[] = [
   // 4: running totals carry a version, one more per commit that adds usage, so followers can apply
   // the usage other replicas NOTIFY in order, and know when they missed some
   `ALTER TABLE usage_totals ADD COLUMN version BIGINT NOT NULL DEFAULT 0;`,
-  // 5: RESERVED for durable leases (issue 20, branch i20-leases): merge that branch's migration here, never a no-op.
-  'SELECT 1;',
+  // 5: as SQLite's 7: durable leases, written in the transaction that checks the customer's available
+  // credit under its row lock, so any replica grants and none can grant the same credit twice
+  `CREATE TABLE leases (id TEXT PRIMARY KEY, node TEXT NOT NULL, customer_id TEXT NOT NULL, consumer TEXT NOT NULL,
+     requests INTEGER NOT NULL, cost_micros BIGINT NOT NULL, micros BIGINT NOT NULL, granted_at BIGINT NOT NULL,
+     expires_at BIGINT NOT NULL, held_until BIGINT NOT NULL, drawn INTEGER, drawn_micros BIGINT,
+     settled_micros BIGINT NOT NULL DEFAULT 0);
+   CREATE INDEX leases_customer ON leases (customer_id, held_until);
+   CREATE INDEX leases_held_until ON leases (held_until);`,
   // 6: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox (as SQLite's 8)
   topUpSchema('postgres'),
+  // 7: as SQLite's 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
+  POSTGRES_CONSUMER_SPEND_MIGRATION,
 ];
+
+/**
+ * Settles leases from the usage events counted now (`ins`: their ids) and their inputs (`x`: id i,
+ * consumer co, lease le, reserved rs): each lets go of what it reserved (default the lease's
+ * cost_micros), only from its own consumer's lease, never beyond what the lease drew.
+ */
+const SETTLE_LEASES_SQL = `UPDATE leases l SET settled_micros = LEAST(COALESCE(l.drawn_micros, l.micros), l.settled_micros + s.reserved + s.unsized * l.cost_micros)
+        FROM (SELECT x.le, x.co, COALESCE(SUM(x.rs), 0)::bigint AS reserved, COUNT(*) FILTER (WHERE x.rs IS NULL) AS unsized
+              FROM ins JOIN x ON x.i = ins.id WHERE x.le IS NOT NULL GROUP BY x.le, x.co) s
+        WHERE l.id = s.le AND l.consumer = s.co RETURNING l.customer_id`;
+
+/** Lease news for the other replicas (payload JSON): consumers to recall from nodes, customers whose credit came back. */
+export const LEASES_CHANNEL = 'payg_leases';
+export interface LeaseNotice { recall?: string[]; freed?: string[] }
+
+/** What a grant sees of one customer, under its row lock: credit before reservations, and what leases hold. */
+export interface CreditState { creditMicros: number; heldMicros: number; othersHoldMicros: number }
+/** Issue 23: a consumer's spend this period and what its leases hold (micros), read in the grant's transaction. */
+export interface ConsumerCapState { heldMicros: number; spend: ConsumerSpend }
+
 
 // BIGINT columns hold milliseconds and micros: well inside 2^53, so read them as numbers.
 const types = {
@@ -109,6 +139,12 @@ function parseUsageAdded(doc: unknown): UsageAdded[] {
     if (!Array.isArray(e) || typeof e[0] !== 'string' || !Number.isSafeInteger(e[1]) || !Number.isSafeInteger(e[2])) throw new Error('usage notification entry is malformed');
     return { customerId: e[0], micros: e[1], version: e[2] };
   });
+}
+
+function parseLeaseNotice(doc: unknown): LeaseNotice {
+  const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : undefined);
+  const d = (doc ?? {}) as { recall?: unknown; freed?: unknown };
+  return { recall: strings(d.recall), freed: strings(d.freed) };
 }
 
 /** Splits ids into JSON arrays that each fit one NOTIFY payload. */
@@ -229,6 +265,7 @@ export class PostgresStore implements Store {
    */
   listenForChanges(handlers: {
     onIds(ids: string[]): void; onUsage(added: UsageAdded[]): void; onSwitches(kind: SwitchKind): void; onResync(): void; onError(err: Error): void;
+    onLeases?(notice: LeaseNotice): void;
   }, retryMs = 500): { ready: Promise<void>; stop(): Promise<void> } {
     const { onIds, onUsage, onSwitches, onResync, onError } = handlers;
     let client: pg.Client | undefined;
@@ -255,11 +292,12 @@ export class PostgresStore implements Store {
         try {
           if (n.channel === USAGE_CHANNEL) onUsage(parseUsageAdded(JSON.parse(n.payload)));
           else if (n.channel === CHANGES_CHANNEL) onIds(JSON.parse(n.payload) as string[]);
+          else if (n.channel === LEASES_CHANNEL) handlers.onLeases?.(parseLeaseNotice(JSON.parse(n.payload)));
         } catch (err) { onError(err as Error); }
       });
       try {
         await c.connect();
-        await c.query(`LISTEN ${CHANGES_CHANNEL}; LISTEN ${USAGE_CHANNEL}; LISTEN ${SWITCHES_CHANNEL}`);
+        await c.query(`LISTEN ${CHANGES_CHANNEL}; LISTEN ${USAGE_CHANNEL}; LISTEN ${SWITCHES_CHANNEL}; LISTEN ${LEASES_CHANNEL}`);
         if (!first) onResync();
         first = false;
       } catch (err) {
@@ -295,9 +333,20 @@ export class PostgresStore implements Store {
         const inserted = await c.query(`INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
           SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
             AS x(i, cu, co, a, r, st, m)
-          ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros`, [
+          ON CONFLICT (id) DO NOTHING RETURNING id, seq, customer_id, cost_micros`, [
           usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
           usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now()]);
+        // The events counted now let go of what they reserved from their leases, in this same commit.
+        const counted = new Set(inserted.rows.map((r) => r.id as string));
+        const settling = usage.filter((u) => u.lease !== undefined && counted.has(u.id));
+        if (settling.length) {
+          await c.query(`WITH x AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(i, co, le, rs)),
+            ins AS (SELECT i AS id FROM x) ${SETTLE_LEASES_SQL}`,
+          [settling.map((u) => u.id), settling.map((u) => u.consumer), settling.map((u) => u.lease), settling.map((u) => u.reserved ?? null)]);
+        }
+        // Issue 23: the consumers' spend, in the transaction that stores their usage (only the events stored now).
+        const spend = spendRows(usage.filter((u) => counted.has(u.id)));
+        if (spend.consumers.length) await c.query(POSTGRES_ADD_SPEND, [spend.consumers, spend.periods, spend.starts, spend.micros]);
         // Running totals per customer, so settlement never scans the events.
         const added = new Map<string, { micros: number; seq: number }>();
         for (const r of inserted.rows) {
@@ -378,11 +427,30 @@ export class PostgresStore implements Store {
    * of USAGE_NOTIFY_CHUNK; it answers the same, read from those payloads.
    */
   private async saveUsage(usage: UsageRecord[]): Promise<SavedChanges> {
-    const r = await this.pool.query(`WITH ins AS (
+    const r = await this.pool.query(`WITH x AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[], $11::text[], $12::bigint[])
+          AS x(i, cu, co, a, r, st, m, le, rs)
+      ), ins AS (
         INSERT INTO usage_events (id, customer_id, consumer, at, route, status, cost_micros, received_at)
-        SELECT i, cu, co, a, r, st, m, $8::bigint FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::bigint[])
-          AS x(i, cu, co, a, r, st, m)
-        ON CONFLICT (id) DO NOTHING RETURNING seq, customer_id, cost_micros
+        SELECT i, cu, co, a, r, st, m, $8::bigint FROM x
+        ON CONFLICT (id) DO NOTHING RETURNING id, seq, customer_id, cost_micros
+      ), settle AS (
+        ${SETTLE_LEASES_SQL}
+      ), spend_rows AS (
+        -- issue 23: the consumers' spend, in this same statement (see store/consumer-spend.ts)
+        SELECT y.co, y.period, y.start, SUM(y.m) AS micros
+        FROM (SELECT i, co, 'daily' AS period, ds AS start, m FROM unnest($1::text[], $3::text[], $13::bigint[], $7::bigint[]) AS d(i, co, ds, m)
+              UNION ALL SELECT i, co, 'monthly', ms, m FROM unnest($1::text[], $3::text[], $14::bigint[], $7::bigint[]) AS d(i, co, ms, m)) y
+          JOIN ins ON ins.id = y.i
+        WHERE ins.customer_id IS NOT NULL AND y.m > 0
+        GROUP BY y.co, y.period, y.start
+      ), spend AS (
+        INSERT INTO consumer_spend (consumer, period, period_start, micros)
+        SELECT DISTINCT ON (co, period) co, period, start, micros FROM spend_rows ORDER BY co, period, start DESC
+        ON CONFLICT (consumer, period) DO UPDATE SET
+          micros = CASE WHEN excluded.period_start > consumer_spend.period_start THEN excluded.micros
+                        WHEN excluded.period_start = consumer_spend.period_start THEN consumer_spend.micros + excluded.micros ELSE consumer_spend.micros END,
+          period_start = GREATEST(consumer_spend.period_start, excluded.period_start)
       ), added AS (
         SELECT customer_id, SUM(cost_micros)::bigint AS micros, MAX(seq) AS seq FROM ins WHERE customer_id IS NOT NULL GROUP BY customer_id
       ), totals AS (
@@ -399,9 +467,20 @@ export class PostgresStore implements Store {
       )
       SELECT p, pg_notify($9, p) FROM payloads`, [
       usage.map((u) => u.id), usage.map((u) => u.customerId), usage.map((u) => u.consumer), usage.map((u) => u.at),
-      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK]);
+      usage.map((u) => u.route), usage.map((u) => u.status), usage.map((u) => u.costMicros), Date.now(), USAGE_CHANNEL, USAGE_NOTIFY_CHUNK,
+      usage.map((u) => u.lease ?? null), usage.map((u) => u.reserved ?? null),
+      usage.map((u) => periodStart('daily', u.spentAt ?? u.at)), usage.map((u) => periodStart('monthly', u.spentAt ?? u.at))]);
     return { usageAdded: r.rows.flatMap((row) => parseUsageAdded(JSON.parse(row.p))) };
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? await this.rows('SELECT * FROM consumer_spend')
+      : await this.rows('SELECT * FROM consumer_spend WHERE consumer = ANY($1)', [consumers]);
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   private async insertEmails(c: pg.PoolClient, emails: OutboxRecord[]): Promise<number> {
     // A reminder makes the earlier pending reminders of its template and customer stale, in order: one at a time.
@@ -606,6 +685,122 @@ export class PostgresStore implements Store {
 
   async webhookEventSeen(eventId: string): Promise<boolean> {
     return (await this.rows('SELECT 1 FROM webhook_events WHERE id = $1', [eventId])).length > 0;
+  }
+
+  async recordLeases(changes: LeaseChanges): Promise<void> {
+    if (changes.open?.length) await this.insertLeases(this.pool, changes.open);
+    if (changes.close?.length) await this.closeLeases(undefined, changes.close);
+  }
+
+  private async insertLeases(c: pg.Pool | pg.PoolClient, rows: LeaseRow[]): Promise<void> {
+    await c.query(`INSERT INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+      ON CONFLICT (id) DO NOTHING`, [
+      rows.map((l) => l.id), rows.map((l) => l.node), rows.map((l) => l.customerId), rows.map((l) => l.consumer), rows.map((l) => l.requests),
+      rows.map((l) => l.costMicros), rows.map((l) => l.micros), rows.map((l) => l.grantedAt), rows.map((l) => l.expiresAt), rows.map((l) => l.heldUntil)]);
+  }
+
+  /**
+   * Nodes give leases back, saying what they drew from each (capped at the lease): each only its
+   * own (`node`; undefined: any), each only once. Answers the leases closed, as they are now.
+   */
+  async closeLeases(node: string | undefined, returns: Array<{ id: string; drawn: number; drawnMicros?: number; node?: string }>): Promise<LeaseRow[]> {
+    if (!returns.length) return [];
+    const r = await this.pool.query(`UPDATE leases l SET drawn = LEAST(l.requests, x.d),
+        drawn_micros = LEAST(l.micros, COALESCE(x.dm, LEAST(l.requests, x.d)::bigint * l.cost_micros))
+      FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS x(i, d, dm, n)
+      WHERE l.id = x.i AND l.drawn IS NULL AND (x.n IS NULL OR l.node = x.n)
+      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.max(0, Math.floor(x.drawn))), returns.map((x) => x.drawnMicros ?? null),
+      returns.map((x) => x.node ?? node ?? null)]);
+    return r.rows.map(toLease);
+  }
+
+  async heldLeases(now: number, customerId?: string): Promise<LeaseRow[]> {
+    const rows = customerId === undefined
+      ? await this.rows('SELECT * FROM leases WHERE held_until > $1 ORDER BY granted_at', [now])
+      : await this.rows('SELECT * FROM leases WHERE held_until > $1 AND customer_id = $2 ORDER BY granted_at', [now, customerId]);
+    return rows.map(toLease);
+  }
+
+  async pruneLeases(now: number): Promise<number> {
+    return (await this.pool.query(`DELETE FROM leases WHERE held_until <= $1
+      OR (drawn_micros IS NOT NULL AND settled_micros >= drawn_micros)`, [now])).rowCount ?? 0;
+  }
+
+  /**
+   * Per customer: credit before reservations (−balance − unsettled usage, micros), what its leases
+   * hold, and what leases of nodes other than `node` hold, in one snapshot.
+   */
+  private async creditStates(c: pg.Pool | pg.PoolClient, ids: string[], now: number, node: string | null): Promise<Map<string, CreditState>> {
+    const r = await c.query(`SELECT c.id, -(c.balance * 1000000) - COALESCE(t.used_micros - t.settled * 1000000, 0) AS credit,
+        COALESCE(h.held, 0)::bigint AS held, COALESCE(h.others, 0)::bigint AS others
+      FROM customers c LEFT JOIN usage_totals t ON t.customer_id = c.id
+      LEFT JOIN LATERAL (SELECT SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) AS held,
+          SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) FILTER (WHERE l.node IS DISTINCT FROM $3 AND (l.drawn IS NOT NULL OR l.expires_at > $2)) AS others
+        FROM leases l WHERE l.customer_id = c.id AND l.held_until > $2) h ON true
+      WHERE c.id = ANY($1)`, [ids, now, node]);
+    return new Map(r.rows.map((row) => [row.id as string, { creditMicros: Number(row.credit), heldMicros: Number(row.held), othersHoldMicros: Number(row.others) }]));
+  }
+
+  // ---- issue 23 (team caps) ----
+  /**
+   * Per consumer: its spend in its current periods and what its leases hold, in one statement
+   * (one snapshot: a usage commit that adds spend and settles a lease is seen whole or not at all).
+   */
+  private async consumerCapStates(c: pg.PoolClient, consumers: string[], now: number): Promise<Map<string, ConsumerCapState>> {
+    const r = await c.query(`SELECT x.consumer,
+        (SELECT COALESCE(SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)), 0)::bigint FROM leases l WHERE l.consumer = x.consumer AND l.held_until > $2) AS held,
+        (SELECT json_agg(json_build_array(s.period, s.period_start, s.micros)) FROM consumer_spend s WHERE s.consumer = x.consumer)::text AS spend
+      FROM unnest($1::text[]) AS x(consumer)`, [consumers, now]);
+    return new Map(r.rows.map((row) => {
+      const parts = (row.spend ? JSON.parse(row.spend) : []) as Array<[string, number, number]>;
+      const spend = spendFromRows(parts.map(([period, start, micros]) => ({ consumer: row.consumer, period, period_start: start, micros }))).get(row.consumer);
+      return [row.consumer as string, { heldMicros: Number(row.held), spend: spend ?? { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } }];
+    }));
+  }
+  // ---- end issue 23 ----
+
+  /** Credit states read without locks (to wake starved customers, or decide on a recall). */
+  readCreditStates(ids: string[], now: number, node?: string): Promise<Map<string, CreditState>> {
+    return this.creditStates(this.pool, ids, now, node ?? null);
+  }
+
+  /**
+   * Grants leases for a batch of requests in one transaction: the customers' rows are locked (in id
+   * order, so replicas never deadlock), their credit and what their leases hold read after the locks
+   * are taken (one snapshot that includes every lease another replica committed before), `decide`
+   * sizes the leases from that, and they are inserted before the commit. Two replicas can never grant
+   * the same credit: the second waits for the first's commit and sees its leases.
+   */
+  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>, consumers: Map<string, ConsumerCapState>) => LeaseRow[], consumers: string[] = []): Promise<LeaseRow[]> {
+    const ids = [...new Set(customerIds)].sort();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.tx(async (c) => {
+          await c.query('SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE', [ids]);
+          const states = await this.creditStates(c, ids, now, null);
+          const rows = decide(states, consumers.length ? await this.consumerCapStates(c, consumers, now) : new Map());
+          if (rows.length) await this.insertLeases(c, rows);
+          return rows;
+        });
+      } catch (err) {
+        // A deadlock or serialization failure with another replica's batch: try again.
+        const code = (err as { code?: string }).code;
+        if (attempt < 3 && (code === '40P01' || code === '40001')) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Tells the other replicas (and nodes streaming from them) about leases: recalls, credit come back. */
+  async notifyLeases(notice: LeaseNotice): Promise<void> {
+    const payload = JSON.stringify(notice);
+    if (Buffer.byteLength(payload) > MAX_NOTIFY_BYTES) {
+      for (const part of notifyPayloads([...(notice.recall ?? [])])) await this.notifyLeases({ recall: JSON.parse(part) });
+      for (const part of notifyPayloads([...(notice.freed ?? [])])) await this.notifyLeases({ freed: JSON.parse(part) });
+      return;
+    }
+    await this.pool.query('SELECT pg_notify($1, $2)', [LEASES_CHANNEL, payload]);
   }
 
   async getMeta(key: string): Promise<string | undefined> {

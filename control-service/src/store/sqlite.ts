@@ -3,10 +3,12 @@
 
 import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import type { EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
-import { toOutboxRow, toSettlement } from './rows';
+import type { LeaseChanges, LeaseRow, EmailStatus, OutboxRecord, OutboxRow, SettlementMode, SettlementRow, Store, StoreChanges, StoredCustomer, TransitionRecord } from './store';
+import { toLease, toOutboxRow, toSettlement } from './rows';
 import { toMove, toTopUp, topUpSchema, type MoveRow, type TopUpRow } from '../top-ups/store';
 import type { MoveIntent } from '../top-ups/core';
+import { SQLITE_ADD_SPEND, SQLITE_CONSUMER_SPEND_MIGRATION, spendFromRows } from './consumer-spend';
+import { periodStart, type ConsumerSpend } from '../caps/caps';
 
 const MIGRATIONS: string[] = [
   // 1: customers, cohort memberships and their history, rule switches, webhook dedupe, meta
@@ -67,10 +69,18 @@ const MIGRATIONS: string[] = [
    CREATE INDEX email_outbox_customer ON email_outbox (customer_id, id);`,
   // 6: the console's usage by route for one customer reads that customer's recent events only (bench:console)
   'CREATE INDEX usage_events_customer_at ON usage_events (customer_id, at);',
-  // 7: RESERVED for durable leases (issue 20, branch i20-leases): merge that branch's migration here, never a no-op.
-  'SELECT 1;',
+  // 7: durable leases (written before a grant is answered, so a restart counts them); the
+  // "leases may be outstanding until" horizon of earlier versions is read once after upgrading, never written
+  `CREATE TABLE leases (id TEXT PRIMARY KEY, node TEXT NOT NULL, customer_id TEXT NOT NULL, consumer TEXT NOT NULL,
+     requests INTEGER NOT NULL, cost_micros INTEGER NOT NULL, micros INTEGER NOT NULL, granted_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL, held_until INTEGER NOT NULL, drawn INTEGER, drawn_micros INTEGER,
+     settled_micros INTEGER NOT NULL DEFAULT 0);
+   CREATE INDEX leases_customer ON leases (customer_id, held_until);
+   CREATE INDEX leases_held_until ON leases (held_until);`,
   // 8: top-ups (issue 21): the top-ups payg created Checkout Sessions for, and the money outbox
   topUpSchema('sqlite'),
+  // 9: team caps (issue 23): each consumer's spend in its current daily and monthly periods
+  SQLITE_CONSUMER_SPEND_MIGRATION,
 ];
 
 export class SqliteStore implements Store {
@@ -104,6 +114,7 @@ export class SqliteStore implements Store {
         RETURNING customer_id, amount`),
       failSettlement: this.db.prepare(`UPDATE settlements SET status = 'failed', last_error = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'`),
       recordWebhook: this.db.prepare('INSERT OR IGNORE INTO webhook_events (id, at) VALUES (?, ?)'),
+      addSpend: this.db.prepare(SQLITE_ADD_SPEND),
       staleReminders: this.db.prepare(`UPDATE email_outbox SET status = 'stale', last_error = 'replaced by a newer reminder'
         WHERE template_id = ? AND customer_id = ? AND status IN ('pending', 'sending') AND dedupe_key LIKE '%|repeat:%' AND dedupe_key <> ?`),
       addSettled: this.db.prepare('UPDATE usage_totals SET settled = settled + ? WHERE customer_id = ?'),
@@ -114,6 +125,12 @@ export class SqliteStore implements Store {
         VALUES (@dedupeKey, @templateId, @customerId, @to, @context, 'pending', @createdAt, @createdAt)`),
       dueEmail: this.db.prepare(`SELECT * FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1`),
       claimEmail: this.db.prepare(`UPDATE email_outbox SET status = 'sending' WHERE id = ? AND status = 'pending'`),
+      insertLease: this.db.prepare(`INSERT OR IGNORE INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
+        VALUES (@id, @node, @customerId, @consumer, @requests, @costMicros, @micros, @grantedAt, @expiresAt, @heldUntil)`),
+      closeLease: this.db.prepare('UPDATE leases SET drawn = ?, drawn_micros = ? WHERE id = ? AND drawn IS NULL'),
+      // A usage event counted now lets go of what it reserved from its own consumer's lease, never beyond what the lease drew.
+      settleLease: this.db.prepare(`UPDATE leases SET settled_micros = MIN(COALESCE(drawn_micros, micros), settled_micros + COALESCE(?, cost_micros))
+        WHERE id = ? AND consumer = ?`),
     };
   }
 
@@ -144,8 +161,12 @@ export class SqliteStore implements Store {
       const added = new Map<string, { micros: number; seq: number }>();
       const receivedAt = Date.now();
       for (const u of changes.usage ?? []) {
-        const r = this.stmt.insertUsage.run({ ...u, receivedAt });
-        if (r.changes === 0 || !u.customerId) continue;
+        const r = this.stmt.insertUsage.run({ id: u.id, customerId: u.customerId, consumer: u.consumer, at: u.at, route: u.route, status: u.status, costMicros: u.costMicros, receivedAt });
+        if (r.changes === 0) continue;
+        if (u.lease !== undefined) this.stmt.settleLease.run(u.reserved ?? null, u.lease, u.consumer);
+        if (!u.customerId) continue;
+        // Issue 23: the consumer's spend, in the transaction that stores its usage.
+        if (u.costMicros > 0) for (const period of ['daily', 'monthly'] as const) this.stmt.addSpend.run(u.consumer, period, periodStart(period, u.spentAt ?? u.at), u.costMicros);
         const t = added.get(u.customerId) ?? { micros: 0, seq: 0 };
         t.micros += u.costMicros;
         t.seq = Number(r.lastInsertRowid);
@@ -167,6 +188,15 @@ export class SqliteStore implements Store {
       }
     })();
   }
+
+  // ---- issue 23 (team caps) ----
+  async consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>> {
+    const rows = consumers === undefined
+      ? this.db.prepare('SELECT * FROM consumer_spend').all()
+      : consumers.flatMap((c) => this.db.prepare('SELECT * FROM consumer_spend WHERE consumer = ?').all(c));
+    return spendFromRows(rows as Array<{ consumer: string; period: string; period_start: number; micros: number }>);
+  }
+  // ---- end issue 23 ----
 
   async loadMemberships(): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();
@@ -340,6 +370,23 @@ export class SqliteStore implements Store {
 
   async webhookEventSeen(eventId: string): Promise<boolean> {
     return this.db.prepare('SELECT 1 FROM webhook_events WHERE id = ?').get(eventId) !== undefined;
+  }
+
+  async recordLeases(changes: LeaseChanges): Promise<void> {
+    if (!changes.open?.length && !changes.close?.length) return;
+    this.db.transaction(() => {
+      for (const l of changes.open ?? []) this.stmt.insertLease.run(l);
+      for (const c of changes.close ?? []) this.stmt.closeLease.run(c.drawn, c.drawnMicros, c.id);
+    })();
+  }
+
+  async heldLeases(now: number): Promise<LeaseRow[]> {
+    return (this.db.prepare('SELECT * FROM leases WHERE held_until > ? ORDER BY granted_at').all(now) as Array<Record<string, any>>).map(toLease);
+  }
+
+  async pruneLeases(now: number): Promise<number> {
+    return this.db.prepare(`DELETE FROM leases WHERE held_until <= ?
+      OR (drawn_micros IS NOT NULL AND settled_micros >= drawn_micros)`).run(now).changes;
   }
 
   async getMeta(key: string): Promise<string | undefined> {

@@ -3,6 +3,7 @@
 
 import type { Customer } from '../customer';
 import type { TopUpStore } from '../top-ups/store';
+import type { ConsumerSpend } from '../caps/caps';
 
 export interface StoredCustomer extends Customer {
   /** When Stripe last told us this state (ms): a sweep's fetch time or a webhook event's `created`. */
@@ -68,6 +69,38 @@ export interface UsageRecord {
   route: string | null;
   status: number;
   costMicros: number;
+  /** The lease the request drew from, and what it reserved (default: the lease's costMicros): settled in the same commit. */
+  lease?: string;
+  reserved?: number;
+  /** Issue 23: when the control service counted it (its clock): the period its consumer's spend counts in. Default `at`. */
+  spentAt?: number;
+}
+
+/**
+ * A lease of credit as stored (durable leases): written before the node may draw on it, closed
+ * when given back (`drawn` set), settled as its usage arrives, and held until `heldUntil`
+ * (its expiry plus the usage grace) at most.
+ */
+export interface LeaseRow {
+  id: string;
+  node: string;
+  customerId: string;
+  consumer: string;
+  requests: number;
+  costMicros: number;
+  micros: number;
+  grantedAt: number;
+  expiresAt: number;
+  heldUntil: number;
+  drawn: number | null;
+  drawnMicros: number | null;
+  settledMicros: number;
+}
+
+/** What the lease keeper writes: new leases, and closings (the node said what it drew). */
+export interface LeaseChanges {
+  open?: LeaseRow[];
+  close?: Array<{ id: string; drawn: number; drawnMicros: number }>;
 }
 
 export type SettlementMode = 'balance_transactions' | 'meter_events';
@@ -163,6 +196,16 @@ export interface Store extends TopUpStore {
   setRuleEnabled(ruleId: string, enabled: boolean): Promise<void>;
   /** Whether a webhook event was processed (recorded by saveChanges in the transaction that applied it). */
   webhookEventSeen(eventId: string): Promise<boolean>;
+  /** Writes new leases and closings in one transaction (durable before the grant is answered). */
+  recordLeases(changes: LeaseChanges): Promise<void>;
+  /** Leases still held at `now` (held_until later), for a restarted service's book. */
+  heldLeases(now: number): Promise<LeaseRow[]>;
+  /** Forgets leases that hold nothing any more (past held_until, or closed and fully settled). */
+  pruneLeases(now: number): Promise<number>;
+  // ---- issue 23 (team caps) ----
+  /** Each consumer's spend in its current periods, counted by saveChanges from the usage it stores (store/consumer-spend.ts). */
+  consumerSpend(consumers?: string[]): Promise<Map<string, ConsumerSpend>>;
+  // ---- end issue 23 ----
   getMeta(key: string): Promise<string | undefined>;
   setMeta(key: string, value: string): Promise<void>;
   ping(): Promise<void>;
