@@ -14,9 +14,8 @@ import { ROOT } from '../../testkit/pluginserver-process';
  * At merge, drop from this list (and from the pages' "being written" lists) any page that did not land.
  */
 export const PAGES_FROM_OTHER_BRANCHES: string[] = [
-  // None pending: the pages of issues 19, 21 and 25 have landed and are ordinary links. The pages of branches
-  // still to merge (docs/leases-and-failover.md, docs/auto-recharge.md, docs/teams-and-caps.md) are linked from
-  // nowhere yet; add a page here when a link to it goes in before its branch does.
+  // None pending: the pages of issues 19, 20, 21, 23 and 25 have landed and are ordinary links. docs/auto-recharge.md
+  // (issue 22, not merged yet) is linked from nowhere; add a page here when a link to it goes in before its branch does.
 ];
 
 export interface Link { from: string; line: number; target: string }
