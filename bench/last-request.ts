@@ -3,7 +3,8 @@
 // holds $1.00 at $0.01 a request and calls at a steady rate. The control
 // service and the plugin server share CPU 1; the harness runs on CPU 0.
 // Prints, per rate: the time from request 100 to the first 402, and how many
-// requests past the 100th got through (the overshoot; README: none on one node).
+// requests past the 100th got through (the overshoot: none, as leases make it; see
+// docs/control-service.md, "Exact credit on every node", and docs/benchmarks.md).
 import { performance } from 'node:perf_hooks';
 import { KongHarness, accessPdk, logPdk } from '../testkit/kong-harness';
 import { startPluginServer } from '../testkit/pluginserver-process';

@@ -32,7 +32,7 @@ export function verdict(rules: readonly RuleDef[], cohorts: readonly string[], i
   return { outcome: 'ALLOW', wouldBlock };
 }
 
-/** The decision API's JSON for a verdict (README's decision contract). */
+/** The decision API's JSON for a verdict (the contract in docs/control-service.md, HTTP API). */
 export function decisionJson(v: Verdict, ctx: MergeContext | undefined, ttlMs: number): string {
   if (v.outcome === 'ALLOW' || !ctx) return JSON.stringify({ allow: true, ttl_ms: ttlMs });
   return JSON.stringify({

@@ -13,13 +13,9 @@ import { ROOT } from '../../testkit/pluginserver-process';
  * Each is checked to exist by a test of its own, naming it; links to them are otherwise checked like any other.
  * At merge, drop from this list (and from the pages' "being written" lists) any page that did not land.
  */
-export const PAGES_FROM_OTHER_BRANCHES = [
-  'docs/leases-and-failover.md',
-  'docs/top-ups.md',
-  'docs/runtime.md',
-  'docs/webhooks-and-emails.md',
-  'docs/plugin-credit-header.md',
-  'docs/stripe-emulator.md',
+export const PAGES_FROM_OTHER_BRANCHES: string[] = [
+  // None pending: the pages of issues 19, 20, 21, 23 and 25 have landed and are ordinary links. docs/auto-recharge.md
+  // (issue 22, not merged yet) is linked from nowhere; add a page here when a link to it goes in before its branch does.
 ];
 
 export interface Link { from: string; line: number; target: string }

