@@ -53,6 +53,7 @@ export class ServiceFixture {
   /** The service started last. */
   svc: RunningService | undefined;
   private readonly started: RunningService[] = [];
+  private readonly cleanups: Array<() => unknown> = [];
 
   constructor(private readonly opts: FixtureOptions = {}) {}
 
@@ -65,6 +66,9 @@ export class ServiceFixture {
   /** Stops every service started and the emulator, then removes the folder; each step runs even if one before it throws. */
   async tearDown(): Promise<void> {
     const errors: unknown[] = [];
+    for (const fn of this.cleanups.splice(0).reverse()) {
+      try { await fn(); } catch (err) { errors.push(err); }
+    }
     for (const s of this.started.splice(0).reverse()) {
       try { await s.stop(); } catch (err) { errors.push(err); }
     }
@@ -72,6 +76,11 @@ export class ServiceFixture {
     try { await this.stripe?.stop(); } catch (err) { errors.push(err); }
     if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
     if (errors.length) throw errors[0];
+  }
+
+  /** Runs `fn` at tearDown before the services, emulator and folder go (last deferred first): for what a test starts beside them. */
+  defer(fn: () => unknown): void {
+    this.cleanups.push(fn);
   }
 
   /** The shared base document, deep-merged with `overrides`. */
