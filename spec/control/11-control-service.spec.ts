@@ -1,16 +1,11 @@
 // The control service against the Stripe emulator, through the official SDK.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { ADMIN, serviceFixture } from '../support/fixture';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const WEBHOOK_SECRET = 'whsec_test_secret';
-const ADMIN = 'admin-token-for-tests';
 
 const CONFIG = {
   listen: { port: 0 },
@@ -29,19 +24,15 @@ const CONFIG = {
 
 describe('control service with the Stripe emulator', function () {
   this.timeout(20_000);
+  const fx = serviceFixture({ prefix: 'payg-cs-' });
   let stripe: StripeEmulator;
   let svc: RunningService;
-  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
-  const running = new Set<RunningService>();
-  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
-  let dir: string;
+  const stopSvc = () => fx.stop();
 
   async function start(overrides: Record<string, unknown> = {}): Promise<RunningService> {
-    const config = parseConfig({ ...CONFIG, store: { sqlite: path.join(dir, 'payg.sqlite') }, ...overrides }, {
-      STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, PAYG_ADMIN_TOKEN: ADMIN,
-    }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
-    running.add(svc);
+    // This spec's own document (default poll, no metering), not the fixture's base.
+    svc = await fx.start({ ...CONFIG, stripe: { poll: undefined, ...CONFIG.stripe }, metering: undefined, ...overrides },
+      { env: { STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, PAYG_CONTROL_TOKEN: undefined } });
     stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WEBHOOK_SECRET };
     return svc;
   }
@@ -57,19 +48,7 @@ describe('control service with the Stripe emulator', function () {
     }
   }
 
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-cs-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    try {
-      for (const s of [...running]) await stopSvc(s);
-    } finally {
-      await stripe.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  beforeEach(() => { stripe = fx.stripe; });
 
   it('sweeps 250 customers across pages of 100', async () => {
     for (let i = 0; i < 250; i++) stripe.create({ balance: -500 });

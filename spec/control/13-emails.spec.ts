@@ -6,27 +6,23 @@ import nodemailer from 'nodemailer';
 import { EmailSender } from '../../control-service/src/emails/sender';
 import { SqliteStore } from '../../control-service/src/store/sqlite';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
 import { SmtpCapture } from '../../testkit/smtp-capture';
+import { serviceFixture } from '../support/fixture';
 import { until } from '../support/until';
 
-const ADMIN = 'admin-token-for-tests';
 const HOUR = 3_600_000;
 
 describe('behavioural emails', function () {
   this.timeout(20_000);
+  const fx = serviceFixture({ prefix: 'payg-mail-' });
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
   let svc: RunningService;
-  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
-  const running = new Set<RunningService>();
-  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
-  let dir: string;
 
   const outOfCredit = (extra: Record<string, unknown> = {}) => ({
     id: 'out-of-credit', cohort: 'no-credit', from: { address: 'billing@example.com', name: 'Example API' },
@@ -36,46 +32,27 @@ describe('behavioural emails', function () {
   const lowBalance = { id: 'low-balance', low_balance: { below: [1000, 200] }, from: { address: 'billing@example.com' }, subject: 'Below {{threshold.formatted}}', text: 'low.txt.hbs' };
 
   async function start(emails: unknown[]): Promise<RunningService> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
+    svc = await fx.start({
       top_up: { url: 'https://pay.example.com/top-up?c={customer_id}' },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       email_delivery: { messages_per_second: 200, retry_base_delay_ms: 40, retry_max_delay_ms: 100, poll_interval_ms: 20, max_attempts: 4 },
       emails,
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
-    running.add(svc);
+    }, { env: { SMTP_URL: smtp.url } });
     return svc;
   }
   const sweep = async () => { const r = await svc.sync!.sweep(); expect(r.ok, r.error).to.equal(true); };
-  const admin = async (p: string, init: RequestInit = {}) => {
-    const res = await fetch(`${svc.url}/admin/${p}`, { ...init, headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' } });
-    return { status: res.status, body: await res.json() as any };
-  };
+  const admin = (p: string, init: RequestInit = {}) => fx.admin(`/admin/${p}`, init);
   const log = async (q = '') => (await admin(`emails/log${q}`)).body.emails as Array<Record<string, any>>;
   const settle = () => until(async () => (await log()).every((e) => e.status !== 'pending' && e.status !== 'sending'));
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-mail-'));
-    fs.writeFileSync(path.join(dir, 'out.html.hbs'), '<p>Hi {{customer.name}}, your balance is {{credit.formatted}}.</p><a href="{{top_up_url}}">Top up</a>');
-    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your balance is {{credit.formatted}}. Top up: {{top_up_url}}');
-    fs.writeFileSync(path.join(dir, 'restored.txt.hbs'), 'Welcome back {{customer.first_name}}: {{credit.formatted}} of credit.');
-    fs.writeFileSync(path.join(dir, 'low.txt.hbs'), '{{customer.first_name}}, you have {{credit.formatted}} left, below {{threshold.formatted}}.');
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
+    fs.writeFileSync(path.join(fx.dir, 'out.html.hbs'), '<p>Hi {{customer.name}}, your balance is {{credit.formatted}}.</p><a href="{{top_up_url}}">Top up</a>');
+    fs.writeFileSync(path.join(fx.dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your balance is {{credit.formatted}}. Top up: {{top_up_url}}');
+    fs.writeFileSync(path.join(fx.dir, 'restored.txt.hbs'), 'Welcome back {{customer.first_name}}: {{credit.formatted}} of credit.');
+    fs.writeFileSync(path.join(fx.dir, 'low.txt.hbs'), '{{customer.first_name}}, you have {{credit.formatted}} left, below {{threshold.formatted}}.');
+    stripe = fx.stripe;
     smtp = await new SmtpCapture().start();
   });
-  afterEach(async () => {
-    try {
-      for (const s of [...running]) await stopSvc(s);
-    } finally {
-      await stripe.stop();
-      await smtp.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  afterEach(() => smtp.stop()); // after the fixture's own afterEach has stopped the services
 
   it('entering the cohort sends the email once: subject, from name, merge tags, HTML-escaped HTML and a text part', async () => {
     const c = stripe.create({ name: 'Ada <b>Lovelace</b>', email: 'ada@example.com', balance: -500 });
@@ -303,14 +280,11 @@ describe('behavioural emails', function () {
     it('a template switched off while its email waits for the send slot: that email never goes', async () => {
       const a = stripe.create({ name: 'Ada', email: 'ada@example.com', balance: -100 });
       const b = stripe.create({ name: 'Bob', email: 'bob@example.com', balance: -100 });
-      const config = parseConfig({
-        listen: { port: 0 }, store: { sqlite: path.join(dir, 'slot.sqlite') },
-        cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+      svc = await fx.start({
+        store: { sqlite: path.join(fx.dir, 'slot.sqlite') },
         email_delivery: { messages_per_second: 1, poll_interval_ms: 20 },
         emails: [outOfCredit()],
-      }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url }, dir);
-      svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
-      running.add(svc);
+      }, { env: { SMTP_URL: smtp.url } });
       await sweep();
       stripe.addBalanceTransaction(a.id, 100);
       stripe.addBalanceTransaction(b.id, 100);
@@ -324,10 +298,10 @@ describe('behavioural emails', function () {
     });
 
     it('a 5-minute SMTP outage (clock 300× faster) uses no attempts and loses nothing; delivered once SMTP is back', async () => {
-      const store = new SqliteStore(path.join(dir, 'outage.sqlite'));
+      const store = new SqliteStore(path.join(fx.dir, 'outage.sqlite'));
       const config = parseConfig({
         cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }], emails: [outOfCredit()],
-      }, {}, dir);
+      }, {}, fx.dir);
       const realStart = Date.now();
       const now = () => realStart + (Date.now() - realStart) * 300;
       const sender = new EmailSender({
@@ -354,7 +328,7 @@ describe('behavioural emails', function () {
     });
 
     it('a kill during a send uses no attempt: the email is pending again with its attempts unchanged', async () => {
-      const file = path.join(dir, 'kill.sqlite');
+      const file = path.join(fx.dir, 'kill.sqlite');
       const store = new SqliteStore(file);
       await store.enqueueEmails([{ dedupeKey: 'k|cus_1|x', templateId: 'out-of-credit', customerId: 'cus_1', to: 'ada@example.com', context: '{}', createdAt: 0 }]);
       expect(await store.claimDueEmail(Date.now())).to.not.equal(undefined); // in flight when the process dies

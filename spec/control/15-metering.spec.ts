@@ -3,43 +3,25 @@
 // the $1.00 / 100 requests case goes through the real plugin server.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
 import Stripe from 'stripe';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
+import type { RunningService } from '../../control-service/src/service';
 import { SqliteStore } from '../../control-service/src/store/sqlite';
 import type { StoreChanges } from '../../control-service/src/store/store';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
 import { KongHarness, accessPdk, logPdk } from '../../testkit/kong-harness';
 import { startPluginServer } from '../../testkit/pluginserver-process';
-
-const ADMIN = 'admin-token-for-tests';
-const CONTROL = 'control-token-for-tests';
+import { ADMIN, CONTROL, serviceFixture } from '../support/fixture';
 
 describe('metering', function () {
   this.timeout(30_000);
+  const fx = serviceFixture({ prefix: 'payg-meter-' });
   let stripe: StripeEmulator;
   let svc: RunningService;
-  /** Services started and not yet stopped: afterEach stops them even when a test failed midway. */
-  const running = new Set<RunningService>();
-  const stopSvc = async (s = svc) => { running.delete(s); await s.stop(); };
-  let dir: string;
+  const stopSvc = () => fx.stop();
 
-  const baseDoc = (metering: Record<string, unknown> = {}) => ({
-    listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-    stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-    rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-    metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' }, ...metering },
-  });
   async function start(metering: Record<string, unknown> = {}, store?: SqliteStore): Promise<RunningService> {
-    const config = parseConfig(baseDoc(metering), {
-      STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL,
-    }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, store });
-    running.add(svc);
+    svc = await fx.start({ metering: { default_cost: 1, ...metering } }, { store });
     return svc;
   }
   const post = async (events: unknown, token: string | null = CONTROL) => {
@@ -49,24 +31,12 @@ describe('metering', function () {
     });
     return { status: res.status, body: await res.json() as any };
   };
-  const decision = async (consumer: string) => (await fetch(`${svc.url}/v1/decisions/${consumer}`, { headers: { authorization: `Bearer ${CONTROL}` } })).json() as Promise<any>;
-  const customerState = async (id: string) => (await fetch(`${svc.url}/admin/customers/${id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as Promise<any>;
+  const decision = async (consumer: string) => (await fx.control(`/v1/decisions/${consumer}`)).body;
+  const customerState = async (id: string) => (await fx.admin(`/admin/customers/${id}`)).body;
   let seq = 0;
   const event = (consumer: string, extra: Record<string, unknown> = {}) => ({ id: `evt-${++seq}`, consumer, at: new Date().toISOString(), route: 'orders', status: 200, ...extra });
 
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-meter-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    try {
-      for (const s of [...running]) await stopSvc(s);
-    } finally {
-      await stripe.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  beforeEach(() => { stripe = fx.stripe; });
 
   describe('POST /v1/usage', () => {
     it('401 without the control token; a bad event is refused by index and the rest stored; 413 past max_batch_events', async () => {
@@ -211,7 +181,7 @@ describe('metering', function () {
         return super.saveChanges(changes);
       }
     }
-    await start({}, new CrashingStore(path.join(dir, 'payg.sqlite')));
+    await start({}, new CrashingStore(path.join(fx.dir, 'payg.sqlite')));
     await svc.sync!.sweep();
     await post(Array.from({ length: 42 }, () => event(c.id)));
     expect(await svc.settler!.settle()).to.include({ confirmed: 0, failed: 0, retrying: 1 });

@@ -3,42 +3,36 @@
 // against the Stripe emulator through the SDK.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { serviceFixture } from '../support/fixture';
 
-const ADMIN = 'admin-token-for-tests';
 const WHSEC = 'whsec_exact_balance';
 
 describe('exact balance when Stripe is unreliable', function () {
   this.timeout(20_000);
+  const fx = serviceFixture({ prefix: 'payg-exact-' });
   let stripe: StripeEmulator;
   let svc: RunningService;
-  let dir: string;
   let logLines: string[];
 
   async function start(metering: Record<string, unknown> = {}, stripeOpts: Record<string, unknown> = {}): Promise<RunningService> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, timeout_ms: 400, retry: { max_attempts: 1, base_delay_ms: 10, max_delay_ms: 20 }, ...stripeOpts },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-      metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' }, ...metering },
+    const sink = new Writable({ write(chunk, _enc, cb) { logLines.push(String(chunk)); cb(); } });
+    svc = await fx.start({
+      stripe: { timeout_ms: 400, retry: { max_attempts: 1 }, ...stripeOpts },
+      metering: { default_cost: 1, ...metering },
       emails: [
         { id: 'out-of-credit', cohort: 'no-credit', from: { address: 'billing@example.com' }, subject: 'out', text: 'out.txt.hbs' },
         { id: 'restored', cohort: 'no-credit', on: 'leave', from: { address: 'billing@example.com' }, subject: 'restored', text: 'out.txt.hbs' },
       ],
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, STRIPE_WEBHOOK_SECRET: WHSEC }, dir);
-    const sink = new Writable({ write(chunk, _enc, cb) { logLines.push(String(chunk)); cb(); } });
-    svc = await startService(config, { log: pino({ level: 'warn' }, sink), sweepOnStart: false });
+    }, { env: { STRIPE_WEBHOOK_SECRET: WHSEC, PAYG_CONTROL_TOKEN: undefined }, log: pino({ level: 'warn' }, sink) });
     stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WHSEC };
     return svc;
   }
-  const admin = async (p: string) => (await fetch(`${svc.url}/admin/${p}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as Promise<any>;
+  const admin = async (p: string) => (await fx.admin(`/admin/${p}`)).body;
   const usage = async (customer: string, n: number, prefix: string) => {
     const events = Array.from({ length: n }, (_, i) => ({ id: `${prefix}-${i}`, consumer: customer, at: Date.now(), route: null, status: 200 }));
     const res = await fetch(`${svc.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }) });
@@ -46,17 +40,10 @@ describe('exact balance when Stripe is unreliable', function () {
   };
   const lastEventOf = (id: string) => [...stripe.events].reverse().find((e) => (e.data.object as { id: string }).id === id)!;
 
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-exact-'));
-    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hi {{customer.name}}');
+  beforeEach(() => {
+    stripe = fx.stripe;
+    fs.writeFileSync(path.join(fx.dir, 'out.txt.hbs'), 'Hi {{customer.name}}');
     logLines = [];
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   for (const via of ['webhook', 'sweep'] as const) {

@@ -3,48 +3,26 @@
 // another node's lease, or crash the service. Driven over HTTP against the real
 // service and the Stripe emulator.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
 import { randomUUID } from 'node:crypto';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-
-const CONTROL = 'control-token-for-tests';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { serviceFixture } from '../support/fixture';
 
 describe('lease API under attack: no credit is ever created', function () {
   this.timeout(20_000);
+  const fx = serviceFixture({ prefix: 'payg-lease-attacks-', autoDeliver: true });
   let stripe: StripeEmulator;
   let svc: RunningService;
-  let dir: string;
-
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-lease-attacks-'));
-    stripe = await new StripeEmulator().start();
-  });
-  afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  beforeEach(() => { stripe = fx.stripe; });
 
   async function start(): Promise<void> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-      metering: { default_cost: 1, settle: { enabled: false } },
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+    svc = await fx.start({ metering: { default_cost: 1, settle: { schedule: undefined, enabled: false } } });
     await svc.sync!.sweep();
   }
 
   async function post(route: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-    const res = await fetch(`${svc.url}${route}`, { method: 'POST', headers: { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
-    return { status: res.status, json: await res.json() as Record<string, unknown> };
+    const r = await fx.control(route, { method: 'POST', body: JSON.stringify(body) });
+    return { status: r.status, json: r.body as Record<string, unknown> };
   }
   async function lease(node: string, consumer: string, want = 1): Promise<{ id: string; requests: number } | undefined> {
     const r = await post('/v1/leases', { node, consumer, want });

@@ -2,44 +2,23 @@
 // log entry, units the upstream reports in a header, bytes; capped at max_cost.
 // Charged amounts are read back as a user sees them: the admin API's unsettled usage.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
 import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
 import { KongHarness, accessPdk, logPdk } from '../../testkit/kong-harness';
 import { startPluginServer } from '../../testkit/pluginserver-process';
+import { CONTROL, serviceFixture } from '../support/fixture';
 import { until } from '../support/until';
-
-const ADMIN = 'admin-token-for-tests';
-const CONTROL = 'control-token-for-tests';
 
 describe('pricing by measured units', function () {
   this.timeout(30_000);
-  let stripe: StripeEmulator;
-  let svc: RunningService | undefined;
-  let dir: string;
-
-  const doc = (metering: Record<string, unknown>) => ({
-    listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-    stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-    rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-    metering: { settle: { schedule: '0 0 1 1 *' }, ...metering },
-  });
-  const env = () => ({ STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL });
-  async function start(metering: Record<string, unknown>): Promise<RunningService> {
-    svc = await startService(parseConfig(doc(metering), env(), dir), { log: pino({ level: 'silent' }), sweepOnStart: false });
+  const fx = serviceFixture({ prefix: 'payg-pricing-' });
+  const doc = (metering: Record<string, unknown>) => fx.baseConfig({ metering });
+  async function start(metering: Record<string, unknown>) {
+    const svc = await fx.start({ metering });
     await svc.sync!.sweep();
     return svc;
   }
-  const unsettled = async (id: string) => ((await (await fetch(`${svc!.url}/admin/customers/${id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json()) as any).unsettled_usage as number;
-  const post = async (events: unknown[]) => {
-    const res = await fetch(`${svc!.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }), headers: { 'content-type': 'application/json', authorization: `Bearer ${CONTROL}` } });
-    return { status: res.status, body: await res.json() as any };
-  };
+  const unsettled = async (id: string) => (await fx.admin(`/admin/customers/${id}`)).body.unsettled_usage as number;
+  const post = (events: unknown[]) => fx.control('/v1/usage', { method: 'POST', body: JSON.stringify({ events }) });
   let seq = 0;
   const event = (consumer: string, route: string, units?: Record<string, unknown>) => ({ id: `p-${++seq}`, consumer, at: new Date().toISOString(), route, status: 200, ...(units ? { units } : {}) });
 
@@ -52,18 +31,6 @@ describe('pricing by measured units', function () {
     },
   };
 
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-pricing-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    await svc?.stop();
-    svc = undefined;
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-
   it('config: unit prices need a max_cost above the fee; a fixed price takes none; an unknown unit is named', () => {
     const bad: Array<[unknown, RegExp]> = [
       [{ routes: { chat: { prompt_tokens: '0.00001' } } }, /metering\.routes\."chat"\.max_cost: is required with unit prices/],
@@ -73,14 +40,14 @@ describe('pricing by measured units', function () {
       [{ default_cost: { prompt_tokens: '0.0000001', max_cost: 1 } }, /metering\.default_cost/],
       [{ routes: { chat: {} } }, /an empty price/],
     ];
-    for (const [metering, message] of bad) expect(() => parseConfig(doc(metering as Record<string, unknown>), env(), dir), JSON.stringify(metering)).to.throw(message);
-    const ok = parseConfig(doc(PRICES), env(), dir).metering.pricing;
+    for (const [metering, message] of bad) expect(() => parseConfig(doc(metering as Record<string, unknown>), fx.env(), fx.dir), JSON.stringify(metering)).to.throw(message);
+    const ok = parseConfig(doc(PRICES), fx.env(), fx.dir).metering.pricing;
     expect(ok.routeCostMicros.get('chat'), 'a variable route reserves its max_cost').to.equal(50_000_000);
     expect(ok.defaultCostMicros).to.equal(1_000_000);
   });
 
   it('a token-priced route charges exactly: fee + prompt and completion priced apart, capped at max_cost; events without units pay the fee', async () => {
-    const c = stripe.create({ balance: -100000 });
+    const c = fx.stripe.create({ balance: -100000 });
     await start(PRICES);
     // 0.1 + 1000 × 0.000015 + 500 × 0.00006 = 0.1 + 0.015 + 0.03 = 0.145 cents
     const r = await post([event(c.id, 'chat', { prompt_tokens: 1000, completion_tokens: 500, request_bytes: 300, response_bytes: 2000 })]);
@@ -98,7 +65,7 @@ describe('pricing by measured units', function () {
   });
 
   it('a header-priced route and a byte-priced route', async () => {
-    const c = stripe.create({ balance: -100000 });
+    const c = fx.stripe.create({ balance: -100000 });
     await start(PRICES);
     await post([event(c.id, 'render', { header_units: 3 }), event(c.id, 'render', { header_units: 0 }), event(c.id, 'render', { header_units: 1000 })]);
     expect(await unsettled(c.id), '1.5 + 0 + capped 20').to.equal(21.5);
@@ -107,7 +74,7 @@ describe('pricing by measured units', function () {
   });
 
   it('units are checked per event: a bad one is refused by index, naming the field', async () => {
-    const c = stripe.create({ balance: -100000 });
+    const c = fx.stripe.create({ balance: -100000 });
     await start(PRICES);
     const r = await post([
       event(c.id, 'chat', { prompt_tokens: 10 }),
@@ -122,13 +89,13 @@ describe('pricing by measured units', function () {
   });
 
   it('through the plugin server: AI token counts and the units header from the log entry are billed', async () => {
-    const c = stripe.create({ balance: -100000 });
+    const c = fx.stripe.create({ balance: -100000 });
     await start(PRICES);
     const ps = await startPluginServer();
     const kong = new KongHarness(ps.socketPath);
     try {
       const id = await kong.startInstance('payg', {
-        control_service_url: svc!.url, control_service_token: CONTROL, usage_units_header: 'X-Usage-Units',
+        control_service_url: fx.url, control_service_token: CONTROL, usage_units_header: 'X-Usage-Units',
         queue: { max_batch_size: 1, max_coalescing_delay: 0 },
       });
       const consumer = { id: 'k1', custom_id: c.id };
@@ -157,11 +124,11 @@ describe('pricing by measured units', function () {
   });
 
   it('GET /v1/balance answers only for the consumer in the header Kong sets, never one named by the client', async () => {
-    const alice = stripe.create({ balance: -1234, metadata: { kong_consumer: 'alice' } });
-    stripe.create({ balance: -999999, metadata: { kong_consumer: 'bob' } });
+    const alice = fx.stripe.create({ balance: -1234, metadata: { kong_consumer: 'alice' } });
+    fx.stripe.create({ balance: -999999, metadata: { kong_consumer: 'bob' } });
     await start({ default_cost: '0.5' });
     await post([event(alice.id, 'x')]);
-    const get = (headers: Record<string, string>, query = '') => fetch(`${svc!.url}/v1/balance${query}`, { headers });
+    const get = (headers: Record<string, string>, query = '') => fetch(`${fx.url}/v1/balance${query}`, { headers });
     expect((await get({ 'x-consumer-custom-id': 'alice' })).status, 'without the control token').to.equal(401);
     const res = await get({ authorization: `Bearer ${CONTROL}`, 'x-consumer-custom-id': 'alice' }, '?consumer=bob');
     expect(res.status).to.equal(200);
@@ -169,7 +136,7 @@ describe('pricing by measured units', function () {
     const body = await res.json() as any;
     expect(body.credit).to.deep.equal({ amount: 1233.5, formatted: '$12.33' });
     expect(body.currency).to.equal('USD');
-    expect((await fetch(`${svc!.url}/v1/balance/bob`, { headers: { authorization: `Bearer ${CONTROL}` } })).status, 'no path form').to.equal(404);
+    expect((await fetch(`${fx.url}/v1/balance/bob`, { headers: { authorization: `Bearer ${CONTROL}` } })).status, 'no path form').to.equal(404);
     expect((await get({ authorization: `Bearer ${CONTROL}` })).status, 'no consumer header').to.equal(400);
     expect((await get({ authorization: `Bearer ${CONTROL}`, 'x-consumer-custom-id': 'nobody' })).status).to.equal(404);
   });

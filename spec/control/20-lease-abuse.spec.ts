@@ -1,45 +1,28 @@
 // Issue 11 on the lease, stream and balance endpoints: authenticated callers
 // still get bounded bodies, bounded streams and answers for no one else.
 import { expect } from 'chai';
-import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
+import type { RunningService } from '../../control-service/src/service';
 import { MAX_STREAMS, MAX_STREAM_BACKLOG } from '../../control-service/src/http/stream';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { CONTROL, serviceFixture } from '../support/fixture';
 import { until } from '../support/until';
-
-const CONTROL = 'control-token-for-tests';
 
 describe('abuse: leases, the change stream and the balance API', function () {
   this.timeout(30_000);
-  let dir: string;
+  const fx = serviceFixture({ prefix: 'payg-lease-abuse-', scope: 'suite' });
   let stripe: StripeEmulator;
   let svc: RunningService;
   const sockets: net.Socket[] = [];
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-lease-abuse-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-    const config = parseConfig({
-      listen: { host: '127.0.0.1', port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *' },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-      metering: { default_cost: 1, settle: { enabled: false } },
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, publicBodyTimeoutMs: 300 });
+    stripe = fx.stripe;
+    svc = await fx.start({
+      listen: { host: '127.0.0.1' },
+      metering: { default_cost: 1, settle: { schedule: undefined, enabled: false } },
+    }, { publicBodyTimeoutMs: 300 });
   });
   afterEach(() => { for (const s of sockets.splice(0)) s.destroy(); });
-  after(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
 
   /** A raw connection that writes `head` and collects what comes back. */
   function raw(head: string): { socket: net.Socket; answer: () => string; closed: () => boolean } {

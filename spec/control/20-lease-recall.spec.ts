@@ -4,45 +4,25 @@
 // waits up to leases.recall_wait_ms for releases OR settles, trying the grant again on each.
 // The node (here: the spec itself, on the real stream) answers a recall by sending its queued usage.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { CONTROL, serviceFixture } from '../support/fixture';
 
-const ADMIN = 'admin-token-for-tests';
-const CONTROL = 'control-token-for-tests';
 const auth = { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' };
 
 describe('leases: a short grant recalls drawn-but-unsettled reservations and waits for the settles', function () {
   this.timeout(30_000);
+  const fx = serviceFixture({ prefix: 'payg-recall-', autoDeliver: true });
   let stripe: StripeEmulator;
   let svc: RunningService;
-  let dir: string;
-
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-recall-'));
-    stripe = await new StripeEmulator().start();
-  });
-  afterEach(async () => {
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  beforeEach(() => { stripe = fx.stripe; });
 
   async function start(recallWaitMs: number): Promise<void> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *' },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
+    svc = await fx.start({
       // A chat request reserves its max_cost (10 cents) and costs its tokens (4 cents here).
-      metering: { default_cost: '0.5', routes: { chat: { completion_tokens: 1, max_cost: 10 } }, settle: { enabled: false } },
+      metering: { default_cost: '0.5', routes: { chat: { completion_tokens: 1, max_cost: 10 } }, settle: { schedule: undefined, enabled: false } },
       leases: { recall_wait_ms: recallWaitMs },
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+    });
     await svc.sync!.sweep();
   }
 

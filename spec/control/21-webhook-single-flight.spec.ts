@@ -3,42 +3,26 @@
 // Stripe's rate limit is shared with the sweep; each is still answered 2xx
 // only once the change is stored, and a failed re-read is not taken as done.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import type { RunningService } from '../../control-service/src/service';
+import type { StripeEmulator } from '../../testkit/stripe-emulator';
+import { serviceFixture } from '../support/fixture';
 
 const WEBHOOK_SECRET = 'whsec_single_flight';
 
 describe('webhooks: concurrent deliveries of one event share one Stripe re-read', function () {
   this.timeout(30_000);
+  const fx = serviceFixture({ prefix: 'payg-wh-sf-' });
   let stripe: StripeEmulator;
   let svc: RunningService | undefined;
-  let dir: string;
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-wh-sf-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-    const config = parseConfig({
-      listen: { port: 0 },
-      store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 20, max_delay_ms: 50 }, timeout_ms: 5000 },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+    stripe = fx.stripe;
+    svc = await fx.start({
+      stripe: { poll: undefined, retry: { max_attempts: 2, base_delay_ms: 20, max_delay_ms: 50 }, timeout_ms: 5000 },
       rules: [{ id: 'block-no-credit', cohort: 'no-credit', status: 402, body: '{"error":"payment_required"}' }],
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+      metering: undefined,
+    }, { env: { STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, PAYG_ADMIN_TOKEN: undefined, PAYG_CONTROL_TOKEN: undefined } });
     stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WEBHOOK_SECRET };
-  });
-  afterEach(async () => {
-    try { await svc?.stop(); } finally {
-      svc = undefined;
-      await stripe.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
   });
 
   const decision = async (consumer: string) => (await fetch(`${svc!.url}/v1/decisions/${encodeURIComponent(consumer)}`)).json() as Promise<{ allow: boolean }>;

@@ -5,58 +5,38 @@
 // shows the tighter limit; the next UTC day (an injected clock) it is served
 // again. A consumer claimed by two customers is reported, never guessed.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../../control-service/src/config';
-import { startService, type RunningService } from '../../../control-service/src/service';
-import { StripeEmulator } from '../../../testkit/stripe-emulator';
-
-const ADMIN = 'admin-token-for-tests';
-const CONTROL = 'control-token-for-tests';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { ADMIN, serviceFixture } from '../../support/fixture';
 
 describe('caps: the control service', function () {
   this.timeout(30_000);
+  const fx = serviceFixture({ prefix: 'payg-caps-' });
   let stripe: StripeEmulator;
   let svc: RunningService | undefined;
-  let dir: string;
   let clock = Date.UTC(2025, 11, 2, 23, 59, 0);
-
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-caps-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    try { await svc?.stop(); } finally { svc = undefined; await stripe.stop(); fs.rmSync(dir, { recursive: true, force: true }); }
-  });
+  beforeEach(() => { stripe = fx.stripe; });
 
   async function start(caps: Record<string, unknown> = {}, rules: unknown[] = []) {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
+    svc = await fx.start({
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }, ...rules],
       top_up: { url: 'https://billing.example.com/top-up?c={customer_id}' },
-      metering: { default_cost: 1, settle: { schedule: '0 0 1 1 *' } },
+      metering: { default_cost: 1 },
       console: { listen: { host: '127.0.0.1', port: 0 } },
       caps,
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false, now: () => clock });
+    }, { now: () => clock });
     await svc.sync!.sweep();
     return svc;
   }
   let seq = 0;
   const use = async (consumer: string, n: number) => {
     const events = Array.from({ length: n }, () => ({ id: `evt-${++seq}`, consumer, at: new Date(clock).toISOString(), route: 'orders', status: 200 }));
-    const res = await fetch(`${svc!.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }), headers: { 'content-type': 'application/json', authorization: `Bearer ${CONTROL}` } });
-    expect(res.status).to.equal(200);
+    expect((await fx.control('/v1/usage', { method: 'POST', body: JSON.stringify({ events }) })).status).to.equal(200);
   };
-  const decision = async (consumer: string) => (await fetch(`${svc!.url}/v1/decisions/${consumer}`, { headers: { authorization: `Bearer ${CONTROL}` } })).json() as Promise<any>;
+  const decision = async (consumer: string) => (await fx.control(`/v1/decisions/${consumer}`)).body;
   const balance = async (consumer: string) => {
-    const res = await fetch(`${svc!.url}/v1/balance`, { headers: { authorization: `Bearer ${CONTROL}`, 'x-consumer-custom-id': consumer } });
-    return { status: res.status, body: await res.json() as any };
+    const { status, body } = await fx.control('/v1/balance', { headers: { 'x-consumer-custom-id': consumer } });
+    return { status, body };
   };
 
   it('two consumers share one balance; the capped one is refused at exactly its cap with reason consumer_cap and Retry-After, the other goes on; the next UTC day it is served again', async () => {
@@ -109,7 +89,7 @@ describe('caps: the control service', function () {
     stripe.create({ balance: -1000, metadata: { kong_consumer: 'a,b' } });
     await start({ monthly: 3 }, [{ id: 'capped', limit: 'consumer_cap', status: 429, body: '{"why":"{{limit.kind}}","until":"{{limit.resets_at}}"}' }]);
     await use('a', 3);
-    await svc!.stop(); svc = undefined;
+    await fx.stop(); svc = undefined;
     await start({ monthly: 3 }, [{ id: 'capped', limit: 'consumer_cap', status: 429, body: '{"why":"{{limit.kind}}","until":"{{limit.resets_at}}"}' }]);
     const d = await decision('a');
     expect(d).to.include({ allow: false, status: 429, rule: 'capped', reason: 'consumer_cap' });
@@ -122,7 +102,7 @@ describe('caps: the control service', function () {
     const one = stripe.create({ balance: -1000, metadata: { kong_consumer: 'shared,only-one' } });
     stripe.create({ balance: -1000, metadata: { kong_consumer: 'two-a, shared' } });
     await start();
-    const conflicts = await (await fetch(`${svc!.url}/admin/conflicts`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
+    const conflicts = (await fx.admin('/admin/conflicts')).body;
     expect(JSON.stringify(conflicts)).to.contain('shared');
     expect((await balance('only-one')).status).to.equal(200);
     expect((await balance('shared')).status).to.equal(404);

@@ -3,15 +3,13 @@
 // once however Stripe delivers, refunds and disputes, bad input and hostile links.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
 import Stripe from 'stripe';
-import { parseConfig } from '../../../control-service/src/config';
-import { startService, type RunningService } from '../../../control-service/src/service';
+import type { RunningService } from '../../../control-service/src/service';
 import { signToken } from '../../../control-service/src/top-ups/token';
-import { StripeEmulator, type EmuEvent } from '../../../testkit/stripe-emulator';
+import type { StripeEmulator, EmuEvent } from '../../../testkit/stripe-emulator';
 import { SmtpCapture } from '../../../testkit/smtp-capture';
+import { serviceFixture } from '../../support/fixture';
 import { until } from '../../support/until';
 import { formOf, freePort } from './support';
 
@@ -20,29 +18,25 @@ const TOP_UP_SECRET = 'top-up-secret-for-tests-0123456789abcdef';
 
 describe('top-ups through Stripe Checkout (emulator)', function () {
   this.timeout(30_000);
+  const fx = serviceFixture({ prefix: 'payg-top-ups-' });
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
   let svc: RunningService;
-  let dir: string;
   let base: string;
   let sdk: Stripe;
 
   async function start(topUp: Record<string, unknown> = {}, checkout: Record<string, unknown> = {}): Promise<RunningService> {
     const port = await freePort();
     base = `http://127.0.0.1:${port}`;
-    const config = parseConfig({
-      listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 3, base_delay_ms: 20, max_delay_ms: 50 }, timeout_ms: 3000 },
+    svc = await fx.start({
+      listen: { port },
+      stripe: { retry: { max_attempts: 3, base_delay_ms: 20, max_delay_ms: 50 }, timeout_ms: 3000 },
       top_up: { checkout: { public_url: base, currencies: { usd: { presets: [1000, 2500], min: 500, max: 50_000 } }, ...checkout }, ...topUp },
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', status: 402, body: '{"error":"payment_required","top_up_url":"{{top_up_url}}"}' }],
-      emails: [{ id: 'restored', cohort: 'no-credit', on: 'leave', from: { address: 'billing@example.com' }, subject: 'Access restored', text: path.join(dir, 'restored.txt') }],
+      emails: [{ id: 'restored', cohort: 'no-credit', on: 'leave', from: { address: 'billing@example.com' }, subject: 'Access restored', text: path.join(fx.dir, 'restored.txt') }],
       email_delivery: { poll_interval_ms: 20 },
-    }, {
-      STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET,
-      PAYG_TOP_UP_SECRET: TOP_UP_SECRET, SMTP_URL: smtp.url,
-    }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+      metering: undefined,
+    }, { env: { STRIPE_WEBHOOK_SECRET: WEBHOOK_SECRET, PAYG_TOP_UP_SECRET: TOP_UP_SECRET, SMTP_URL: smtp.url, PAYG_ADMIN_TOKEN: undefined, PAYG_CONTROL_TOKEN: undefined } });
     stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: WEBHOOK_SECRET };
     await svc.sync!.sweep();
     return svc;
@@ -70,20 +64,12 @@ describe('top-ups through Stripe Checkout (emulator)', function () {
   }
 
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-top-ups-'));
-    fs.writeFileSync(path.join(dir, 'restored.txt'), 'Hi {{customer.first_name}}, your credit is {{credit.formatted}}.');
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
+    fs.writeFileSync(path.join(fx.dir, 'restored.txt'), 'Hi {{customer.first_name}}, your credit is {{credit.formatted}}.');
+    stripe = fx.stripe;
     smtp = await new SmtpCapture().start();
     sdk = new Stripe(stripe.secretKey, { host: '127.0.0.1', port: Number(new URL(stripe.url).port), protocol: 'http', telemetry: false });
   });
-  afterEach(async () => {
-    try { await svc?.stop(); } finally {
-      await stripe.stop();
-      await smtp.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  afterEach(() => smtp.stop()); // after the fixture's own afterEach has stopped the service
 
   it('the 402\'s link → the page → one session per form → paid → credited once, however the webhooks come; access and the restored email follow', async () => {
     const alice = stripe.create({ name: 'Alice Liddell', email: 'alice@example.com', balance: 0, currency: 'usd' });
