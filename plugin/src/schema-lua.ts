@@ -1,7 +1,7 @@
 // Renders the schema payg-pluginserver dumps as a Lua schema module, for Kong
 // Konnect's hybrid mode (Konnect wants a schema.lua even for a plugin served by
 // an external plugin server). Pure; `npm run schema:lua` writes plugin/schema.lua
-// and spec/plugin/07-schema-lua.spec.ts checks the file equals this rendering.
+// and spec/plugin/kong-conventions.spec.ts checks the file equals this rendering.
 
 const LUA_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 

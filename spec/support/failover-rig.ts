@@ -1,7 +1,7 @@
 // A control service (one process on SQLite, or several replicas on PostgreSQL) run as real
 // processes on fixed ports, with real plugin servers listing every replica, driven as Kong drives
 // them. Replicas can be killed (-9 or SIGTERM) and started again on their port while the load
-// runs; every answer is recorded. Used by spec/control/21-lease-failover.spec.ts and
+// runs; every answer is recorded. Used by spec/control/leases/failover.spec.ts and
 // bench/failover.ts.
 import fs from 'node:fs';
 import net from 'node:net';

@@ -1,7 +1,7 @@
 // Read-model queries for the operator console. The store's interface stays
 // about what the service needs; these answer what an operator asks: counts,
 // per-day histories, usage by route. Two implementations answer alike (spec
-// 34-console-stores): SQLite here, on a read-only connection of its own to the
+// spec/console/stores): SQLite here, on a read-only connection of its own to the
 // file (WAL lets it read while the store writes), and PostgreSQL in
 // console-queries-postgres.ts.
 

@@ -5,13 +5,13 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
 import Stripe from 'stripe';
-import type { RunningService } from '../../control-service/src/service';
-import { SqliteStore } from '../../control-service/src/store/sqlite';
-import type { StoreChanges } from '../../control-service/src/store/store';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { KongHarness, accessPdk, logPdk } from '../../testkit/kong-harness';
-import { startPluginServer } from '../../testkit/pluginserver-process';
-import { ADMIN, CONTROL, serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import { SqliteStore } from '../../../control-service/src/store/sqlite';
+import type { StoreChanges } from '../../../control-service/src/store/store';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { KongHarness, accessPdk, logPdk } from '../../../testkit/kong-harness';
+import { startPluginServer } from '../../../testkit/pluginserver-process';
+import { ADMIN, CONTROL, serviceFixture } from '../../support/fixture';
 
 describe('metering', function () {
   this.timeout(30_000);

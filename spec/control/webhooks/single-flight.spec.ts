@@ -3,9 +3,9 @@
 // Stripe's rate limit is shared with the sweep; each is still answered 2xx
 // only once the change is stored, and a failed re-read is not taken as done.
 import { expect } from 'chai';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { serviceFixture } from '../../support/fixture';
 
 const WEBHOOK_SECRET = 'whsec_single_flight';
 

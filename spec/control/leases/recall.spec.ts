@@ -4,9 +4,9 @@
 // waits up to leases.recall_wait_ms for releases OR settles, trying the grant again on each.
 // The node (here: the spec itself, on the real stream) answers a recall by sending its queued usage.
 import { expect } from 'chai';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { CONTROL, serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { CONTROL, serviceFixture } from '../../support/fixture';
 
 const auth = { authorization: `Bearer ${CONTROL}`, 'content-type': 'application/json' };
 

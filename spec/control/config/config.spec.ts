@@ -1,6 +1,6 @@
 // Control-service config: every error names the field and why.
 import { expect } from 'chai';
-import { parseConfig, ConfigError } from '../../control-service/src/config';
+import { parseConfig, ConfigError } from '../../../control-service/src/config';
 
 const base = () => ({
   cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
@@ -61,8 +61,8 @@ describe('control-service config', () => {
 describe('shipped control-service config', () => {
   it('control-service/payg.example.yml loads', () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { loadConfig } = require('../../control-service/src/config');
-    const cfg = loadConfig(require('node:path').join(__dirname, '../../../control-service/payg.example.yml'), {});
+    const { loadConfig } = require('../../../control-service/src/config');
+    const cfg = loadConfig(require('node:path').join(__dirname, '../../../../control-service/payg.example.yml'), {});
     expect(cfg.rules.map((r: { id: string }) => r.id)).to.deep.equal(['block-no-credit', 'warn-under-10']);
   });
 });

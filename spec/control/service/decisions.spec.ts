@@ -1,8 +1,8 @@
 // The control service against the Stripe emulator, through the official SDK.
 import { expect } from 'chai';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { ADMIN, serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { ADMIN, serviceFixture } from '../../support/fixture';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const WEBHOOK_SECRET = 'whsec_test_secret';

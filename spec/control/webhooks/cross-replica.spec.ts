@@ -8,10 +8,10 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { freshDatabase } from '../support/postgres';
-import { until } from '../support/until';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { freshDatabase } from '../../support/postgres';
+import { until } from '../../support/until';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
 
 const ADMIN = 'admin-token-for-tests';
 const WEBHOOK_SECRET = 'whsec_cross_replica';

@@ -4,10 +4,10 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { PostgresStore } from '../../control-service/src/store/postgres';
-import { SqliteStore } from '../../control-service/src/store/sqlite';
-import type { OutboxRecord, Store, StoredCustomer, UsageRecord } from '../../control-service/src/store/store';
-import { freshDatabase } from '../support/postgres';
+import { PostgresStore } from '../../../control-service/src/store/postgres';
+import { SqliteStore } from '../../../control-service/src/store/sqlite';
+import type { OutboxRecord, Store, StoredCustomer, UsageRecord } from '../../../control-service/src/store/store';
+import { freshDatabase } from '../../support/postgres';
 
 const stores: Array<{ name: string; open(): Promise<Store> }> = [
   {

@@ -7,9 +7,9 @@
 //   PostgreSQL, a rolling restart (SIGTERM, then start again, each replica in turn) refuses nothing.
 // Real processes: control service (bin/payg-control), plugin servers listing every replica.
 import { expect } from 'chai';
-import { FailoverRig } from '../support/failover-rig';
-import { freshDatabase } from '../support/postgres';
-import { until } from '../support/until';
+import { FailoverRig } from '../../support/failover-rig';
+import { freshDatabase } from '../../support/postgres';
+import { until } from '../../support/until';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -11,7 +11,7 @@
 // snapshot's balance, and its unsettled usage exactly the usage that snapshot
 // does not contain: never counted twice, never skipped.
 import { expect } from 'chai';
-import { addUsage, applyRead, estimatedBalance, openLedger, openSettlement, type BalanceRead, type LedgerState, type PendingSettlement } from '../../control-service/src/ledger';
+import { addUsage, applyRead, estimatedBalance, openLedger, openSettlement, type BalanceRead, type LedgerState, type PendingSettlement } from '../../../control-service/src/ledger';
 
 const M = 1_000_000;
 

@@ -3,17 +3,17 @@
 // server on loopback; assertions read what arrived (mailparser).
 import { expect } from 'chai';
 import nodemailer from 'nodemailer';
-import { EmailSender } from '../../control-service/src/emails/sender';
-import { SqliteStore } from '../../control-service/src/store/sqlite';
+import { EmailSender } from '../../../control-service/src/emails/sender';
+import { SqliteStore } from '../../../control-service/src/store/sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { SmtpCapture } from '../../testkit/smtp-capture';
-import { serviceFixture } from '../support/fixture';
-import { until } from '../support/until';
+import { parseConfig } from '../../../control-service/src/config';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { SmtpCapture } from '../../../testkit/smtp-capture';
+import { serviceFixture } from '../../support/fixture';
+import { until } from '../../support/until';
 
 const HOUR = 3_600_000;
 

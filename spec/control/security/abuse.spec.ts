@@ -7,11 +7,11 @@ import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
 import Stripe from 'stripe';
-import { checkExposure, parseConfig, type Config } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { until } from '../support/until';
+import { checkExposure, parseConfig, type Config } from '../../../control-service/src/config';
+import { startService, type RunningService } from '../../../control-service/src/service';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { until } from '../../support/until';
 
 const ADMIN = 'admin-token-for-tests';
 const CONTROL = 'control-token-for-tests';
@@ -235,7 +235,7 @@ describe('abuse: usage, admin paths, webhooks, exposure', function () {
   });
 
   it('the shipped example config refuses to start without PAYG_CONTROL_TOKEN, before touching its store', async () => {
-    const example = path.join(__dirname, '../../../control-service/payg.example.yml');
+    const example = path.join(__dirname, '../../../../control-service/payg.example.yml');
     let error: Error | undefined;
     try { await startControlProcess(example, { PAYG_CONTROL_TOKEN: '', STRIPE_SECRET_KEY: '' }, 5000); } catch (err) { error = err as Error; }
     expect(error?.message).to.match(/payg-control: config: listen\.host: listening on 0\.0\.0\.0 without PAYG_CONTROL_TOKEN/);

@@ -1,7 +1,7 @@
 // The lease book alone (pure): whatever nodes ask, draw, report and give back, in
 // any order, the credit reserved plus the usage counted never exceeds the credit.
 import { expect } from 'chai';
-import { LeaseBook, type Lease } from '../../control-service/src/leases';
+import { LeaseBook, type Lease } from '../../../control-service/src/leases';
 
 /** mulberry32: a small seeded PRNG, so a failing sequence can be replayed. */
 function prng(seed: number): () => number {

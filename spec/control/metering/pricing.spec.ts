@@ -2,11 +2,11 @@
 // log entry, units the upstream reports in a header, bytes; capped at max_cost.
 // Charged amounts are read back as a user sees them: the admin API's unsettled usage.
 import { expect } from 'chai';
-import { parseConfig } from '../../control-service/src/config';
-import { KongHarness, accessPdk, logPdk } from '../../testkit/kong-harness';
-import { startPluginServer } from '../../testkit/pluginserver-process';
-import { CONTROL, serviceFixture } from '../support/fixture';
-import { until } from '../support/until';
+import { parseConfig } from '../../../control-service/src/config';
+import { KongHarness, accessPdk, logPdk } from '../../../testkit/kong-harness';
+import { startPluginServer } from '../../../testkit/pluginserver-process';
+import { CONTROL, serviceFixture } from '../../support/fixture';
+import { until } from '../../support/until';
 
 describe('pricing by measured units', function () {
   this.timeout(30_000);

@@ -6,9 +6,9 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { until } from '../support/until';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { until } from '../../support/until';
 
 const ADMIN = 'admin-token-for-tests';
 

@@ -7,10 +7,10 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseConfig } from '../../control-service/src/config';
-import { Engine, type ReloadedCustomer } from '../../control-service/src/engine';
-import { SqliteStore } from '../../control-service/src/store/sqlite';
-import type { SavedChanges, Store, StoreChanges, UsageAdded } from '../../control-service/src/store/store';
+import { parseConfig } from '../../../control-service/src/config';
+import { Engine, type ReloadedCustomer } from '../../../control-service/src/engine';
+import { SqliteStore } from '../../../control-service/src/store/sqlite';
+import type { SavedChanges, Store, StoreChanges, UsageAdded } from '../../../control-service/src/store/store';
 
 const M = 1_000_000;
 

@@ -5,11 +5,11 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { freshDatabase } from '../support/postgres';
-import { until } from '../support/until';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { SmtpCapture } from '../../testkit/smtp-capture';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { freshDatabase } from '../../support/postgres';
+import { until } from '../../support/until';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { SmtpCapture } from '../../../testkit/smtp-capture';
 
 const ADMIN = 'admin-token-for-tests';
 

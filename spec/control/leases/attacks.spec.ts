@@ -4,9 +4,9 @@
 // service and the Stripe emulator.
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { serviceFixture } from '../../support/fixture';
 
 describe('lease API under attack: no credit is ever created', function () {
   this.timeout(20_000);

@@ -2,11 +2,11 @@
 // still get bounded bodies, bounded streams and answers for no one else.
 import { expect } from 'chai';
 import net from 'node:net';
-import type { RunningService } from '../../control-service/src/service';
-import { MAX_STREAMS, MAX_STREAM_BACKLOG } from '../../control-service/src/http/stream';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { CONTROL, serviceFixture } from '../support/fixture';
-import { until } from '../support/until';
+import type { RunningService } from '../../../control-service/src/service';
+import { MAX_STREAMS, MAX_STREAM_BACKLOG } from '../../../control-service/src/http/stream';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { CONTROL, serviceFixture } from '../../support/fixture';
+import { until } from '../../support/until';
 
 describe('abuse: leases, the change stream and the balance API', function () {
   this.timeout(30_000);

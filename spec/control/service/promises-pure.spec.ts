@@ -2,14 +2,14 @@
 // email workflow, merge tags, pricing) or in the Stripe gateway with its I/O
 // and its sleep injected. Each test names what a user would see.
 import { expect } from 'chai';
-import { matches, type Filter } from '../../control-service/src/cohorts';
-import type { Customer } from '../../control-service/src/customer';
-import { planEmails, planRecurring } from '../../control-service/src/emails/workflow';
-import type { EmailTemplate } from '../../control-service/src/emails/templates';
-import { mergeContext } from '../../control-service/src/merge-tags';
-import { costOf, fixedPrice } from '../../control-service/src/pricing';
-import { verdict, type RuleDef } from '../../control-service/src/rules';
-import { StripeGateway, StripeUnavailable } from '../../control-service/src/stripe/gateway';
+import { matches, type Filter } from '../../../control-service/src/cohorts';
+import type { Customer } from '../../../control-service/src/customer';
+import { planEmails, planRecurring } from '../../../control-service/src/emails/workflow';
+import type { EmailTemplate } from '../../../control-service/src/emails/templates';
+import { mergeContext } from '../../../control-service/src/merge-tags';
+import { costOf, fixedPrice } from '../../../control-service/src/pricing';
+import { verdict, type RuleDef } from '../../../control-service/src/rules';
+import { StripeGateway, StripeUnavailable } from '../../../control-service/src/stripe/gateway';
 
 const customer = (fields: Partial<Customer> = {}): Customer => ({
   id: 'cus_a', balance: 0, currency: 'usd', name: 'Ada Lovelace', email: 'ada@example.com', metadata: {}, ...fields,

@@ -6,11 +6,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { Engine } from '../../control-service/src/engine';
-import { SqliteStore } from '../../control-service/src/store/sqlite';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { parseConfig } from '../../../control-service/src/config';
+import { Engine } from '../../../control-service/src/engine';
+import { SqliteStore } from '../../../control-service/src/store/sqlite';
+import { startService, type RunningService } from '../../../control-service/src/service';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
 
 const ADMIN = 'admin-token-for-tests';
 

@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Stripe from 'stripe';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { SmtpCapture } from '../../testkit/smtp-capture';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { until } from '../support/until';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { SmtpCapture } from '../../../testkit/smtp-capture';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { until } from '../../support/until';
 
 const SMTP_PASSWORD = 'SECRETsmtpPASSWORD0123456789';
 const SECRETS = {

@@ -6,9 +6,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import type { RunningService } from '../../control-service/src/service';
-import type { StripeEmulator } from '../../testkit/stripe-emulator';
-import { serviceFixture } from '../support/fixture';
+import type { RunningService } from '../../../control-service/src/service';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { serviceFixture } from '../../support/fixture';
 
 const WHSEC = 'whsec_exact_balance';
 

@@ -11,11 +11,11 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startControlProcess, type ControlProcess } from '../support/control-process';
-import { SmtpCapture } from '../../testkit/smtp-capture';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { seededFor } from '../support/seeded-random';
-import { until } from '../support/until';
+import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import { SmtpCapture } from '../../../testkit/smtp-capture';
+import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import { seededFor } from '../../support/seeded-random';
+import { until } from '../../support/until';
 
 const CUSTOMERS = 200;
 const KILLS = Number(process.env.PAYG_CRASH_KILLS ?? 8);
