@@ -40,6 +40,9 @@ const MIGRATION_LOCK = 0x70617967; // "payg"
 /** NOTIFY payloads must stay under 8000 bytes. */
 const MAX_NOTIFY_BYTES = 7000;
 
+/** The largest PostgreSQL integer. */
+const INT4_MAX = 2_147_483_647;
+
 const MIGRATIONS: string[] = [
   // 1: everything the SQLite store has at its version 3 (never edit a released version: add one)
   `CREATE TABLE customers (
@@ -711,13 +714,14 @@ export class PostgresStore implements Store {
    * Nodes give leases back, saying what they drew from each (capped at the lease): each only its
    * own (`node`; undefined: any), each only once. Answers the leases closed, as they are now.
    */
+  /** `drawn` is clamped to int4 before the cast: one node's absurd count must not fail the whole batch (it is LEAST'd to the lease's requests anyway). */
   async closeLeases(node: string | undefined, returns: Array<{ id: string; drawn: number; drawnMicros?: number; node?: string }>): Promise<LeaseRow[]> {
     if (!returns.length) return [];
     const r = await this.pool.query(`UPDATE leases l SET drawn = LEAST(l.requests, x.d),
         drawn_micros = LEAST(l.micros, COALESCE(x.dm, LEAST(l.requests, x.d)::bigint * l.cost_micros))
       FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS x(i, d, dm, n)
       WHERE l.id = x.i AND l.drawn IS NULL AND (x.n IS NULL OR l.node = x.n)
-      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.max(0, Math.floor(x.drawn))), returns.map((x) => x.drawnMicros ?? null),
+      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.min(INT4_MAX, Math.max(0, Math.floor(x.drawn)))), returns.map((x) => x.drawnMicros ?? null),
       returns.map((x) => x.node ?? node ?? null)]);
     return r.rows.map(toLease);
   }

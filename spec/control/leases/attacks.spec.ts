@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { RunningService } from '../../../control-service/src/service';
 import type { StripeEmulator } from '../../../testkit/stripe-emulator';
 import { serviceFixture } from '../../support/fixture';
+import { freshDatabase } from '../../support/postgres';
 
 describe('lease API under attack: no credit is ever created', function () {
   this.timeout(20_000);
@@ -119,5 +120,23 @@ describe('lease API under attack: no credit is ever created', function () {
     expect(held?.requests).to.equal(5); // half of the free credit
     expect((await post('/v1/leases/release', { node: 'n1', leases: [{ id: held!.id, drawn: Number.MAX_SAFE_INTEGER }] })).json).to.deep.equal({ released: 1 });
     expect((await lease('n2', alice.id, 100))?.requests, 'all 5 drawn, unreported, still reserved').to.equal(5);
+  });
+});
+
+describe('lease API under attack on PostgreSQL', function () {
+  this.timeout(60_000);
+  const fx = serviceFixture({ prefix: 'payg-lease-attacks-pg-', autoDeliver: true });
+
+  it('a release with a drawn count past 2^31 closes its lease (clamped) and does not fail the other nodes\' releases gathered with it', async () => {
+    const url = await freshDatabase();
+    const alice = fx.stripe.create({ balance: -60 });
+    const svc = await fx.start({ store: { sqlite: undefined, postgres: {} }, metering: { default_cost: 1, settle: { schedule: undefined, enabled: false } } },
+      { env: fx.env({ PAYG_DATABASE_URL: url }) });
+    await svc.sync!.sweep();
+    const post = async (route: string, body: unknown) => { const r = await fx.control(route, { method: 'POST', body: JSON.stringify(body) }); return { status: r.status, json: r.body as Record<string, any> }; };
+    const nodes = ['m0', 'm1', 'm2', 'm3', 'm4', 'm5'];
+    const leases = await Promise.all(nodes.map(async (node) => (await post('/v1/leases', { node, consumer: alice.id, want: 1 })).json.lease as { id: string }));
+    const answers = await Promise.all(nodes.map((node, i) => post('/v1/leases/release', { node, leases: [{ id: leases[i].id, drawn: i === 0 ? 3_000_000_000 : 0 }] })));
+    expect(answers.map((a) => [a.status, a.json.released])).to.deep.equal(nodes.map(() => [200, 1]));
   });
 });
