@@ -251,7 +251,7 @@ export class LeaseCache {
 
   /** Gives every lease back now (shutdown), with those not taken before; resolves when sent or failed. */
   async releaseAll(): Promise<void> {
-    for (const entry of this.entries.values()) this.closeLease(entry.lease, false, true);
+    for (const entry of this.entries.values()) this.closeLease(entry.lease, true, true);
     await this.flushReleases();
   }
 
@@ -393,6 +393,7 @@ export class LeaseCache {
   private async flushReleases(): Promise<void> {
     this.releaseScheduled = false;
     const batch = this.pendingRelease.splice(0);
+    const fresh = batch.length;
     if (this.unsent.size) {
       const now = this.now();
       let expired = 0;
@@ -404,14 +405,14 @@ export class LeaseCache {
     for (let i = 0; i < batch.length; i += RELEASE_CHUNK) {
       const chunk = batch.slice(i, i + RELEASE_CHUNK);
       const taken = await this.transport.release(chunk.map((u) => u.ret)).catch(() => false as const);
-      if (taken === false) this.keepUnsent(chunk, 'not taken');
+      if (taken === false) this.keepUnsent(chunk, 'not taken', i >= fresh);
       else if (taken === 'REFUSED') this.opts.warn?.({ leases: chunk.length }, 'payg: the control service refused a lease return; not sent again');
       else if (this.unsent.size === 0) this.resendFailures = 0;
     }
   }
 
   /** Keeps returns to send again: at most maxUnsentReleases (the oldest go first), none past its worth. */
-  private keepUnsent(list: Unsent[], reason: string): void {
+  private keepUnsent(list: Unsent[], reason: string, again = false): void {
     const now = this.now();
     for (const u of list) if (now < u.keepUntil && !this.unsent.has(u.ret.id)) this.unsent.set(u.ret.id, u);
     let dropped = 0;
@@ -421,7 +422,8 @@ export class LeaseCache {
     }
     if (dropped) this.opts.warn?.({ dropped, kept: this.unsent.size }, 'payg: too many lease returns not taken; the oldest dropped (their credit waits for the leases to end)');
     if (this.unsent.size === 0) return;
-    this.opts.warn?.({ leases: list.length, kept: this.unsent.size, reason }, 'payg: lease returns not taken by the control service; kept to send again');
+    // Logged when returns are first kept; failing again (each retry while the service is down) is not.
+    if (!again) this.opts.warn?.({ leases: list.length, kept: this.unsent.size, reason }, 'payg: lease returns not taken by the control service; kept to send again');
     if (this.resendTimer) return;
     const delay = Math.min(RESEND_MAX_MS, RESEND_MIN_MS * 2 ** Math.min(this.resendFailures++, 10));
     this.resendTimer = setTimeout(() => { this.resendTimer = undefined; if (this.unsent.size) void this.flushReleases(); }, delay).unref();

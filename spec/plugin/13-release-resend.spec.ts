@@ -102,5 +102,16 @@ describe('payg gives leases back through service restarts', function () {
     await until(() => sent.length > 0, 2000, 'nothing resent');
     expect(sent.flat().map((l) => l.id)).to.deep.equal(['M-5']);
     expect(warnings.some((w) => w.includes('never took dropped'))).to.equal(true);
+    // At shutdown: the leases held go back with those not taken before.
+    up = false;
+    await cache.resolve('f');
+    cache.drop(['f']);
+    await until(() => cache.unsentReleases() === 1, 2000, 'M-6 not kept');
+    up = true;
+    sent.length = 0;
+    await cache.resolve('g'); // M-7 (its lease call sends M-6 beside it)
+    await cache.releaseAll();
+    await until(() => sent.flat().length >= 2, 2000, 'not all sent');
+    expect(sent.flat().map((l) => l.id).sort()).to.deep.equal(['M-6', 'M-7']);
   });
 });
