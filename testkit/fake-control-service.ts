@@ -2,6 +2,7 @@
 // scripts them and records every call, so a test can count network calls.
 
 import http from 'node:http';
+import type net from 'node:net';
 import { LoopbackServer } from './loopback-server';
 
 export interface ScriptedAnswer { status?: number; body: string; delayMs?: number; headers?: Record<string, string> }
@@ -31,9 +32,54 @@ export class FakeControlService extends LoopbackServer {
   usageStatus: () => number = () => 202;
   /** Body of a usage answer, e.g. one that refuses some events by index. */
   usageBody: (events: Array<Record<string, unknown>>) => string = () => '{}';
+  /** Status for a lease release; only those answered 200 are recorded in `releases`. */
+  releaseStatus: () => number = () => 200;
+  /** Every POST /v1/leases/release body, taken or not. */
+  readonly releaseAttempts: Array<Record<string, any>> = [];
+  /** Calls that arrived on a connection of a "previous run" and were cut without an answer. */
+  staleCalls = 0;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly forgotten = new Map<net.Socket, 'reset' | 'close'>();
+  private port = 0;
+
+  constructor() {
+    super();
+    this.server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => { this.sockets.delete(socket); this.forgotten.delete(socket); });
+    });
+  }
+
+  override async start(): Promise<this> {
+    if (this.port === 0) {
+      await super.start();
+      this.port = Number(new URL(this.url).port);
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        this.server.listen(this.port, '127.0.0.1', () => { this.server.off('error', reject); resolve(); });
+      });
+    }
+    return this;
+  }
+
+  /**
+   * As if the service restarted behind connections its clients still hold open: a call on any
+   * connection open now is cut without an answer, by a reset (a host that no longer knows the
+   * connection answers RST) or by a close (a server that closed an idle socket as the call came).
+   */
+  forgetConnections(how: 'reset' | 'close' = 'reset'): void {
+    for (const socket of this.sockets) this.forgotten.set(socket, how);
+  }
 
 
   protected handle(req: http.IncomingMessage, res: http.ServerResponse) {
+    const forgotten = this.forgotten.get(req.socket);
+    if (forgotten) {
+      this.staleCalls++;
+      if (forgotten === 'reset') req.socket.resetAndDestroy(); else req.socket.destroy();
+      return;
+    }
     this.authorizations.push(req.headers.authorization);
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -54,9 +100,12 @@ export class FakeControlService extends LoopbackServer {
         return;
       }
       if (req.method === 'POST' && url === '/v1/leases/release') {
-        this.releases.push(JSON.parse(Buffer.concat(chunks).toString()));
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end('{"released":1}');
+        const body = JSON.parse(Buffer.concat(chunks).toString()) as Record<string, any>;
+        this.releaseAttempts.push(body);
+        const status = this.releaseStatus();
+        if (status === 200) this.releases.push(body);
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end(status === 200 ? `{"released":${Array.isArray(body.leases) ? body.leases.length : 0}}` : '{"error":"unavailable"}');
         return;
       }
       if (req.method === 'GET' && url.startsWith('/v1/stream')) {

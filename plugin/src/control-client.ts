@@ -44,6 +44,9 @@ function refusedEvents(body: string): SendOutcome {
   return events.length ? { refusedEvents: events } : undefined;
 }
 
+/** A call that failed on a reused keep-alive socket before any byte of an answer. */
+const STALE_SOCKET = Symbol('stale socket');
+
 interface Target { url: URL; transport: typeof http | typeof https; agent: http.Agent; basePath: string }
 
 export class ControlClient {
@@ -102,10 +105,16 @@ export class ControlClient {
     return { kind: 'DECISION', ...answer };
   }
 
-  /** POST /v1/leases/release: gives leases back; false when the service did not take them. */
-  async releaseLeases(node: string, leases: LeaseReturn[], timeoutMs = this.opts.timeoutMs): Promise<boolean> {
+  /**
+   * POST /v1/leases/release: gives leases back. True when the service took them; false when it
+   * did not (no answer, 5xx, 408, 429: send them again); 'REFUSED' when it says the call is wrong.
+   */
+  async releaseLeases(node: string, leases: LeaseReturn[], timeoutMs = this.opts.timeoutMs): Promise<boolean | 'REFUSED'> {
     const raw = await this.request('POST', '/v1/leases/release', JSON.stringify({ node, leases }), timeoutMs);
-    return raw.ok && raw.res.status === 200;
+    if (!raw.ok) return false;
+    const status = raw.res.status;
+    if (status >= 200 && status < 300) return true;
+    return status >= 500 || status === 408 || status === 429 ? false : 'REFUSED';
   }
 
   close(): void {
@@ -130,14 +139,37 @@ export class ControlClient {
     return outcome!;
   }
 
-  private requestTo(target: Target, method: string, path: string, body: string | undefined, timeoutMs: number): Promise<RawOutcome> {
+  /**
+   * One call to one replica. A keep-alive socket the service closed or no longer knows (it
+   * restarted, or timed the socket out as the call went out) fails before any byte of an
+   * answer: the call is sent once more on a fresh connection, within the same time limit.
+   * Every call here is safe to send twice: a decision is a read; usage events and lease
+   * returns are counted once by the service however often they arrive; and a lease asked on a
+   * connection that answered nothing was at worst granted and never seen: that lease holds its
+   * credit until it is over, as it would if the call simply failed, and the service counts it
+   * (so never any overspend), while the request is served instead of failing.
+   */
+  private async requestTo(target: Target, method: string, path: string, body: string | undefined, timeoutMs: number): Promise<RawOutcome> {
+    const started = Date.now();
+    const first = await this.attempt(target, method, path, body, timeoutMs, target.agent);
+    if (first !== STALE_SOCKET) return first.outcome;
+    // The other idle sockets of this replica likely predate the same restart: close them too.
+    for (const list of Object.values(target.agent.freeSockets)) for (const socket of list ?? []) socket.destroy();
+    const left = timeoutMs - (Date.now() - started);
+    if (left <= 0) return { ok: false, reason: 'TIMEOUT', detail: `no answer within ${timeoutMs} ms` };
+    const second = await this.attempt(target, method, path, body, left, false);
+    return second === STALE_SOCKET ? { ok: false, reason: 'CONNECTION', detail: 'connection reset' } : second.outcome;
+  }
+
+  private attempt(target: Target, method: string, path: string, body: string | undefined, timeoutMs: number, agent: http.Agent | false): Promise<{ outcome: RawOutcome } | typeof STALE_SOCKET> {
     return new Promise((resolve) => {
       let settled = false;
-      const finish = (outcome: RawOutcome) => {
+      let answered = false;
+      const finish = (outcome: RawOutcome | typeof STALE_SOCKET) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        resolve(outcome);
+        resolve(outcome === STALE_SOCKET ? outcome : { outcome });
       };
       const headers = body === undefined
         ? this.headers
@@ -149,8 +181,9 @@ export class ControlClient {
         method,
         path: `${target.basePath}${path}`,
         headers,
-        agent: target.agent,
+        agent,
       }, (res) => {
+        answered = true;
         const chunks: Buffer[] = [];
         let size = 0;
         res.on('data', (chunk: Buffer) => {
@@ -169,7 +202,10 @@ export class ControlClient {
         finish({ ok: false, reason: 'TIMEOUT', detail: `no answer within ${timeoutMs} ms` });
         req.destroy();
       }, timeoutMs);
-      req.on('error', (err) => finish({ ok: false, reason: 'CONNECTION', detail: err.message }));
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        const stale = !answered && agent !== false && req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE');
+        finish(stale ? STALE_SOCKET : { ok: false, reason: 'CONNECTION', detail: err.message });
+      });
       req.end(body);
     });
   }

@@ -80,17 +80,35 @@ interface Fetch {
 export interface LeaseCacheOptions extends ViewOptions {
   maxEntries?: number;
   now?: () => number;
+  /** Leases given back that the service did not take, kept to send again; past it the oldest are dropped. */
+  maxUnsentReleases?: number;
+  /** How long past a lease's own expiry its return is still worth sending (the service's usage_grace_ms default). */
+  releaseGraceMs?: number;
+  warn?: (fields: Record<string, unknown>, msg: string) => void;
 }
 
+/**
+ * `release` resolves true when the service took the leases, false when it did not (down,
+ * restarting, 5xx, a cut connection: they are kept and sent again), 'REFUSED' when it
+ * answered that the call itself is wrong (4xx: sending it again would not help).
+ */
 export interface LeaseTransport {
   fetch(consumer: string, want: number, previous: LeaseReturn | undefined, reserve: number | undefined): Promise<LeaseOutcome>;
-  release(leases: LeaseReturn[]): Promise<boolean>;
+  release(leases: LeaseReturn[]): Promise<boolean | 'REFUSED'>;
 }
+
+/** A lease return waiting to be sent, and until when it is worth sending. */
+interface Unsent { ret: LeaseReturn; keepUntil: number }
 
 /** Fetch rounds one request may take while the leases it waits on are drawn by others. */
 const MAX_ROUNDS = 64;
 /** Draws remembered per consumer before their log phase; past it the oldest are forgotten. */
 const MAX_DRAWS = 100_000;
+/** Lease returns per release call (the service takes up to 100,000 and 1 MiB). */
+const RELEASE_CHUNK = 2000;
+/** Returns not taken are sent again with the next release or lease call, on reconnect, or after this backoff. */
+const RESEND_MIN_MS = 1000;
+const RESEND_MAX_MS = 30_000;
 
 export class LeaseCache {
   private readonly entries = new Map<string, Entry>();
@@ -99,8 +117,14 @@ export class LeaseCache {
   /** Max costs per route from the latest lease (prices by measured units only). */
   private maxCosts: MaxCosts | undefined;
   private dearestMaxCost = 0;
-  private pendingRelease: LeaseReturn[] = [];
+  private pendingRelease: Unsent[] = [];
   private releaseScheduled = false;
+  /** Returns the service did not take, by lease id, oldest first: sent again until taken or worthless. */
+  private readonly unsent = new Map<string, Unsent>();
+  private resendTimer: NodeJS.Timeout | undefined;
+  private resendFailures = 0;
+  private readonly maxUnsent: number;
+  private readonly releaseGraceMs: number;
   private readonly maxEntries: number;
   private readonly now: () => number;
   /** What the credit header shows per consumer (see credit-book.ts). */
@@ -110,6 +134,8 @@ export class LeaseCache {
     this.maxEntries = opts.maxEntries ?? 100_000;
     this.now = opts.now ?? Date.now;
     this.credit = new CreditBook(this.maxEntries);
+    this.maxUnsent = opts.maxUnsentReleases ?? 10_000;
+    this.releaseGraceMs = opts.releaseGraceMs ?? 60_000;
   }
 
   /** One plugin instance's way in: its own TTLs, wait and draw tracking over the shared leases. */
@@ -219,14 +245,18 @@ export class LeaseCache {
     for (const running of this.inFlight.values()) running.raced = true;
     for (const entry of this.entries.values()) this.giveBack(entry);
     this.entries.clear();
+    // On reconnect too: returns a restarting service did not take go to whichever replica answers now.
+    if (this.unsent.size) this.scheduleFlush();
   }
 
-  /** Gives every lease back now (shutdown); resolves when the service took them or could not. */
+  /** Gives every lease back now (shutdown), with those not taken before; resolves when sent or failed. */
   async releaseAll(): Promise<void> {
-    for (const entry of this.entries.values()) this.closeLease(entry.lease);
-    const batch = this.pendingRelease.splice(0);
-    if (batch.length) await this.transport.release(batch);
+    for (const entry of this.entries.values()) this.closeLease(entry.lease, true, true);
+    await this.flushReleases();
   }
+
+  /** Lease returns the service has not taken yet, kept to send again (for tests and logs). */
+  unsentReleases(): number { return this.unsent.size; }
 
   /** Leases held now (for tests and logs). */
   heldLeases(): number {
@@ -262,8 +292,11 @@ export class LeaseCache {
 
   private async fetchNow(consumer: string, f: Fetch): Promise<LeaseOutcome> {
     const { waiters: want, reserve } = f;
-    // Leases given back but not yet sent go first, or the service would still count them held.
+    // Leases given back but not yet sent go first, or the service would still count them held
+    // (with them, those it did not take before). Those alone go beside this call, not before it:
+    // a service that is still down must not make the lease call wait for their failure too.
     if (this.pendingRelease.length) await this.flushReleases();
+    else if (this.unsent.size) void this.flushReleases();
     const held = this.entries.get(consumer);
     const previous = this.closeLease(held?.lease, false);
     const sentAt = this.now();
@@ -275,7 +308,11 @@ export class LeaseCache {
     // block is used for the requests that waited, not kept (else a customer whose credit came back
     // would stay refused until the TTL); a lease is real reserved credit, so it is kept.
     const raced = f.raced;
-    if (outcome.kind === 'UNAVAILABLE') return outcome;
+    if (outcome.kind === 'UNAVAILABLE') {
+      // The lease it gave back may not have been taken: send it again (a second close is a no-op).
+      if (previous) this.keepUnsent([{ ret: previous, keepUntil: held!.lease!.expiresAt + this.releaseGraceMs }], outcome.detail);
+      return outcome;
+    }
     const { decision, lease } = outcome;
     if (lease?.maxCosts) {
       this.maxCosts = lease.maxCosts;
@@ -326,28 +363,70 @@ export class LeaseCache {
     this.closeLease(entry.lease);
   }
 
-  /** Marks a lease closed; queues its return unless the caller sends it itself. */
-  private closeLease(lease: HeldLease | undefined, queue = true): LeaseReturn | undefined {
+  /**
+   * Marks a lease closed; queues its return unless the caller sends it itself (`queue` false),
+   * sending it on the next turn unless the caller flushes itself (`later` true).
+   */
+  private closeLease(lease: HeldLease | undefined, queue = true, later = false): LeaseReturn | undefined {
     if (!lease || lease.closed) return undefined;
     lease.closed = true;
     lease.left = 0;
     const ret: LeaseReturn = lease.amount ? { id: lease.id, drawn: lease.drawn, drawn_micros: lease.drawnMicros } : { id: lease.id, drawn: lease.drawn };
-    if (queue) this.queueRelease(ret);
+    if (queue) {
+      this.pendingRelease.push({ ret, keepUntil: lease.expiresAt + this.releaseGraceMs });
+      if (!later) this.scheduleFlush();
+    }
     return ret;
   }
 
-  private queueRelease(ret: LeaseReturn): void {
-    this.pendingRelease.push(ret);
+  private scheduleFlush(): void {
     if (this.releaseScheduled) return;
     this.releaseScheduled = true;
     setImmediate(() => { void this.flushReleases(); });
   }
 
+  /**
+   * Sends the returns queued, with those the service did not take before. What it does not take
+   * now is kept (bounded) and sent again: otherwise the lease's undrawn credit would stay reserved
+   * at the service until the lease's ttl_ms + usage_grace_ms.
+   */
   private async flushReleases(): Promise<void> {
     this.releaseScheduled = false;
     const batch = this.pendingRelease.splice(0);
-    // Not taken: the service keeps it reserved until it expires (safe, only slower to come back).
-    if (batch.length) await this.transport.release(batch).catch(() => false);
+    const fresh = batch.length;
+    if (this.unsent.size) {
+      const now = this.now();
+      let expired = 0;
+      // Taken out while out: a second flush meanwhile does not send them twice.
+      for (const u of this.unsent.values()) if (now < u.keepUntil) batch.push(u); else expired++;
+      this.unsent.clear();
+      if (expired) this.opts.warn?.({ leases: expired }, 'payg: lease returns the control service never took dropped: the leases are long over');
+    }
+    for (let i = 0; i < batch.length; i += RELEASE_CHUNK) {
+      const chunk = batch.slice(i, i + RELEASE_CHUNK);
+      const taken = await this.transport.release(chunk.map((u) => u.ret)).catch(() => false as const);
+      if (taken === false) this.keepUnsent(chunk, 'not taken', i >= fresh);
+      else if (taken === 'REFUSED') this.opts.warn?.({ leases: chunk.length }, 'payg: the control service refused a lease return; not sent again');
+      else if (this.unsent.size === 0) this.resendFailures = 0;
+    }
+  }
+
+  /** Keeps returns to send again: at most maxUnsentReleases (the oldest go first), none past its worth. */
+  private keepUnsent(list: Unsent[], reason: string, again = false): void {
+    const now = this.now();
+    for (const u of list) if (now < u.keepUntil && !this.unsent.has(u.ret.id)) this.unsent.set(u.ret.id, u);
+    let dropped = 0;
+    while (this.unsent.size > this.maxUnsent) {
+      this.unsent.delete(this.unsent.keys().next().value as string);
+      dropped++;
+    }
+    if (dropped) this.opts.warn?.({ dropped, kept: this.unsent.size }, 'payg: too many lease returns not taken; the oldest dropped (their credit waits for the leases to end)');
+    if (this.unsent.size === 0) return;
+    // Logged when returns are first kept; failing again (each retry while the service is down) is not.
+    if (!again) this.opts.warn?.({ leases: list.length, kept: this.unsent.size, reason }, 'payg: lease returns not taken by the control service; kept to send again');
+    if (this.resendTimer) return;
+    const delay = Math.min(RESEND_MAX_MS, RESEND_MIN_MS * 2 ** Math.min(this.resendFailures++, 10));
+    this.resendTimer = setTimeout(() => { this.resendTimer = undefined; if (this.unsent.size) void this.flushReleases(); }, delay).unref();
   }
 
   private recordDraw(consumer: string, route: RouteKey, draw: Draw): void {

@@ -81,7 +81,10 @@ function targetFor(opts: PaygOptions): Target {
   self.leases = new LeaseCache({
     fetch: (consumer, want, previous, reserve) => client.fetchLease({ node, consumer, want, reserve, previous }, self.leaseCallTimeoutMs),
     release: (leases) => client.releaseLeases(node, leases),
-  }, { cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage, waitMs: opts.timeoutMs });
+  }, {
+    cacheTtlMs: opts.cacheTtlMs, staleTtlMs: opts.staleTtlMs, trackDraws: opts.reportUsage, waitMs: opts.timeoutMs,
+    warn: (fields, msg) => log.warn({ ...fields, controlService: origin }, msg),
+  });
   self.stream = new StreamClient({ baseUrl: opts.controlServiceUrl, fallbackUrls: opts.controlServiceUrls, token: opts.controlServiceToken, node }, {
     changed: (consumers) => (consumers === 'all' ? self.leases.dropAll() : self.leases.drop(consumers)),
     // Another node is starved: give back what this node has not drawn, and send the usage it holds
