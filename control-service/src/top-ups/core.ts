@@ -119,14 +119,18 @@ export function decideCredit(session: SessionRead, record: TopUpRecord | undefin
 }
 
 /**
- * What a refund or dispute of `taken` (of a payment of `paidTotal`, tax
- * included) takes back of a top-up that credited `credited`, given what was
- * taken back before: the same share of the credit, never more than is left.
+ * What a refund or dispute takes back of a top-up that credited `credited`, when
+ * `takenSoFar` of its payment (`paidTotal`, tax included) has been taken back in
+ * all, this one included, and `debitedBefore` was debited for the earlier ones:
+ * the share of the credit the running total comes to, less what was debited
+ * before, never more than is left. Working from the running total keeps repeated
+ * partial refunds from rounding each on its own (1-cent refunds of half the
+ * payment take back half the credit, not every cent rounded up).
  */
-export function debitFor(taken: number, paidTotal: number, credited: number, debitedBefore: number): number {
-  if (taken <= 0 || paidTotal <= 0 || credited <= 0) return 0;
-  const share = taken >= paidTotal ? credited : Math.round((taken * credited) / paidTotal);
-  return Math.max(0, Math.min(share, credited - debitedBefore));
+export function debitFor(takenSoFar: number, paidTotal: number, credited: number, debitedBefore: number): number {
+  if (takenSoFar <= 0 || paidTotal <= 0 || credited <= 0) return 0;
+  const due = takenSoFar >= paidTotal ? credited : Math.round((takenSoFar * credited) / paidTotal);
+  return Math.max(0, Math.min(due, credited) - debitedBefore);
 }
 
 /** Metadata and idempotency keys of our balance transactions: the sweep and recovery know them by these. */

@@ -157,9 +157,16 @@ export class TopUps {
     // Oldest first, so the cap (never more than was credited) falls on the latest.
     refunds.sort((a, b) => a.created - b.created || a.id.localeCompare(b.id));
     let any = false;
-    for (const refund of refunds) {
-      if (refund.status !== 'succeeded' && refund.status !== 'pending') continue;
-      any = (await this.debit('refund', refund.id, refund.amount, charge.amount, of.topUp, of.sessionId)) || any;
+    // Each refund's debit is what the running total of refunds comes to, less what earlier ones debited.
+    // The total starts from the refunds already debited (in whatever order they came), then adds new ones
+    // oldest first: refunds made in one second have no order of their own.
+    const counted = refunds.filter((r) => r.status === 'succeeded' || r.status === 'pending');
+    const debited = new Set((await this.deps.store.moves({ topUpId: of.topUp.id })).map((m) => m.ref));
+    let takenSoFar = counted.filter((r) => debited.has(`refund:${r.id}`)).reduce((sum, r) => sum + r.amount, 0);
+    for (const refund of counted) {
+      if (debited.has(`refund:${refund.id}`)) continue;
+      takenSoFar += refund.amount;
+      any = (await this.debit('refund', refund.id, takenSoFar, charge.amount, of.topUp, of.sessionId)) || any;
     }
     return any ? 'applied' : 'ignored';
   }
@@ -171,12 +178,13 @@ export class TopUps {
     const charge = await this.deps.gateway.call((s) => s.charges.retrieve(chargeId));
     const of = await this.topUpOfCharge(charge);
     if (!of) return 'ignored';
-    return (await this.debit('dispute', dispute.id, dispute.amount, charge.amount, of.topUp, of.sessionId)) ? 'applied' : 'ignored';
+    // What was refunded before counts in the running total the dispute adds to.
+    return (await this.debit('dispute', dispute.id, charge.amount_refunded + dispute.amount, charge.amount, of.topUp, of.sessionId)) ? 'applied' : 'ignored';
   }
 
-  private async debit(kind: 'refund' | 'dispute', id: string, taken: number, paidTotal: number, topUp: TopUpRow, sessionId: string): Promise<boolean> {
+  private async debit(kind: 'refund' | 'dispute', id: string, takenSoFar: number, paidTotal: number, topUp: TopUpRow, sessionId: string): Promise<boolean> {
     const intent = debitIntent(kind, id, sessionId, topUp.id, topUp.customerId, 0, topUp.currency);
-    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(taken, paidTotal, topUp.amount, before), this.now());
+    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, topUp.amount, before), this.now());
     if (row && created) await this.send(row);
     return row !== undefined;
   }

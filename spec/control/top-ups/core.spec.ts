@@ -103,10 +103,22 @@ describe('top-ups: the pure core', () => {
     it('take back the refunded share of the credit, never more than was credited', () => {
       expect(debitFor(2700, 2700, 2500, 0), 'full refund, tax included').to.equal(2500);
       expect(debitFor(1350, 2700, 2500, 0), 'half').to.equal(1250);
-      expect(debitFor(1350, 2700, 2500, 1250), 'the other half').to.equal(1250);
+      expect(debitFor(2700, 2700, 2500, 1250), 'the other half (2700 taken back in all)').to.equal(1250);
       expect(debitFor(2700, 2700, 2500, 1250), 'dispute after a partial refund').to.equal(1250);
       expect(debitFor(100, 2700, 2500, 2500), 'nothing left').to.equal(0);
       expect(debitFor(0, 2700, 2500, 0)).to.equal(0);
+    });
+
+    it('repeated partial refunds take back the share of their running total, not each rounded on its own', () => {
+      // A top-up that credited 1000, paid 1200 with 20% tax.
+      const run = (refunds: number[], paid = 1200, credited = 1000) => {
+        let taken = 0; let debited = 0;
+        for (const r of refunds) { taken += r; debited += debitFor(taken, paid, credited, debited); }
+        return debited;
+      };
+      expect(run(Array(600).fill(1)), '600 refunds of 1 cent: half the payment').to.equal(500);
+      expect(run([400, 400, 400]), 'three refunds of 400: the whole payment').to.equal(1000);
+      expect(run([500, 500], 1100), 'two refunds of 500 of 1100').to.equal(909);
     });
   });
 
