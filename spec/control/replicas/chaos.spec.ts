@@ -214,6 +214,7 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
     await until(async () => (await db.query(`SELECT COUNT(*)::int AS n FROM email_outbox WHERE status IN ('pending', 'sending')`)).rows[0].n === 0,
       15_000, 'emails still waiting in the outbox');
     const outbox = (await db.query(`SELECT dedupe_key, message_id, status FROM email_outbox WHERE status = 'delivered'`)).rows;
+    if (!outbox.length) console.log('      outbox', (await db.query('SELECT status, COUNT(*)::int AS n, MAX(last_error) AS err FROM email_outbox GROUP BY status')).rows, 'transitions', (await db.query('SELECT COUNT(*)::int AS n FROM cohort_transitions')).rows);
     expect(outbox.length, 'no email fell due').to.be.greaterThan(0);
     expect(new Set(outbox.map((r) => r.message_id)).size, 'two outbox rows share a Message-ID').to.equal(outbox.length);
     const inbox = await smtp.inbox();
