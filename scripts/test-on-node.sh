@@ -112,7 +112,7 @@ rm -f "$result"
 status=0
 (cd "$src" && PATH="$nodedir/bin:$PATH" PAYG_TEST_RESULT="$result" npm test -- "$@") || status=$?
 if [ -s "$result" ]; then
-  "$node_bin" -e 'const r=require(process.argv[1]);console.log(`Node ${process.versions.node}: ${r.passed} passed, ${r.failed} failed`)' "$result"
+  "$node_bin" -e 'const r=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));console.log(`Node ${process.versions.node}: ${r.passed} passed, ${r.failed} failed`)' "$result"
 else
   echo "Node $version: mocha wrote no result (the run broke before it ended)"
   [ "$status" -ne 0 ] || status=1
