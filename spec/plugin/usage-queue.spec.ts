@@ -1,7 +1,12 @@
 // The usage queue on its own (its I/O is a function passed in): the flush a
-// decision may force, and what happens when that flush fails.
+// decision may force, and what happens when that flush fails; then sending
+// through the control client to a loopback fake of the control service, as
+// docs/plugin.md (Usage events) promises: a batch refused for good is dropped,
+// one the service could not take now is sent again.
 import { expect } from 'chai';
+import { ControlClient } from '../../plugin/src/control-client';
 import { UsageQueue, type SendOutcome, type UsageEvent } from '../../plugin/src/usage-queue';
+import { FakeControlService } from '../../testkit/fake-control-service';
 import { until } from '../support/until';
 
 const opts = { maxBatchSize: 10, maxCoalescingDelayMs: 60_000, maxEntries: 100, initialRetryDelayMs: 20, maxRetryDelayMs: 50 };
@@ -30,5 +35,43 @@ describe('usage queue', () => {
     expect(q.unreported('cus_a'), 'still unreported after the failure').to.equal(1);
     await until(() => sent.length === 1, 2000); // the retry, after initial_retry_delay, with no further push
     expect(q.unreported('cus_a')).to.equal(0);
+  });
+
+  describe('sent through the control client (a loopback fake of the control service)', () => {
+    let fake: FakeControlService;
+    let client: ControlClient;
+    beforeEach(async () => {
+      fake = await new FakeControlService().start();
+      client = new ControlClient({ baseUrl: new URL(fake.url), token: undefined, timeoutMs: 1000, defaultTtlMs: 5000 });
+    });
+    afterEach(async () => {
+      client.close();
+      await fake.stop();
+    });
+
+    for (const status of [413, 422]) {
+      it(`a usage batch answered ${status} is dropped and logged as an error, not sent again`, async () => {
+        let attempts = 0;
+        fake.usageStatus = () => { attempts++; return status; };
+        const errors: string[] = [];
+        const warnings: string[] = [];
+        const queue = new UsageQueue({ maxBatchSize: 10, maxCoalescingDelayMs: 0, maxEntries: 100, initialRetryDelayMs: 10, maxRetryDelayMs: 20 }, {
+          send: (batch) => client.postUsage(batch, 1000), error: (_f, msg) => errors.push(msg), warn: (_f, msg) => warnings.push(msg),
+        });
+        queue.push(event(1));
+        await queue.flushNow();
+        await new Promise((r) => setTimeout(r, 100)); // five retry delays: a retry would have gone
+        expect(attempts, 'sent once').to.equal(1);
+        expect(queue.unreported('cus_a'), 'no longer waiting to be sent').to.equal(0);
+        expect(errors, 'logged as an error').to.have.length(1);
+      });
+    }
+
+    it('a usage batch answered 503 is kept and sent again', async () => {
+      let attempts = 0;
+      fake.usageStatus = () => (++attempts === 1 ? 503 : 200);
+      expect(await client.postUsage([event(1)], 1000)).to.have.property('retry');
+      expect(await client.postUsage([event(1)], 1000)).to.equal(undefined);
+    });
   });
 });

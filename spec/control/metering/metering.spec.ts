@@ -67,6 +67,15 @@ describe('metering', function () {
       expect(state.estimated_balance).to.equal(-996);
     });
 
+    it('a usage id repeated inside one batch is counted once', async () => {
+      const c = stripe.create({ balance: -1000 });
+      await start();
+      await svc.sync!.sweep();
+      const e = event(c.id);
+      expect((await post([e, e, event(c.id), e])).body).to.include({ accepted: 2, duplicates: 2 });
+      expect(await customerState(c.id)).to.include({ unsettled_usage: 2, estimated_balance: -998 });
+    });
+
     it('stored before the 2xx: a restart keeps the usage and the estimate', async () => {
       const c = stripe.create({ balance: -5 });
       await start();
@@ -85,6 +94,14 @@ describe('metering', function () {
       await svc.sync!.sweep();
       await post([event(c.id), event(c.id, { route: 'search' }), event(c.id, { status: 503 }), event(c.id, { route: null, status: 404 })]);
       expect((await customerState(c.id)).unsettled_usage).to.equal(0.5 + 2.25 + 0 + 0.5);
+    });
+
+    it('count_upstream_5xx: true charges a request the upstream answered 5xx', async () => {
+      const c = stripe.create({ balance: -1000 });
+      await start({ count_upstream_5xx: true });
+      await svc.sync!.sweep();
+      await post([event(c.id, { status: 502 }), event(c.id, { status: 200 })]);
+      expect(await customerState(c.id)).to.include({ unsettled_usage: 2 });
     });
   });
 

@@ -3,6 +3,7 @@
 // Charged amounts are read back as a user sees them: the admin API's unsettled usage.
 import { expect } from 'chai';
 import { parseConfig } from '../../../control-service/src/config';
+import { costOf, fixedPrice } from '../../../control-service/src/pricing';
 import { KongHarness, accessPdk, logPdk } from '../../../testkit/kong-harness';
 import { startPluginServer } from '../../../testkit/pluginserver-process';
 import { CONTROL, serviceFixture } from '../../support/fixture';
@@ -139,5 +140,17 @@ describe('pricing by measured units', function () {
     expect((await fetch(`${fx.url}/v1/balance/bob`, { headers: { authorization: `Bearer ${CONTROL}` } })).status, 'no path form').to.equal(404);
     expect((await get({ authorization: `Bearer ${CONTROL}` })).status, 'no consumer header').to.equal(400);
     expect((await get({ authorization: `Bearer ${CONTROL}`, 'x-consumer-custom-id': 'nobody' })).status).to.equal(404);
+  });
+});
+
+describe('what a request costs (pure)', () => {
+  it('count_upstream_5xx: an upstream 5xx costs nothing unless it is set', () => {
+    const pricing = {
+      defaultCostMicros: 1_000_000, routeCostMicros: new Map([['search', 2_500_000]]),
+      defaultPrice: fixedPrice(1_000_000), routePrices: new Map([['search', fixedPrice(2_500_000)]]), countUpstream5xx: false,
+    };
+    expect([costOf(pricing, null, 200), costOf(pricing, null, 404), costOf(pricing, null, 502), costOf(pricing, 'search', 500)]).to.deep.equal([1_000_000, 1_000_000, 0, 0]);
+    const counted = { ...pricing, countUpstream5xx: true };
+    expect([costOf(counted, null, 502), costOf(counted, 'search', 500)]).to.deep.equal([1_000_000, 2_500_000]);
   });
 });

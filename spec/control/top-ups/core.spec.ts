@@ -152,6 +152,15 @@ describe('top-ups: the pure core', () => {
     });
   });
 
+  describe('top_up.metadata_key', () => {
+    it('top_up.metadata_key: the customer\'s own top-up link wins over top_up.url', () => {
+      const customer = (metadata: Record<string, string>) => ({ id: 'cus_a', balance: 0, currency: 'usd', name: 'Ada Lovelace', email: 'ada@example.com', metadata });
+      const topUp = { url: 'https://pay.example.com/{customer_id}', metadata_key: 'top_up' };
+      expect(mergeContext(customer({ top_up: 'https://vip.example.com/ada' }), topUp).top_up_url).to.equal('https://vip.example.com/ada');
+      expect(mergeContext(customer({}), topUp).top_up_url).to.equal('https://pay.example.com/cus_a');
+    });
+  });
+
   describe('the page', () => {
     it('escapes the name, runs no script, allows only its own style and Checkout', () => {
       const html = topUpPage({ customer: { name: '<script>alert(1)</script>', creditMinor: 0, currency: 'usd' }, amounts: { presets: [1000], min: 500, max: 5000 }, nonce: 'n'.repeat(22), action: '/top-up/t' });
