@@ -3,9 +3,9 @@
 // instance's cache_ttl_ms. A recall gives back undrawn leases and sends queued usage at once.
 // Real payg-pluginserver processes, driven as Kong drives them, against the fake control service.
 import { expect } from 'chai';
-import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../../testkit/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import type { Consumer, KongHarness } from '../../testkit/kong-harness';
 import { FakeControlService, block, leased } from '../../testkit/fake-control-service';
+import { pluginFixture, type PluginNode } from '../support/plugin-fixture';
 import { until } from '../support/until';
 
 const ada: Consumer = { id: 'c-ada', username: 'ada', custom_id: 'cus_ada' };
@@ -14,28 +14,18 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('payg: one plugin server is one node', function () {
   this.timeout(30_000);
-  let server: PluginServerProcess;
+  const fx = pluginFixture({ control: 'fake' });
+  let node: PluginNode;
   let kong: KongHarness;
   let svc: FakeControlService;
 
   beforeEach(async () => {
-    svc = await new FakeControlService().start();
-    server = await startPluginServer();
-    kong = new KongHarness(server.socketPath);
-  });
-  afterEach(async () => {
-    kong?.close();
-    await server?.stop();
-    await svc?.stop();
+    svc = fx.fake;
+    node = await fx.startNode();
+    kong = node.kong;
   });
 
-  async function request(id: string, consumer: Consumer, route = 'orders'): Promise<number> {
-    const ctx = requestCtx();
-    const res = await kong.handleEvent(id, 'access', { ...accessPdk(consumer, ctx), 'kong.router.get_route': () => ({ id: `r-${route}`, name: route }) });
-    const status = res.exit?.status ?? 200;
-    if (status === 200) await kong.handleEvent(id, 'log', logPdk({ consumer, route: { id: `r-${route}`, name: route }, status }, ctx));
-    return status;
-  }
+  const request = async (id: string, consumer: Consumer, route = 'orders') => (await fx.request(node, consumer, { plugin: id, route })).status;
 
   it('cache_ttl_ms 0 with fail_open false: a consumer with credit is served on its lease, with a handful of lease calls', async () => {
     svc.decide = () => leased(1000, { ttlMs: 60_000, leaseTtlMs: 60_000 });

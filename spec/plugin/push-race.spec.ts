@@ -2,9 +2,9 @@
 // announced. A refusal fetched across a push must not stay cached, or a customer whose credit
 // came back stays refused until the TTL.
 import { expect } from 'chai';
-import { KongHarness, accessPdk, type Consumer } from '../../testkit/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import { accessPdk, type Consumer, type KongHarness } from '../../testkit/kong-harness';
 import { FakeControlService, block, leased } from '../../testkit/fake-control-service';
+import { pluginFixture } from '../support/plugin-fixture';
 import { until } from '../support/until';
 
 const ada: Consumer = { id: 'c-ada', username: 'ada', custom_id: 'cus_ada' };
@@ -12,19 +12,13 @@ const PAYMENT = '{"error":"payment_required"}';
 
 describe('payg: a push racing a lease call', function () {
   this.timeout(20_000);
-  let server: PluginServerProcess;
+  const fx = pluginFixture({ control: 'fake' });
   let kong: KongHarness;
   let svc: FakeControlService;
 
   beforeEach(async () => {
-    svc = await new FakeControlService().start();
-    server = await startPluginServer();
-    kong = new KongHarness(server.socketPath);
-  });
-  afterEach(async () => {
-    kong?.close();
-    await server?.stop();
-    await svc?.stop();
+    svc = fx.fake;
+    kong = (await fx.startNode()).kong;
   });
 
   for (const [what, push] of [

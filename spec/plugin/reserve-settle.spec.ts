@@ -4,108 +4,36 @@
 // again. Real payg-pluginserver processes, driven as Kong drives them, against the
 // real control service and the Stripe emulator.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import pino from 'pino';
-import { parseConfig } from '../../control-service/src/config';
-import { startService, type RunningService } from '../../control-service/src/service';
-import { StripeEmulator } from '../../testkit/stripe-emulator';
-import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer, type PdkHandlers } from '../../testkit/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
+import type { Consumer } from '../../testkit/kong-harness';
+import { PAYMENT_BODY, pluginFixture, type PluginNode } from '../support/plugin-fixture';
 import { until } from '../support/until';
 
-const ADMIN = 'admin-token-for-tests';
-const CONTROL = 'control-token-for-tests';
-const PAYMENT_BODY = '{"error":"payment_required"}';
 /** One cent per completion token, at most 10 cents a request; other routes half a cent. */
 const PRICES = { default_cost: '0.5', routes: { chat: { completion_tokens: 1, max_cost: 10 } } };
 /** Every chat request below uses 4 completion tokens: 4 cents, against a reservation of 10. */
 const TOKENS = 4;
 
-interface Node { ps: PluginServerProcess; kong: KongHarness; plugin: string }
-
 describe('reserve, then settle: variable-cost requests on the node\'s lease', function () {
   this.timeout(30_000);
-  let stripe: StripeEmulator;
-  let svc: RunningService;
-  let dir: string;
-  let nodes: Node[] = [];
+  const fx = pluginFixture({
+    prefix: 'payg-reserve-',
+    plugin: { cache_ttl_ms: 60_000, timeout_ms: 3000, credit_header: 'X-Credit-Remaining', queue: { max_coalescing_delay: 0.02 } },
+  });
 
-  async function startControl(metering: Record<string, unknown>): Promise<void> {
-    const config = parseConfig({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
-      stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
-      decision_ttl_ms: 60_000,
-      cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-      rules: [{ id: 'block', cohort: 'no-credit', body: PAYMENT_BODY }],
-      metering: { ...metering, settle: { enabled: false } },
-      // Recalls get time to finish on a loaded machine: this spec is about exact amounts, not recall latency.
-      leases: { expire_interval_ms: 20, recall_wait_ms: 3000 },
-    }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL }, dir);
-    svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
-    await svc.sync!.sweep();
-  }
-
-  async function startNodes(n: number): Promise<Node[]> {
-    const started = await Promise.all(Array.from({ length: n }, async () => {
-      const ps = await startPluginServer();
-      const kong = new KongHarness(ps.socketPath);
-      const plugin = await kong.startInstance('payg', {
-        control_service_url: svc.url, control_service_token: CONTROL, cache_ttl_ms: 60_000, timeout_ms: 3000,
-        credit_header: 'X-Credit-Remaining', queue: { max_coalescing_delay: 0.02 },
-      });
-      return { ps, kong, plugin };
-    }));
-    nodes.push(...started);
-    return started;
-  }
-
-  interface Served { status: number; body: string | undefined; credit: string | undefined; pdkCalls: string[] }
-
+  const startControl = (metering: Record<string, unknown>) => fx.startControl({
+    metering: { ...metering, settle: { enabled: false } },
+    // Recalls get time to finish on a loaded machine: this spec is about exact amounts, not recall latency.
+    leases: { expire_interval_ms: 20, recall_wait_ms: 3000 },
+  });
+  const startNodes = (n: number) => fx.startNodes(n);
   /** One request on `route` through a node: access (Kong answers get_route), then the log phase with the tokens used. */
-  async function request(node: Node, consumer: Consumer, route: string): Promise<Served> {
-    const ctx = requestCtx();
-    const kongRoute = { id: `r-${route}`, name: route };
-    let credit: string | undefined;
-    const access: PdkHandlers = {
-      ...accessPdk(consumer, ctx),
-      'kong.router.get_route': () => kongRoute,
-      'kong.response.set_header': (name: unknown, value: unknown) => { if (name === 'X-Credit-Remaining') credit = String(value); return null; },
-    };
-    const res = await node.kong.handleEvent(node.plugin, 'access', access);
-    const status = res.exit?.status ?? 200;
-    if (status === 200) {
-      await node.kong.handleEvent(node.plugin, 'log', {
-        ...logPdk({ consumer, status }, ctx),
-        'kong.log.serialize': () => JSON.stringify({
-          consumer, route: kongRoute, started_at: Date.now(), request: { size: 10 }, response: { status, size: 10 },
-          ...(route === 'chat' ? { ai: { proxy: { usage: { prompt_tokens: 50, completion_tokens: TOKENS } } } } : {}),
-        }),
-      });
-    }
-    return { status, body: res.exit?.body, credit, pdkCalls: res.pdkCalls };
-  }
-
-  const customer = async (id: string) => (await (await fetch(`${svc.url}/admin/customers/${id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json()) as {
-    unsettled_usage: number; leases: Array<{ held_micros: number }>;
-  };
-  const unsettled = async (id: string) => (await customer(id)).unsettled_usage;
-
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-reserve-'));
-    stripe = await new StripeEmulator().start();
-  });
-  afterEach(async () => {
-    for (const n of nodes) { n.kong.close(); await n.ps.stop(); }
-    nodes = [];
-    await svc?.stop();
-    await stripe.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const request = (node: PluginNode, consumer: Consumer, route: string) =>
+    fx.request(node, consumer, { route, log: route === 'chat' ? { ai: { proxy: { usage: { prompt_tokens: 50, completion_tokens: TOKENS } } } } : {} });
+  const customer = (id: string) => fx.customer(id);
+  const unsettled = (id: string) => fx.unsettled(id);
 
   it('50 concurrent token-priced requests on two nodes: overspend 0, each charged its tokens; then the credit is used to the last request its max_cost covers, and the 402 is the rule\'s', async () => {
-    const c = stripe.create({ balance: -100 }); // $1.00: at most 10 chat requests reserved at once
+    const c = fx.stripe.create({ balance: -100 }); // $1.00: at most 10 chat requests reserved at once
     await startControl(PRICES);
     const two = await startNodes(2);
     const consumer = { id: 'k1', custom_id: c.id };
@@ -128,7 +56,7 @@ describe('reserve, then settle: variable-cost requests on the node\'s lease', fu
         break;
       }
       total++;
-      expect(Number(r.credit), 'the credit header never shows more than is left').to.be.at.most(100 - (total - 1) * TOKENS);
+      expect(r.credit, 'the credit header never shows more than is left').to.be.at.most(100 - (total - 1) * TOKENS);
       await until(async () => (await unsettled(c.id)) === total * TOKENS, 5000, 'usage not counted');
       expect(total, 'overspend').to.be.at.most(23);
     }
@@ -147,7 +75,7 @@ describe('reserve, then settle: variable-cost requests on the node\'s lease', fu
   });
 
   it('with fixed prices only, access never reads the route', async () => {
-    const c = stripe.create({ balance: -100_000 });
+    const c = fx.stripe.create({ balance: -100_000 });
     await startControl({ default_cost: 1, routes: { chat: 3 } });
     const [node] = await startNodes(1);
     const consumer = { id: 'k1', custom_id: c.id };
@@ -159,7 +87,7 @@ describe('reserve, then settle: variable-cost requests on the node\'s lease', fu
   });
 
   it('with a variable price, access reads the route (kong.router.get_route) once the first lease has said so', async () => {
-    const c = stripe.create({ balance: -100_000 });
+    const c = fx.stripe.create({ balance: -100_000 });
     await startControl(PRICES);
     const [node] = await startNodes(1);
     const consumer = { id: 'k1', custom_id: c.id };
