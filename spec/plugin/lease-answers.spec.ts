@@ -2,10 +2,10 @@
 // treated like an unreachable service (fail mode) and never handed to Kong; an
 // answer over the size limit is not even parsed (the control client on its own).
 import { expect } from 'chai';
-import { ControlClient } from '../../plugin/src/control-client';
 import { KongHarness, accessPdk, type Consumer, type PdkHandlers } from '../../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
 import { FakeControlService, block } from '../../testkit/fake-control-service';
+import { controlClientFixture } from '../support/plugin-fixture';
 
 const bob: Consumer = { id: 'b0b', username: 'bob', custom_id: 'cus_bob' };
 const allowWith = (lease: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
@@ -50,25 +50,16 @@ describe('payg plugin: lease answers of the wrong shape', function () {
 });
 
 describe('the control client: a decision answer over the size limit', () => {
-  let fake: FakeControlService;
-  let client: ControlClient;
-  beforeEach(async () => {
-    fake = await new FakeControlService().start();
-    client = new ControlClient({ baseUrl: new URL(fake.url), token: undefined, timeoutMs: 1000, defaultTtlMs: 5000 });
-  });
-  afterEach(async () => {
-    client.close();
-    await fake.stop();
-  });
+  const cx = controlClientFixture();
 
   it('a decision answer over the size limit is treated as the service failing, not parsed', async () => {
     const padded = JSON.stringify({ allow: false, status: 402, headers: {}, body: 'x'.repeat(300 * 1024), rule: 'r', ttl_ms: 5000 });
-    fake.decide = () => ({ body: padded });
-    const ask = () => client.fetchLease({ node: 'node-1', consumer: 'cus_a', want: 1 });
+    cx.fake.decide = () => ({ body: padded });
+    const ask = () => cx.client.fetchLease({ node: 'node-1', consumer: 'cus_a', want: 1 });
     const outcome = await ask();
     expect(outcome).to.deep.include({ kind: 'UNAVAILABLE', reason: 'BAD_SHAPE', detail: 'response too large' });
     // A block with a body of ordinary size is a decision.
-    fake.decide = () => block('{"error":"payment_required"}');
+    cx.fake.decide = () => block('{"error":"payment_required"}');
     expect((await ask()).kind).to.equal('DECISION');
   });
 });

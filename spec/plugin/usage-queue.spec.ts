@@ -4,9 +4,8 @@
 // docs/plugin.md (Usage events) promises: a batch refused for good is dropped,
 // one the service could not take now is sent again.
 import { expect } from 'chai';
-import { ControlClient } from '../../plugin/src/control-client';
 import { UsageQueue, type SendOutcome, type UsageEvent } from '../../plugin/src/usage-queue';
-import { FakeControlService } from '../../testkit/fake-control-service';
+import { controlClientFixture } from '../support/plugin-fixture';
 import { until } from '../support/until';
 
 const opts = { maxBatchSize: 10, maxCoalescingDelayMs: 60_000, maxEntries: 100, initialRetryDelayMs: 20, maxRetryDelayMs: 50 };
@@ -38,25 +37,16 @@ describe('usage queue', () => {
   });
 
   describe('sent through the control client (a loopback fake of the control service)', () => {
-    let fake: FakeControlService;
-    let client: ControlClient;
-    beforeEach(async () => {
-      fake = await new FakeControlService().start();
-      client = new ControlClient({ baseUrl: new URL(fake.url), token: undefined, timeoutMs: 1000, defaultTtlMs: 5000 });
-    });
-    afterEach(async () => {
-      client.close();
-      await fake.stop();
-    });
+    const cx = controlClientFixture();
 
     for (const status of [413, 422]) {
       it(`a usage batch answered ${status} is dropped and logged as an error, not sent again`, async () => {
         let attempts = 0;
-        fake.usageStatus = () => { attempts++; return status; };
+        cx.fake.usageStatus = () => { attempts++; return status; };
         const errors: string[] = [];
         const warnings: string[] = [];
         const queue = new UsageQueue({ maxBatchSize: 10, maxCoalescingDelayMs: 0, maxEntries: 100, initialRetryDelayMs: 10, maxRetryDelayMs: 20 }, {
-          send: (batch) => client.postUsage(batch, 1000), error: (_f, msg) => errors.push(msg), warn: (_f, msg) => warnings.push(msg),
+          send: (batch) => cx.client.postUsage(batch, 1000), error: (_f, msg) => errors.push(msg), warn: (_f, msg) => warnings.push(msg),
         });
         queue.push(event(1));
         await queue.flushNow();
@@ -69,9 +59,9 @@ describe('usage queue', () => {
 
     it('a usage batch answered 503 is kept and sent again', async () => {
       let attempts = 0;
-      fake.usageStatus = () => (++attempts === 1 ? 503 : 200);
-      expect(await client.postUsage([event(1)], 1000)).to.have.property('retry');
-      expect(await client.postUsage([event(1)], 1000)).to.equal(undefined);
+      cx.fake.usageStatus = () => (++attempts === 1 ? 503 : 200);
+      expect(await cx.client.postUsage([event(1)], 1000)).to.have.property('retry');
+      expect(await cx.client.postUsage([event(1)], 1000)).to.equal(undefined);
     });
   });
 });

@@ -11,6 +11,7 @@
 //
 //   const fx = pluginFixture({ control: 'fake' });                // fx.fake scripts the answers
 import type { RunningService } from '../../control-service/src/service';
+import { ControlClient } from '../../plugin/src/control-client';
 import { FakeControlService } from '../../testkit/fake-control-service';
 import { KongHarness, accessPdk, requestCtx, type Consumer, type PdkHandlers } from '../../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../../testkit/pluginserver-process';
@@ -166,5 +167,19 @@ export function pluginFixture(opts: PluginFixtureOptions = {}): PluginFixture {
   const fx = new PluginFixture(opts);
   beforeEach(() => fx.setUp());
   afterEach(() => fx.tearDown());
+  return fx;
+}
+
+/** The plugin's control client on its own, talking to a loopback FakeControlService; both fresh for each test. */
+export function controlClientFixture(): { fake: FakeControlService; client: ControlClient } {
+  const fx = {} as { fake: FakeControlService; client: ControlClient };
+  beforeEach(async () => {
+    fx.fake = await new FakeControlService().start();
+    fx.client = new ControlClient({ baseUrl: new URL(fx.fake.url), token: undefined, timeoutMs: 1000, defaultTtlMs: 5000 });
+  });
+  afterEach(async () => {
+    fx.client.close();
+    await fx.fake.stop();
+  });
   return fx;
 }
