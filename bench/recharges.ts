@@ -4,50 +4,24 @@
 // crossing's commit to the credit confirmed, with the emulator answering
 // payments at once and after a delay. The control service runs in process
 // with the Stripe emulator on loopback. Prints figures only.
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import pino from 'pino';
-import { parseConfig } from '../control-service/src/config';
-import { startService, type RunningService } from '../control-service/src/service';
-import { StripeEmulator } from '../testkit/stripe-emulator';
+import { BenchStack, CONTROL, pct } from './stack';
 
-const CONTROL = 'bench-control-token';
-const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 const fmt = (xs: number[]) => `p50 ${pct(xs, 50).toFixed(0)}  p90 ${pct(xs, 90).toFixed(0)}  max ${Math.max(...xs).toFixed(0)} ms`;
 
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 async function run(n: number, paymentDelayMs: number): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-recharges-'));
-  const stripe = await new StripeEmulator().start();
-  stripe.autoDeliver = false;
-  const port = await freePort();
-  const config = parseConfig({
-    listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+  const stack = await BenchStack.open({ prefix: 'payg-bench-recharges-', autoDeliver: false });
+  const stripe = stack.stripe;
+  const ids: string[] = [];
+  for (let i = 0; i < n; i++) ids.push(await stack.optedInCustomer({ name: `c${i}`, balance: -600, currency: 'usd' }));
+  const svc = await stack.startService({
     stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, timeout_ms: 30_000 },
-    top_up: { checkout: { public_url: `http://127.0.0.1:${port}`, currencies: { usd: { presets: [2500], min: 500, max: 100_000 } } } },
+    top_up: { checkout: { public_url: stack.url, currencies: { usd: { presets: [2500], min: 500, max: 100_000 } } } },
     auto_recharge: { enabled: true, threshold: 500, amount: 2000, monthly_cap: 10_000, poll_interval: '1s' },
     cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
     rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
     metering: { default_cost: 100, settle: { enabled: false } },
-  }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL, PAYG_TOP_UP_SECRET: 'bench-top-up-secret-0123456789abcdef0123' }, dir);
-  const ids: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const c = stripe.create({ name: `c${i}`, balance: -600, currency: 'usd' });
-    const pm = await (await fetch(`${stripe.url}/v1/payment_methods/pm_card_visa/attach`, { method: 'POST', headers: { authorization: `Bearer ${stripe.secretKey}`, 'content-type': 'application/x-www-form-urlencoded' }, body: `customer=${c.id}` })).json() as { id: string };
-    stripe.update(c.id, { invoice_settings: { custom_fields: null, default_payment_method: pm.id, footer: null, rendering_options: null }, metadata: { payg_auto_recharge: 'on' } });
-    ids.push(c.id);
-  }
-  const svc: RunningService = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+  });
   await svc.sync!.sweep();
   stripe.paymentDelayMs = paymentDelayMs;
   const credited = new Map<string, number>();
@@ -64,9 +38,7 @@ async function run(n: number, paymentDelayMs: number): Promise<void> {
   const latencies = [...credited.values()].map((t) => t - committed);
   console.log(`N=${String(n).padStart(3)}  payment delay ${String(paymentDelayMs).padStart(4)} ms: ${credited.size}/${n} credited, ${(n / ((last - t0) / 1000)).toFixed(1)} recharges/s;`
     + ` crossing committed → credit confirmed in Stripe: ${fmt(latencies)}`);
-  await svc.stop();
-  await stripe.stop();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await stack.close();
 }
 
 async function main() {

@@ -4,70 +4,32 @@
 // webhooks delivered as they happen), and how long the top-up page takes:
 // GET of the page and POST → 303 to Checkout, as the client sees them on
 // loopback, and the page's server-side render time. Prints figures only.
-import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
-import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import pino from 'pino';
-import { parseConfig } from '../control-service/src/config';
-import { startService, type RunningService } from '../control-service/src/service';
-import { StripeEmulator } from '../testkit/stripe-emulator';
-import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../testkit/kong-harness';
-import { startPluginServer, type PluginServerProcess } from '../testkit/pluginserver-process';
+import type { Consumer } from '../testkit/kong-harness';
+import { BenchStack, CONTROL, pct, request } from './stack';
 
-const CONTROL = 'bench-control-token';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-interface Node { ps: PluginServerProcess; kong: KongHarness; plugin: string }
-
-const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 const fmt = (xs: number[]) => `p50 ${pct(xs, 50).toFixed(1)}  p90 ${pct(xs, 90).toFixed(1)}  max ${Math.max(...xs).toFixed(1)} ms  (n=${xs.length})`;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-async function request(node: Node, consumer: Consumer): Promise<number> {
-  const ctx = requestCtx();
-  const res = await node.kong.handleEvent(node.plugin, 'access', accessPdk(consumer, ctx));
-  const status = res.exit?.status ?? 200;
-  if (status === 200) void node.kong.handleEvent(node.plugin, 'log', logPdk({ consumer, route: { id: 'r', name: 'api' }, status }, ctx));
-  return status;
-}
 
 const form = (fields: Record<string, string>) => ({ method: 'POST', redirect: 'manual' as const, headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(fields).toString() });
 
 async function main() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-bench-top-ups-'));
-  const stripe = await new StripeEmulator().start();
-  const port = await freePort();
-  const config = parseConfig({
-    listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+  const stack = await BenchStack.open({ prefix: 'payg-bench-top-ups-' });
+  const stripe = stack.stripe;
+  const svc = await stack.startService({
     stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100 },
-    top_up: { checkout: { public_url: `http://127.0.0.1:${port}`, currencies: { usd: { presets: [1000, 2500], min: 500, max: 100_000 } } } },
+    top_up: { checkout: { public_url: stack.url, currencies: { usd: { presets: [1000, 2500], min: 500, max: 100_000 } } } },
     cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
     rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required","top_up_url":"{{top_up_url}}"}' }],
     metering: { default_cost: 1, settle: { enabled: false } },
-  }, {
-    STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL, STRIPE_WEBHOOK_SECRET: 'whsec_bench',
-    PAYG_TOP_UP_SECRET: 'bench-top-up-secret-0123456789abcdef0123',
-  }, dir);
-  const svc: RunningService = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
+  }, { STRIPE_WEBHOOK_SECRET: 'whsec_bench' });
   stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: 'whsec_bench' };
   console.log(`top-ups: payment confirmed on Checkout → 200 at every node; top-up page timings. ${os.cpus().length} CPUs, Stripe emulator on loopback`);
 
   const rounds = Number(process.env.ROUNDS ?? 20);
   for (const count of [1, 4]) {
-    const nodes: Node[] = await Promise.all(Array.from({ length: count }, async () => {
-      const ps = await startPluginServer();
-      const kong = new KongHarness(ps.socketPath);
-      const plugin = await kong.startInstance('payg', { control_service_url: svc.url, control_service_token: CONTROL, timeout_ms: 2000 });
-      return { ps, kong, plugin };
-    }));
+    const nodes = await stack.startNodes(count, { timeout_ms: 2000 });
     await sleep(200); // streams connect
     const c = stripe.create({ name: 'Bench Customer', balance: 0, currency: 'usd' });
     await svc.sync!.sweep();
@@ -98,7 +60,7 @@ async function main() {
     }
     console.log(`N = ${count} node${count > 1 ? 's' : ''}: payment confirmed → credit applied in Stripe    ${fmt(credited)}`);
     console.log(`N = ${count} node${count > 1 ? 's' : ''}: payment confirmed → 200 at every node   ${fmt(confirmed)}`);
-    for (const n of nodes) { n.kong.close(); await n.ps.stop(); }
+    await stack.stopNodes(nodes);
   }
 
   // The page, as a client on loopback sees it.
@@ -122,9 +84,7 @@ async function main() {
   }
   console.log(`top-up page GET (render + loopback)                 ${fmt(gets)}`);
   console.log(`top-up page POST → 303 to Checkout (new session)    ${fmt(posts)}`);
-  await svc.stop();
-  await stripe.stop();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await stack.close();
 }
 
 main().catch((err) => { console.error(err); process.exit(1); });

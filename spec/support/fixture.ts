@@ -7,6 +7,8 @@
 //   const fx = serviceFixture({ prefix: 'payg-x-', scope: 'suite' }); // before/after
 //   await fx.start({ metering: { default_cost: 1 } });
 //   const { status, body } = await fx.admin('/admin/customers/cus_1');
+//   const p = await fx.launch(fx.writeConfig('payg.yml', doc));       // the real process, for kill -9
+//   await p.kill('SIGKILL');                                          // (killed at tearDown anyway)
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +16,7 @@ import pino, { type Logger } from 'pino';
 import { parseConfig, type Config } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { startControlProcess, type ControlProcess } from './control-process';
 
 export const ADMIN = 'admin-token-for-tests';
 export const CONTROL = 'control-token-for-tests';
@@ -129,6 +132,26 @@ export class ServiceFixture {
     await svc.stop();
   }
 
+  /** Writes `doc` as the config file `name` in the temp folder (as it is: no base merged in); answers its path. */
+  writeConfig(name: string, doc: Doc): string {
+    const file = path.join(this.dir, name);
+    fs.writeFileSync(file, JSON.stringify(doc));
+    return file;
+  }
+
+  /**
+   * Starts the control service as its real process (bin/payg-control) on `configFile`, with
+   * `env()` (+ `env`) as its environment; killed with SIGKILL at tearDown, before the emulator stops.
+   */
+  async launch(configFile: string, env: Record<string, string | undefined> = {}, timeoutMs?: number): Promise<ControlProcess> {
+    const p = await startControlProcess(configFile, this.env(env), timeoutMs);
+    this.defer(() => p.kill('SIGKILL'));
+    return p;
+  }
+
+  /** A request with the admin token to a service at `base` (e.g. a launched process's url). */
+  adminAt<T = any>(base: string, p: string, init: RequestInit = {}): Promise<Answer<T>> { return this.callAt(base, ADMIN, p, init); }
+
   get url(): string {
     if (!this.svc) throw new Error('fixture: no service started');
     return this.svc.url;
@@ -139,11 +162,13 @@ export class ServiceFixture {
   /** A request to the running service with the control (plugin) bearer token. */
   control<T = any>(p: string, init: RequestInit = {}): Promise<Answer<T>> { return this.call(CONTROL, p, init); }
 
-  private async call<T>(token: string, p: string, init: RequestInit): Promise<Answer<T>> {
+  private call<T>(token: string, p: string, init: RequestInit): Promise<Answer<T>> { return this.callAt(this.url, token, p, init); }
+
+  private async callAt<T>(base: string, token: string, p: string, init: RequestInit): Promise<Answer<T>> {
     const headers = new Headers(init.headers);
     if (!headers.has('authorization')) headers.set('authorization', `Bearer ${token}`);
     if (typeof init.body === 'string' && !headers.has('content-type')) headers.set('content-type', 'application/json');
-    const res = await fetch(`${this.url}${p}`, { ...init, headers });
+    const res = await fetch(`${base}${p}`, { ...init, headers });
     const text = await res.text();
     let body: unknown = text;
     try { body = text === '' ? undefined : JSON.parse(text); } catch { /* not JSON: the text */ }

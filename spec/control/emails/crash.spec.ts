@@ -9,56 +9,43 @@
 // at most one per kill.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import type { ControlProcess } from '../../support/control-process';
+import { ADMIN, serviceFixture } from '../../support/fixture';
 import { SmtpCapture } from '../../../testkit/smtp-capture';
-import { StripeEmulator } from '../../../testkit/stripe-emulator';
 import { seededFor } from '../../support/seeded-random';
 import { until } from '../../support/until';
 
 const CUSTOMERS = 200;
 const KILLS = Number(process.env.PAYG_CRASH_KILLS ?? 8);
-const ADMIN = 'admin-token-for-tests';
-
 
 describe('emails survive kill -9', function () {
   this.timeout(120_000); // ~20 s alone; a busy machine may double it
-  let dir: string;
-  let stripe: StripeEmulator;
+  // Stripe delivers its webhooks as they happen (sweeps catch what a killed service missed).
+  const fx = serviceFixture({ prefix: 'payg-crash-', scope: 'suite', autoDeliver: true });
   let smtp: SmtpCapture;
   let control: ControlProcess | undefined;
 
-  before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-crash-'));
-    stripe = await new StripeEmulator().start();
-    smtp = await new SmtpCapture().start();
-  });
-  after(async () => {
-    try { await control?.kill('SIGKILL'); } finally {
-      await stripe.stop();
-      await smtp.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  before(async () => { smtp = await new SmtpCapture().start(); });
+  after(() => smtp?.stop()); // after the fixture has killed the process
 
   it('200 customers entering no-credit while the service is SIGKILLed 8 times: each has exactly one email', async () => {
     // The kill schedule is random, from a seed printed here: PAYG_TEST_SEED replays it.
     const { seed, random } = seededFor('email crash');
-    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your credit is used up.');
-    const configFile = path.join(dir, 'payg.yml');
-    fs.writeFileSync(configFile, JSON.stringify({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+    const stripe = fx.stripe;
+    fs.writeFileSync(path.join(fx.dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your credit is used up.');
+    const configFile = fx.writeConfig('payg.yml', {
+      listen: { port: 0 }, store: { sqlite: path.join(fx.dir, 'payg.sqlite') },
       stripe: { poll: '* * * * * *', max_requests_per_second: 100, retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       email_delivery: { messages_per_second: 150, poll_interval_ms: 20, retry_base_delay_ms: 20, retry_max_delay_ms: 100 },
       emails: [{ id: 'out-of-credit', cohort: 'no-credit', from: { address: 'billing@example.com', name: 'Example API' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
-    }));
-    const env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, STRIPE_WEBHOOK_SECRET: 'whsec_crash', PAYG_ADMIN_TOKEN: ADMIN, SMTP_URL: smtp.url };
+    });
+    const env = { STRIPE_WEBHOOK_SECRET: 'whsec_crash', PAYG_CONTROL_TOKEN: undefined, SMTP_URL: smtp.url };
     const customers = Array.from({ length: CUSTOMERS }, (_, i) => stripe.create({ name: `Customer ${i}`, email: `c${i}@example.com`, balance: -100 }));
     const start = async () => {
-      control = await startControlProcess(configFile, env);
+      control = await fx.launch(configFile, env);
       stripe.webhook = { url: `${control.url}/webhooks/stripe`, secret: 'whsec_crash' };
     };
     await start();

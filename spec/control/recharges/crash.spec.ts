@@ -4,44 +4,29 @@
 // replicas on one PostgreSQL all see the crossings. Each PaymentIntent is
 // credited exactly once, no recharge is charged twice, and the monthly cap holds.
 import { expect } from 'chai';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import type { ControlProcess } from '../../support/control-process';
+import { CONTROL, NEVER, serviceFixture } from '../../support/fixture';
 import { freshDatabase } from '../../support/postgres';
 import { seededFor } from '../../support/seeded-random';
 import { until } from '../../support/until';
-import { StripeEmulator } from '../../../testkit/stripe-emulator';
-import { freePort } from '../top-ups/support';
+import { freePort, topUpProcessConfig } from '../top-ups/support';
 
-const ADMIN = 'admin-token-for-recharge-crash';
-const CONTROL = 'control-token-for-recharge-crash';
 const TOP_UP_SECRET = 'top-up-secret-for-recharge-crash-0123456789';
 
 describe('auto-recharge: kill -9 and replicas', function () {
   this.timeout(120_000);
-  let dir: string;
-  let stripe: StripeEmulator;
+  const fx = serviceFixture({ prefix: 'payg-recharge-crash-' });
   let seq = 0;
-  const launched: ControlProcess[] = [];
-  const launch = async (configFile: string) => {
-    const p = await startControlProcess(configFile, {
-      STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_ADMIN_TOKEN: ADMIN, PAYG_CONTROL_TOKEN: CONTROL, PAYG_TOP_UP_SECRET: TOP_UP_SECRET,
-    }, 20_000);
-    launched.push(p);
-    return p;
-  };
-  const config = (port: number, store: unknown, cap: number) => JSON.stringify({
-    listen: { port }, store, stripe: { poll: '0 0 1 1 *', timeout_ms: 10_000, retry: { max_attempts: 3, base_delay_ms: 20, max_delay_ms: 100 } },
-    top_up: { checkout: { public_url: `http://127.0.0.1:${port}`, currencies: { usd: { presets: [2500], min: 500, max: 50_000 } }, resend_interval: '1s' } },
+  const launch = (configFile: string) => fx.launch(configFile, { PAYG_TOP_UP_SECRET: TOP_UP_SECRET }, 20_000);
+  const config = (port: number, store: unknown, cap: number) => topUpProcessConfig(port, store, {
+    stripe: { timeout_ms: 10_000, retry: { max_attempts: 3, base_delay_ms: 20, max_delay_ms: 100 } },
     auto_recharge: { enabled: true, threshold: 500, amount: 2000, monthly_cap: cap, max_monthly_cap: 1_000_000, min_interval: '1ms', poll_interval: '200ms' },
-    cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
-    rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
-    metering: { default_cost: 100, settle: { schedule: '0 0 1 1 *' } },
+    metering: { default_cost: 100, settle: { schedule: NEVER } },
   });
-  const sweep = async (r: ControlProcess) => fetch(`${r.url}/admin/sweep`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
-  const creditAt = async (r: ControlProcess, id: string) => -((await (await fetch(`${r.url}/admin/customers/${id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any).estimated_balance as number);
+  const sweep = (r: ControlProcess) => fx.adminAt(r.url, '/admin/sweep', { method: 'POST' });
+  const creditAt = async (r: ControlProcess, id: string) => -((await fx.adminAt(r.url, `/admin/customers/${id}`)).body.estimated_balance as number);
   /** Spends down to $4 (a crossing when above $5). */
   const crossAt = async (r: ControlProcess, id: string) => {
     const credit = await creditAt(r, id);
@@ -51,17 +36,17 @@ describe('auto-recharge: kill -9 and replicas', function () {
     await fetch(`${r.url}/v1/usage`, { method: 'POST', body: JSON.stringify({ events }), headers: { 'content-type': 'application/json', authorization: `Bearer ${CONTROL}` } });
   };
   async function optedIn(): Promise<string> {
-    const c = stripe.create({ name: 'Alice', email: 'alice@example.com', balance: -1000, currency: 'usd' });
-    const res = await fetch(`${stripe.url}/v1/payment_methods/pm_card_visa/attach`, { method: 'POST', headers: { authorization: `Bearer ${stripe.secretKey}`, 'content-type': 'application/x-www-form-urlencoded' }, body: `customer=${c.id}` });
+    const c = fx.stripe.create({ name: 'Alice', email: 'alice@example.com', balance: -1000, currency: 'usd' });
+    const res = await fetch(`${fx.stripe.url}/v1/payment_methods/pm_card_visa/attach`, { method: 'POST', headers: { authorization: `Bearer ${fx.stripe.secretKey}`, 'content-type': 'application/x-www-form-urlencoded' }, body: `customer=${c.id}` });
     const pm = await res.json() as { id: string };
-    stripe.update(c.id, { invoice_settings: { custom_fields: null, default_payment_method: pm.id, footer: null, rendering_options: null }, metadata: { payg_auto_recharge: 'on' } });
+    fx.stripe.update(c.id, { invoice_settings: { custom_fields: null, default_payment_method: pm.id, footer: null, rendering_options: null }, metadata: { payg_auto_recharge: 'on' } });
     return c.id;
   }
   /** Every PaymentIntent credited exactly once, by the recharge it was made for; no recharge paid twice. */
   function checkExactlyOnce(customers: string[], cap: number) {
     for (const id of customers) {
-      const paid = [...stripe.paymentIntents.values()].filter((p: any) => p.customer === id && p.status === 'succeeded') as Array<Record<string, any>>;
-      const credited = stripe.balanceTransactions.filter((t) => t.customer === id && (t.metadata as Record<string, string>)?.payg_recharge);
+      const paid = [...fx.stripe.paymentIntents.values()].filter((p: any) => p.customer === id && p.status === 'succeeded') as Array<Record<string, any>>;
+      const credited = fx.stripe.balanceTransactions.filter((t) => t.customer === id && (t.metadata as Record<string, string>)?.payg_recharge);
       const byRecharge = new Map<string, number>();
       for (const p of paid) byRecharge.set(p.metadata.payg_recharge, (byRecharge.get(p.metadata.payg_recharge) ?? 0) + 1);
       expect([...byRecharge.values()].every((n) => n === 1), 'a recharge charged twice').to.equal(true);
@@ -70,27 +55,14 @@ describe('auto-recharge: kill -9 and replicas', function () {
     }
   }
 
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-recharge-crash-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
-  });
-  afterEach(async () => {
-    try { for (const p of launched.splice(0)) await p.kill('SIGKILL'); } finally {
-      await stripe.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
-
   it('exactly once under a kill -9 loop while payments take their time', async () => {
     const { random } = seededFor('recharges/kill-9');
     const cap = 12_000;
     const customers = [await optedIn(), await optedIn()];
     const port = await freePort();
-    const configFile = path.join(dir, 'payg.yml');
-    const sqlite = path.join(dir, 'payg.sqlite');
-    fs.writeFileSync(configFile, config(port, { sqlite }, cap));
-    stripe.paymentDelayMs = 300;
+    const sqlite = path.join(fx.dir, 'payg.sqlite');
+    const configFile = fx.writeConfig('payg.yml', config(port, { sqlite }, cap));
+    fx.stripe.paymentDelayMs = 300;
     for (let round = 0; round < 6; round++) {
       const control = await launch(configFile);
       await sweep(control);
@@ -119,12 +91,10 @@ describe('auto-recharge: kill -9 and replicas', function () {
     const ports = [await freePort(), await freePort(), await freePort()];
     const replicas: ControlProcess[] = [];
     for (const [i, port] of ports.entries()) {
-      const file = path.join(dir, `payg-${i}.yml`);
-      fs.writeFileSync(file, config(port, { postgres: { url } }, cap));
-      replicas.push(await launch(file));
+      replicas.push(await launch(fx.writeConfig(`payg-${i}.yml`, config(port, { postgres: { url } }, cap))));
     }
     for (const r of replicas) await sweep(r);
-    stripe.paymentDelayMs = 200;
+    fx.stripe.paymentDelayMs = 200;
     // Every replica spends the same customers down at once: each crossing is seen by all, planned once.
     for (let round = 0; round < 5; round++) {
       await Promise.all(replicas.flatMap((r) => customers.map((id) => crossAt(r, id).catch(() => undefined))));

@@ -3,12 +3,12 @@
 // is captured; each secret is a distinctive value searched for in all of it.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import Stripe from 'stripe';
-import { startControlProcess, type ControlProcess } from '../../support/control-process';
+import type { ControlProcess } from '../../support/control-process';
+import { serviceFixture } from '../../support/fixture';
 import { SmtpCapture } from '../../../testkit/smtp-capture';
-import { StripeEmulator } from '../../../testkit/stripe-emulator';
+import type { StripeEmulator } from '../../../testkit/stripe-emulator';
 import { until } from '../../support/until';
 
 const SMTP_PASSWORD = 'SECRETsmtpPASSWORD0123456789';
@@ -23,41 +23,32 @@ const SECRET_VALUES = [...Object.values(SECRETS), SMTP_PASSWORD, 'SECRETstripeKE
 
 describe('secrets never reach logs or API answers', function () {
   this.timeout(20_000);
+  const fx = serviceFixture({ prefix: 'payg-secrets-', scope: 'suite' });
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
   let control: ControlProcess;
-  let dir: string;
   let url: string;
 
   before(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-secrets-'));
-    stripe = await new StripeEmulator().start();
-    stripe.autoDeliver = false;
+    stripe = fx.stripe;
     stripe.secretKey = SECRETS.STRIPE_SECRET_KEY;
     stripe.echoKeyInErrors = true; // Stripe's error text carries the key the service used, in full
     stripe.create({ name: 'Ada', email: 'ada@example.com', balance: 0 });
     smtp = await new SmtpCapture().start();
     smtp.password = SMTP_PASSWORD;
-    fs.writeFileSync(path.join(dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your credit is used up.');
-    const configFile = path.join(dir, 'payg.yml');
-    fs.writeFileSync(configFile, JSON.stringify({
-      listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+    fs.writeFileSync(path.join(fx.dir, 'out.txt.hbs'), 'Hi {{customer.name}}, your credit is used up.');
+    const configFile = fx.writeConfig('payg.yml', {
+      listen: { port: 0 }, store: { sqlite: path.join(fx.dir, 'payg.sqlite') },
       stripe: { retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 20 } },
       cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
       rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
       email_delivery: { poll_interval_ms: 20, max_attempts: 2, retry_base_delay_ms: 20 },
       emails: [{ id: 'out-of-credit', cohort: 'no-credit', from: { address: 'billing@example.com' }, subject: 'Out of credit', text: 'out.txt.hbs' }],
-    }));
-    control = await startControlProcess(configFile, { ...SECRETS, SMTP_URL: smtp.url, STRIPE_API_BASE: stripe.url, PAYG_LOG_LEVEL: 'trace' });
+    });
+    control = await fx.launch(configFile, { ...SECRETS, SMTP_URL: smtp.url, PAYG_LOG_LEVEL: 'trace' });
     url = control.url;
   });
-  after(async () => {
-    try { await control?.kill('SIGKILL'); } finally {
-      await stripe.stop();
-      await smtp.stop();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  after(() => smtp?.stop()); // after the fixture has killed the process
 
   const answers: string[] = [];
   const call = async (p: string, init: RequestInit = {}) => {
