@@ -98,7 +98,9 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
     await Promise.all([0, 1, 2].map(start));
     const alive = () => [0, 1, 2].filter((i) => replicas[i] !== undefined);
 
-    const customers = [-500, -300, -200, -1000, -150].map((balance, i) => stripe.create({ name: `Customer ${i}`, email: `c${i}@example.com`, balance, currency: 'usd' }));
+    // Little credit each (40–200¢ at 0.37¢ a request), so customers run out within a few hundred requests even
+    // on a loaded machine, and emails fall due whatever the request rate.
+    const customers = [-120, -80, -60, -200, -40].map((balance, i) => stripe.create({ name: `Customer ${i}`, email: `c${i}@example.com`, balance, currency: 'usd' }));
     const served = new Map(customers.map((c) => [c.id, 0]));
     // The customers exist before their usage does: every replica knows them (a consumer unknown when its usage arrives is stored unbilled, by design).
     await until(async () => {
@@ -140,6 +142,7 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
     }
     let requests = 0;
     let blocked = 0;
+    const starved = new Set<string>(); // refused since their last top-up
     const drive = async (k: { kong: KongHarness; plugin: string }) => {
       while (running) {
         const c = pick(customers);
@@ -147,17 +150,23 @@ describe('chaos: three replicas, kill -9 at random, usage, webhooks, settlements
         const ctx = requestCtx();
         const access = await k.kong.handleEvent(k.plugin, 'access', accessPdk(consumer, ctx));
         requests++;
-        if (access.exit) { blocked++; await sleep(2); continue; }
+        if (access.exit) { blocked++; starved.add(c.id); await sleep(2); continue; }
         served.set(c.id, served.get(c.id)! + 1);
         await k.kong.handleEvent(k.plugin, 'log', logPdk({ consumer, route: { id: 'r1', name: 'search' }, status: 200 }, ctx));
       }
     };
 
-    // Top-ups: credit arrives in Stripe now and then (customer.updated webhooks), so customers leave and re-enter no-credit.
+    // Top-ups: credit arrives in Stripe now and then (customer.updated webhooks) for a customer who was refused,
+    // so customers leave and re-enter no-credit (a top-up to anyone at random could keep every customer in
+    // credit when a loaded machine serves few requests, and no email would fall due).
     const topUps = async () => {
       while (running) {
         await sleep(800 + random() * 800);
-        if (running) stripe.addBalanceTransaction(pick(customers).id, -300);
+        const refused = customers.filter((c) => starved.has(c.id));
+        if (!running || !refused.length) continue;
+        const c = pick(refused);
+        starved.delete(c.id);
+        stripe.addBalanceTransaction(c.id, -100);
       }
     };
 
