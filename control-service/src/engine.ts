@@ -70,9 +70,9 @@ const MAX_GATHERED_EVENTS = 5000;
 
 export class Engine {
   /** The customers held in memory, their claims, cohorts and answers. */
-  readonly book: CustomerBook;
+  private readonly book: CustomerBook;
   /** Each consumer's spend and caps (issue 23). */
-  readonly caps: ConsumerCaps;
+  private readonly caps: ConsumerCaps;
   private readonly answers: DecisionAnswers;
   /** Every change runs here, one at a time. */
   private readonly pipeline: ChangePipeline;
