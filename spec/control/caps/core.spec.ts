@@ -70,6 +70,18 @@ describe('caps core (pure)', () => {
     expect(capLeft({ daily: 1000, monthly: 5000 }, s, tomorrow).leftMicros).to.equal(1000 * M);
   });
 
+  it('a spend already counted in a later period (another replica\'s clock is past the boundary) leaves nothing of the period this clock is still in', () => {
+    const before = Date.UTC(2026, 6, 31, 23, 59, 59, 500); // this replica: the last half second of July
+    const after = Date.UTC(2026, 7, 1, 0, 0, 0, 200); // another replica already counted usage in August
+    const s = addSpend(NO_SPEND, after, 2 * M);
+    // July's spend was replaced by August's in the store: what July spent is unknown here, so no more is granted in July.
+    expect(capLeft({ daily: 10 }, s, before)).to.deep.equal({ leftMicros: 0, period: 'daily', resetsAt: Date.UTC(2026, 7, 1) });
+    expect(capLeft({ monthly: 10 }, s, before).leftMicros).to.equal(0);
+    expect(capLeft({ daily: 10, monthly: 100 }, s, before)).to.include({ leftMicros: 0 });
+    // Once this clock is in August too, August's spend counts as usual.
+    expect(capLeft({ daily: 10 }, s, after).leftMicros).to.equal(8 * M);
+  });
+
   it('on seeded interleavings, reserved + spent never exceeds min(team credit, cap) per consumer and period, and the running spend equals the events summed', function () {
     this.timeout(120_000); // a CPU-bound loop on a shared 2-core machine
     const { random } = seededFor('caps core');
