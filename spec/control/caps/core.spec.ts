@@ -5,7 +5,7 @@
 // min(team credit, the consumer's cap) in any period.
 import { expect } from 'chai';
 import { addSpend, boundLease, capLeft, NO_SPEND, periodEnd, periodStart, retryAfterSeconds, spendFromEvents, spentIn, type CapLimits, type ConsumerSpend } from '../../../control-service/src/caps/caps';
-import { capsFor } from '../../../control-service/src/caps/limits';
+import { capKeysOf, capsFor } from '../../../control-service/src/caps/limits';
 import { consumersOfCustomer, parseConsumerClaim } from '../../../control-service/src/consumer-claims';
 import { seededFor } from '../../support/seeded-random';
 
@@ -50,6 +50,17 @@ describe('caps core (pure)', () => {
       expect(r.problems.map((p) => p.key), bad).to.deep.equal(['payg_cap_daily.d']);
     }
     expect(capsFor(cfg, { 'payg_cap_daily.d': ' 999999999 ' }, 'd').limits.daily).to.equal(999_999_999);
+  });
+
+  it('the customer\'s cap keys are checked together: a bad value, and a per-consumer key naming no consumer the customer lists (a typo), are reported', () => {
+    const cfg = { metadataPrefix: 'payg_cap' };
+    const md = { kong_consumer: 'app-web,app-batch', payg_cap_daily: '100', 'payg_cap_daily.app-wbe': '5', 'payg_cap_monthly.app-batch': 'lots', 'payg_cap_monthly.app-web': 'none', other: 'x' };
+    const problems = capKeysOf(cfg, md, ['app-web', 'app-batch']);
+    expect(problems.map((p) => p.key)).to.deep.equal(['payg_cap_daily.app-wbe', 'payg_cap_monthly.app-batch']);
+    expect(problems[0].error).to.match(/"app-wbe", which this customer does not list/);
+    expect(problems[1].error).to.match(/whole number/);
+    // Without the list, only the values are checked.
+    expect(capKeysOf(cfg, md).map((p) => p.key)).to.deep.equal(['payg_cap_monthly.app-batch']);
   });
 
   it('the tighter cap binds and names its reset; no cap leaves the team credit the only bound', () => {
