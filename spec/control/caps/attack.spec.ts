@@ -114,10 +114,18 @@ describe('caps attacked: real plugin servers, Stripe edits through the SDK', fun
     return out;
   }
 
-  it('a cap lowered in Stripe below what was spent refuses at once on every node; raised again, every node serves at once (not after the decision ttl), and no more than the new cap', async () => {
+  for (const store of ['SQLite', 'PostgreSQL, two replicas (one node on each)']) it(`${store}: a cap lowered in Stripe below what was spent refuses at once on every node; raised again, every node serves at once (not after the decision ttl), and no more than the new cap`, async () => {
     const team = await sdk.customers.create({ metadata: { kong_consumer: 'app,other', 'payg_cap_daily.app': '20' } });
     await sdk.customers.createBalanceTransaction(team.id, { amount: -100, currency: 'usd' });
-    await startControl();
+    await startControl({}, store === 'SQLite' ? 0 : 2);
+    /** The change applied at every replica (the webhook reaches the first; the second reads it from PostgreSQL). */
+    const applied = (key: string, value: string) => until(async () => {
+      for (const s of svcs) {
+        const c = await (await fetch(`${s.url}/admin/customers/${team.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any;
+        if (c.customer?.metadata?.[key] !== value) return false;
+      }
+      return true;
+    }, 5000, `${key} = ${value} not applied at every replica`);
     const two = await startNodes(2);
     const app = { id: 'k-app', custom_id: 'app' };
     expect(served(await burst(two, app, 4))).to.equal(8);
@@ -125,7 +133,7 @@ describe('caps attacked: real plugin servers, Stripe edits through the SDK', fun
 
     // Lowered to 5 (below the 8 spent): the webhook is applied, and no node serves app again.
     await sdk.customers.update(team.id, { metadata: { 'payg_cap_daily.app': '5' } });
-    await until(async () => (await metadataOf(team.id))?.['payg_cap_daily.app'] === '5', 5000, 'the lowered cap not applied');
+    await applied('payg_cap_daily.app', '5');
     const after = await burst(two, app, 3);
     expect(served(after), 'served after the cap was lowered below spend').to.equal(0);
     expect(after.every((a) => a.status === 402 && a.json?.reason === 'consumer_cap')).to.equal(true);
@@ -133,7 +141,7 @@ describe('caps attacked: real plugin servers, Stripe edits through the SDK', fun
 
     // Raised to 12: both nodes held a cached refusal for up to 60 s; they serve again at once, 4 in all (12 − 8).
     await sdk.customers.update(team.id, { metadata: { 'payg_cap_daily.app': '12' } });
-    await until(async () => (await metadataOf(team.id))?.['payg_cap_daily.app'] === '12', 5000, 'the raised cap not applied');
+    await applied('payg_cap_daily.app', '12');
     const t0 = Date.now();
     const again = await drain(two, app);
     expect(Date.now() - t0, 'served again without waiting the decision ttl').to.be.below(30_000);
