@@ -61,6 +61,10 @@ describe('caps core (pure)', () => {
     expect(problems[1].error).to.match(/whole number/);
     // Without the list, only the values are checked.
     expect(capKeysOf(cfg, md).map((p) => p.key)).to.deep.equal(['payg_cap_monthly.app-batch']);
+    // Keys that look like cap keys but are not (nothing reads them): another period, another case, no dot.
+    const near = capKeysOf(cfg, { payg_cap_weekly: '5', 'PAYG_CAP_DAILY.app-web': '5', 'payg_cap_daily_app-web': '5', 'payg_cap_daily.App': '5', payg_capital: 'x' }, ['app-web', 'App']);
+    expect(near.map((p) => p.key)).to.deep.equal(['payg_cap_weekly', 'PAYG_CAP_DAILY.app-web', 'payg_cap_daily_app-web']);
+    expect(near[0].error).to.match(/is not a cap key: expected payg_cap_daily or payg_cap_monthly/);
   });
 
   it('the tighter cap binds and names its reset; no cap leaves the team credit the only bound', () => {
