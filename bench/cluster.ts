@@ -7,7 +7,8 @@
 // each have a daily and/or monthly cap smaller than the team's credit, driven
 // at high concurrency through the same nodes; per cell, served per consumer vs
 // its cap, total served vs the team's credit, overspend against both (must be
-// 0), throughput and latency. CAPS_ONLY=1 runs only the cap cells.
+// 0), throughput and latency; then the same on PostgreSQL (two replicas, four
+// nodes, two on each; CAPS_PG=0 leaves it out). CAPS_ONLY=1 runs only the cap cells.
 // Prints figures only; asserts nothing.
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +20,7 @@ import { startService, type RunningService } from '../control-service/src/servic
 import { StripeEmulator } from '../testkit/stripe-emulator';
 import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../testkit/kong-harness';
 import { startPluginServer, type PluginServerProcess } from '../testkit/pluginserver-process';
+import { freshDatabase, mochaHooks } from '../spec/support/postgres';
 
 const CONTROL = 'bench-control-token';
 const CREDIT = 1000;
@@ -129,14 +131,14 @@ async function requestWhy(node: Node, consumer: Consumer): Promise<{ status: num
  * take the next (consumer, node) pair in turn, until every consumer has been refused at every node
  * twice in a row (or after 4× what the team may be served, plus 2,000 requests).
  */
-async function capCell(nodes: Node[], cell: CapCell, clients: number, run: number): Promise<string[]> {
+async function capCell(nodes: Node[], cell: CapCell, clients: number, run: number, sweep: () => Promise<unknown> = () => svc.sync!.sweep()): Promise<string[]> {
   const metadata: Record<string, string> = { kong_consumer: cell.consumers.map((c) => `${c.name}-${run}`).join(',') };
   for (const c of cell.consumers) {
     if (c.daily !== undefined) metadata[`payg_cap_daily.${c.name}-${run}`] = String(c.daily);
     if (c.monthly !== undefined) metadata[`payg_cap_monthly.${c.name}-${run}`] = String(c.monthly);
   }
   stripe.create({ balance: -cell.credit, metadata });
-  await svc.sync!.sweep();
+  await sweep();
   const tally: CapConsumer[] = cell.consumers.map((c) => ({ ...c, served: 0, capRefused: 0, creditRefused: 0, other: 0 }));
   const kong: Consumer[] = cell.consumers.map((c) => ({ id: `k-${c.name}-${run}`, custom_id: `${c.name}-${run}` }));
   // Per consumer and node: refusals in a row since its last 200.
@@ -190,6 +192,25 @@ const CAP_CELLS: CapCell[] = [
 ];
 let capRun = 0;
 
+/** The cap cells again on PostgreSQL: two replicas on one (embedded) database, four nodes, two on each. */
+async function capCellsOnPostgres(dir: string, baseDoc: Record<string, unknown>, env: Record<string, string>): Promise<void> {
+  const config = parseConfig({ ...baseDoc, store: { postgres: {} } }, { ...env, PAYG_DATABASE_URL: await freshDatabase() }, dir);
+  const replicas = [await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false }), await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false })];
+  const nodes: Node[] = await Promise.all(Array.from({ length: 4 }, async (_, i) => {
+    const ps = await startPluginServer();
+    const kong = new KongHarness(ps.socketPath);
+    const plugin = await kong.startInstance('payg', { control_service_url: replicas[i % 2].url, control_service_token: CONTROL, timeout_ms: 2000 });
+    return { ps, kong, plugin };
+  }));
+  await sleep(200); // streams connect
+  console.log('PostgreSQL, 2 replicas, N = 4 nodes (2 on each)');
+  const sweep = async () => { for (const r of replicas) await r.sync!.sweep(); };
+  for (const cell of CAP_CELLS) for (const clients of [64, 256]) for (const line of await capCell(nodes, cell, clients, ++capRun, sweep)) console.log(line);
+  for (const n of nodes) { n.kong.close(); await n.ps.stop(); }
+  for (const r of replicas) await r.stop();
+  await mochaHooks.afterAll.call(undefined);
+}
+
 const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 
 /** From a Stripe change to every node answering `want`: per node times, over `rounds` changes. */
@@ -219,13 +240,15 @@ async function pushLatency(nodes: Node[], rounds: number): Promise<{ block: numb
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-cluster-'));
   stripe = await new StripeEmulator().start();
-  const config = parseConfig({
-    listen: { port: 0 }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+  const baseDoc = {
+    listen: { port: 0 },
     stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100 },
     cohorts: [{ id: 'no-credit', filter: { balance: { gte: 0 } } }],
     rules: [{ id: 'block', cohort: 'no-credit', body: '{"error":"payment_required"}' }],
     metering: { default_cost: 1, settle: { enabled: false } },
-  }, { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL, STRIPE_WEBHOOK_SECRET: 'whsec_bench' }, dir);
+  };
+  const env = { STRIPE_SECRET_KEY: stripe.secretKey, STRIPE_API_BASE: stripe.url, PAYG_CONTROL_TOKEN: CONTROL, STRIPE_WEBHOOK_SECRET: 'whsec_bench' };
+  const config = parseConfig({ ...baseDoc, store: { sqlite: path.join(dir, 'payg.sqlite') } }, env, dir);
   svc = await startService(config, { log: pino({ level: 'silent' }), sweepOnStart: false });
   stripe.webhook = { url: `${svc.url}/webhooks/stripe`, secret: 'whsec_bench' };
   console.log(`credit for ${CREDIT} requests at $0.01; plugin defaults except timeout_ms 2000 (fail_open true would pass a slow answer); ${os.cpus().length} CPUs`);
@@ -257,6 +280,8 @@ async function main() {
     for (const n of nodes) { n.kong.close(); await n.ps.stop(); }
   }
   await svc.stop();
+  // CAPS_PG=0 leaves out the cap cells on PostgreSQL.
+  if (!process.env.PUSH_ONLY && process.env.CAPS_PG !== '0') await capCellsOnPostgres(dir, baseDoc, env);
   await stripe.stop();
   fs.rmSync(dir, { recursive: true, force: true });
 }
