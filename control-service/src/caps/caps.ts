@@ -77,7 +77,11 @@ export function capLeft(limits: CapLimits, spend: ConsumerSpend, now: number): C
   for (const period of CAP_PERIODS) {
     const cap = limits[period];
     if (cap === undefined) continue;
-    const left = Math.max(0, cap * MICROS_PER_UNIT - spentIn(spend, period, now));
+    // A spend counted in a later period than `now` (another replica's clock is already past the boundary) replaced
+    // this period's in the store: what this period spent is unknown here, so nothing is left of it (refusals until
+    // this clock reaches the boundary too, at most the clocks' difference).
+    const ahead = spend[period].start > periodStart(period, now);
+    const left = ahead ? 0 : Math.max(0, cap * MICROS_PER_UNIT - spentIn(spend, period, now));
     // The tighter cap binds; at a tie, the one that resets later (a refusal must not promise an early reset).
     if (best.leftMicros === undefined || left < best.leftMicros || (left === best.leftMicros && periodEnd(period, now) > best.resetsAt!)) {
       best = { leftMicros: left, period, resetsAt: periodEnd(period, now) };

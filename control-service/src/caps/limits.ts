@@ -50,13 +50,30 @@ export function capsFor(config: CapsConfig, metadata: Readonly<Record<string, st
   return { limits, problems };
 }
 
-/** Metadata keys of this customer that set caps (any consumer), with their problems. */
-export function capKeysOf(config: CapsConfig, metadata: Readonly<Record<string, string>>): ResolvedCaps['problems'] {
+/**
+ * Metadata keys of this customer that set caps (any consumer), with their problems: a value that is
+ * neither a whole number nor `none`; a key that starts like one (the prefix in any case) but is not
+ * one (`payg_cap_weekly`, `PAYG_CAP_DAILY`, `payg_cap_daily_app`), which nothing reads; and (when
+ * `consumers` is given: the consumers the customer claims) a per-consumer key naming none of them,
+ * whose cap applies to no one (a typo in the name).
+ */
+export function capKeysOf(config: CapsConfig, metadata: Readonly<Record<string, string>>, consumers?: readonly string[]): ResolvedCaps['problems'] {
   const out: ResolvedCaps['problems'] = [];
   for (const [key, value] of Object.entries(metadata)) {
-    if (!CAP_PERIODS.some((p) => key === `${config.metadataPrefix}_${p}` || key.startsWith(`${config.metadataPrefix}_${p}.`))) continue;
+    const period = CAP_PERIODS.find((p) => key === `${config.metadataPrefix}_${p}` || key.startsWith(`${config.metadataPrefix}_${p}.`));
+    if (period === undefined) {
+      // Meant as a cap key but not one (another case, another period, no dot before the consumer): read by no one.
+      if (key.toLowerCase().startsWith(`${config.metadataPrefix}_`)) {
+        out.push({ key, value, error: `is not a cap key: expected ${config.metadataPrefix}_daily or ${config.metadataPrefix}_monthly, optionally followed by .<consumer>` });
+      }
+      continue;
+    }
     const parsed = parseValue(value);
-    if (!parsed.ok) out.push({ key, value, error: parsed.error });
+    if (!parsed.ok) { out.push({ key, value, error: parsed.error }); continue; }
+    const consumer = key.slice(`${config.metadataPrefix}_${period}.`.length);
+    if (consumers && key !== `${config.metadataPrefix}_${period}` && !consumers.includes(consumer)) {
+      out.push({ key, value, error: `names consumer ${JSON.stringify(consumer)}, which this customer does not list: the cap applies to no one` });
+    }
   }
   return out;
 }

@@ -5,7 +5,7 @@
 // min(team credit, the consumer's cap) in any period.
 import { expect } from 'chai';
 import { addSpend, boundLease, capLeft, NO_SPEND, periodEnd, periodStart, retryAfterSeconds, spendFromEvents, spentIn, type CapLimits, type ConsumerSpend } from '../../../control-service/src/caps/caps';
-import { capsFor } from '../../../control-service/src/caps/limits';
+import { capKeysOf, capsFor } from '../../../control-service/src/caps/limits';
 import { consumersOfCustomer, parseConsumerClaim } from '../../../control-service/src/consumer-claims';
 import { seededFor } from '../../support/seeded-random';
 
@@ -52,6 +52,21 @@ describe('caps core (pure)', () => {
     expect(capsFor(cfg, { 'payg_cap_daily.d': ' 999999999 ' }, 'd').limits.daily).to.equal(999_999_999);
   });
 
+  it('the customer\'s cap keys are checked together: a bad value, and a per-consumer key naming no consumer the customer lists (a typo), are reported', () => {
+    const cfg = { metadataPrefix: 'payg_cap' };
+    const md = { kong_consumer: 'app-web,app-batch', payg_cap_daily: '100', 'payg_cap_daily.app-wbe': '5', 'payg_cap_monthly.app-batch': 'lots', 'payg_cap_monthly.app-web': 'none', other: 'x' };
+    const problems = capKeysOf(cfg, md, ['app-web', 'app-batch']);
+    expect(problems.map((p) => p.key)).to.deep.equal(['payg_cap_daily.app-wbe', 'payg_cap_monthly.app-batch']);
+    expect(problems[0].error).to.match(/"app-wbe", which this customer does not list/);
+    expect(problems[1].error).to.match(/whole number/);
+    // Without the list, only the values are checked.
+    expect(capKeysOf(cfg, md).map((p) => p.key)).to.deep.equal(['payg_cap_monthly.app-batch']);
+    // Keys that look like cap keys but are not (nothing reads them): another period, another case, no dot.
+    const near = capKeysOf(cfg, { payg_cap_weekly: '5', 'PAYG_CAP_DAILY.app-web': '5', 'payg_cap_daily_app-web': '5', 'payg_cap_daily.App': '5', payg_capital: 'x' }, ['app-web', 'App']);
+    expect(near.map((p) => p.key)).to.deep.equal(['payg_cap_weekly', 'PAYG_CAP_DAILY.app-web', 'payg_cap_daily_app-web']);
+    expect(near[0].error).to.match(/is not a cap key: expected payg_cap_daily or payg_cap_monthly/);
+  });
+
   it('the tighter cap binds and names its reset; no cap leaves the team credit the only bound', () => {
     const now = Date.UTC(2026, 5, 15, 10);
     let s: ConsumerSpend = NO_SPEND;
@@ -68,6 +83,18 @@ describe('caps core (pure)', () => {
     expect(spentIn(s, 'daily', tomorrow)).to.equal(0);
     expect(spentIn(s, 'monthly', tomorrow)).to.equal(900 * M);
     expect(capLeft({ daily: 1000, monthly: 5000 }, s, tomorrow).leftMicros).to.equal(1000 * M);
+  });
+
+  it('a spend already counted in a later period (another replica\'s clock is past the boundary) leaves nothing of the period this clock is still in', () => {
+    const before = Date.UTC(2026, 6, 31, 23, 59, 59, 500); // this replica: the last half second of July
+    const after = Date.UTC(2026, 7, 1, 0, 0, 0, 200); // another replica already counted usage in August
+    const s = addSpend(NO_SPEND, after, 2 * M);
+    // July's spend was replaced by August's in the store: what July spent is unknown here, so no more is granted in July.
+    expect(capLeft({ daily: 10 }, s, before)).to.deep.equal({ leftMicros: 0, period: 'daily', resetsAt: Date.UTC(2026, 7, 1) });
+    expect(capLeft({ monthly: 10 }, s, before).leftMicros).to.equal(0);
+    expect(capLeft({ daily: 10, monthly: 100 }, s, before)).to.include({ leftMicros: 0 });
+    // Once this clock is in August too, August's spend counts as usual.
+    expect(capLeft({ daily: 10 }, s, after).leftMicros).to.equal(8 * M);
   });
 
   it('on seeded interleavings, reserved + spent never exceeds min(team credit, cap) per consumer and period, and the running spend equals the events summed', function () {
