@@ -477,7 +477,8 @@ export class Engine {
       const held = this.book.get(id);
       const r = found.get(id);
       if (r) {
-        if (held && held.customer.version !== r.customer.version) news.push(...this.book.consumersOf(r.customer));
+        // Both lists: a consumer taken off the customer is news for the nodes holding it.
+        if (held && held.customer.version !== r.customer.version) news.push(...this.book.consumersOf(r.customer), ...this.book.consumersOf(held.customer));
         this.book.put(r.customer, r.cohorts, openLedger(r.customer.balance, r.customer.version, r.unsettledMicros, r.pending.map(pendingOf)));
         this.book.setUsageVersion(id, r.usageVersion);
       } else if (held) {
@@ -526,7 +527,11 @@ export class Engine {
       }
       const recharge = !opts.force && viewBefore ? this.rechargeCrossing(c, viewBefore.balance, viewAfter.balance, at) : undefined;
       if (recharge) recharges.push(recharge);
-      if (!unchanged && (!opts.force || !held)) saved.push(c);
+      if (!unchanged && (!opts.force || !held)) {
+        saved.push(c);
+        // Consumers taken off the customer's list are news too: nodes must drop what they hold for them.
+        if (held) { const now = this.book.consumersOf(c); removedConsumers.push(...this.book.consumersOf(held.customer).filter((x) => !now.includes(x))); }
+      }
       staged.push(() => this.book.put(c, after, ledger));
     }
     for (const d of deletes) {
