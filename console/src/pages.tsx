@@ -347,8 +347,8 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
         {a.invalid && <span class="bad-text"> {a.invalid.key}: {a.invalid.why}; nothing is charged until it is fixed.</span>}
       </p>
       <div class="stats">
-        <Stat label={`This month (${a.month}, UTC)`} value={<>{money(a.month_counted, currency)}{a.monthly_cap !== null && <span class="owes muted"> of {money(a.monthly_cap, currency)}</span>}</>}
-          hint={`succeeded ${money(a.month_succeeded, currency)} · in flight ${money(a.month_in_flight, currency)}${a.cap_left !== null ? ` · ${money(a.cap_left, currency)} left` : ''}`} testid="stat-recharge-month" />
+        <Stat label={`This month (${a.month}, UTC)`} value={<>{money(a.month_counted, currency)}{a.monthly_cap !== null && <span class="of"> of {money(a.monthly_cap, currency)}</span>}</>}
+          hint={`${a.cap_left !== null ? `${money(a.cap_left, currency)} left · ` : ''}succeeded ${money(a.month_succeeded, currency)} · in flight ${money(a.month_in_flight, currency)}`} testid="stat-recharge-month" />
         <Stat label="Failures in a row" value={`${a.failures} of ${a.max_consecutive_failures}`} tone={a.paused ? 'bad' : a.failures ? 'warn' : undefined}
           hint={a.paused ? `paused ${when(a.paused_at)}` : 'pauses at the limit'} testid="stat-recharge-failures" />
         <Stat label="Last recharge" value={a.last ? money(a.last.amount, a.last.currency) : '—'} tone={a.last ? (rechargeTone(a.last.status) === 'warn' ? 'warn' : rechargeTone(a.last.status)) as 'ok' | 'bad' | 'warn' : undefined}
