@@ -326,8 +326,8 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
     }
     setBusy(true);
     try {
-      const saved = await api.put<{ rearmed: boolean }>(`customers/${encodeURIComponent(props.id)}/auto-recharge`, body);
-      setNote(`Saved to the customer's Stripe metadata${saved.rearmed ? '; re-armed (failures in a row back to 0)' : ''}.`);
+      const saved = await api.put<{ rearmed: boolean; planned: boolean }>(`customers/${encodeURIComponent(props.id)}/auto-recharge`, body);
+      setNote(`Saved to the customer's Stripe metadata${saved.rearmed ? '; re-armed (failures in a row back to 0)' : ''}${saved.planned ? '; the credit is below the threshold, so a recharge is being charged now' : ''}.`);
       props.onSaved();
     } catch (err) { setProblem((err as Error).message); } finally { setBusy(false); }
   };
@@ -363,7 +363,7 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
         </div>
         <p class="muted small">
           Bounds: top-ups {money(a.bounds.min_amount, currency)} to {money(a.bounds.max_amount, currency)}; threshold up to {money(a.bounds.max_threshold, currency)};
-          monthly cap from the top-up amount to {money(a.bounds.max_monthly_cap, currency)}. Saved in the customer's Stripe metadata; saving with auto-recharge on re-arms a paused customer.
+          monthly cap from the top-up amount to {money(a.bounds.max_monthly_cap, currency)}. Saved in the customer's Stripe metadata. Saving with auto-recharge on re-arms a paused customer and, if the credit is already below the threshold, charges a recharge now (within the monthly cap).
         </p>
       </form>
       {problem && <div class="error" role="alert" data-testid="recharge-error">{problem}</div>}

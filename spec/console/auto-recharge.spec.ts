@@ -5,7 +5,8 @@
 // edit is checked with the trigger's bounds (bad input: 400 naming the field,
 // Stripe untouched), needs the session's CSRF token, is written to the
 // customer's Stripe metadata and shows at once; switched on while paused, the
-// customer is re-armed and charged at the next crossing.
+// customer is re-armed, and with the credit already below the threshold a
+// recharge is planned at once (no crossing is coming).
 import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -157,7 +158,7 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
     const res = await edit(alice, { enabled: true, amount: 2500, threshold: 800, monthly_cap: null });
     expect(res.status).to.equal(200);
     const saved = await res.json() as Record<string, any>;
-    expect(saved).to.deep.include({ enabled: true, amount: 2500, threshold: 800, monthly_cap: 10_000, refreshed: true });
+    expect(saved).to.deep.include({ enabled: true, amount: 2500, threshold: 800, monthly_cap: 10_000, refreshed: true, planned: false });
     // Stripe holds them (the cap back on the default: its key removed; other metadata kept).
     expect(stripe.customers.get(alice)!.metadata).to.deep.equal({
       payg_auto_recharge: 'on', payg_auto_recharge_amount: '2500', payg_auto_recharge_threshold: '800', other: 'kept',
@@ -179,7 +180,7 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
     expect(intents(alice)).to.have.length(1);
   });
 
-  it('switched on while paused: re-armed (failures back to 0), and the next crossing charges again', async () => {
+  it('switched on while paused: re-armed (failures back to 0) and, below the threshold, charged at once', async () => {
     const alice = await customer('pm_card_chargeDeclined');
     await start({ max_consecutive_failures: 1 });
     await spend(alice, 6);
@@ -193,15 +194,21 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
     await svc.recharger!.drain();
     await svc.recharger!.pass();
     expect(intents(alice).filter((p) => p.status === 'succeeded')).to.have.length(0);
+    expect(await svc.store.recharges(alice, 10)).to.have.length(1);
     // The customer's card is replaced; the operator switches it on again.
     const visa = await sdk.paymentMethods.attach('pm_card_visa', { customer: alice });
     await sdk.customers.update(alice, { invoice_settings: { default_payment_method: visa.id } });
+    // Its credit ($4.00) is below the threshold: no crossing is coming, so the save plans a recharge at once.
+    expect(credit(alice)).to.equal(400);
     const res = await edit(alice, { enabled: true });
     expect(res.status).to.equal(200);
-    expect(await res.json()).to.deep.include({ rearmed: true, paused: false, failures: 0 });
+    expect(await res.json()).to.deep.include({ rearmed: true, planned: true, paused: false, failures: 0 });
+    await until(() => intents(alice).some((p) => p.status === 'succeeded') && credit(alice) === 2400, 10_000, 'charged again after the re-arm, with no crossing');
     expect(await svc.store.rechargeState(alice)).to.deep.equal({ failures: 0, pausedAt: null });
-    await cross(alice, 400);
-    await until(() => intents(alice).some((p) => p.status === 'succeeded'), 10_000, 'charged again after the re-arm');
     await until(async () => (await detail(alice)).last?.status === 'succeeded', 5000, 'shown');
+    // Saved again at once: one recharge open or just made, the interval and the cap decide; above the threshold now, nothing is planned.
+    expect(await (await edit(alice, { enabled: true })).json()).to.deep.include({ rearmed: false, planned: false });
+    await svc.recharger!.drain();
+    expect(intents(alice).filter((p) => p.status === 'succeeded')).to.have.length(1);
   });
 });

@@ -19,7 +19,7 @@ import type { BalanceSync } from '../stripe/sync';
 import type { StripeGateway } from '../stripe/gateway';
 import type { ActivityRecorder } from './activity';
 import { decideEdit, rechargeView } from './auto-recharge';
-import { META } from '../recharges/core';
+import { META, settingsOf } from '../recharges/core';
 import { pageOrder } from './page-order';
 
 export interface ConsoleDeps {
@@ -247,7 +247,24 @@ export function createConsoleApi(deps: ConsoleDeps) {
     let rearmed = false;
     const wasOn = s.customer.metadata[META.enabled] === 'on';
     if (decision.enabled && (!wasOn || (await store.rechargeState(id)).pausedAt !== null)) rearmed = await store.rearmRecharges(id, now());
-    return ok({ ...(await rechargeJson(id, metadata)), rearmed, refreshed: Boolean(deps.sync) && refreshed });
+    // On, with the credit already below the threshold: no crossing is coming, so the save plans one now, decided
+    // in the store's transaction as a crossing is (never past the cap, the interval, while paused or one is open).
+    let planned = false;
+    if (decision.enabled) planned = await planIfBelow(id, metadata);
+    return ok({ ...(await rechargeJson(id, metadata)), rearmed, planned, refreshed: Boolean(deps.sync) && refreshed });
+  }
+
+  async function planIfBelow(id: string, metadata: Readonly<Record<string, string>>): Promise<boolean> {
+    const held = engine.customer(id);
+    const read = settingsOf(metadata, config.autoRecharge);
+    const currency = (held?.customer.currency ?? config.topUp.checkout?.defaultCurrency)?.toLowerCase();
+    if (!held || read.kind !== 'on' || !currency || -held.estimatedBalance >= read.settings.threshold) return false;
+    const at = now();
+    await store.saveChanges({ upserts: [], deletes: [], transitions: [], recharges: [{ customerId: id, currency, settings: read.settings, at, minIntervalMs: config.autoRecharge.minIntervalMs }] });
+    const [latest] = await store.recharges(id, 1);
+    const planned = latest !== undefined && latest.status === 'planned' && latest.createdAt >= at;
+    if (planned) engine.onRechargeCrossings();
+    return planned;
   }
 
   function rules(): ApiResult {
