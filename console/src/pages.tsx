@@ -333,17 +333,20 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
   };
   const field = (f: RechargeField) => (
     <label>{RECHARGE_LABELS[f]} ({(currency ?? 'usd').toUpperCase()})
-      <input type="text" inputMode="decimal" value={values[f]} data-testid={`recharge-${f}`} disabled={!a.offered}
+      <input type="text" inputMode="decimal" value={values[f]} data-testid={`recharge-${f}`} 
         onInput={(e) => setValues({ ...values, [f]: (e.target as HTMLInputElement).value })} />
       <span class="small muted">{a.own[f] === null ? `default ${money(a.defaults[f], currency)}` : `own value; default ${money(a.defaults[f], currency)}`}</span>
     </label>);
-  const state = !a.offered ? <Badge>not offered</Badge> : a.paused ? <Badge tone="bad">paused</Badge> : a.enabled ? (a.invalid ? <Badge tone="bad">invalid settings</Badge> : <Badge tone="ok">on</Badge>) : <Badge>off</Badge>;
+  // Not offered: a line saying so (nothing is charged, nothing to edit).
+  if (!a.offered) {
+    return <p class="muted" data-testid="auto-recharge">Off in the config (<code>auto_recharge.enabled</code>): nothing is charged{a.enabled ? ', although this customer\'s Stripe metadata switches it on' : ''}.</p>;
+  }
+  const state = a.paused ? <Badge tone="bad">paused</Badge> : a.enabled ? (a.invalid ? <Badge tone="bad">invalid settings</Badge> : <Badge tone="ok">on</Badge>) : <Badge>off</Badge>;
   return (
     <div data-testid="auto-recharge">
-      {!a.offered && <p class="muted">Auto-recharge is off in the config (<code>auto_recharge.enabled</code>): nothing is charged, and these settings cannot be edited here.</p>}
       <p data-testid="recharge-status">
         {state}
-        {a.offered && a.enabled && !a.invalid && <> Tops up <b>{money(a.amount, currency)}</b> when credit falls below <b>{money(a.threshold, currency)}</b>, at most <b>{money(a.monthly_cap, currency)}</b> a month.</>}
+        {a.enabled && !a.invalid && <> Tops up <b>{money(a.amount, currency)}</b> when credit falls below <b>{money(a.threshold, currency)}</b>, at most <b>{money(a.monthly_cap, currency)}</b> a month.</>}
         {a.invalid && <span class="bad-text"> {a.invalid.key}: {a.invalid.why}; nothing is charged until it is fixed.</span>}
       </p>
       <div class="stats">
@@ -357,12 +360,12 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
       {a.last?.stripe_url && <p class="small">Last payment in Stripe: {stripeA(a.last.stripe_url, <><code class="ref">{a.last.payment_intent}</code> ↗</>)}</p>}
       <form onSubmit={(e) => void save(e)} data-testid="recharge-form">
         <div class="row">
-          <label class="switch"><input type="checkbox" checked={enabled} disabled={!a.offered} onChange={() => setEnabled(!enabled)} data-testid="recharge-enabled" aria-label="auto-recharge on" /><span>{enabled ? 'on' : 'off'}</span></label>
+          <label class="switch"><input type="checkbox" checked={enabled} onChange={() => setEnabled(!enabled)} data-testid="recharge-enabled" aria-label="auto-recharge on" /><span>{enabled ? 'on' : 'off'}</span></label>
           {field('amount')}{field('threshold')}{field('monthly_cap')}
-          <button type="submit" disabled={busy || !a.offered} data-testid="recharge-save">{a.paused && enabled ? 'Save and re-arm' : 'Save'}</button>
+          <button type="submit" disabled={busy} data-testid="recharge-save">{a.paused && enabled ? 'Save and re-arm' : 'Save'}</button>
         </div>
         <p class="muted small">
-          Bounds: top-ups {money(a.bounds.min_amount, currency)} to {money(a.bounds.max_amount, currency)}; threshold up to {money(a.bounds.max_threshold, currency)};
+          Bounds: recharges of {money(a.bounds.min_amount, currency)} to {money(a.bounds.max_amount, currency)}; threshold up to {money(a.bounds.max_threshold, currency)};
           monthly cap from the top-up amount to {money(a.bounds.max_monthly_cap, currency)}. Saved in the customer's Stripe metadata. Saving with auto-recharge on re-arms a paused customer and, if the credit is already below the threshold, charges a recharge now (within the monthly cap).
         </p>
       </form>
