@@ -170,9 +170,23 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
     await spend(alice, 3);
     await until(() => intents(alice).length === 1 && credit(alice) === 3200, 10_000, 'recharged with the edited settings');
     expect(intents(alice)[0]).to.include({ amount: 2500 });
+    // Stripe's answer lost, then a 500: the gateway sends the save again (under the save's one idempotency key) and it
+    // is saved; Stripe down for good: 502, nothing changed.
+    stripe.loseAnswers(new RegExp(`^/v1/customers/${alice}$`), 1, 'POST');
+    stripe.failNextMatching(new RegExp(`^/v1/customers/${alice}$`), 1, 500, { method: 'POST' });
+    const retried = await edit(alice, { enabled: true, amount: 3000 });
+    expect(retried.status, await retried.clone().text()).to.equal(200);
+    expect(await retried.json()).to.deep.include({ amount: 3000 });
+    expect(stripe.customers.get(alice)!.metadata).to.include({ payg_auto_recharge_amount: '3000' });
+    stripe.failNextMatching(new RegExp(`^/v1/customers/${alice}$`), 3, 503, { method: 'POST' }); // stripe.retry.max_attempts
+    const down = await edit(alice, { enabled: true, amount: 4000 });
+    expect(down.status).to.equal(502);
+    expect((await down.json() as { message: string }).message).to.match(/^Stripe did not save the settings/);
+    expect(stripe.customers.get(alice)!.metadata).to.include({ payg_auto_recharge_amount: '3000' });
+    expect(await detail(alice)).to.deep.include({ amount: 3000 });
     // Switched off: only the switch is written, and nothing more is charged.
     expect((await edit(alice, { enabled: false })).status).to.equal(200);
-    expect(stripe.customers.get(alice)!.metadata).to.include({ payg_auto_recharge: 'off', payg_auto_recharge_amount: '2500' });
+    expect(stripe.customers.get(alice)!.metadata).to.include({ payg_auto_recharge: 'off', payg_auto_recharge_amount: '3000' });
     expect(await detail(alice)).to.deep.include({ enabled: false });
     await cross(alice, 400);
     await svc.recharger!.drain();

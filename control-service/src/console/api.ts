@@ -234,7 +234,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
     if (decision.kind === 'refused') return { status: 400, body: { error: 'bad_request', field: decision.field, message: decision.message } };
     let metadata: Record<string, string>;
     try {
-      const updated = await deps.gateway.call((stripe) => stripe.customers.update(id, { metadata: decision.metadata }, { idempotencyKey: `payg-console-recharge-${id}-${randomUUID()}` }));
+      // One key for this save: the gateway's retries of it are answered with the first result.
+      const idempotencyKey = `payg-console-recharge-${id}-${randomUUID()}`;
+      const updated = await deps.gateway.call((stripe) => stripe.customers.update(id, { metadata: decision.metadata }, { idempotencyKey }));
       metadata = { ...(updated.metadata ?? {}) };
     } catch (err) {
       const status = (err as { statusCode?: number }).statusCode;
