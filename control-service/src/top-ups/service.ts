@@ -143,8 +143,13 @@ export class TopUps {
     const chargeCustomer = idOf(charge.customer as string | null);
     let topUp = await this.deps.store.topUpByPaymentIntent(pi);
     if (!topUp) {
-      const recharge = await this.rechargeOfIntent(pi);
-      if (recharge) return chargeCustomer !== null && chargeCustomer !== recharge.customerId ? undefined : recharge;
+      // Not a payment we recorded: its PaymentIntent's metadata says whose it is (ours carry payg_top_up_id or payg_recharge).
+      const intent = await this.deps.gateway.call((s) => s.paymentIntents.retrieve(pi));
+      if (intent.metadata?.[META_RECHARGE]) {
+        const recharge = await this.rechargeOfIntent(intent);
+        return recharge && (chargeCustomer === null || chargeCustomer === recharge.customerId) ? recharge : undefined;
+      }
+      if (!intent.metadata?.payg_top_up_id) return undefined;
     }
     if (!topUp || !topUp.sessionId) {
       const list = await this.deps.gateway.call((s) => s.checkout.sessions.list({ payment_intent: pi, limit: 1 }));
@@ -167,8 +172,8 @@ export class TopUps {
    * planned, of the PaymentIntent's customer, amount and currency, and that
    * PaymentIntent when the recharge recorded one.
    */
-  private async rechargeOfIntent(pi: string): Promise<Paid | undefined> {
-    const intent = await this.deps.gateway.call((s) => s.paymentIntents.retrieve(pi));
+  private async rechargeOfIntent(intent: Stripe.PaymentIntent): Promise<Paid | undefined> {
+    const pi = intent.id;
     const id = intent.metadata?.[META_RECHARGE];
     if (!id) return undefined;
     const row = await this.deps.store.recharge(id);
