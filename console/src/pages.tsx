@@ -174,7 +174,7 @@ interface CustomerDetail extends CustomerRow {
   auto_recharge: AutoRecharge;
   consumers: ConsumerCaps[];
 }
-interface PeriodSpend { spent: number; cap: number | null; left: number | null; resets_at: string }
+interface PeriodSpend { spent: number; cap: number | null; resets_at: string }
 interface ConsumerCaps { consumer: string; daily: PeriodSpend; monthly: PeriodSpend; cap_left: number | null; binding_period: string | null; problems: Array<{ key: string; value: string; error: string }> }
 interface RechargeRow { id: string; amount: number; currency: string; status: string; due_at: string; finished_at: string | null; payment_intent: string | null; failure_code: string | null; last_error: string | null; attempts: number; stripe_url: string | null }
 type RechargeField = 'threshold' | 'amount' | 'monthly_cap';
@@ -273,7 +273,7 @@ function ConsumerCapsTable(props: { rows: ConsumerCaps[]; currency: string | nul
   const period = (p: PeriodSpend) => (p.cap === null
     ? <><span class="num">{money(p.spent, cur)}</span><div class="muted small">no cap</div></>
     : <><span class="num">{money(p.spent, cur)}</span> <span class="muted">of</span> <span class="num">{money(p.cap, cur)}</span>
-      <div class={`small ${p.left === 0 ? 'bad-text' : 'muted'}`}>{money(p.left, cur)} left · resets {when(p.resets_at)}</div></>);
+      <div class={`small ${p.spent >= p.cap ? 'bad-text' : 'muted'}`}>{money(Math.max(0, p.cap - p.spent), cur)} left · resets {when(p.resets_at)}</div></>);
   return <Table rowKey={(r) => r.consumer} rows={props.rows} testid="consumer-caps-table" empty={<Empty title="No consumers">This customer's <code>kong_consumer</code> names no consumer.</Empty>} columns={[
     { key: 'consumer', label: 'Consumer', render: (r) => <code>{r.consumer}</code>, value: (r) => r.consumer },
     { key: 'daily', label: 'Today (UTC)', render: (r) => period(r.daily), value: (r) => r.daily.spent },

@@ -77,10 +77,9 @@ export function createConsoleApi(deps: ConsoleDeps) {
     };
   };
 
-  /** A consumer's spend in one period against its cap (smallest currency unit; cap and left null: no cap). */
+  /** A consumer's spend in one period against its cap (smallest currency unit; cap null: no cap). */
   const periodJson = (p: { spentMicros: number; resetsAt: number }, cap: number | undefined) => ({
-    spent: p.spentMicros / MICROS_PER_UNIT, cap: cap ?? null,
-    left: cap === undefined ? null : Math.max(0, cap * MICROS_PER_UNIT - p.spentMicros) / MICROS_PER_UNIT, resets_at: iso(p.resetsAt),
+    spent: p.spentMicros / MICROS_PER_UNIT, cap: cap ?? null, resets_at: iso(p.resetsAt),
   });
 
   const summary = (id: string) => {
