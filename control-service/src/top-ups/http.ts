@@ -51,7 +51,7 @@ export interface TopUpPageDeps {
 export function createTopUpHandler(deps: TopUpPageDeps) {
   const { checkout, secret, engine, store, log } = deps;
   const csp = contentSecurityPolicy(checkout.checkoutOrigins);
-  const lastCheck = new Map<string, { at: number; state: DoneState }>();
+  const lastCheck = new Map<string, { at: number; state: Promise<DoneState> }>();
   const opened = new Map<string, { since: number; count: number }>();
   /** Counts a new session for the customer; false when the window's allowance is spent. */
   const allowSession = (customerId: string, now: number): boolean => {
@@ -94,24 +94,28 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     const known = credited(await creditOf(row.id));
     if (known) return known;
     if (!row.sessionId) return { kind: 'open', continueUrl: null };
+    // One read at a time per top-up (refreshes and reloads share it), and at most one per RECHECK_MS.
     const held = lastCheck.get(row.id);
     if (held && Date.now() - held.at < RECHECK_MS) return held.state;
-    let state: DoneState;
-    try {
-      const session = await deps.topUps.deps.gateway.call((s) => s.checkout.sessions.retrieve(row.sessionId!, { expand: ['payment_intent'] }));
-      const pi = session.payment_intent as { status?: string } | string | null;
-      state = stateOfSession({ status: session.status, paymentStatus: session.payment_status, paymentIntentStatus: pi && typeof pi !== 'string' ? pi.status ?? null : null, url: session.url });
-      if (state.kind === 'crediting') {
-        await deps.topUps.creditSession(row.sessionId);
-        state = credited(await creditOf(row.id)) ?? state;
-      }
-    } catch (err) {
-      log.warn({ topUp: row.id, err: (err as Error).message }, 'reading a session from the success page failed');
-      state = { kind: 'checking' };
-    }
+    const state = readSession(row, row.sessionId, credited);
     lastCheck.set(row.id, { at: Date.now(), state });
+    if (lastCheck.size > 10_000) for (const [id, c] of lastCheck) if (Date.now() - c.at >= RECHECK_MS) lastCheck.delete(id);
     if (lastCheck.size > 10_000) lastCheck.clear();
     return state;
+  };
+  /** The session and its PaymentIntent from Stripe; a paid one credited from here. Never rejects. */
+  const readSession = async (row: TopUpRow, sessionId: string, credited: (m: Awaited<ReturnType<typeof creditOf>>) => DoneState | undefined): Promise<DoneState> => {
+    try {
+      const session = await deps.topUps.deps.gateway.call((s) => s.checkout.sessions.retrieve(sessionId, { expand: ['payment_intent'] }));
+      const pi = session.payment_intent as { status?: string } | string | null;
+      const state = stateOfSession({ status: session.status, paymentStatus: session.payment_status, paymentIntentStatus: pi && typeof pi !== 'string' ? pi.status ?? null : null, url: session.url });
+      if (state.kind !== 'crediting') return state;
+      await deps.topUps.creditSession(sessionId);
+      return credited(await creditOf(row.id)) ?? state;
+    } catch (err) {
+      log.warn({ topUp: row.id, err: (err as Error).message }, 'reading a session from the success page failed');
+      return { kind: 'checking' };
+    }
   };
 
   return async (method: string, path: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {

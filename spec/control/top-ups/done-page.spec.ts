@@ -56,6 +56,11 @@ describe('top-ups: the page back from Checkout says what is true (emulator)', fu
 
   it('left unpaid: "not completed", a link back to the payment and to try again, no refresh; nothing credited', async () => {
     const { customer, session, link, done } = await buy();
+    // Ten at once (a refresh storm): one read of the session from Stripe.
+    const reads = () => stripe.requests.filter((r) => r.method === 'GET' && r.path === `/v1/checkout/sessions/${session.id}`).length;
+    const storm = await Promise.all(Array.from({ length: 10 }, () => view(done)));
+    expect(storm.map((p) => p.title)).to.deep.equal(Array(10).fill('Payment not completed'));
+    expect(reads()).to.equal(1);
     const page = await view(done);
     expect(page.title).to.equal('Payment not completed');
     expect(page.html).to.include('You have not paid yet').and.include(`<a href="${session.url}">Continue to payment</a>`);
