@@ -171,6 +171,20 @@ interface CustomerDetail extends CustomerRow {
   usage_by_route: Array<{ route: string | null; requests: number; cost: number }>;
   settlements: SettlementRow[]; emails: EmailRow[];
   top_ups: TopUpRow[]; top_up_debits: DebitRow[];
+  auto_recharge: AutoRecharge;
+  consumers: ConsumerCaps[];
+}
+interface PeriodSpend { spent: number; cap: number | null; resets_at: string }
+interface ConsumerCaps { consumer: string; daily: PeriodSpend; monthly: PeriodSpend; cap_left: number | null; binding_period: string | null; problems: Array<{ key: string; value: string; error: string }> }
+interface RechargeRow { id: string; amount: number; currency: string; status: string; due_at: string; finished_at: string | null; payment_intent: string | null; failure_code: string | null; last_error: string | null; attempts: number; stripe_url: string | null }
+type RechargeField = 'threshold' | 'amount' | 'monthly_cap';
+interface AutoRecharge {
+  offered: boolean; enabled: boolean; threshold: number | null; amount: number | null; monthly_cap: number | null;
+  own: Record<RechargeField, string | null>; invalid: { field: string; key: string; why: string } | null;
+  defaults: Record<RechargeField, number>; bounds: { min_amount: number; max_amount: number; max_threshold: number; max_monthly_cap: number };
+  month: string; month_succeeded: number; month_in_flight: number; month_counted: number; cap_left: number | null;
+  failures: number; max_consecutive_failures: number; paused: boolean; paused_at: string | null;
+  last: RechargeRow | null; recent: RechargeRow[];
 }
 interface TopUpRow { id: string; amount: number; currency: string; formatted: string; status: string; refunded: number; disputed: number; created_at: string; credited_at: string | null; session_id: string | null; payment_intent: string | null; balance_transaction: string | null; last_error: string | null; stripe_url: string | null }
 interface DebitRow { id: number; kind: 'refund' | 'dispute'; stripe_id: string; top_up: string; amount: number; currency: string; formatted: string; status: string; attempts: number; balance_transaction: string | null; last_error: string | null; created_at: string; confirmed_at: string | null; stripe_url: string }
@@ -178,7 +192,7 @@ const topUpTone = (s: string) => (s === 'credited' ? 'ok' : s === 'failed' ? 'ba
 
 
 export function CustomerPage(props: { id: string }) {
-  const { data: c, error } = useApi<CustomerDetail>(`customers/${encodeURIComponent(props.id)}`);
+  const { data: c, error, reload } = useApi<CustomerDetail>(`customers/${encodeURIComponent(props.id)}`);
   if (!c) return <Page title={props.id}><Loading error={error} /></Page>;
   return (
     <Page title={c.name ?? c.id} sub={<>{c.id}{c.email && <> · {c.email}</>}{c.consumer && <> · consumer <code>{c.consumer}</code></>}</>}
@@ -218,6 +232,12 @@ export function CustomerPage(props: { id: string }) {
             { key: 'cost', label: 'Cost', render: (r) => money(r.cost, c.currency), value: (r) => r.cost, align: 'right' },
           ]} />
       </Card>
+      <Card title="Consumers and their caps">
+        <ConsumerCapsTable rows={c.consumers} currency={c.currency} />
+      </Card>
+      <Card title="Auto-recharge">
+        <AutoRechargeCard id={c.id} currency={c.currency} a={c.auto_recharge} onSaved={reload} />
+      </Card>
       <Card title="Top-ups">
         <Table rowKey={(r) => r.id} rows={c.top_ups} testid="top-ups-table" empty={<Empty title="No top-ups">Top-ups bought on payg's page through Stripe Checkout show here.</Empty>} columns={[
           { key: 'created', label: 'Started', render: (r) => <span class="nowrap">{when(r.created_at)}</span>, value: (r) => r.created_at },
@@ -244,6 +264,114 @@ export function CustomerPage(props: { id: string }) {
       </Card>
       <Card title="Emails"><EmailLogTable rows={c.emails} /></Card>
     </Page>
+  );
+}
+
+/** Each consumer's spend this period (UTC day and month) against its caps, what is left and when it resets. */
+function ConsumerCapsTable(props: { rows: ConsumerCaps[]; currency: string | null }) {
+  const cur = props.currency;
+  const period = (p: PeriodSpend) => (p.cap === null
+    ? <><span class="num">{money(p.spent, cur)}</span><div class="muted small">no cap</div></>
+    : <><span class="num">{money(p.spent, cur)}</span> <span class="muted">of</span> <span class="num">{money(p.cap, cur)}</span>
+      <div class={`small ${p.spent >= p.cap ? 'bad-text' : 'muted'}`}>{money(Math.max(0, p.cap - p.spent), cur)} left · resets {when(p.resets_at)}</div></>);
+  return <Table rowKey={(r) => r.consumer} rows={props.rows} testid="consumer-caps-table" empty={<Empty title="No consumers">This customer's <code>kong_consumer</code> names no consumer.</Empty>} columns={[
+    { key: 'consumer', label: 'Consumer', render: (r) => <code>{r.consumer}</code>, value: (r) => r.consumer },
+    { key: 'daily', label: 'Today (UTC)', render: (r) => period(r.daily), value: (r) => r.daily.spent },
+    { key: 'monthly', label: 'This month (UTC)', render: (r) => period(r.monthly), value: (r) => r.monthly.spent },
+    { key: 'left', label: 'May still spend', render: (r) => (r.cap_left === null ? <span class="muted">up to the team's credit</span>
+      : <span class={r.cap_left === 0 ? 'bad-text' : undefined}>{money(r.cap_left, cur)} <span class="muted small">({r.binding_period} cap)</span></span>), value: (r) => r.cap_left ?? Infinity, align: 'right' },
+    { key: 'problems', label: 'Metadata problems', render: (r) => (r.problems.length
+      ? <span class="bad-text small">{r.problems.map((p) => `${p.key}=${p.value}: ${p.error}`).join('; ')}</span> : <span class="muted">—</span>) },
+  ]} />;
+}
+
+/** Digits after the point in a currency ("usd" 2, "jpy" 0), as the money formatter has them. */
+function digitsOf(currency: string | null): number {
+  try { return new Intl.NumberFormat('en-US', { style: 'currency', currency: (currency ?? 'usd').toUpperCase() }).resolvedOptions().maximumFractionDigits ?? 2; } catch { return 2; }
+}
+const RECHARGE_LABELS: Record<RechargeField, string> = { amount: 'Top up by', threshold: 'When credit falls below', monthly_cap: 'At most per month' };
+const rechargeTone = (s: string) => (s === 'succeeded' ? 'ok' : s === 'failed' || s === 'action_required' ? 'bad' : 'warn');
+
+/** A customer's auto-recharge: what the service knows, and the settings (in their Stripe metadata) to edit. */
+function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoRecharge; onSaved: () => void }) {
+  const { a, currency } = props;
+  const d = digitsOf(currency);
+  const major = (minor: number) => (minor / 10 ** d).toFixed(d);
+  const initial = (f: RechargeField) => major(a[f] ?? a.defaults[f]);
+  const [enabled, setEnabled] = useState(a.enabled);
+  const [values, setValues] = useState<Record<RechargeField, string>>({ amount: initial('amount'), threshold: initial('threshold'), monthly_cap: initial('monthly_cap') });
+  const [busy, setBusy] = useState(false);
+  const [problem, setProblem] = useState<string>();
+  const [note, setNote] = useState<string>();
+  // Read again after a save (or a reload): the form shows what is stored now.
+  const stored = JSON.stringify(a);
+  useEffect(() => {
+    setEnabled(a.enabled);
+    setValues({ amount: initial('amount'), threshold: initial('threshold'), monthly_cap: initial('monthly_cap') });
+  }, [stored]);
+  const toMinor = (f: RechargeField): number | string => {
+    const m = /^(\d{1,12})(?:\.(\d*))?$/.exec(values[f].trim());
+    if (!m || (m[2] ?? '').length > d) return `${RECHARGE_LABELS[f]}: an amount in ${(currency ?? 'usd').toUpperCase()} with at most ${d} decimals`;
+    return Number(m[1]) * 10 ** d + Number((m[2] ?? '').padEnd(d, '0') || 0);
+  };
+  const save = async (e: Event) => {
+    e.preventDefault();
+    setProblem(undefined); setNote(undefined);
+    const body: Record<string, unknown> = { enabled };
+    for (const f of ['amount', 'threshold', 'monthly_cap'] as RechargeField[]) {
+      const v = toMinor(f);
+      if (typeof v === 'string') { setProblem(v); return; }
+      // Unchanged from the config's default, for a customer on the default: stays on the default.
+      body[f] = a.own[f] === null && v === a.defaults[f] ? null : v;
+    }
+    setBusy(true);
+    try {
+      const saved = await api.put<{ rearmed: boolean; planned: boolean }>(`customers/${encodeURIComponent(props.id)}/auto-recharge`, body);
+      setNote(`Saved to the customer's Stripe metadata${saved.rearmed ? '; re-armed (failures in a row back to 0)' : ''}${saved.planned ? '; the credit is below the threshold, so a recharge is being charged now' : ''}.`);
+      props.onSaved();
+    } catch (err) { setProblem((err as Error).message); } finally { setBusy(false); }
+  };
+  const field = (f: RechargeField) => (
+    <label>{RECHARGE_LABELS[f]} ({(currency ?? 'usd').toUpperCase()})
+      <input type="text" inputMode="decimal" value={values[f]} data-testid={`recharge-${f}`} 
+        onInput={(e) => setValues({ ...values, [f]: (e.target as HTMLInputElement).value })} />
+      <span class="small muted">{a.own[f] === null ? `default ${money(a.defaults[f], currency)}` : `own value; default ${money(a.defaults[f], currency)}`}</span>
+    </label>);
+  // Not offered: a line saying so (nothing is charged, nothing to edit).
+  if (!a.offered) {
+    return <p class="muted" data-testid="auto-recharge">Off in the config (<code>auto_recharge.enabled</code>): nothing is charged{a.enabled ? ', although this customer\'s Stripe metadata switches it on' : ''}.</p>;
+  }
+  const state = a.paused ? <Badge tone="bad">paused</Badge> : a.enabled ? (a.invalid ? <Badge tone="bad">invalid settings</Badge> : <Badge tone="ok">on</Badge>) : <Badge>off</Badge>;
+  return (
+    <div data-testid="auto-recharge">
+      <p data-testid="recharge-status">
+        {state}
+        {a.enabled && !a.invalid && <> Tops up <b>{money(a.amount, currency)}</b> when credit falls below <b>{money(a.threshold, currency)}</b>, at most <b>{money(a.monthly_cap, currency)}</b> a month.</>}
+        {a.invalid && <span class="bad-text"> {a.invalid.key}: {a.invalid.why}; nothing is charged until it is fixed.</span>}
+      </p>
+      <div class="stats">
+        <Stat label={`This month (${a.month}, UTC)`} value={<>{money(a.month_counted, currency)}{a.monthly_cap !== null && <span class="of"> of {money(a.monthly_cap, currency)}</span>}</>}
+          hint={`${a.cap_left !== null ? `${money(a.cap_left, currency)} left · ` : ''}succeeded ${money(a.month_succeeded, currency)} · in flight ${money(a.month_in_flight, currency)}`} testid="stat-recharge-month" />
+        <Stat label="Failures in a row" value={`${a.failures} of ${a.max_consecutive_failures}`} tone={a.paused ? 'bad' : a.failures ? 'warn' : undefined}
+          hint={a.paused ? `paused ${when(a.paused_at)}` : 'pauses at the limit'} testid="stat-recharge-failures" />
+        <Stat label="Last recharge" value={a.last ? money(a.last.amount, a.last.currency) : '—'} tone={a.last ? (rechargeTone(a.last.status) === 'warn' ? 'warn' : rechargeTone(a.last.status)) as 'ok' | 'bad' | 'warn' : undefined}
+          hint={a.last ? `${a.last.status}${a.last.failure_code ? ` (${a.last.failure_code})` : ''} · ${when(a.last.finished_at ?? a.last.due_at)}` : 'none yet'} testid="stat-recharge-last" />
+      </div>
+      {a.last?.stripe_url && <p class="small">Last payment in Stripe: {stripeA(a.last.stripe_url, <><code class="ref">{a.last.payment_intent}</code> ↗</>)}</p>}
+      <form onSubmit={(e) => void save(e)} data-testid="recharge-form">
+        <div class="row">
+          <label class="switch"><input type="checkbox" checked={enabled} onChange={() => setEnabled(!enabled)} data-testid="recharge-enabled" aria-label="auto-recharge on" /><span>{enabled ? 'on' : 'off'}</span></label>
+          {field('amount')}{field('threshold')}{field('monthly_cap')}
+          <button type="submit" disabled={busy} data-testid="recharge-save">{a.paused && enabled ? 'Save and re-arm' : 'Save'}</button>
+        </div>
+        <p class="muted small">
+          Bounds: recharges of {money(a.bounds.min_amount, currency)} to {money(a.bounds.max_amount, currency)}; threshold up to {money(a.bounds.max_threshold, currency)};
+          monthly cap from the top-up amount to {money(a.bounds.max_monthly_cap, currency)}. Saved in the customer's Stripe metadata. Saving with auto-recharge on re-arms a paused customer and, if the credit is already below the threshold, charges a recharge now (within the monthly cap).
+        </p>
+      </form>
+      {problem && <div class="error" role="alert" data-testid="recharge-error">{problem}</div>}
+      {note && <div class="notice" role="status" data-testid="recharge-note">{note}</div>}
+    </div>
   );
 }
 

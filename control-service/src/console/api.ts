@@ -2,6 +2,7 @@
 // the engine's memory, the store and the read-model queries; writes reuse the
 // engine's switches and the email sender's test send, as the admin API does.
 
+import { randomUUID } from 'node:crypto';
 import type { Config } from '../config';
 import { formatMoney } from '../customer';
 import type { EmailSender } from '../emails/sender';
@@ -15,7 +16,10 @@ import { SETTLEMENT_VIEWS, settlementView, type ConsoleQueries, type SettlementV
 import type { EmailStatus, Store } from '../store/store';
 import type { MoveRow, TopUpRow } from '../top-ups/store';
 import type { BalanceSync } from '../stripe/sync';
+import type { StripeGateway } from '../stripe/gateway';
 import type { ActivityRecorder } from './activity';
+import { decideEdit, rechargeView } from './auto-recharge';
+import { META, settingsOf } from '../recharges/core';
 import { pageOrder } from './page-order';
 
 export interface ConsoleDeps {
@@ -29,6 +33,9 @@ export interface ConsoleDeps {
   queries: ConsoleQueries;
   /** On a follower replica: the last sweep is the leader's, read from the store (as /health does). */
   followsStoredSweep?: () => boolean;
+  /** Stripe, for the console's writes to a customer (auto-recharge settings); absent without STRIPE_SECRET_KEY. */
+  gateway?: StripeGateway;
+  now?: () => number;
 }
 
 export type ApiResult = { status: number; body: unknown } | { status: number; html: string };
@@ -41,6 +48,7 @@ const EMAIL_STATUSES: EmailStatus[] = ['pending', 'sending', 'delivered', 'faile
 
 export function createConsoleApi(deps: ConsoleDeps) {
   const { config, engine, store, activity, queries } = deps;
+  const now = deps.now ?? Date.now;
   const testMode = /^(sk|rk)_test_/.test(config.secrets.stripeSecretKey ?? 'sk_test_');
   /** A page of the Stripe Dashboard (test mode's under /test), as "Open in Stripe" links a customer. */
   const dashboard = (kind: string, id: string) => `${config.console?.stripeDashboardUrl ?? 'https://dashboard.stripe.com'}${testMode ? '/test' : ''}/${kind}/${encodeURIComponent(id)}`;
@@ -68,6 +76,11 @@ export function createConsoleApi(deps: ConsoleDeps) {
       created_at: iso(m.createdAt), confirmed_at: iso(m.confirmedAt), stripe_url: dashboard(m.kind === 'refund' ? 'refunds' : 'disputes', stripeId),
     };
   };
+
+  /** A consumer's spend in one period against its cap (smallest currency unit; cap null: no cap). */
+  const periodJson = (p: { spentMicros: number; resetsAt: number }, cap: number | undefined) => ({
+    spent: p.spentMicros / MICROS_PER_UNIT, cap: cap ?? null, resets_at: iso(p.resetsAt),
+  });
 
   const summary = (id: string) => {
     const s = engine.customer(id)!;
@@ -163,6 +176,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       store.history(id), queries.usageByRoute(id, Date.now() - config.metering.keepEventsMs),
       queries.settlements({ customerId: id, limit: 100 }), store.emailLog({ customerId: id, limit: 100 }),
       queries.topUps(id, 100), queries.topUpMoves(id, 1000)]);
+    const autoRecharge = await rechargeJson(id, s.customer.metadata);
     const consumer = s.customer.metadata[config.stripe.consumerMetadataKey];
     // The estimated balance over time: cohort transitions (persisted) and samples taken at decisions (in memory), then now.
     const points = [...history.map((t) => [t.at, t.balance] as [number, number]), ...activity.balanceSamples(id)]
@@ -185,15 +199,73 @@ export function createConsoleApi(deps: ConsoleDeps) {
       // Issue 23: each consumer of this customer, its spend this period and its caps (smallest currency unit; null: no cap).
       consumers: engine.consumerCaps(id).map((c) => ({
         consumer: c.consumer,
-        daily: { spent: c.daily.spentMicros / MICROS_PER_UNIT, cap: c.limits.daily ?? null, resets_at: iso(c.daily.resetsAt) },
-        monthly: { spent: c.monthly.spentMicros / MICROS_PER_UNIT, cap: c.limits.monthly ?? null, resets_at: iso(c.monthly.resetsAt) },
+        daily: periodJson(c.daily, c.limits.daily),
+        monthly: periodJson(c.monthly, c.limits.monthly),
         cap_left: c.left.leftMicros === undefined ? null : c.left.leftMicros / MICROS_PER_UNIT,
         binding_period: c.left.period ?? null,
         problems: c.problems,
       })),
+      auto_recharge: autoRecharge,
       top_ups: topUpRows.map((t) => topUpJson(t, moves)),
       top_up_debits: moves.filter((m) => m.kind !== 'credit').map(debitJson),
     });
+  }
+
+  /** A month's recharges are at most cap / min_amount (a few hundred with the default bounds): all of them are read. */
+  const RECHARGE_ROWS = 1000;
+  async function rechargeJson(id: string, metadata: Readonly<Record<string, string>>) {
+    const [rows, state] = await Promise.all([store.recharges(id, RECHARGE_ROWS), store.rechargeState(id)]);
+    return rechargeView(metadata, config.autoRecharge, rows, state, now(), (pi) => dashboard('payments', pi));
+  }
+
+  /**
+   * An operator's edit of a customer's auto-recharge: checked with the
+   * trigger's bounds, written to the customer's Stripe metadata (nothing is
+   * written on bad input), read back into the book at once (as a webhook
+   * would), and, switched on while paused, re-armed (as a manual top-up does).
+   */
+  async function editRecharge(id: string, body: Record<string, unknown> | undefined): Promise<ApiResult> {
+    const s = engine.customer(id);
+    if (!s) return fail(404, 'not_found', `no customer ${id} is known`);
+    if (!config.autoRecharge.enabled) return fail(409, 'auto_recharge_off', 'auto_recharge.enabled is false in the config: nothing would be charged; switch it on there first');
+    if (!deps.gateway) return fail(503, 'stripe_not_configured', 'STRIPE_SECRET_KEY is not set: the settings live in Stripe customer metadata and cannot be written');
+    const decision = decideEdit(body, s.customer.metadata, config.autoRecharge);
+    if (decision.kind === 'refused') return { status: 400, body: { error: 'bad_request', field: decision.field, message: decision.message } };
+    let metadata: Record<string, string>;
+    try {
+      // One key for this save: the gateway's retries of it are answered with the first result.
+      const idempotencyKey = `payg-console-recharge-${id}-${randomUUID()}`;
+      const updated = await deps.gateway.call((stripe) => stripe.customers.update(id, { metadata: decision.metadata }, { idempotencyKey }));
+      metadata = { ...(updated.metadata ?? {}) };
+    } catch (err) {
+      const status = (err as { statusCode?: number }).statusCode;
+      return fail(status === 404 ? 404 : 502, status === 404 ? 'not_found' : 'stripe_error', `Stripe did not save the settings: ${(err as Error).message}`);
+    }
+    // The change reaches the book as any Stripe customer change does; read now, so the page shows it at once.
+    let refreshed = true;
+    await deps.sync?.refresh(id).catch(() => { refreshed = false; });
+    // Switched on while paused (or anew, from off): armed again with no failures in a row, as after a manual top-up.
+    let rearmed = false;
+    const wasOn = s.customer.metadata[META.enabled] === 'on';
+    if (decision.enabled && (!wasOn || (await store.rechargeState(id)).pausedAt !== null)) rearmed = await store.rearmRecharges(id, now());
+    // On, with the credit already below the threshold: no crossing is coming, so the save plans one now, decided
+    // in the store's transaction as a crossing is (never past the cap, the interval, while paused or one is open).
+    let planned = false;
+    if (decision.enabled) planned = await planIfBelow(id, metadata);
+    return ok({ ...(await rechargeJson(id, metadata)), rearmed, planned, refreshed: Boolean(deps.sync) && refreshed });
+  }
+
+  async function planIfBelow(id: string, metadata: Readonly<Record<string, string>>): Promise<boolean> {
+    const held = engine.customer(id);
+    const read = settingsOf(metadata, config.autoRecharge);
+    const currency = (held?.customer.currency ?? config.topUp.checkout?.defaultCurrency)?.toLowerCase();
+    if (!held || read.kind !== 'on' || !currency || -held.estimatedBalance >= read.settings.threshold) return false;
+    const at = now();
+    await store.saveChanges({ upserts: [], deletes: [], transitions: [], recharges: [{ customerId: id, currency, settings: read.settings, at, minIntervalMs: config.autoRecharge.minIntervalMs }] });
+    const [latest] = await store.recharges(id, 1);
+    const planned = latest !== undefined && latest.status === 'planned' && latest.createdAt >= at;
+    if (planned) engine.onRechargeCrossings();
+    return planned;
   }
 
   function rules(): ApiResult {
@@ -327,6 +399,7 @@ export function createConsoleApi(deps: ConsoleDeps) {
       return ok({ id, active });
     }
     if (method === 'POST' && resource === 'emails' && id && sub === 'test') return testSend(id, await body());
+    if (method === 'PUT' && resource === 'customers' && id && sub === 'auto-recharge' && parts.length === 3) return editRecharge(id, await body());
     return fail(404, 'not_found', 'no such console API');
   };
 }

@@ -12,12 +12,14 @@ import { SqliteConsoleQueries, type ConsoleQueries } from '../store/console-quer
 import { PostgresConsoleQueries } from '../store/console-queries-postgres';
 import { PostgresStore } from '../store/postgres';
 import type { Store } from '../store/store';
+import { StripeGateway } from '../stripe/gateway';
 import type { BalanceSync } from '../stripe/sync';
 import { ActivityRecorder } from './activity';
 import { startConsole, type ConsoleServer } from './server';
 
-export async function mountConsole(deps: { config: Config; engine: Engine; store: Store; sync: BalanceSync | undefined; emails: EmailSender | undefined; metrics: Metrics; log: Logger; followsStoredSweep?: () => boolean }): Promise<ConsoleServer> {
+export async function mountConsole(deps: { config: Config; engine: Engine; store: Store; sync: BalanceSync | undefined; emails: EmailSender | undefined; metrics: Metrics; log: Logger; followsStoredSweep?: () => boolean; gateway?: StripeGateway }): Promise<ConsoleServer> {
   const { engine, config } = deps;
+  const gateway = deps.gateway ?? consoleGateway(config, deps.metrics);
   const activity = new ActivityRecorder();
   // A block's rule is in its JSON; parse it once per answer object.
   const blockRule = new WeakMap<DecisionAnswer, string>();
@@ -42,7 +44,27 @@ export async function mountConsole(deps: { config: Config; engine: Engine; store
     if (customerId) activity.sampleBalance(customerId, engine.customer(customerId)!.estimatedBalance, at);
     return answer;
   };
-  return startConsole({ ...deps, activity, queries: consoleQueries(deps.store, config) });
+  return startConsole({ ...deps, gateway, activity, queries: consoleQueries(deps.store, config) });
+}
+
+/**
+ * The console's writes to Stripe (a customer's auto-recharge settings) go
+ * through the service's gateway when it is handed one; else through a gateway
+ * of its own with the same settings (the official SDK, the same retries and
+ * rate limit), counting its errors in the same metric.
+ */
+function consoleGateway(config: Config, metrics: Metrics): StripeGateway | undefined {
+  if (!config.secrets.stripeSecretKey) return undefined;
+  return new StripeGateway({
+    secretKey: config.secrets.stripeSecretKey,
+    apiBase: config.secrets.stripeApiBase,
+    maxRequestsPerSecond: config.stripe.maxRequestsPerSecond,
+    timeoutMs: config.stripe.timeoutMs,
+    maxAttempts: config.stripe.retry.maxAttempts,
+    baseDelayMs: config.stripe.retry.baseDelayMs,
+    maxDelayMs: config.stripe.retry.maxDelayMs,
+    onError: (status) => metrics.stripeErrors.inc({ status }),
+  });
 }
 
 /** The read model where the store writes: the same PostgreSQL database (any replica), or the SQLite file. */

@@ -14,7 +14,8 @@ import type { Store } from '../store/store';
 import { MICROS_PER_UNIT } from '../pricing';
 import { ByteBudget, readBody } from '../http/util';
 import { chooseAmount, topUpId, type CheckoutOptions } from './core';
-import { amountMessage, cancelPage, contentSecurityPolicy, messagePage, successPage, topUpPage, type PageCustomer } from './page';
+import { amountMessage, cancelPage, contentSecurityPolicy, messagePage, stateOfSession, successPage, topUpPage, type DoneState, type PageCustomer } from './page';
+import type { TopUpRow } from './store';
 import { verifyToken } from './token';
 import type { TopUps } from './service';
 // ---- auto-recharge (issue 22): the opt-in ----
@@ -50,7 +51,7 @@ export interface TopUpPageDeps {
 export function createTopUpHandler(deps: TopUpPageDeps) {
   const { checkout, secret, engine, store, log } = deps;
   const csp = contentSecurityPolicy(checkout.checkoutOrigins);
-  const lastCheck = new Map<string, number>();
+  const lastCheck = new Map<string, { at: number; state: Promise<DoneState> }>();
   const opened = new Map<string, { since: number; count: number }>();
   /** Counts a new session for the customer; false when the window's allowance is spent. */
   const allowSession = (customerId: string, now: number): boolean => {
@@ -79,6 +80,44 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     return { currency, customer: { name: held.customer.name, currency, creditMinor: Math.floor(Math.max(0, creditMicros) / MICROS_PER_UNIT) } };
   };
 
+  /** The credit of a top-up, if written. */
+  const creditOf = async (id: string) => (await store.moves({ topUpId: id })).find((m) => m.kind === 'credit');
+  /**
+   * Where a top-up stands for its success page: our credit if written, else
+   * its Checkout Session read from Stripe (at most every RECHECK_MS per
+   * top-up; the webhook may be late or not configured): a paid session is
+   * credited from here as the webhook would.
+   */
+  const doneState = async (row: TopUpRow): Promise<DoneState> => {
+    const credited = (m: Awaited<ReturnType<typeof creditOf>>): DoneState | undefined => (m?.status === 'confirmed' ? { kind: 'credited', amount: -m.amount }
+      : m?.status === 'failed' ? { kind: 'credit_failed' } : m ? { kind: 'crediting' } : undefined);
+    const known = credited(await creditOf(row.id));
+    if (known) return known;
+    if (!row.sessionId) return { kind: 'open', continueUrl: null };
+    // One read at a time per top-up (refreshes and reloads share it), and at most one per RECHECK_MS.
+    const held = lastCheck.get(row.id);
+    if (held && Date.now() - held.at < RECHECK_MS) return held.state;
+    const state = readSession(row, row.sessionId, credited);
+    lastCheck.set(row.id, { at: Date.now(), state });
+    if (lastCheck.size > 10_000) for (const [id, c] of lastCheck) if (Date.now() - c.at >= RECHECK_MS) lastCheck.delete(id);
+    if (lastCheck.size > 10_000) lastCheck.clear();
+    return state;
+  };
+  /** The session and its PaymentIntent from Stripe; a paid one credited from here. Never rejects. */
+  const readSession = async (row: TopUpRow, sessionId: string, credited: (m: Awaited<ReturnType<typeof creditOf>>) => DoneState | undefined): Promise<DoneState> => {
+    try {
+      const session = await deps.topUps.deps.gateway.call((s) => s.checkout.sessions.retrieve(sessionId, { expand: ['payment_intent'] }));
+      const pi = session.payment_intent as { status?: string } | string | null;
+      const state = stateOfSession({ status: session.status, paymentStatus: session.payment_status, paymentIntentStatus: pi && typeof pi !== 'string' ? pi.status ?? null : null, url: session.url });
+      if (state.kind !== 'crediting') return state;
+      await deps.topUps.creditSession(sessionId);
+      return credited(await creditOf(row.id)) ?? state;
+    } catch (err) {
+      log.warn({ topUp: row.id, err: (err as Error).message }, 'reading a session from the success page failed');
+      return { kind: 'checking' };
+    }
+  };
+
   return async (method: string, path: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const parts = path.slice(TOP_UP_PREFIX.length).split('/');
     const token = parts[0] ?? '';
@@ -99,16 +138,9 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     if (sub[0] === 'done') {
       const row = await store.topUp(sub[1]);
       if (!row || row.customerId !== customerId) return page(res, 404, messagePage('No such top-up', 'This top-up does not belong to this link.'));
-      const credited = async () => (await store.moves({ topUpId: row.id })).find((m) => m.kind === 'credit' && m.status === 'confirmed');
-      let credit = await credited();
-      // The webhook may be late (or not configured): read the session from Stripe ourselves, now and then.
-      if (!credit && row.sessionId && Date.now() - (lastCheck.get(row.id) ?? 0) >= RECHECK_MS) {
-        lastCheck.set(row.id, Date.now());
-        if (lastCheck.size > 10_000) lastCheck.clear();
-        await deps.topUps.creditSession(row.sessionId).catch((err) => log.warn({ topUp: row.id, err: (err as Error).message }, 'reading a session from the success page failed'));
-        credit = await credited();
-      }
-      return page(res, 200, successPage({ customer: viewOf(customerId)!.customer, credited: credit ? -credit.amount : undefined, backHref: action }));
+      const wait = /^\d{1,4}$/.exec(new URL(req.url ?? '/', 'http://top-up').searchParams.get('wait') ?? '')?.[0];
+      const state = await doneState(row);
+      return page(res, 200, successPage({ customer: viewOf(customerId)!.customer, state, backHref: action, selfHref: `${action}/done/${encodeURIComponent(row.id)}`, tries: wait ? Number(wait) : 0 }));
     }
     if (!amounts) return page(res, 409, messagePage('Top-ups are not available', amountMessage('currency', view.currency, undefined)));
 

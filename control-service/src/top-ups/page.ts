@@ -28,10 +28,11 @@ export function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]!));
 }
 
-function layout(title: string, body: string, opts: { refreshSeconds?: number } = {}): string {
+function layout(title: string, body: string, opts: { refreshSeconds?: number; refreshUrl?: string } = {}): string {
+  const refresh = opts.refreshSeconds ? `${opts.refreshSeconds}${opts.refreshUrl ? `; url=${opts.refreshUrl}` : ''}` : undefined;
   return `<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">${opts.refreshSeconds ? `\n<meta http-equiv="refresh" content="${opts.refreshSeconds}">` : ''}
+<meta name="referrer" content="no-referrer">${refresh ? `\n<meta http-equiv="refresh" content="${escapeHtml(refresh)}">` : ''}
 <title>${escapeHtml(title)}</title><style>${STYLE}</style></head>
 <body><main>${body}</main></body></html>`;
 }
@@ -95,16 +96,68 @@ export function messagePage(title: string, message: string): string {
   return layout(title, `<h1>${escapeHtml(title)}</h1><p class="error" role="alert">${escapeHtml(message)}</p>`);
 }
 
-export function successPage(p: { customer: PageCustomer; credited: number | undefined; backHref: string }): string {
+/**
+ * Where a top-up stands when the customer comes back from Checkout, as far as
+ * payg and Stripe know: `credited` (the credit landed), `crediting` (paid, the
+ * credit being added), `processing` (a bank debit not cleared yet), `checking`
+ * (Stripe could not be asked just now), `credit_failed` (paid, but Stripe
+ * refused the credit for good), or not completed: `open` (left before paying),
+ * `expired`, `failed` (the payment failed).
+ */
+export type DoneState =
+  | { kind: 'credited'; amount: number }
+  | { kind: 'crediting' | 'processing' | 'checking' | 'credit_failed' }
+  | { kind: 'open'; continueUrl: string | null }
+  | { kind: 'expired' | 'failed' };
+
+/** What a Checkout Session read from Stripe (its PaymentIntent expanded) says of a top-up not credited yet. */
+export function stateOfSession(s: { status: string | null; paymentStatus: string; paymentIntentStatus: string | null; url: string | null }): DoneState {
+  if (s.status === 'expired') return { kind: 'expired' };
+  if (s.status === 'open') return { kind: 'open', continueUrl: s.url };
+  if (s.status !== 'complete') return { kind: 'checking' };
+  if (s.paymentStatus === 'paid' || s.paymentStatus === 'no_payment_required') return { kind: 'crediting' };
+  // Complete and unpaid: a bank debit still clearing, or one that bounced (async_payment_failed).
+  return s.paymentIntentStatus === 'processing' || s.paymentIntentStatus === null ? { kind: 'processing' } : { kind: 'failed' };
+}
+
+/** How often, and how many times, a page still waiting for the credit refreshes itself (then it stops and says so). */
+export const DONE_REFRESH_SECONDS = 2;
+export const DONE_REFRESH_MAX = 60;
+
+export function successPage(p: { customer: PageCustomer; state: DoneState; backHref: string; selfHref: string; tries: number }): string {
   const fmt = (n: number) => formatMoney(n, p.customer.currency);
-  if (p.credited === undefined) {
-    // No script: the page asks again by itself until the credit has landed.
-    return layout('Payment received', `<h1>Payment received</h1><p class="ok" role="status">Thank you. Your credit is being added; this page updates by itself.</p>
-<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(p.customer.creditMinor))}</div></div>`, { refreshSeconds: 2 });
-  }
-  return layout('Credit added', `<h1>Credit added</h1><p class="ok" role="status">${escapeHtml(fmt(p.credited))} of API credit has been added.</p>
-<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(p.customer.creditMinor))}</div></div>
+  const creditCard = `<div class="card"><div class="muted">Credit now</div><div class="credit" id="credit">${escapeHtml(fmt(p.customer.creditMinor))}</div></div>`;
+  const again = `<p><a href="${escapeHtml(p.backHref)}">Try again</a></p>`;
+  const s = p.state;
+  // No script: a page waiting for the credit asks again by itself, a bounded number of times.
+  const waiting = (title: string, message: string) => {
+    const more = p.tries < DONE_REFRESH_MAX;
+    const body = `<h1>${escapeHtml(title)}</h1><p class="ok" role="status">${escapeHtml(message)}${more ? ' This page updates by itself.' : ''}</p>
+${more ? '' : `<p class="muted" id="stopped">This is taking longer than usual, so this page stopped updating. The credit is added as soon as the payment is confirmed: <a href="${escapeHtml(p.selfHref)}">check again</a> later.</p>`}
+${creditCard}`;
+    return layout(title, body, more ? { refreshSeconds: DONE_REFRESH_SECONDS, refreshUrl: `${p.selfHref}?wait=${p.tries + 1}` } : {});
+  };
+  switch (s.kind) {
+    case 'credited':
+      return layout('Credit added', `<h1>Credit added</h1><p class="ok" role="status">${escapeHtml(fmt(s.amount))} of API credit has been added.</p>
+${creditCard}
 <p><a href="${escapeHtml(p.backHref)}">Add more credit</a></p>`);
+    case 'crediting': return waiting('Payment received', 'Thank you. Your payment is confirmed and your credit is being added.');
+    case 'processing': return waiting('Payment processing', 'Your bank has not confirmed the payment yet (bank payments can take a few days). The credit is added once it clears; nothing more to do.');
+    case 'checking': return waiting('Checking your payment', 'We could not check your payment just now and are trying again.');
+    case 'credit_failed':
+      return layout('Payment received', `<h1>Payment received</h1><p class="error" role="alert">Your payment was received, but adding the credit failed. We have been notified; contact us if it is not added soon.</p>
+${creditCard}`);
+    case 'open':
+      return layout('Payment not completed', `<h1>Payment not completed</h1><p class="error" role="alert">You have not paid yet: nothing was charged and no credit was added.</p>
+${s.continueUrl && /^https?:\/\//i.test(s.continueUrl) ? `<p><a href="${escapeHtml(s.continueUrl)}">Continue to payment</a></p>` : ''}${again}`);
+    case 'expired':
+      return layout('Payment not completed', `<h1>Payment not completed</h1><p class="error" role="alert">This payment page expired before it was paid: nothing was charged and no credit was added.</p>
+${creditCard}${again}`);
+    case 'failed':
+      return layout('Payment not completed', `<h1>Payment not completed</h1><p class="error" role="alert">The payment failed: no credit was added. Your bank may tell you why.</p>
+${creditCard}${again}`);
+  }
 }
 
 export function cancelPage(p: { backHref: string }): string {

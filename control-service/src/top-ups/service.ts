@@ -10,7 +10,8 @@ import type { Store } from '../store/store';
 import { isPermanentRefusal, type StripeGateway } from '../stripe/gateway';
 import type { BalanceSync } from '../stripe/sync';
 import type { TopUpSettings } from '../config';
-import { creditIntent, debitFor, debitIntent, decideCredit, type CheckoutOptions, type SessionRead } from './core';
+import { creditIntent, debitFor, debitIntent, decideCredit, META_TOP_UP, type CheckoutOptions, type SessionRead } from './core';
+import { META_RECHARGE } from '../recharges/service';
 import type { MoveRow, TopUpRow } from './store';
 
 export const TOP_UP_EVENTS = new Set(['checkout.session.completed', 'checkout.session.async_payment_succeeded', 'charge.refunded', 'charge.dispute.created']);
@@ -36,6 +37,14 @@ export interface TopUpsDeps {
   sync: BalanceSync;
   log: Logger;
   now?: () => number;
+}
+
+/** What a refunded or disputed charge paid for: a top-up, or an auto-recharge (`recharge`); `amount` is what it credited. */
+interface Paid { topUpId: string; customerId: string; amount: number; currency: string; ref: string; recharge?: string }
+
+function recharged(metadata: Record<string, string>, recharge: string, paymentIntent: string): Record<string, string> {
+  const { [`${META_TOP_UP}_session`]: _session, ...rest } = metadata;
+  return { ...rest, [META_RECHARGE]: recharge, payg_recharge_payment_intent: paymentIntent };
 }
 
 export class TopUps {
@@ -122,11 +131,26 @@ export class TopUps {
     return { outcome: 'applied' };
   }
 
-  /** The top-up a charge paid for, if any: by the PaymentIntent we recorded, else by asking Stripe for its session. */
-  private async topUpOfCharge(charge: Stripe.Charge): Promise<{ topUp: TopUpRow; sessionId: string } | undefined> {
+  /**
+   * What a charge paid for, if it is ours: a top-up (by the PaymentIntent we
+   * recorded, else by asking Stripe for its session), or an auto-recharge (its
+   * PaymentIntent's `payg_recharge` metadata naming a recharge of ours, of that
+   * customer, for that amount). `ref` names the payment in the debits' metadata.
+   */
+  private async paidByCharge(charge: Stripe.Charge): Promise<Paid | undefined> {
     const pi = idOf(charge.payment_intent as string | Stripe.PaymentIntent | null);
     if (!pi) return undefined;
+    const chargeCustomer = idOf(charge.customer as string | null);
     let topUp = await this.deps.store.topUpByPaymentIntent(pi);
+    if (!topUp) {
+      // Not a payment we recorded: its PaymentIntent's metadata says whose it is (ours carry payg_top_up_id or payg_recharge).
+      const intent = await this.deps.gateway.call((s) => s.paymentIntents.retrieve(pi));
+      if (intent.metadata?.[META_RECHARGE]) {
+        const recharge = await this.rechargeOfIntent(intent);
+        return recharge && (chargeCustomer === null || chargeCustomer === recharge.customerId) ? recharge : undefined;
+      }
+      if (!intent.metadata?.payg_top_up_id) return undefined;
+    }
     if (!topUp || !topUp.sessionId) {
       const list = await this.deps.gateway.call((s) => s.checkout.sessions.list({ payment_intent: pi, limit: 1 }));
       const session = list.data[0];
@@ -138,14 +162,33 @@ export class TopUps {
       await this.deps.store.setTopUpPaymentIntent(record.id, pi);
       topUp = { ...record, sessionId: session.id, paymentIntent: pi };
     }
-    if (idOf(charge.customer as string | null) !== null && idOf(charge.customer as string | null) !== topUp.customerId) return undefined;
-    return { topUp, sessionId: topUp.sessionId! };
+    if (chargeCustomer !== null && chargeCustomer !== topUp.customerId) return undefined;
+    return { topUpId: topUp.id, customerId: topUp.customerId, amount: topUp.amount, currency: topUp.currency, ref: topUp.sessionId! };
+  }
+
+  /**
+   * The auto-recharge a PaymentIntent paid, read from Stripe (never from an
+   * event's payload): its `payg_recharge` metadata must name a recharge we
+   * planned, of the PaymentIntent's customer, amount and currency, and that
+   * PaymentIntent when the recharge recorded one.
+   */
+  private async rechargeOfIntent(intent: Stripe.PaymentIntent): Promise<Paid | undefined> {
+    const pi = intent.id;
+    const id = intent.metadata?.[META_RECHARGE];
+    if (!id) return undefined;
+    const row = await this.deps.store.recharge(id);
+    const customer = idOf(intent.customer as string | null);
+    if (!row || row.customerId !== customer || row.amount !== intent.amount || row.currency !== intent.currency || (row.paymentIntent !== null && row.paymentIntent !== pi)) {
+      this.deps.log.warn({ paymentIntent: pi, recharge: id }, 'a payment naming a recharge payg did not make (or of another customer or amount): its refund or dispute is not debited');
+      return undefined;
+    }
+    return { topUpId: row.id, customerId: row.customerId, amount: row.amount, currency: row.currency, ref: pi, recharge: row.id };
   }
 
   /** Debits what each refund of a top-up's charge took back, once per refund. */
   private async chargeRefunded(chargeId: string): Promise<EventOutcome> {
     const charge = await this.deps.gateway.call((s) => s.charges.retrieve(chargeId));
-    const of = await this.topUpOfCharge(charge);
+    const of = await this.paidByCharge(charge);
     if (!of) return 'ignored';
     const refunds: Stripe.Refund[] = [];
     for (let after: string | undefined; ;) {
@@ -161,12 +204,12 @@ export class TopUps {
     // The total starts from the refunds already debited (in whatever order they came), then adds new ones
     // oldest first: refunds made in one second have no order of their own.
     const counted = refunds.filter((r) => r.status === 'succeeded' || r.status === 'pending');
-    const debited = new Set((await this.deps.store.moves({ topUpId: of.topUp.id })).map((m) => m.ref));
+    const debited = new Set((await this.deps.store.moves({ topUpId: of.topUpId })).map((m) => m.ref));
     let takenSoFar = counted.filter((r) => debited.has(`refund:${r.id}`)).reduce((sum, r) => sum + r.amount, 0);
     for (const refund of counted) {
       if (debited.has(`refund:${refund.id}`)) continue;
       takenSoFar += refund.amount;
-      any = (await this.debit('refund', refund.id, takenSoFar, charge.amount, of.topUp, of.sessionId)) || any;
+      any = (await this.debit('refund', refund.id, takenSoFar, charge.amount, of)) || any;
     }
     return any ? 'applied' : 'ignored';
   }
@@ -176,15 +219,17 @@ export class TopUps {
     const chargeId = idOf(dispute.charge as string | Stripe.Charge);
     if (!chargeId) return 'ignored';
     const charge = await this.deps.gateway.call((s) => s.charges.retrieve(chargeId));
-    const of = await this.topUpOfCharge(charge);
+    const of = await this.paidByCharge(charge);
     if (!of) return 'ignored';
     // What was refunded before counts in the running total the dispute adds to.
-    return (await this.debit('dispute', dispute.id, charge.amount_refunded + dispute.amount, charge.amount, of.topUp, of.sessionId)) ? 'applied' : 'ignored';
+    return (await this.debit('dispute', dispute.id, charge.amount_refunded + dispute.amount, charge.amount, of)) ? 'applied' : 'ignored';
   }
 
-  private async debit(kind: 'refund' | 'dispute', id: string, takenSoFar: number, paidTotal: number, topUp: TopUpRow, sessionId: string): Promise<boolean> {
-    const intent = debitIntent(kind, id, sessionId, topUp.id, topUp.customerId, 0, topUp.currency);
-    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, topUp.amount, before), this.now());
+  private async debit(kind: 'refund' | 'dispute', id: string, takenSoFar: number, paidTotal: number, paid: Paid): Promise<boolean> {
+    const base = debitIntent(kind, id, paid.ref, paid.topUpId, paid.customerId, 0, paid.currency);
+    // A recharge's debit names the recharge (and its PaymentIntent) instead of a Checkout Session.
+    const intent = paid.recharge ? { ...base, metadata: recharged(base.metadata, paid.recharge, paid.ref) } : base;
+    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, paid.amount, before), this.now());
     if (row && created) await this.send(row);
     return row !== undefined;
   }
