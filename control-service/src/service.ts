@@ -241,7 +241,7 @@ export async function startService(config: Config, opts: { log?: Logger; store?:
   const url = `http://${addr.address.includes(':') ? `[${addr.address}]` : addr.address}:${addr.port}`;
   log.info({ url, customers: engine.size }, 'payg control service listening');
   if (desk.recoveryEndsAt) log.warn({ until: new Date(desk.recoveryEndsAt).toISOString() }, 'upgraded from memory-only leases: those of the previous run may still be in use, granting none until then');
-  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, get emails() { return sendsTests(); }, metrics, log, followsStoredSweep: () => !leadership.isLeader }) : undefined;
+  const consoleServer = config.console ? await mountConsole({ config, engine, store, sync, gateway, get emails() { return sendsTests(); }, metrics, log, followsStoredSweep: () => !leadership.isLeader }) : undefined;
 
   const task = sync ? cron.schedule(config.stripe.poll, () => {
     if (!leadership.isLeader) return;

@@ -19,7 +19,8 @@ import { startConsole, type ConsoleServer } from './server';
 
 export async function mountConsole(deps: { config: Config; engine: Engine; store: Store; sync: BalanceSync | undefined; emails: EmailSender | undefined; metrics: Metrics; log: Logger; followsStoredSweep?: () => boolean; gateway?: StripeGateway }): Promise<ConsoleServer> {
   const { engine, config } = deps;
-  const gateway = deps.gateway ?? consoleGateway(config, deps.metrics);
+  // The console's writes to Stripe (auto-recharge settings) share the service's gateway: one rate limit, one retry policy.
+  const gateway = deps.gateway;
   const activity = new ActivityRecorder();
   // A block's rule is in its JSON; parse it once per answer object.
   const blockRule = new WeakMap<DecisionAnswer, string>();
@@ -45,26 +46,6 @@ export async function mountConsole(deps: { config: Config; engine: Engine; store
     return answer;
   };
   return startConsole({ ...deps, gateway, activity, queries: consoleQueries(deps.store, config) });
-}
-
-/**
- * The console's writes to Stripe (a customer's auto-recharge settings) go
- * through the service's gateway when it is handed one; else through a gateway
- * of its own with the same settings (the official SDK, the same retries and
- * rate limit), counting its errors in the same metric.
- */
-function consoleGateway(config: Config, metrics: Metrics): StripeGateway | undefined {
-  if (!config.secrets.stripeSecretKey) return undefined;
-  return new StripeGateway({
-    secretKey: config.secrets.stripeSecretKey,
-    apiBase: config.secrets.stripeApiBase,
-    maxRequestsPerSecond: config.stripe.maxRequestsPerSecond,
-    timeoutMs: config.stripe.timeoutMs,
-    maxAttempts: config.stripe.retry.maxAttempts,
-    baseDelayMs: config.stripe.retry.baseDelayMs,
-    maxDelayMs: config.stripe.retry.maxDelayMs,
-    onError: (status) => metrics.stripeErrors.inc({ status }),
-  });
 }
 
 /** The read model where the store writes: the same PostgreSQL database (any replica), or the SQLite file. */

@@ -7,7 +7,7 @@
 // raised: served again at once, not after the decision ttl), cap metadata that
 // is not a number (reported, the next level applies, nothing else changes), a
 // consumer moved from one team to another (its spend this period moves with
-// it), Retry-After and the limit merge tags as a client sees them, the credit
+// it; one taken off a team is refused there at once), Retry-After and the limit merge tags as a client sees them, the credit
 // header at the tighter limit, and several consumers of one team competing at
 // high concurrency on three nodes (SQLite, and PostgreSQL with two replicas).
 import { expect } from 'chai';
@@ -323,4 +323,18 @@ describe('caps attacked: real plugin servers, Stripe edits through the SDK', fun
       await until(async () => (await unsettled(team.id)) === 40, 10_000, 'the 40 served not counted');
     });
   }
+
+  for (const store of ['SQLite', 'PostgreSQL, two replicas']) it(`${store}: a consumer taken off a team is refused there at once`, async () => {
+    const a = await sdk.customers.create({ metadata: { kong_consumer: 'a1,mover', 'payg_cap_daily.mover': '6' } });
+    await sdk.customers.createBalanceTransaction(a.id, { amount: -100, currency: 'usd' });
+    await startControl({ unknown_consumer: 'block' }, store === 'SQLite' ? 0 : 2);
+    const two = await startNodes(2);
+    const mover = { id: 'k-mover', custom_id: 'mover' };
+    expect(served(await burst(two, mover, 2))).to.equal(4);
+    await sdk.customers.update(a.id, { metadata: { kong_consumer: 'a1' } });
+    for (const s of svcs) await until(async () => (await (await fetch(`${s.url}/admin/customers/${a.id}`, { headers: { authorization: `Bearer ${ADMIN}` } })).json() as any).customer?.metadata?.kong_consumer === 'a1', 5000, 'not applied');
+    await new Promise((r) => setTimeout(r, 300));
+    const off = await burst(two, mover, 2);
+    expect(served(off), 'served after being taken off the team').to.equal(0);
+  });
 });
