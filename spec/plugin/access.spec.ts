@@ -100,6 +100,9 @@ describe('payg access phase (through the plugin server)', function () {
   it('cache hit: a second request makes no network call; its PDK calls are get_consumer, the refusal mark and the exit', async () => {
     svc.decide = () => block(PAYMENT_BODY);
     const id = await instance();
+    // The stream's first hello drops what was fetched before it (news may have been missed): let it land first.
+    await until(() => svc.streamCount() === 1, 3000, 'no stream');
+    await sleep(300);
     await access(id);
     const second = await access(id);
     expect(second.exit?.status).to.equal(402);
