@@ -101,13 +101,14 @@ describe('abuse: the control service process under floods', function () {
     const chunk = Buffer.alloc(60 * 1024, 'y');
     const chunkedHead = 'POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nStripe-Signature: t=1,v1=00\r\nTransfer-Encoding: chunked\r\n\r\n';
     await stall(300, chunkedHead, Buffer.concat([Buffer.from(`${chunk.length.toString(16)}\r\n`), chunk, Buffer.from('\r\n')]));
+    await sleep(200);
+    const decision = await timedDecision(control.url, 'cus_during_flood');
     // Every body read or refused: the 1 MB ones at once (413), the chunked ones past the budget as it fills (503).
     const fit = Math.ceil(PUBLIC_BUFFER_BYTES / chunk.length);
     await until(async () => {
       const now = await webhookResults();
       return (now.too_large ?? 0) - (counted.too_large ?? 0) >= 300 && (now.busy ?? 0) - (counted.busy ?? 0) >= 300 - fit;
     }, 30_000, `the service did not answer 300 oversized bodies with 413 and all but ${fit} chunked ones with 503`);
-    const decision = await timedDecision(control.url, 'cus_during_flood');
     const during = await memory();
     for (const s of sockets.splice(0)) s.destroy();
     // Closed connections give everything back; wait for the service to see them close.
@@ -268,9 +269,10 @@ describe('abuse: usage, admin paths, webhooks, exposure', function () {
   });
 
   it('the shipped example config refuses to start without PAYG_CONTROL_TOKEN, before touching its store', async () => {
+    // 15 s to start: under load a Node process took 8.5 s to print its version (it exits at once when it works).
     const example = path.join(__dirname, '../../../../control-service/payg.example.yml');
     let error: Error | undefined;
-    try { await startControlProcess(example, { PAYG_CONTROL_TOKEN: '', STRIPE_SECRET_KEY: '' }, 5000); } catch (err) { error = err as Error; }
+    try { await startControlProcess(example, { PAYG_CONTROL_TOKEN: '', STRIPE_SECRET_KEY: '' }, 15_000); } catch (err) { error = err as Error; }
     expect(error?.message).to.match(/payg-control: config: listen\.host: listening on 0\.0\.0\.0 without PAYG_CONTROL_TOKEN/);
   });
 });
