@@ -21,10 +21,14 @@ export function retained(m: MemorySample): number {
   return m.heapUsed + m.external;
 }
 
-/** `env` plus NODE_OPTIONS that preload the probe into a Node process started with it. */
-export function withMemoryProbe(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+/**
+ * `env` plus NODE_OPTIONS that preload the probe into a Node process started with it. The
+ * NODE_OPTIONS it extends are `env`'s, else this process's (which carry the suite's loopback
+ * guard into every child: they must not be replaced).
+ */
+export function withMemoryProbe(env: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const probe = `--require=${JSON.stringify(MEMORY_PROBE)}`;
-  return { ...env, NODE_OPTIONS: [env.NODE_OPTIONS, probe].filter(Boolean).join(' ') };
+  return { ...env, NODE_OPTIONS: [env.NODE_OPTIONS ?? process.env.NODE_OPTIONS, probe].filter(Boolean).join(' ') };
 }
 
 /** Probe lines (`{"memoryProbe":n,...}`) in a process's output, in order. */
