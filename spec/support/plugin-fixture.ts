@@ -104,8 +104,12 @@ export class PluginFixture {
   }
 
   /** `n` nodes at once, each with its default instance started with `config`. */
-  startNodes(n: number, config: Record<string, unknown> = {}): Promise<PluginNode[]> {
-    return Promise.all(Array.from({ length: n }, () => this.startNode({ instance: config })));
+  async startNodes(n: number, config: Record<string, unknown> = {}): Promise<PluginNode[]> {
+    // Every start is waited for, so a node that started while another failed is in `nodes` and stopped at teardown.
+    const started = await Promise.allSettled(Array.from({ length: n }, () => this.startNode({ instance: config })));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return started.map((r) => (r as PromiseFulfilledResult<PluginNode>).value);
   }
 
   /** Stops one node now (SIGTERM, as Kong stops its plugin server). */
