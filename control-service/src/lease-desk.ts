@@ -49,8 +49,12 @@ function consumerHeld<L extends { consumer: string }>(leases: Iterable<L>, consu
 interface Keeper {
   init(now: number): Promise<void>;
   grant(ask: GrantAsk, now: number): Promise<Granted>;
-  /** Closes a node's leases; answers the leases it closed, as they are now. */
-  close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]>;
+  /**
+   * Closes a node's leases; answers the leases it closed, as they are now. `durable` false: the
+   * closings may still be on their way to the store (a renewal's previous lease on SQLite: the book
+   * in memory has closed it; a closing lost in a crash only keeps credit reserved longer).
+   */
+  close(node: string, returns: LeaseReturn[], now: number, durable?: boolean): Promise<LeaseRow[]>;
   /** Usage events the store counted now (and settled against their leases in that commit). */
   settled(events: Array<{ id: string; consumer: string; lease?: unknown; reserved?: number }>, now: number): void;
   /**
@@ -152,7 +156,7 @@ class MemoryKeeper implements Keeper {
     return { kind: 'GRANTED', lease, creditMicros: shown };
   }
 
-  async close(node: string, returns: LeaseReturn[], now: number): Promise<LeaseRow[]> {
+  async close(node: string, returns: LeaseReturn[], now: number, durable = true): Promise<LeaseRow[]> {
     const closed: LeaseRow[] = [];
     const writes: Array<Promise<void>> = [];
     for (const r of returns) {
@@ -163,7 +167,8 @@ class MemoryKeeper implements Keeper {
       // A closing lost in a crash only keeps credit reserved longer (until the lease's held_until).
       writes.push(this.writes.push({ close: { id: r.id, drawn: l.drawn ?? 0, drawnMicros: l.drawnMicros ?? 0 } }).catch(() => undefined));
     }
-    await Promise.all(writes);
+    // Not durable: they go with the next write (a renewal's grant), without a write cycle of their own first.
+    if (durable) await Promise.all(writes);
     return closed;
   }
 
@@ -392,7 +397,7 @@ export class LeaseDesk {
       if (!previous) return;
       const p = previous;
       previous = undefined;
-      await this.release(r.node, [p]);
+      await this.release(r.node, [p], false);
     };
     if (!(this.keeper instanceof PostgresKeeper)) await releaseFirst();
     const answer = this.engine.decide(r.consumer);
@@ -498,8 +503,9 @@ export class LeaseDesk {
   }
 
   /** A node gives leases back, saying how many requests (and how much credit) it drew from each. */
-  async release(node: string, leases: LeaseReturn[]): Promise<number> {
-    const closed = await this.keeper.close(node, leases, this.now());
+  /** `durable` false: the closings may still be on their way to the store when this answers (see Keeper.close). */
+  async release(node: string, leases: LeaseReturn[], durable = true): Promise<number> {
+    const closed = await this.keeper.close(node, leases, this.now(), durable);
     this.closedNow(closed);
     return closed.length;
   }

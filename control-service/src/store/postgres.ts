@@ -904,9 +904,11 @@ export class PostgresStore implements Store {
         // A connection that cannot even roll back (or prepare) is not given back to the pool.
         if (open) await c.query('ROLLBACK').catch((e: Error) => { broken = e; });
         else broken = err as Error;
-        // A deadlock or serialization failure with another replica's batch: try again.
+        // A deadlock or serialization failure with another replica's batch: try again. A session that lost
+        // its prepared statements (26000: a pooler in front gave us another server session) prepares them again.
         const code = (err as { code?: string }).code;
-        if (attempt < 3 && (code === '40P01' || code === '40001')) continue;
+        if (code === '26000') this.preparedGrants.delete(c);
+        if (attempt < 3 && (code === '40P01' || code === '40001' || code === '26000')) continue;
         throw err;
       } finally {
         c.release(broken);
