@@ -222,8 +222,9 @@ class PostgresKeeper implements Keeper {
 
   /** `onClosed`: leases given back with grants (a renewal's previous lease), closed in the grant's transaction. */
   constructor(private readonly opts: LeaseOptions, private readonly store: PostgresStore, private readonly onClosed: (rows: LeaseRow[]) => void) {
-    // Two batches may be out at once: while one commits, the next gathers and locks.
-    this.grants = new Batcher((asks) => this.grantBatch(asks), 2);
+    // One batch out at a time per replica: the next gathers meanwhile, so batches are larger and each grant
+    // costs less CPU (bench:postgres, alternating 1 and 2: 15–25 % less at the replicas and at PostgreSQL).
+    this.grants = new Batcher((asks) => this.grantBatch(asks), 1);
   }
 
   async init(): Promise<void> { /* nothing to load: every grant reads the table */ }
