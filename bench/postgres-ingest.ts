@@ -26,6 +26,8 @@ const SECONDS = Number(process.env.SECONDS ?? 5);
 const FAILOVERS = Number(process.env.FAILOVERS ?? 3);
 const LEASE_SECONDS = Number(process.env.LEASE_SECONDS ?? 5);
 const NODES = Number(process.env.NODES ?? 4);
+/** Which parts run (comma-separated): ingest, leases, failover. */
+const PHASES = new Set((process.env.PHASES ?? 'ingest,leases,failover').split(','));
 const TOKEN = 'bench-control-token';
 const ADMIN_TOKEN = 'bench-admin-token';
 const COST_MICROS = 100_000; // metering.default_cost 0.1
@@ -34,7 +36,9 @@ const BASE_PORT = 18820;
 interface Replica { port: number; url: string; proc: ChildProcess; output(): string }
 
 function startReplica(configFile: string, port: number, databaseUrl: string): Promise<Replica> {
-  const proc = spawn(process.execPath, [path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
+  // CHILD_NODE_ARGS (e.g. "--cpu-prof") go to each replica's node, to profile it.
+  const nodeArgs = process.env.CHILD_NODE_ARGS ? process.env.CHILD_NODE_ARGS.split(' ') : [];
+  const proc = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'control-service/bin/payg-control'), '--config', configFile], {
     env: { ...process.env, PORT: String(port), PAYG_DATABASE_URL: databaseUrl, PAYG_CONTROL_TOKEN: TOKEN, PAYG_ADMIN_TOKEN: ADMIN_TOKEN, STRIPE_SECRET_KEY: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -76,45 +80,11 @@ async function main() {
     }));
     for (let i = 0; i < REPLICAS; i++) replicas.push(await startReplica(configFile, BASE_PORT + i, databaseUrl));
 
-    // Ingest: every replica at once.
-    let n = 0;
-    const at = new Date().toISOString();
-    const batch = () => JSON.stringify({
-      events: Array.from({ length: BATCH }, () => { n++; return { id: `e-${n}`, consumer: `cus_bench${n % CUSTOMERS}`, at, route: 'orders', status: 200 }; }),
-    });
-    const results = await Promise.all(replicas.map((r) => autocannon({
-      url: r.url, connections: 4, duration: SECONDS,
-      requests: [{ method: 'POST', path: '/v1/usage', headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }, setupRequest: (req) => ({ ...req, body: batch() }) }],
-    })));
-    const ok = results.reduce((sum, r) => sum + r['2xx'], 0);
-    await sleep(500); // batches in flight at the end land, and every replica hears of them
-    const db = new pg.Client({ connectionString: databaseUrl });
-    await db.connect();
-    // One statement: one snapshot of the rows and the totals.
-    const counts = (await db.query('SELECT (SELECT COUNT(*) FROM usage_events) AS rows, (SELECT COALESCE(SUM(used_micros), 0) FROM usage_totals) AS micros')).rows[0];
-    const sample = (await db.query('SELECT customer_id, used_micros FROM usage_totals ORDER BY random() LIMIT 50')).rows;
-    await db.end();
-    console.log(`postgres usage ingest: ${REPLICAS} replicas, ${ok} batches of ${BATCH} in ${SECONDS}s → ${((ok * BATCH) / SECONDS).toFixed(0)} events/s   (target ≥ 20,000)`);
-    for (const [i, r] of results.entries()) {
-      console.log(`  replica ${i + 1}: ${r['2xx']} batches, p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, non-2xx ${r.non2xx}, errors ${r.errors}`);
-    }
-    const rows = Number(counts.rows);
-    console.log(`  rows stored ${rows} (2xx batches counted ${ok * BATCH}; batches in flight at the end are stored too); running totals ${Number(counts.micros) / COST_MICROS} events' worth${Number(counts.micros) === rows * COST_MICROS ? ' (exact)' : ' (DIFFER)'}`);
-    // Every replica's book (what it decides on) against the stored totals, for a sample of customers.
-    let agree = 0;
-    for (const r of replicas) {
-      for (const row of sample) {
-        const res = await fetch(`${r.url}/admin/customers/${row.customer_id}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
-        const body = await res.json() as { unsettled_usage: number };
-        if (Math.round(body.unsettled_usage * 1_000_000) === Number(row.used_micros)) agree++;
-      }
-    }
-    console.log(`  replicas' books agree with the stored totals: ${agree} of ${replicas.length * sample.length} (customer, replica) pairs`);
-
-    await leaseGrants(replicas);
+    if (PHASES.has('ingest')) await ingest(replicas, databaseUrl);
+    if (PHASES.has('leases')) await leaseGrants(replicas, databaseUrl);
 
     // Failover: kill -9 the leader; time until another replica leads. Then bring it back as a follower.
-    for (let round = 1; round <= FAILOVERS; round++) {
+    for (let round = 1; PHASES.has('failover') && round <= FAILOVERS; round++) {
       const deadline = Date.now() + 10_000;
       let leader: Replica | undefined;
       while (!(leader = replicas.find((r) => r.proc.exitCode === null && r.proc.signalCode === null && leadsNow(r))) && Date.now() < deadline) await sleep(20);
@@ -133,10 +103,56 @@ async function main() {
       replicas[i] = await startReplica(configFile, leader.port, databaseUrl);
     }
   } finally {
+    // Profiled replicas stop with SIGTERM, so they write their profiles.
+    if (process.env.CHILD_NODE_ARGS) {
+      await Promise.all(replicas.map((r) => new Promise((resolve) => {
+        if (r.proc.exitCode !== null || r.proc.signalCode !== null) return resolve(undefined);
+        r.proc.once('exit', resolve);
+        r.proc.kill('SIGTERM');
+        setTimeout(resolve, 20_000).unref();
+      })));
+    }
     for (const r of replicas) r.proc.kill('SIGKILL');
     await mochaHooks.afterAll.call(undefined);
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Usage ingest at every replica at once; checks the rows against the totals and every replica's book against them. */
+async function ingest(replicas: Replica[], databaseUrl: string) {
+  let n = 0;
+  const at = new Date().toISOString();
+  const batch = () => JSON.stringify({
+    events: Array.from({ length: BATCH }, () => { n++; return { id: `e-${n}`, consumer: `cus_bench${n % CUSTOMERS}`, at, route: 'orders', status: 200 }; }),
+  });
+  const results = await Promise.all(replicas.map((r) => autocannon({
+    url: r.url, connections: 4, duration: SECONDS,
+    requests: [{ method: 'POST', path: '/v1/usage', headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }, setupRequest: (req) => ({ ...req, body: batch() }) }],
+  })));
+  const ok = results.reduce((sum, r) => sum + r['2xx'], 0);
+  await sleep(500); // batches in flight at the end land, and every replica hears of them
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  // One statement: one snapshot of the rows and the totals.
+  const counts = (await db.query('SELECT (SELECT COUNT(*) FROM usage_events) AS rows, (SELECT COALESCE(SUM(used_micros), 0) FROM usage_totals) AS micros')).rows[0];
+  const sample = (await db.query('SELECT customer_id, used_micros FROM usage_totals ORDER BY random() LIMIT 50')).rows;
+  await db.end();
+  console.log(`postgres usage ingest: ${REPLICAS} replicas, ${ok} batches of ${BATCH} in ${SECONDS}s → ${((ok * BATCH) / SECONDS).toFixed(0)} events/s   (target ≥ 20,000)`);
+  for (const [i, r] of results.entries()) {
+    console.log(`  replica ${i + 1}: ${r['2xx']} batches, p50 ${r.latency.p50} ms, p99 ${r.latency.p99} ms, non-2xx ${r.non2xx}, errors ${r.errors}`);
+  }
+  const rows = Number(counts.rows);
+  console.log(`  rows stored ${rows} (2xx batches counted ${ok * BATCH}; batches in flight at the end are stored too); running totals ${Number(counts.micros) / COST_MICROS} events' worth${Number(counts.micros) === rows * COST_MICROS ? ' (exact)' : ' (DIFFER)'}`);
+  // Every replica's book (what it decides on) against the stored totals, for a sample of customers.
+  let agree = 0;
+  for (const r of replicas) {
+    for (const row of sample) {
+      const res = await fetch(`${r.url}/admin/customers/${row.customer_id}`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+      const body = await res.json() as { unsettled_usage: number };
+      if (Math.round(body.unsettled_usage * 1_000_000) === Number(row.used_micros)) agree++;
+    }
+  }
+  console.log(`  replicas' books agree with the stored totals: ${agree} of ${replicas.length * sample.length} (customer, replica) pairs`);
 }
 
 /**
@@ -147,8 +163,9 @@ async function main() {
  * one request in 20 is instead a node releasing every lease it holds (as at shutdown or
  * when they run out). Replicas share the customers, so their grants contend for the same rows.
  */
-async function leaseGrants(replicas: Replica[]) {
+async function leaseGrants(replicas: Replica[], databaseUrl: string) {
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
+  const cpuBefore = await cpuTicks(replicas, databaseUrl);
   const runs = await Promise.all(replicas.map(async (replica, r) => {
     const held = new Map<string, { id: string; requests: number }>(); // `${node}|${consumer}` → lease
     const counts = { grants: 0, refusals: 0, releases: 0 };
@@ -186,8 +203,38 @@ async function leaseGrants(replicas: Replica[]) {
     return { result, ...counts };
   }));
   const grants = runs.reduce((n, x) => n + x.grants, 0);
+  const cpuAfter = await cpuTicks(replicas, databaseUrl);
   console.log(`lease grants across ${replicas.length} replicas at once: ${grants} in ${LEASE_SECONDS}s → ${(grants / LEASE_SECONDS).toFixed(0)} grants/s   (target ≥ 5,000, p99 ≤ 20 ms) (${NODES} nodes each, ${CUSTOMERS} consumers, 16 connections each)`);
+  const used = (k: 'replicas' | 'postgres' | 'bench') => k === 'postgres'
+    ? [...cpuAfter.postgres].reduce((sum, [pid, ms]) => sum + ms - (cpuBefore.postgres.get(pid) ?? 0), 0)
+    : cpuAfter[k] - cpuBefore[k];
+  console.log(`  CPU per grant (any load on the machine aside): replicas ${(used('replicas') / grants).toFixed(3)} ms, PostgreSQL ${(used('postgres') / grants).toFixed(3)} ms, load generator ${(used('bench') / grants).toFixed(3)} ms; load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   runs.forEach((x, i) => console.log(`  replica ${i + 1}: ${x.grants} grants, p50 ${x.result.latency.p50} ms, p99 ${x.result.latency.p99} ms; ${x.releases} releases; ${x.refusals} answers without a lease; non-2xx ${x.result.non2xx}, errors ${x.result.errors}`));
+}
+
+/**
+ * CPU time used so far (ms): by the replicas, by this database's PostgreSQL backends (when the server
+ * runs on this machine: its processes are read from /proc, per backend; a backend that ended
+ * meanwhile is not counted), and by this process (the load generator).
+ */
+async function cpuTicks(replicas: Replica[], databaseUrl: string): Promise<{ replicas: number; postgres: Map<number, number>; bench: number }> {
+  const tick = 1000 / 100; // USER_HZ
+  const of = (pid: number | undefined) => {
+    try {
+      const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return (Number(fields[11]) + Number(fields[12])) * tick; // utime, stime
+    } catch { return 0; }
+  };
+  const db = new pg.Client({ connectionString: databaseUrl });
+  await db.connect();
+  const pids = (await db.query('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()')).rows.map((r) => r.pid as number);
+  await db.end();
+  const own = process.cpuUsage();
+  return {
+    replicas: replicas.reduce((sum, r) => sum + of(r.proc.pid), 0),
+    postgres: new Map(pids.map((pid) => [pid, of(pid)])),
+    bench: (own.user + own.system) / 1000,
+  };
 }
 
 interface LeaseContext { kind?: 'lease' | 'release'; key?: string }

@@ -122,7 +122,7 @@ export const LEASES_CHANNEL = 'payg_leases';
 export interface LeaseNotice { recall?: string[]; freed?: string[] }
 
 /** What a grant sees of one customer, under its row lock: credit before reservations, and what leases hold. */
-export interface CreditState { creditMicros: number; heldMicros: number; othersHoldMicros: number }
+export interface CreditState { creditMicros: number; heldMicros: number; othersHoldMicros: number; consumerOthersHoldMicros?: number }
 /** Issue 23: a consumer's spend this period and what its leases hold (micros), read in the grant's transaction. */
 export interface ConsumerCapState { heldMicros: number; spend: ConsumerSpend }
 
@@ -169,6 +169,98 @@ export function notifyPayloads(ids: Iterable<string>): string[] {
   if (batch.length) out.push(JSON.stringify(batch));
   return out;
 }
+
+/** A lease given back: what its node drew from it (requests, and micros when it knows), and which node (undefined: any). */
+export interface LeaseClose { id: string; drawn: number; drawnMicros?: number; node?: string }
+
+/** `drawn` is clamped to int4 before the cast: one node's absurd count must not fail the whole batch (it is LEAST'd to the lease's requests anyway). */
+function clampDrawn(drawn: number): number {
+  return Math.min(INT4_MAX, Math.max(0, Math.floor(drawn)));
+}
+
+/** Closes leases given back (params: ids, drawn, drawn micros, nodes), each only by its node and only once; answers them as they are now. */
+const CLOSE_LEASES_SQL = `UPDATE leases l SET drawn = LEAST(l.requests, x.d),
+        drawn_micros = LEAST(l.micros, COALESCE(x.dm, LEAST(l.requests, x.d)::bigint * l.cost_micros))
+      FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS x(i, d, dm, n)
+      WHERE l.id = x.i AND l.drawn IS NULL AND (x.n IS NULL OR l.node = x.n)
+      RETURNING l.*`;
+
+const INSERT_LEASES_SQL = `INSERT INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+      ON CONFLICT (id) DO NOTHING`;
+
+function insertLeasesArgs(rows: LeaseRow[]): unknown[][] {
+  return [rows.map((l) => l.id), rows.map((l) => l.node), rows.map((l) => l.customerId), rows.map((l) => l.consumer), rows.map((l) => l.requests),
+    rows.map((l) => l.costMicros), rows.map((l) => l.micros), rows.map((l) => l.grantedAt), rows.map((l) => l.expiresAt), rows.map((l) => l.heldUntil)];
+}
+
+/**
+ * The grant's statements, prepared once per connection (SQL PREPARE: its plan is kept, and EXECUTE
+ * runs in a simple-protocol message beside others, each with its own snapshot).
+ */
+const GRANT_STATEMENTS: Record<string, { types: string; sql: string }> = {
+  payg_close_leases: { types: 'text[], int[], bigint[], text[]', sql: CLOSE_LEASES_SQL },
+  payg_lock_customers: { types: 'text[]', sql: 'SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE' },
+  payg_credit_states: { types: 'text[], bigint', sql: '' }, // filled below
+  payg_consumer_caps: { types: 'text[], bigint', sql: '' },
+  payg_insert_leases: { types: 'text[], text[], text[], text[], int[], bigint[], bigint[], bigint[], bigint[], bigint[]', sql: INSERT_LEASES_SQL },
+};
+
+/** A value as an SQL literal for EXECUTE's arguments (no parameters in the simple protocol): strings escaped by pg, numbers only as safe integers. */
+function sqlArray(values: unknown[], type: 'text' | 'int' | 'bigint'): string {
+  if (!values.length) return `'{}'::${type}[]`;
+  return `ARRAY[${values.map((v) => {
+    if (v === null || v === undefined) return 'NULL';
+    if (type === 'text') { if (typeof v !== 'string') throw new Error('text value expected'); return pg.escapeLiteral(v); }
+    if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new Error('safe integer expected');
+    return String(v);
+  }).join(',')}]::${type}[]`;
+}
+
+/**
+ * Per customer (`ids`: a text[] expression): credit before reservations (−balance − unsettled usage,
+ * micros), what its leases hold, and what leases of nodes other than `node` hold, in one snapshot.
+ */
+function creditStatesSql(ids: string, now: string, node: string, consumer = 'NULL'): string {
+  const others = `l.node IS DISTINCT FROM ${node}::text AND (l.drawn IS NOT NULL OR l.expires_at > ${now}::bigint)`;
+  return `SELECT c.id, -(c.balance * 1000000) - COALESCE(t.used_micros - t.settled * 1000000, 0) AS credit,
+        COALESCE(h.held, 0)::bigint AS held, COALESCE(h.others, 0)::bigint AS others, COALESCE(h.consumer_others, 0)::bigint AS consumer_others
+      FROM customers c LEFT JOIN usage_totals t ON t.customer_id = c.id
+      LEFT JOIN LATERAL (SELECT SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) AS held,
+          SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) FILTER (WHERE ${others}) AS others,
+          SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) FILTER (WHERE ${others} AND l.consumer = ${consumer}::text) AS consumer_others
+        FROM leases l WHERE l.customer_id = c.id AND l.held_until > ${now}::bigint) h ON true
+      WHERE c.id = ANY(${ids})`;
+}
+
+function creditStatesOf(rows: Array<Record<string, any>>): Map<string, CreditState> {
+  return new Map(rows.map((row) => [row.id as string, { creditMicros: Number(row.credit), heldMicros: Number(row.held), othersHoldMicros: Number(row.others), consumerOthersHoldMicros: Number(row.consumer_others) }]));
+}
+
+// ---- issue 23 (team caps) ----
+/**
+ * Per consumer (`consumers`: a text[] expression): its spend in its current periods and what its
+ * leases hold, in one statement (one snapshot: a usage commit that adds spend and settles a lease is
+ * seen whole or not at all).
+ */
+function consumerCapStatesSql(consumers: string, now: string): string {
+  return `SELECT x.consumer,
+        (SELECT COALESCE(SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)), 0)::bigint FROM leases l WHERE l.consumer = x.consumer AND l.held_until > ${now}::bigint) AS held,
+        (SELECT json_agg(json_build_array(s.period, s.period_start, s.micros)) FROM consumer_spend s WHERE s.consumer = x.consumer)::text AS spend
+      FROM unnest(${consumers}) AS x(consumer)`;
+}
+
+GRANT_STATEMENTS.payg_credit_states.sql = creditStatesSql('$1', '$2', 'NULL');
+GRANT_STATEMENTS.payg_consumer_caps.sql = consumerCapStatesSql('$1', '$2');
+
+function consumerCapStatesOf(rows: Array<Record<string, any>>): Map<string, ConsumerCapState> {
+  return new Map(rows.map((row) => {
+    const parts = (row.spend ? JSON.parse(row.spend) : []) as Array<[string, number, number]>;
+    const spend = spendFromRows(parts.map(([period, start, micros]) => ({ consumer: row.consumer, period, period_start: start, micros }))).get(row.consumer);
+    return [row.consumer as string, { heldMicros: Number(row.held), spend: spend ?? { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } }];
+  }));
+}
+// ---- end issue 23 ----
 
 export class PostgresStore implements Store {
   private constructor(readonly pool: pg.Pool, readonly url: string) {}
@@ -703,26 +795,17 @@ export class PostgresStore implements Store {
   }
 
   private async insertLeases(c: pg.Pool | pg.PoolClient, rows: LeaseRow[]): Promise<void> {
-    await c.query(`INSERT INTO leases (id, node, customer_id, consumer, requests, cost_micros, micros, granted_at, expires_at, held_until)
-      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
-      ON CONFLICT (id) DO NOTHING`, [
-      rows.map((l) => l.id), rows.map((l) => l.node), rows.map((l) => l.customerId), rows.map((l) => l.consumer), rows.map((l) => l.requests),
-      rows.map((l) => l.costMicros), rows.map((l) => l.micros), rows.map((l) => l.grantedAt), rows.map((l) => l.expiresAt), rows.map((l) => l.heldUntil)]);
+    await c.query(INSERT_LEASES_SQL, insertLeasesArgs(rows));
   }
 
   /**
    * Nodes give leases back, saying what they drew from each (capped at the lease): each only its
    * own (`node`; undefined: any), each only once. Answers the leases closed, as they are now.
    */
-  /** `drawn` is clamped to int4 before the cast: one node's absurd count must not fail the whole batch (it is LEAST'd to the lease's requests anyway). */
-  async closeLeases(node: string | undefined, returns: Array<{ id: string; drawn: number; drawnMicros?: number; node?: string }>): Promise<LeaseRow[]> {
+  async closeLeases(node: string | undefined, returns: LeaseClose[]): Promise<LeaseRow[]> {
     if (!returns.length) return [];
-    const r = await this.pool.query(`UPDATE leases l SET drawn = LEAST(l.requests, x.d),
-        drawn_micros = LEAST(l.micros, COALESCE(x.dm, LEAST(l.requests, x.d)::bigint * l.cost_micros))
-      FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[]) AS x(i, d, dm, n)
-      WHERE l.id = x.i AND l.drawn IS NULL AND (x.n IS NULL OR l.node = x.n)
-      RETURNING l.*`, [returns.map((x) => x.id), returns.map((x) => Math.min(INT4_MAX, Math.max(0, Math.floor(x.drawn)))), returns.map((x) => x.drawnMicros ?? null),
-      returns.map((x) => x.node ?? node ?? null)]);
+    const r = await this.pool.query(CLOSE_LEASES_SQL,
+      [returns.map((x) => x.id), returns.map((x) => clampDrawn(x.drawn)), returns.map((x) => x.drawnMicros ?? null), returns.map((x) => x.node ?? node ?? null)]);
     return r.rows.map(toLease);
   }
 
@@ -742,15 +825,8 @@ export class PostgresStore implements Store {
    * Per customer: credit before reservations (−balance − unsettled usage, micros), what its leases
    * hold, and what leases of nodes other than `node` hold, in one snapshot.
    */
-  private async creditStates(c: pg.Pool | pg.PoolClient, ids: string[], now: number, node: string | null): Promise<Map<string, CreditState>> {
-    const r = await c.query(`SELECT c.id, -(c.balance * 1000000) - COALESCE(t.used_micros - t.settled * 1000000, 0) AS credit,
-        COALESCE(h.held, 0)::bigint AS held, COALESCE(h.others, 0)::bigint AS others
-      FROM customers c LEFT JOIN usage_totals t ON t.customer_id = c.id
-      LEFT JOIN LATERAL (SELECT SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) AS held,
-          SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)) FILTER (WHERE l.node IS DISTINCT FROM $3 AND (l.drawn IS NOT NULL OR l.expires_at > $2)) AS others
-        FROM leases l WHERE l.customer_id = c.id AND l.held_until > $2) h ON true
-      WHERE c.id = ANY($1)`, [ids, now, node]);
-    return new Map(r.rows.map((row) => [row.id as string, { creditMicros: Number(row.credit), heldMicros: Number(row.held), othersHoldMicros: Number(row.others) }]));
+  private async creditStates(c: pg.Pool | pg.PoolClient, ids: string[], now: number, node: string | null, consumer: string | null = null): Promise<Map<string, CreditState>> {
+    return creditStatesOf((await c.query(creditStatesSql('$1::text[]', '$2', '$3', '$4'), [ids, now, node, consumer])).rows);
   }
 
   // ---- issue 23 (team caps) ----
@@ -758,47 +834,84 @@ export class PostgresStore implements Store {
    * Per consumer: its spend in its current periods and what its leases hold, in one statement
    * (one snapshot: a usage commit that adds spend and settles a lease is seen whole or not at all).
    */
-  private async consumerCapStates(c: pg.PoolClient, consumers: string[], now: number): Promise<Map<string, ConsumerCapState>> {
-    const r = await c.query(`SELECT x.consumer,
-        (SELECT COALESCE(SUM(GREATEST(0, COALESCE(l.drawn_micros, l.micros) - l.settled_micros)), 0)::bigint FROM leases l WHERE l.consumer = x.consumer AND l.held_until > $2) AS held,
-        (SELECT json_agg(json_build_array(s.period, s.period_start, s.micros)) FROM consumer_spend s WHERE s.consumer = x.consumer)::text AS spend
-      FROM unnest($1::text[]) AS x(consumer)`, [consumers, now]);
-    return new Map(r.rows.map((row) => {
-      const parts = (row.spend ? JSON.parse(row.spend) : []) as Array<[string, number, number]>;
-      const spend = spendFromRows(parts.map(([period, start, micros]) => ({ consumer: row.consumer, period, period_start: start, micros }))).get(row.consumer);
-      return [row.consumer as string, { heldMicros: Number(row.held), spend: spend ?? { daily: { start: 0, micros: 0 }, monthly: { start: 0, micros: 0 } } }];
-    }));
-  }
   // ---- end issue 23 ----
 
   /** Credit states read without locks (to wake starved customers, or decide on a recall). */
-  readCreditStates(ids: string[], now: number, node?: string): Promise<Map<string, CreditState>> {
-    return this.creditStates(this.pool, ids, now, node ?? null);
+  readCreditStates(ids: string[], now: number, node?: string, consumer?: string): Promise<Map<string, CreditState>> {
+    return this.creditStates(this.pool, ids, now, node ?? null, consumer ?? null);
+  }
+
+  /** Connections whose session has the grant's statements prepared. */
+  private readonly preparedGrants = new WeakSet<pg.PoolClient>();
+
+  private async prepareGrants(c: pg.PoolClient): Promise<void> {
+    if (this.preparedGrants.has(c)) return;
+    await c.query(Object.entries(GRANT_STATEMENTS).map(([name, st]) => `PREPARE ${name}(${st.types}) AS ${st.sql}`).join(';\n'));
+    this.preparedGrants.add(c);
   }
 
   /**
-   * Grants leases for a batch of requests in one transaction: the customers' rows are locked (in id
-   * order, so replicas never deadlock), their credit and what their leases hold read after the locks
-   * are taken (one snapshot that includes every lease another replica committed before), `decide`
-   * sizes the leases from that, and they are inserted before the commit. Two replicas can never grant
-   * the same credit: the second waits for the first's commit and sees its leases.
+   * Grants leases for a batch of requests in one transaction: the leases given back with them are
+   * closed first (`closes`, each only by its own node and only once), the customers' rows are locked
+   * (in id order, so replicas never deadlock), their credit and what their leases hold read after the
+   * locks are taken (a statement of its own, so its snapshot includes every lease another replica
+   * committed before it let go of the lock), `decide` sizes the leases from that, and they are
+   * inserted before the commit. Two replicas can never grant the same credit: the second waits for
+   * the first's commit and sees its leases.
+   *
+   * Two round trips: BEGIN, the closings, the locks and the reads go as one simple-protocol message
+   * (statements run in order, each with its own snapshot), and the inserts with COMMIT as another.
+   * The statements are prepared once per connection (no planning per batch); their arguments travel
+   * as literals (strings escaped by pg's escapeLiteral, numbers checked as safe integers), since that
+   * protocol has no parameters.
    */
-  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>, consumers: Map<string, ConsumerCapState>) => LeaseRow[], consumers: string[] = []): Promise<LeaseRow[]> {
+  async grantLeases(customerIds: string[], now: number, decide: (states: Map<string, CreditState>, consumers: Map<string, ConsumerCapState>, closed: LeaseRow[]) => LeaseRow[],
+    opts: { consumers?: string[]; closes?: LeaseClose[] } = {}): Promise<{ granted: LeaseRow[]; closed: LeaseRow[] }> {
     const ids = [...new Set(customerIds)].sort();
+    const consumers = [...new Set(opts.consumers ?? [])];
+    const closes = opts.closes ?? [];
+    const now_ = String(Math.floor(now));
+    const idArray = sqlArray(ids, 'text');
+    const statements = ['BEGIN'];
+    if (closes.length) {
+      statements.push(`EXECUTE payg_close_leases(${sqlArray(closes.map((x) => x.id), 'text')}, ${sqlArray(closes.map((x) => clampDrawn(x.drawn)), 'int')}, ${
+        sqlArray(closes.map((x) => (x.drawnMicros === undefined || x.drawnMicros === null ? null : Math.max(0, Math.min(Number.MAX_SAFE_INTEGER, Math.floor(x.drawnMicros))))), 'bigint')}, ${sqlArray(closes.map((x) => x.node ?? null), 'text')})`);
+    }
+    statements.push(`EXECUTE payg_lock_customers(${idArray})`);
+    statements.push(`EXECUTE payg_credit_states(${idArray}, ${now_})`);
+    if (consumers.length) statements.push(`EXECUTE payg_consumer_caps(${sqlArray(consumers, 'text')}, ${now_})`);
     for (let attempt = 0; ; attempt++) {
+      const c = await this.pool.connect();
+      let open = false;
+      let broken: Error | undefined;
       try {
-        return await this.tx(async (c) => {
-          await c.query('SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE', [ids]);
-          const states = await this.creditStates(c, ids, now, null);
-          const rows = decide(states, consumers.length ? await this.consumerCapStates(c, consumers, now) : new Map());
-          if (rows.length) await this.insertLeases(c, rows);
-          return rows;
-        });
+        await this.prepareGrants(c);
+        open = true;
+        const results = (await c.query(statements.join(';\n'))) as unknown as pg.QueryResult[];
+        let i = 1;
+        const closed = closes.length ? results[i++].rows.map(toLease) : [];
+        i++; // the locks
+        const states = creditStatesOf(results[i++].rows);
+        const capStates = consumers.length ? consumerCapStatesOf(results[i++].rows) : new Map<string, ConsumerCapState>();
+        const granted = decide(states, capStates, closed);
+        const insert = granted.length
+          ? `EXECUTE payg_insert_leases(${insertLeasesArgs(granted).map((col, k) => sqlArray(col, k < 4 ? 'text' : k === 4 ? 'int' : 'bigint')).join(', ')});\n`
+          : '';
+        await c.query(`${insert}COMMIT`);
+        open = false;
+        return { granted, closed };
       } catch (err) {
-        // A deadlock or serialization failure with another replica's batch: try again.
+        // A connection that cannot even roll back (or prepare) is not given back to the pool.
+        if (open) await c.query('ROLLBACK').catch((e: Error) => { broken = e; });
+        else broken = err as Error;
+        // A deadlock or serialization failure with another replica's batch: try again. A session that lost
+        // its prepared statements (26000: a pooler in front gave us another server session) prepares them again.
         const code = (err as { code?: string }).code;
-        if (attempt < 3 && (code === '40P01' || code === '40001')) continue;
+        if (code === '26000') this.preparedGrants.delete(c);
+        if (attempt < 3 && (code === '40P01' || code === '40001' || code === '26000')) continue;
         throw err;
+      } finally {
+        c.release(broken);
       }
     }
   }
