@@ -38,13 +38,6 @@ interface GrantAsk { customerId: string; consumer: string; node: string; costMic
 /** `creditMicros`: the tighter of the team's credit and the consumer's cap left. `limit`/`resetsAt`: which one refused. */
 type Granted = { kind: 'GRANTED'; lease: LeaseRow; creditMicros: number } | { kind: 'EXHAUSTED'; limit?: LimitKind; resetsAt?: number };
 
-/** Issue 23: what a consumer's open leases hold (micros), given what each holds. */
-function consumerHeld<L extends { consumer: string }>(leases: Iterable<L>, consumer: string, heldOf: (l: L) => number): number {
-  let sum = 0;
-  for (const l of leases) if (l.consumer === consumer) sum += heldOf(l);
-  return sum;
-}
-
 /** Where leases live (see the top of this file). */
 interface Keeper {
   init(now: number): Promise<void>;
@@ -137,7 +130,8 @@ class MemoryKeeper implements Keeper {
     if (ask.caps && (ask.caps.daily !== undefined || ask.caps.monthly !== undefined)) {
       const left = capLeft(ask.caps, this.spendOf(ask.consumer), now);
       const reserved = this.book.reservedMicros(ask.customerId, now);
-      const mine = consumerHeld(this.book.leasesOf(ask.customerId, now), ask.consumer, (l) => this.book.heldMicros(l, now));
+      // Under every customer: a consumer just moved from another team may still hold leases there.
+      const mine = this.book.consumerHeldMicros(ask.consumer, now);
       capBound = boundLease(creditMicros - reserved, left.leftMicros, mine);
       resetsAt = left.resetsAt;
       creditMicros = Math.min(creditMicros, reserved + capBound.micros);

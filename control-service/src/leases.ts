@@ -67,6 +67,8 @@ export type GrantOutcome =
 export class LeaseBook {
   private readonly byId = new Map<string, Lease>();
   private readonly byCustomer = new Map<string, Set<Lease>>();
+  /** A consumer's leases under every customer (a consumer moved between teams holds leases at both for a while). */
+  private readonly byConsumer = new Map<string, Set<Lease>>();
   /** The size of the next lease per customer and node: doubles while leases run out, shrinks to what was drawn. */
   private readonly nextSize = new Map<string, number>();
   private seq = 0;
@@ -97,10 +99,7 @@ export class LeaseBook {
       requests, costMicros: input.costMicros, micros: requests * input.costMicros, grantedAt: input.now, expiresAt: input.now + this.opts.ttlMs,
       drawn: undefined, drawnMicros: undefined, settled: new Set(), settledMicros: 0,
     };
-    this.byId.set(lease.id, lease);
-    let set = this.byCustomer.get(lease.customerId);
-    if (!set) { set = new Set(); this.byCustomer.set(lease.customerId, set); }
-    set.add(lease);
+    this.add(lease);
     return { kind: 'GRANTED', lease };
   }
 
@@ -180,18 +179,36 @@ export class LeaseBook {
       micros: row.micros, grantedAt: row.grantedAt, expiresAt: row.heldUntil - this.opts.usageGraceMs,
       drawn: row.drawn ?? undefined, drawnMicros: row.drawnMicros ?? undefined, settled: new Set(), settledMicros: row.settledMicros,
     };
+    this.add(lease);
+  }
+
+  /** What a consumer's leases hold now, under whichever customer they were granted (its cap counts them all). */
+  consumerHeldMicros(consumer: string, now: number): number {
+    let sum = 0;
+    for (const l of [...(this.byConsumer.get(consumer) ?? [])]) {
+      const held = this.heldMicros(l, now);
+      if (held === 0) this.drop(l); else sum += held;
+    }
+    return sum;
+  }
+
+  private add(lease: Lease): void {
     this.byId.set(lease.id, lease);
-    let set = this.byCustomer.get(lease.customerId);
-    if (!set) { set = new Set(); this.byCustomer.set(lease.customerId, set); }
-    set.add(lease);
+    for (const [index, key] of [[this.byCustomer, lease.customerId], [this.byConsumer, lease.consumer]] as const) {
+      let set = index.get(key);
+      if (!set) { set = new Set(); index.set(key, set); }
+      set.add(lease);
+    }
   }
 
   private drop(l: Lease): void {
     this.ended.add(l.customerId);
     this.byId.delete(l.id);
-    const set = this.byCustomer.get(l.customerId);
-    set?.delete(l);
-    if (set?.size === 0) this.byCustomer.delete(l.customerId);
+    for (const [index, key] of [[this.byCustomer, l.customerId], [this.byConsumer, l.consumer]] as const) {
+      const set = index.get(key);
+      set?.delete(l);
+      if (set?.size === 0) index.delete(key);
+    }
   }
 }
 
