@@ -7,7 +7,8 @@
 // a manual top-up (or the operator) re-arms it; a redelivered event after the
 // re-arm pauses nothing again. A fully refunded recharge frees its share of
 // the monthly cap; a disputed one does not. Stripe SDK against the emulator,
-// signed webhooks, real SMTP on loopback, the real service on SQLite.
+// signed webhooks, real SMTP on loopback, the real service on SQLite and on
+// PostgreSQL.
 import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,13 +20,14 @@ import { startService, type RunningService } from '../../../control-service/src/
 import { StripeEmulator } from '../../../testkit/stripe-emulator';
 import { SmtpCapture } from '../../../testkit/smtp-capture';
 import { until } from '../../support/until';
+import { freshDatabase } from '../../support/postgres';
 import { freePort } from '../top-ups/support';
 
 const CONTROL = 'control-token-for-recharge-pause-specs';
 const ADMIN = 'admin-token-for-recharge-pause-specs-0123456789';
 const WEBHOOK_SECRET = 'whsec_recharge_pauses';
 
-describe('auto-recharge: a refund or dispute pauses it before its debit (emulator, webhooks, SMTP)', function () {
+for (const backend of ['sqlite', 'postgres'] as const) describe(`auto-recharge: a refund or dispute pauses it before its debit (emulator, webhooks, SMTP, ${backend})`, function () {
   this.timeout(60_000);
   let stripe: StripeEmulator;
   let smtp: SmtpCapture;
@@ -43,7 +45,7 @@ describe('auto-recharge: a refund or dispute pauses it before its debit (emulato
     sdk = new Stripe(stripe.secretKey, { host: '127.0.0.1', port: Number(new URL(stripe.url).port), protocol: 'http', telemetry: false });
     const port = await freePort();
     const config = parseConfig({
-      listen: { port }, store: { sqlite: path.join(dir, 'payg.sqlite') },
+      listen: { port }, store: backend === 'sqlite' ? { sqlite: path.join(dir, 'payg.sqlite') } : { postgres: { url: await freshDatabase() } },
       stripe: { poll: '0 0 1 1 *', max_requests_per_second: 100, retry: { max_attempts: 4, base_delay_ms: 10, max_delay_ms: 40 }, timeout_ms: 3000 },
       top_up: { checkout: { public_url: `http://127.0.0.1:${port}`, currencies: { usd: { presets: [1000, 2500], min: 500, max: 50_000 } } } },
       auto_recharge: { enabled: true, threshold: 500, amount: 2000, monthly_cap: 10_000, min_interval: '1ms', poll_interval: '50ms' },
