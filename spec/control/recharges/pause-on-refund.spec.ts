@@ -202,4 +202,19 @@ for (const backend of ['sqlite', 'postgres'] as const) describe(`auto-recharge: 
     await settle();
     expect(rechargeIntents(alice)).to.have.length(3);
   });
+
+  it('a recharge planned before the pause and not yet sent is dropped: nothing charged', async () => {
+    const alice = await customer();
+    const paid = await topUp(alice, 'tu_before', 1000);
+    // A crossing committed just before the refund, its recharge due later (as after min_interval): planned, not sent.
+    await svc.store.saveChanges({ upserts: [], deletes: [], transitions: [], recharges: [{ customerId: alice, currency: 'usd', settings: { threshold: 500, amount: 2000, monthlyCap: 10_000 }, at: Date.now() + 3_600_000, minIntervalMs: 1 }] });
+    const [planned] = await svc.store.recharges(alice, 1);
+    expect(planned).to.include({ status: 'planned', attempts: 0 });
+    await sdk.refunds.create({ payment_intent: paid });
+    expect(await stripe.deliver(eventsOf('charge.refunded')[0])).to.equal(200);
+    await until(() => debits(alice).length === 1, 10_000, 'refund debited');
+    expect(await svc.recharger!.charge(planned)).to.equal(undefined);
+    expect(await svc.store.recharge(planned.id)).to.include({ status: 'failed', failureCode: 'paused' });
+    expect(rechargeIntents(alice)).to.have.length(0);
+  });
 });
