@@ -59,6 +59,8 @@ export interface RechargePauses {
 
 export class TopUps {
   private readonly inFlight = new Set<number>();
+  /** Rows sent here whose customer is being read back (the credit after them not known yet). */
+  private readonly readingBack = new Set<number>();
   /** Auto-recharge's hook (recharges/service.ts); none when auto-recharge is off. */
   rechargePauses: RechargePauses | undefined;
   private resending: Promise<number> | undefined;
@@ -245,10 +247,11 @@ export class TopUps {
     // the debit's crossing must not charge the card the money just went back to (docs/auto-recharge.md).
     const pauses = this.rechargePauses?.armed(paid.customerId) ? this.rechargePauses : undefined;
     const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, paid.amount, before), this.now(), pauses !== undefined);
-    // The email is keyed by the refund or dispute: a redelivery after a crash here writes it then, once
-    // (a failure answers the webhook 500, so Stripe delivers again; the pending debit is sent by the resend pass).
-    if (row && pauses) await pauses.paused({ customerId: paid.customerId, kind, id, currency: paid.currency, amount: row.amount });
     if (row && created) await this.send(row);
+    // The email after the send (it shows the credit left), keyed by the refund or dispute: a redelivery after a crash
+    // here writes it then, once (failing to write it answers the webhook 503, so Stripe delivers again). A delivery
+    // joining one that is still sending the debit here leaves the email to it.
+    if (row && pauses && (created || (!this.inFlight.has(row.id) && !this.readingBack.has(row.id)))) await pauses.paused({ customerId: paid.customerId, kind, id, currency: paid.currency, amount: row.amount });
     return row !== undefined;
   }
 
@@ -277,7 +280,12 @@ export class TopUps {
     } finally {
       this.inFlight.delete(row.id);
     }
-    await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+    this.readingBack.add(row.id);
+    try {
+      await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+    } finally {
+      this.readingBack.delete(row.id);
+    }
   }
 
   /**

@@ -38,7 +38,7 @@ for (const backend of ['sqlite', 'postgres'] as const) describe(`auto-recharge: 
 
   beforeEach(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'payg-recharge-pauses-'));
-    fs.writeFileSync(path.join(dir, 'paused.txt'), 'Hi {{customer.first_name}}, paused: {{recharge.reason}} Top up: {{top_up_url}}');
+    fs.writeFileSync(path.join(dir, 'paused.txt'), 'Hi {{customer.first_name}}, paused: {{recharge.reason}} ({{recharge.amount}}) Credit: {{credit.formatted}}. Top up: {{top_up_url}}');
     stripe = await new StripeEmulator().start();
     stripe.autoDeliver = false;
     smtp = await new SmtpCapture().start();
@@ -133,7 +133,7 @@ for (const backend of ['sqlite', 'postgres'] as const) describe(`auto-recharge: 
     expect(await consoleView(alice)).to.include({ paused: true });
     const [mail] = await smtp.waitForCount(1, 10_000);
     expect(mail.subject).to.equal('Auto-recharge paused');
-    expect(mail.text).to.include('disputed').and.include('/top-up/v1.');
+    expect(mail.text, mail.text).to.include('disputed').and.include('($20.00) Credit: $4.00.').and.include('/top-up/v1.');
     // Spending further below the threshold, and the event once more: still nothing charged, debited or mailed again.
     await spend(alice, 2);
     expect(await stripe.deliver(disputed)).to.equal(200);
