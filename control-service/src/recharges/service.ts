@@ -59,7 +59,8 @@ export class Recharger {
     deps.topUps.rechargePauses = {
       armed: (customerId) => {
         const held = deps.engine.customer(customerId);
-        return held !== undefined && settingsOf(held.customer.metadata, deps.options).kind === 'on';
+        // On, or on with a value out of bounds (nothing charged until the operator fixes it, and then it must stay paused).
+        return held !== undefined && settingsOf(held.customer.metadata, deps.options).kind !== 'off';
       },
       paused: (p) => this.pausedBy(p),
     };
