@@ -21,7 +21,7 @@ import { addUsage, applyRead, estimatedBalance, failSettlement, openLedger, open
 import { planEmails, planRecurring, staleReason } from './emails/workflow';
 import type { CapLeft, CapLimits, ConsumerSpend } from './caps/caps';
 import { ConsumerCaps, type CapOf, type ConsumerCapView } from './caps/consumer-caps';
-import { crossed, settingsOf } from './recharges/core';
+import { rechargeCrossing } from './recharges/core';
 import type { RechargeCrossing } from './recharges/store';
 import { CustomerBook, estimated, type DecisionAnswer } from './customer-book';
 import { ChangePipeline, Gatherer } from './change-pipeline';
@@ -525,7 +525,7 @@ export class Engine {
       if (!opts.force && this.config.emails.length) {
         emails.push(...planEmails(this.config.emails, this.isTemplateActive, { before: viewBefore, after: viewAfter, transitions: mine, at }, this.config.topUp));
       }
-      const recharge = !opts.force && viewBefore ? this.rechargeCrossing(c, viewBefore.balance, viewAfter.balance, at) : undefined;
+      const recharge = !opts.force && viewBefore ? rechargeCrossing(c, viewBefore.balance, viewAfter.balance, at, this.config.autoRecharge, this.config.topUp.checkout?.defaultCurrency) : undefined;
       if (recharge) recharges.push(recharge);
       if (!unchanged && (!opts.force || !held)) {
         saved.push(c);
@@ -555,14 +555,5 @@ export class Engine {
       this.onChange([...saved.flatMap((c) => this.book.consumersOf(c)), ...removedConsumers]);
     }
     return transitions;
-  }
-
-  /** Auto-recharge (issue 22): a crossing of the customer's threshold, decided in the same commit as the balance that crossed it. */
-  private rechargeCrossing(c: StoredCustomer, balanceBefore: number, balanceAfter: number, at: number): RechargeCrossing | undefined {
-    if (!this.config.autoRecharge.enabled) return undefined;
-    const s = settingsOf(c.metadata, this.config.autoRecharge);
-    const currency = (c.currency ?? this.config.topUp.checkout?.defaultCurrency)?.toLowerCase();
-    if (s.kind !== 'on' || !currency || !crossed(-balanceBefore, -balanceAfter, s.settings.threshold)) return undefined;
-    return { customerId: c.id, currency, settings: s.settings, at, minIntervalMs: this.config.autoRecharge.minIntervalMs };
   }
 }

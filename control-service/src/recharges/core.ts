@@ -82,6 +82,46 @@ export function crossed(creditBefore: number | undefined, creditAfter: number, t
   return creditAfter < threshold && (creditBefore === undefined ? false : creditBefore >= threshold);
 }
 
+/** A crossing seen by the engine: decided in the store's transaction that saves the change. */
+export interface RechargeCrossing { customerId: string; currency: string; settings: RechargeSettings; at: number; minIntervalMs: number }
+
+/**
+ * The crossing a change of one customer makes, if any (the engine calls this
+ * in its commit): auto-recharge offered and on for the customer (metadata
+ * within bounds), a currency known (the customer's, else the top-up page's
+ * default), and the estimated credit (−balance) crossing the threshold
+ * downwards. Balances in Stripe's sign (negative = credit).
+ */
+export function rechargeCrossing(
+  customer: { id: string; metadata: Readonly<Record<string, string>>; currency?: string | null },
+  balanceBefore: number, balanceAfter: number, at: number, o: RechargeOptions, defaultCurrency: string | undefined,
+): RechargeCrossing | undefined {
+  if (!o.enabled) return undefined;
+  const s = settingsOf(customer.metadata, o);
+  const currency = (customer.currency ?? defaultCurrency)?.toLowerCase();
+  if (s.kind !== 'on' || !currency || !crossed(-balanceBefore, -balanceAfter, s.settings.threshold)) return undefined;
+  return { customerId: customer.id, currency, settings: s.settings, at, minIntervalMs: o.minIntervalMs };
+}
+
+/**
+ * Why a refund or a dispute of a payg payment (Checkout top-up or recharge)
+ * pauses auto-recharge before its debit is sent: the debit lowers the credit,
+ * and a recharge it set off would charge the card again right after the money
+ * went back to it (a refund the operator made on purpose, undone) or after the
+ * cardholder disputed a charge. Only customers with auto-recharge on are
+ * paused; a manual top-up or the operator switching it on re-arms.
+ */
+export function pauseReason(kind: 'refund' | 'dispute'): string {
+  return kind === 'dispute'
+    ? 'A payment of yours was disputed, so we do not charge your card again on our own.'
+    : 'A payment of yours was refunded, so we do not charge your card again on our own.';
+}
+
+/** The `paused` email's reason after failures in a row. */
+export function failuresReason(failures: number, last: string): string {
+  return `${failures} attempts in a row failed, the last: ${last}`;
+}
+
 /** The calendar month (UTC) of an instant: `2026-12`. */
 export function monthOf(at: number): string {
   return new Date(at).toISOString().slice(0, 7);

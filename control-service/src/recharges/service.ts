@@ -15,7 +15,7 @@ import type { EmailTemplate } from '../emails/templates';
 import { mergeContext, type EmailMergeContext, type TopUpConfig } from '../merge-tags';
 import { formatMoney } from '../customer';
 import { META_TOP_UP, type MoveIntent } from '../top-ups/core';
-import { outcomeOfError, outcomeOfIntent, rechargeKey, type ChargeOutcome, type RechargeOptions } from './core';
+import { failuresReason, outcomeOfError, outcomeOfIntent, pauseReason, rechargeKey, settingsOf, type ChargeOutcome, type RechargeOptions } from './core';
 import type { RechargeRow } from './store';
 import { completeOptIns } from './opt-in';
 
@@ -55,6 +55,23 @@ export class Recharger {
 
   constructor(private readonly deps: RechargerDeps) {
     this.now = deps.now ?? Date.now;
+    // Refunds and disputes pause auto-recharge with their debit (top-ups/service.ts): on for the customer → paused, told.
+    deps.topUps.rechargePauses = {
+      armed: (customerId) => {
+        const held = deps.engine.customer(customerId);
+        // On, or on with a value out of bounds (nothing charged until the operator fixes it, and then it must stay paused).
+        return held !== undefined && settingsOf(held.customer.metadata, deps.options).kind !== 'off';
+      },
+      paused: (p) => this.pausedBy(p),
+    };
+  }
+
+  /** The `paused` email of a pause by a refund or dispute, keyed by it (once however often its event comes), if paused indeed. */
+  private async pausedBy(p: { customerId: string; kind: 'refund' | 'dispute'; id: string; currency: string; amount: number }): Promise<void> {
+    const state = await this.deps.store.rechargeState(p.customerId);
+    if (state.pausedAt === null) return;
+    this.deps.log.warn({ customer: p.customerId, [p.kind]: p.id }, `auto-recharge paused by a ${p.kind}: a manual top-up or the operator switching it on re-arms it`);
+    await this.mailTo(p.customerId, 'paused', `${p.kind}:${p.id}`, { amount: p.amount, currency: p.currency }, pauseReason(p.kind), state.failures);
   }
 
   start(): void {
@@ -105,7 +122,14 @@ export class Recharger {
   }
 
   /** One attempt at one recharge; whatever Stripe answers (or not) leaves the row in a state the next pass carries on from. */
-  async charge(row: RechargeRow): Promise<ChargeOutcome> {
+  async charge(row: RechargeRow): Promise<ChargeOutcome | undefined> {
+    // Planned before a pause (a refund or dispute committed since) and never sent: dropped, nothing charged.
+    // One already sent (attempts > 0) goes on under its key: it may have been charged, and must then be credited.
+    if (row.status === 'planned' && row.attempts === 0 && (await this.deps.store.rechargeState(row.customerId)).pausedAt !== null) {
+      await this.deps.store.finishRecharge(row.id, { status: 'failed', paymentIntent: null, failureCode: 'paused', error: 'auto-recharge paused before it was charged', at: this.now() }, this.deps.options.maxConsecutiveFailures);
+      this.deps.log.info({ customer: row.customerId, recharge: row.id }, 'auto-recharge paused: a planned recharge dropped, nothing charged');
+      return undefined;
+    }
     let outcome: ChargeOutcome;
     try {
       outcome = row.status === 'processing' && row.paymentIntent ? await this.poll(row.paymentIntent) : await this.confirm(row);
@@ -187,7 +211,7 @@ export class Recharger {
         const reason = outcome.kind === 'action_required' ? 'Your bank asks you to confirm this payment.' : outcome.message;
         // The emails first, keyed by the recharge: a crash before the row is finished sends them once all the same.
         await this.mail(row, outcome.kind === 'action_required' ? 'action_required' : 'failed', reason, failures);
-        if (pauses) await this.mail(row, 'paused', reason, failures);
+        if (pauses) await this.mail(row, 'paused', failuresReason(failures, reason), failures);
         await store.finishRecharge(row.id, {
           status: outcome.kind === 'action_required' ? 'action_required' : 'failed', paymentIntent: outcome.paymentIntent,
           failureCode: outcome.code, error: outcome.kind === 'declined' ? outcome.message : undefined, at,
@@ -197,18 +221,23 @@ export class Recharger {
     }
   }
 
-  private async mail(row: RechargeRow, event: 'failed' | 'action_required' | 'paused', reason: string, failures: number): Promise<void> {
-    const held = this.deps.engine.customer(row.customerId);
+  private mail(row: RechargeRow, event: 'failed' | 'action_required' | 'paused', reason: string, failures: number): Promise<void> {
+    return this.mailTo(row.customerId, event, `recharge:${row.id}`, row, reason, failures);
+  }
+
+  /** Writes the customer's `auto_recharge: <event>` emails to the outbox, keyed by `key` (each goes out once). */
+  private async mailTo(customerId: string, event: 'failed' | 'action_required' | 'paused', key: string, money: { amount: number; currency: string }, reason: string, failures: number): Promise<void> {
+    const held = this.deps.engine.customer(customerId);
     if (!held?.customer.email) return;
     const templates = this.deps.emails.filter((t) => t.trigger.kind === 'auto_recharge' && t.trigger.event === event && this.deps.engine.isTemplateActive(t.id));
     if (!templates.length) return;
     const view = { ...held.customer, balance: held.estimatedBalance };
     const context: EmailMergeContext = {
       ...mergeContext(view, this.deps.topUp),
-      recharge: { amount: formatMoney(row.amount, row.currency), cents: row.amount, reason, failures, max_failures: this.deps.options.maxConsecutiveFailures },
+      recharge: { amount: formatMoney(money.amount, money.currency), cents: money.amount, reason, failures, max_failures: this.deps.options.maxConsecutiveFailures },
     };
     const records: OutboxRecord[] = templates.map((t) => ({
-      dedupeKey: `${t.id}|${row.customerId}|recharge:${row.id}`, templateId: t.id, customerId: row.customerId, to: held.customer.email!,
+      dedupeKey: `${t.id}|${customerId}|${key}`, templateId: t.id, customerId, to: held.customer.email!,
       context: JSON.stringify(context), createdAt: this.now(),
     }));
     if (await this.deps.store.enqueueEmails(records)) this.deps.engine.onEmailsEnqueued();

@@ -5,7 +5,7 @@
 // Each store runs the same statements (here, `?` placeholders) in its dialect.
 
 import { randomBytes } from 'node:crypto';
-import { COUNTS_AGAINST_CAP, monthOf, OPEN, planRecharge, type PlanDecision, type RechargeSettings, type RechargeStatus } from './core';
+import { COUNTS_AGAINST_CAP, monthOf, OPEN, planRecharge, type PlanDecision, type RechargeCrossing, type RechargeSettings, type RechargeStatus } from './core';
 
 export interface RechargeRow {
   id: string;
@@ -25,8 +25,7 @@ export interface RechargeRow {
   finishedAt: number | null;
 }
 
-/** A crossing seen by the engine: decided in the store's transaction that saves the change. */
-export interface RechargeCrossing { customerId: string; currency: string; settings: RechargeSettings; at: number; minIntervalMs: number }
+export type { RechargeCrossing } from './core';
 
 export interface RechargeState { failures: number; pausedAt: number | null }
 
@@ -94,7 +93,15 @@ export const SQL = {
   lockState: 'SELECT failures, paused_at FROM recharge_state WHERE customer_id = ? FOR UPDATE',
   open: `SELECT COUNT(*) AS n FROM recharges WHERE customer_id = ? AND status IN ${IN(OPEN)}`,
   lastDue: 'SELECT MAX(due_at) AS t FROM recharges WHERE customer_id = ?',
-  spent: `SELECT month, SUM(amount) AS n FROM recharges WHERE customer_id = ? AND month >= ? AND status IN ${IN(COUNTS_AGAINST_CAP)} GROUP BY month`,
+  /**
+   * Per month, succeeded + in flight, less what refunds took back of a recharge
+   * (its refund debits in the money outbox, not failed; at most its amount),
+   * unless it was disputed: a disputed recharge counts in full.
+   */
+  spent: `SELECT r.month, SUM(r.amount - CASE
+       WHEN EXISTS (SELECT 1 FROM top_up_moves d WHERE d.top_up_id = r.id AND d.kind = 'dispute' AND d.status <> 'failed') THEN 0
+       ELSE COALESCE((SELECT SUM(f.amount) FROM top_up_moves f WHERE f.top_up_id = r.id AND f.kind = 'refund' AND f.status <> 'failed'), 0) END) AS n
+     FROM recharges r WHERE r.customer_id = ? AND r.month >= ? AND r.status IN ${IN(COUNTS_AGAINST_CAP)} GROUP BY r.month`,
   insert: `INSERT INTO recharges (id, customer_id, amount, currency, month, due_at, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'planned', ?) ON CONFLICT DO NOTHING`,
   due: `SELECT * FROM recharges WHERE (status = 'planned' AND due_at <= ?) OR status = 'processing' ORDER BY due_at, id`,
   nextDue: `SELECT MIN(due_at) AS t FROM recharges WHERE status = 'planned'`,
@@ -106,6 +113,8 @@ export const SQL = {
   finish: `UPDATE recharges SET status = ?, payment_intent = COALESCE(?, payment_intent), failure_code = ?, last_error = ?, finished_at = ?, attempts = attempts + 1
      WHERE id = ? AND status IN ${IN(OPEN)}`,
   setState: 'UPDATE recharge_state SET failures = ?, paused_at = ? WHERE customer_id = ?',
+  /** A refund or dispute pauses (enqueueDebit): an earlier pause keeps its time. */
+  pause: 'UPDATE recharge_state SET paused_at = COALESCE(paused_at, ?) WHERE customer_id = ?',
   paused: 'SELECT customer_id, paused_at FROM recharge_state WHERE paused_at IS NOT NULL',
   recordOptIn: 'INSERT INTO recharge_opt_ins (top_up_id, customer_id, session_id, settings, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (top_up_id) DO NOTHING',
   pendingOptIns: 'SELECT * FROM recharge_opt_ins WHERE done_at IS NULL ORDER BY created_at LIMIT 100',

@@ -978,7 +978,7 @@ export class PostgresStore implements Store {
     return { row: toMove(r), created };
   }
 
-  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number): Promise<{ row: MoveRow | undefined; created: boolean }> {
+  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number, pauseRecharges = false): Promise<{ row: MoveRow | undefined; created: boolean }> {
     return this.tx(async (c) => {
       // One debit of a top-up at a time, whichever replica: the sum read here is the sum the new row adds to.
       await c.query('SELECT 1 FROM top_ups WHERE id = $1 FOR UPDATE', [intent.topUpId]);
@@ -987,6 +987,12 @@ export class PostgresStore implements Store {
       const before = Number((await c.query(`SELECT COALESCE(SUM(amount), 0) AS n FROM top_up_moves WHERE top_up_id = $1 AND kind <> 'credit' AND status <> 'failed'`, [intent.topUpId])).rows[0].n);
       const amount = amountFor(before);
       if (amount <= 0) return { row: undefined, created: false };
+      // Auto-recharge paused with the debit's row (recharges/core.ts pauseReason): the debit's crossing charges nothing.
+      // Lock order top_ups row → recharge_state row; a crossing (saveChanges) locks recharge_state only.
+      if (pauseRecharges) {
+        await c.query(toPg(RSQL.ensureState), [intent.customerId]);
+        await c.query(toPg(RSQL.pause), [now, intent.customerId]);
+      }
       const created = await this.insertMove(c, { ...intent, amount }, now);
       const [r] = (await c.query('SELECT * FROM top_up_moves WHERE ref = $1', [intent.ref])).rows;
       return { row: toMove(r), created };

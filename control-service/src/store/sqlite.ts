@@ -450,13 +450,18 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number): Promise<{ row: MoveRow | undefined; created: boolean }> {
+  async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number, pauseRecharges = false): Promise<{ row: MoveRow | undefined; created: boolean }> {
     return this.db.transaction(() => {
       const held = this.moveByRef(intent.ref);
       if (held) return { row: held, created: false };
       const before = (this.db.prepare(`SELECT COALESCE(SUM(amount), 0) AS n FROM top_up_moves WHERE top_up_id = ? AND kind <> 'credit' AND status <> 'failed'`).get(intent.topUpId) as { n: number }).n;
       const amount = amountFor(before);
       if (amount <= 0) return { row: undefined, created: false };
+      // Auto-recharge paused with the debit's row (recharges/core.ts pauseReason): the debit's crossing charges nothing.
+      if (pauseRecharges) {
+        this.db.prepare(RSQL.ensureState).run(intent.customerId);
+        this.db.prepare(RSQL.pause).run(now, intent.customerId);
+      }
       this.insertMove({ ...intent, amount }, now);
       return { row: this.moveByRef(intent.ref)!, created: true };
     })();

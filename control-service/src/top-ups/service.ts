@@ -47,8 +47,22 @@ function recharged(metadata: Record<string, string>, recharge: string, paymentIn
   return { ...rest, [META_RECHARGE]: recharge, payg_recharge_payment_intent: paymentIntent };
 }
 
+/**
+ * Auto-recharge's part in a refund or dispute (set by the Recharger when
+ * auto-recharge is on): whether the customer is armed (then the debit pauses
+ * it, in the debit's transaction), and telling them once it is paused.
+ */
+export interface RechargePauses {
+  armed(customerId: string): boolean;
+  paused(p: { customerId: string; kind: 'refund' | 'dispute'; id: string; currency: string; amount: number }): Promise<void>;
+}
+
 export class TopUps {
   private readonly inFlight = new Set<number>();
+  /** Rows sent here whose customer is being read back (the credit after them not known yet). */
+  private readonly readingBack = new Set<number>();
+  /** Auto-recharge's hook (recharges/service.ts); none when auto-recharge is off. */
+  rechargePauses: RechargePauses | undefined;
   private resending: Promise<number> | undefined;
   readonly now: () => number;
 
@@ -229,8 +243,15 @@ export class TopUps {
     const base = debitIntent(kind, id, paid.ref, paid.topUpId, paid.customerId, 0, paid.currency);
     // A recharge's debit names the recharge (and its PaymentIntent) instead of a Checkout Session.
     const intent = paid.recharge ? { ...base, metadata: recharged(base.metadata, paid.recharge, paid.ref) } : base;
-    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, paid.amount, before), this.now());
+    // A refund or dispute pauses auto-recharge before its debit can be sent (same transaction as its row):
+    // the debit's crossing must not charge the card the money just went back to (docs/auto-recharge.md).
+    const pauses = this.rechargePauses?.armed(paid.customerId) ? this.rechargePauses : undefined;
+    const { row, created } = await this.deps.store.enqueueDebit(intent, (before) => debitFor(takenSoFar, paidTotal, paid.amount, before), this.now(), pauses !== undefined);
     if (row && created) await this.send(row);
+    // The email after the send (it shows the credit left), keyed by the refund or dispute: a redelivery after a crash
+    // here writes it then, once (failing to write it answers the webhook 503, so Stripe delivers again). A delivery
+    // joining one that is still sending the debit here leaves the email to it.
+    if (row && pauses && (created || (!this.inFlight.has(row.id) && !this.readingBack.has(row.id)))) await pauses.paused({ customerId: paid.customerId, kind, id, currency: paid.currency, amount: row.amount });
     return row !== undefined;
   }
 
@@ -259,7 +280,12 @@ export class TopUps {
     } finally {
       this.inFlight.delete(row.id);
     }
-    await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+    this.readingBack.add(row.id);
+    try {
+      await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+    } finally {
+      this.readingBack.delete(row.id);
+    }
   }
 
   /**

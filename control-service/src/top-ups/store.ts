@@ -45,9 +45,12 @@ export interface TopUpStore {
    * Writes a debit of a top-up unless one with its ref is there, its amount
    * computed from what was debited of that top-up before (refunds and disputes
    * not failed), in the same transaction: debits never exceed the credit.
-   * Nothing is written when the amount comes out 0.
+   * Nothing is written when the amount comes out 0. With `pauseRecharges`, the
+   * customer's auto-recharge is paused in the same transaction as the row is
+   * written (only then: a replay after a re-arm pauses nothing), so the debit
+   * is never sent, nor its crossing decided, with auto-recharge still armed.
    */
-  enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number): Promise<{ row: MoveRow | undefined; created: boolean }>;
+  enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number, pauseRecharges?: boolean): Promise<{ row: MoveRow | undefined; created: boolean }>;
   pendingMoves(): Promise<MoveRow[]>;
   moves(filter: { topUpId?: string; customerId?: string }): Promise<MoveRow[]>;
   moveAttemptFailed(id: number, error: string): Promise<void>;

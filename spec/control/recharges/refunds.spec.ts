@@ -4,7 +4,8 @@
 // refunded → the customer's credit is debited what was refunded, once, through
 // the same money outbox, however often (and concurrently) Stripe delivers the
 // event; a second refund takes the rest; a dispute of another recharge debits
-// it; a payment naming a recharge payg did not make debits nothing.
+// it (each pausing auto-recharge: no new recharge); a payment naming a recharge
+// payg did not make debits nothing.
 import { expect } from 'chai';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -107,9 +108,12 @@ describe('auto-recharge: refunds and disputes of its payments are debited once (
     await until(() => debits(alice).length === 2, 5000, 'second refund debited');
     for (const e of all) expect(await stripe.deliver(e)).to.equal(200);
     expect(debits(alice).map((t) => t.amount)).to.deep.equal([500, 1500]);
-    // Back at $4.00 of credit, below the $5.00 threshold: a crossing like any Stripe change, so a new recharge.
-    await recharged(alice, 2);
-    expect(balance(alice)).to.equal(-1000 - 2000);
+    // Back at $4.00 of credit, below the $5.00 threshold: the refund paused auto-recharge with its debit, so no new recharge
+    // (spec/control/recharges/pause-on-refund).
+    await svc.recharger!.pass();
+    await svc.recharger!.drain();
+    expect(intents(alice)).to.have.length(1);
+    expect(balance(alice)).to.equal(-1000);
     expect(debits(alice)).to.have.length(2);
   });
 
@@ -120,8 +124,11 @@ describe('auto-recharge: refunds and disputes of its payments are debited once (
     for (const e of [...eventsOf('charge.dispute.created'), ...eventsOf('charge.dispute.created')]) expect(await stripe.deliver(e)).to.equal(200);
     await until(() => debits(alice).length === 1, 5000, 'dispute debited');
     expect(debits(alice)[0]).to.include({ amount: 2000 });
-    await recharged(alice, 2);
-    expect(balance(alice)).to.equal(-1000 - 2000);
+    // The dispute paused auto-recharge with its debit: the crossing it made charges nothing (spec/control/recharges/pause-on-refund).
+    await svc.recharger!.pass();
+    await svc.recharger!.drain();
+    expect(intents(alice)).to.have.length(1);
+    expect(balance(alice)).to.equal(-1000);
     for (const e of eventsOf('charge.dispute.created')) expect(await stripe.deliver(e)).to.equal(200);
     expect(debits(alice)).to.have.length(1);
   });
