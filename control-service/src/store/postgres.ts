@@ -980,8 +980,9 @@ export class PostgresStore implements Store {
 
   async enqueueDebit(intent: Omit<MoveIntent, 'amount'>, amountFor: (debitedBefore: number) => number, now: number, pauseRecharges = false): Promise<{ row: MoveRow | undefined; created: boolean }> {
     return this.tx(async (c) => {
-      // One debit of a top-up at a time, whichever replica: the sum read here is the sum the new row adds to.
-      await c.query('SELECT 1 FROM top_ups WHERE id = $1 FOR UPDATE', [intent.topUpId]);
+      // One debit of a payment at a time, whichever replica: the sum read here is the sum the new row adds to. A lock
+      // on the payment's id, not its top_ups row: an auto-recharge's debits name a recharge, which has no such row.
+      await c.query(`SELECT pg_advisory_xact_lock(hashtextextended('payg-debit:' || $1, 0))`, [intent.topUpId]);
       const [held] = (await c.query('SELECT * FROM top_up_moves WHERE ref = $1', [intent.ref])).rows;
       if (held) return { row: toMove(held), created: false };
       const before = Number((await c.query(`SELECT COALESCE(SUM(amount), 0) AS n FROM top_up_moves WHERE top_up_id = $1 AND kind <> 'credit' AND status <> 'failed'`, [intent.topUpId])).rows[0].n);
