@@ -28,6 +28,8 @@ export const TOP_UP_PREFIX = '/top-up/';
 const FORM_LIMIT = 4096;
 /** How often a success page may read a session from Stripe itself (per top-up), when the webhook is late. */
 const RECHECK_MS = 3000;
+/** How long the success page waits for the book to hold a confirmed credit before showing it. */
+const READ_BACK_WAIT_MS = 3000;
 /**
  * New Checkout Sessions one customer's link may open per window (per replica): a leaked
  * link cannot spend the Stripe request budget the sweep and settlements share.
@@ -81,7 +83,12 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
   };
 
   /** The credit of a top-up, if written. */
-  const creditOf = async (id: string) => (await store.moves({ topUpId: id })).find((m) => m.kind === 'credit');
+  const creditOf = async (id: string) => {
+    const move = (await store.moves({ topUpId: id })).find((m) => m.kind === 'credit');
+    // Confirmed: the page shows the credit now, so wait (briefly) for the book to hold it.
+    if (move?.status === 'confirmed') await Promise.race([deps.topUps.readBack(move.id), new Promise((r) => setTimeout(r, READ_BACK_WAIT_MS))]);
+    return move;
+  };
   /**
    * Where a top-up stands for its success page: our credit if written, else
    * its Checkout Session read from Stripe (at most every RECHECK_MS per

@@ -60,7 +60,8 @@ export interface RechargePauses {
 export class TopUps {
   private readonly inFlight = new Set<number>();
   /** Rows sent here whose customer is being read back (the credit after them not known yet). */
-  private readonly readingBack = new Set<number>();
+  /** Moves confirmed whose customer is being read back from Stripe (the book shows their credit once done). */
+  private readonly readingBack = new Map<number, Promise<void>>();
   /** Auto-recharge's hook (recharges/service.ts); none when auto-recharge is off. */
   rechargePauses: RechargePauses | undefined;
   private resending: Promise<number> | undefined;
@@ -280,12 +281,18 @@ export class TopUps {
     } finally {
       this.inFlight.delete(row.id);
     }
-    this.readingBack.add(row.id);
+    const reading = this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+    this.readingBack.set(row.id, reading);
     try {
-      await this.deps.sync.refresh(row.customerId).catch((err) => this.deps.log.warn({ customer: row.customerId, err: (err as Error).message }, 'reading the customer after a top-up failed; the next sweep brings it'));
+      await reading;
     } finally {
       this.readingBack.delete(row.id);
     }
+  }
+
+  /** Resolves once the customer has been read back after move `id` was confirmed, so the book shows its credit. */
+  readBack(id: number): Promise<void> {
+    return this.readingBack.get(id) ?? Promise.resolve();
   }
 
   /**
