@@ -132,6 +132,7 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
       [{ amount: 2000 }, 'enabled', /enabled: true or false/],
       [{ enabled: 'yes' }, 'enabled', /enabled: true or false/],
       [{ enabled: true, cap: 5000 }, 'cap', /cap: not a setting/],
+      [{ enabled: true, constructor: 5 }, 'constructor', /constructor: not a setting/],
       ['not json', 'body', /body: a JSON object/],
     ];
     for (const [body, field, message] of refused) {

@@ -214,8 +214,8 @@ export function createConsoleApi(deps: ConsoleDeps) {
   /** A month's recharges are at most cap / min_amount (a few hundred with the default bounds): all of them are read. */
   const RECHARGE_ROWS = 1000;
   async function rechargeJson(id: string, metadata: Readonly<Record<string, string>>) {
-    const [rows, state] = await Promise.all([store.recharges(id, RECHARGE_ROWS), store.rechargeState(id)]);
-    return rechargeView(metadata, config.autoRecharge, rows, state, now(), (pi) => dashboard('payments', pi));
+    const [rows, state, moves] = await Promise.all([store.recharges(id, RECHARGE_ROWS), store.rechargeState(id), queries.topUpMoves(id, 1000)]);
+    return rechargeView(metadata, config.autoRecharge, rows, state, now(), (pi) => dashboard('payments', pi), moves);
   }
 
   /**

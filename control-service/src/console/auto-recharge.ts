@@ -8,7 +8,7 @@
 // truth) and reaches the book the way any Stripe customer change does.
 
 import type { RechargeOptions } from '../recharges/core';
-import { COUNTS_AGAINST_CAP, META, monthOf, OPEN, settingsOf } from '../recharges/core';
+import { COUNTS_AGAINST_CAP, countedAgainstCap, META, monthOf, OPEN, settingsOf } from '../recharges/core';
 import type { RechargeRow, RechargeState } from '../recharges/store';
 
 /** The fields of an edit, as the API names them (amounts in the smallest currency unit). */
@@ -30,7 +30,7 @@ export type EditDecision =
  */
 export function decideEdit(body: Record<string, unknown> | undefined, current: Readonly<Record<string, string>>, o: RechargeOptions): EditDecision {
   if (!body) return { kind: 'refused', field: 'body', message: 'body: a JSON object {"enabled", "threshold", "amount", "monthly_cap"}' };
-  const unknown = Object.keys(body).filter((k) => k !== 'enabled' && !(k in FIELDS));
+  const unknown = Object.keys(body).filter((k) => k !== 'enabled' && !Object.hasOwn(FIELDS, k));
   if (unknown.length) return { kind: 'refused', field: unknown[0], message: `${unknown[0]}: not a setting (enabled, threshold, amount, monthly_cap)` };
   if (typeof body.enabled !== 'boolean') return { kind: 'refused', field: 'enabled', message: 'enabled: true or false' };
   const metadata: Record<string, string> = { [META.enabled]: body.enabled ? 'on' : 'off' };
@@ -59,7 +59,8 @@ export function decideEdit(body: Record<string, unknown> | undefined, current: R
 const iso = (t: number | null | undefined) => (t ? new Date(t).toISOString() : null);
 
 /** What the console shows of a customer's auto-recharge. */
-export function rechargeView(metadata: Readonly<Record<string, string>>, o: RechargeOptions, rows: RechargeRow[], state: RechargeState, now: number, paymentUrl: (pi: string) => string) {
+export function rechargeView(metadata: Readonly<Record<string, string>>, o: RechargeOptions, rows: RechargeRow[], state: RechargeState, now: number, paymentUrl: (pi: string) => string,
+  debits: ReadonlyArray<{ topUpId: string; kind: string; amount: number; status: string }> = []) {
   const stored = (key: string) => (metadata[key] === undefined || metadata[key].trim() === '' ? null : metadata[key]);
   const read = settingsOf({ ...metadata, [META.enabled]: 'on' }, { ...o, enabled: true });
   const month = monthOf(now);
@@ -67,7 +68,9 @@ export function rechargeView(metadata: Readonly<Record<string, string>>, o: Rech
   const sum = (xs: RechargeRow[]) => xs.reduce((a, r) => a + r.amount, 0);
   const succeeded = sum(inMonth.filter((r) => r.status === 'succeeded'));
   const inFlight = sum(inMonth.filter((r) => (OPEN as readonly string[]).includes(r.status)));
-  const counted = sum(inMonth.filter((r) => (COUNTS_AGAINST_CAP as readonly string[]).includes(r.status)));
+  // Net of refunds (in full once disputed), as the cap check counts it.
+  const counted = inMonth.filter((r) => (COUNTS_AGAINST_CAP as readonly string[]).includes(r.status))
+    .reduce((a, r) => a + countedAgainstCap(r.amount, debits.filter((d) => d.topUpId === r.id)), 0);
   const settings = read.kind === 'on' ? read.settings : undefined;
   const rowJson = (r: RechargeRow) => ({
     id: r.id, amount: r.amount, currency: r.currency, status: r.status, due_at: iso(r.dueAt), finished_at: iso(r.finishedAt),

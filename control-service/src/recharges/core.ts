@@ -131,6 +131,16 @@ export type RechargeStatus = 'planned' | 'processing' | 'succeeded' | 'failed' |
 
 /** Statuses that count against the cap: succeeded, or not finished (in flight). */
 export const COUNTS_AGAINST_CAP: readonly RechargeStatus[] = ['planned', 'processing', 'succeeded'];
+
+/**
+ * What one recharge counts against its month's cap: its amount less what refunds took back, or all of it once
+ * disputed (a dispute frees no cap). The store's crossing check counts the same in SQL (recharges/store.ts `spent`).
+ */
+export function countedAgainstCap(amount: number, debits: ReadonlyArray<{ kind: string; amount: number; status: string }>): number {
+  const live = debits.filter((d) => d.status !== 'failed');
+  if (live.some((d) => d.kind === 'dispute')) return amount;
+  return amount - live.filter((d) => d.kind === 'refund').reduce((sum, d) => sum + d.amount, 0);
+}
 export const OPEN: readonly RechargeStatus[] = ['planned', 'processing'];
 
 /** What the store knows of a customer's recharges when a crossing is decided (read in the same transaction). */

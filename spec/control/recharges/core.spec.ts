@@ -4,6 +4,7 @@
 // the minimum interval, failure → pause, Stripe's answers as outcomes.
 import { expect } from 'chai';
 import {
+  countedAgainstCap,
   afterFailure, COUNTS_AGAINST_CAP, crossed, META, metadataFor, monthOf, OPEN, outcomeOfError, outcomeOfIntent, planRecharge, settingsOf,
   type RechargeOptions, type RechargeSettings, type RechargeStatus,
 } from '../../../control-service/src/recharges/core';
@@ -141,5 +142,15 @@ describe('auto-recharge: the pure core', () => {
         }
       });
     }
+  });
+
+  describe('what a recharge counts against the monthly cap (the console shows the same as the cap check counts)', () => {
+    it('its amount less what refunds took back; failed debits take nothing back; a dispute counts it in full', () => {
+      expect(countedAgainstCap(2000, [])).to.equal(2000);
+      expect(countedAgainstCap(2000, [{ kind: 'refund', amount: 500, status: 'confirmed' }, { kind: 'refund', amount: 700, status: 'pending' }])).to.equal(800);
+      expect(countedAgainstCap(2000, [{ kind: 'refund', amount: 2000, status: 'failed' }])).to.equal(2000);
+      expect(countedAgainstCap(2000, [{ kind: 'refund', amount: 2000, status: 'confirmed' }])).to.equal(0);
+      expect(countedAgainstCap(2000, [{ kind: 'refund', amount: 500, status: 'confirmed' }, { kind: 'dispute', amount: 1500, status: 'pending' }])).to.equal(2000);
+    });
   });
 });
