@@ -9,12 +9,14 @@ import type { LeaseDesk } from '../lease-desk';
 import type { ChangeStream } from './stream';
 import { readBody, refuseBody, send, MAX_BODY_BYTES } from './util';
 
-const node = z.string().min(1).max(256);
+// No NUL: PostgreSQL refuses it in text, which would fail every grant gathered into the same transaction.
+const text = (max: number) => z.string().min(1).max(max).regex(/^[^\u0000]*$/, 'must not contain NUL');
+const node = text(256);
 const micros = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
-const leaseReturn = z.object({ id: z.string().min(1).max(128), drawn: z.number().int().min(0), drawn_micros: micros.optional() });
+const leaseReturn = z.object({ id: text(128), drawn: z.number().int().min(0), drawn_micros: micros.optional() });
 const leaseRequest = z.object({
   node,
-  consumer: z.string().min(1).max(512),
+  consumer: text(512),
   want: z.number().int().min(1).max(1_000_000).default(1),
   reserve: micros.min(1).optional(),
   previous: leaseReturn.optional(),

@@ -101,6 +101,8 @@ describe('lease API under attack: no credit is ever created', function () {
       [{ node: 'n1', consumer: alice.id, previous: { id: 'l1', drawn: -5 } }, /^previous\.drawn: /],
       [{ node: 'n1', consumer: alice.id, previous: { id: 'l1', drawn: 1e400 } }, /^previous\.drawn: /],
       [{ node: '', consumer: alice.id }, /^node: /],
+      [{ node: 'n\u00001', consumer: alice.id }, /^node: must not contain NUL/],
+      [{ node: 'n1', consumer: `${alice.id}\u0000` }, /^consumer: must not contain NUL/],
       [{ consumer: alice.id }, /^node: /],
     ];
     for (const [body, message] of cases) {
