@@ -53,7 +53,7 @@ export interface TopUpPageDeps {
 export function createTopUpHandler(deps: TopUpPageDeps) {
   const { checkout, secret, engine, store, log } = deps;
   const csp = contentSecurityPolicy(checkout.checkoutOrigins);
-  const lastCheck = new Map<string, { at: number; state: Promise<DoneState> }>();
+  const lastCheck = new Map<string, { at: number; state: Promise<DoneState>; done: boolean }>();
   const opened = new Map<string, { since: number; count: number }>();
   /** Counts a new session for the customer; false when the window's allowance is spent. */
   const allowSession = (customerId: string, now: number): boolean => {
@@ -102,11 +102,14 @@ export function createTopUpHandler(deps: TopUpPageDeps) {
     if (known) return known;
     if (!row.sessionId) return { kind: 'open', continueUrl: null };
     // One read at a time per top-up (refreshes and reloads share it), and at most one per RECHECK_MS.
+    // A read still out (Stripe slow, the gateway retrying) is shared whatever its age; RECHECK_MS counts from its end.
     const held = lastCheck.get(row.id);
-    if (held && Date.now() - held.at < RECHECK_MS) return held.state;
-    const state = readSession(row, row.sessionId, credited);
-    lastCheck.set(row.id, { at: Date.now(), state });
-    if (lastCheck.size > 10_000) for (const [id, c] of lastCheck) if (Date.now() - c.at >= RECHECK_MS) lastCheck.delete(id);
+    if (held && (!held.done || Date.now() - held.at < RECHECK_MS)) return held.state;
+    const check = { at: Date.now(), state: readSession(row, row.sessionId, credited), done: false };
+    void check.state.finally(() => { check.done = true; check.at = Date.now(); });
+    const state = check.state;
+    lastCheck.set(row.id, check);
+    if (lastCheck.size > 10_000) for (const [id, c] of lastCheck) if (c.done && Date.now() - c.at >= RECHECK_MS) lastCheck.delete(id);
     if (lastCheck.size > 10_000) lastCheck.clear();
     return state;
   };
