@@ -8,7 +8,7 @@
 import autocannon from 'autocannon';
 import fs from 'node:fs';
 import os from 'node:os';
-import { startControl } from './support';
+import { leaseTraffic, startControl } from './support';
 
 const CUSTOMERS = 1000;
 const NODES = Number(process.env.NODES ?? 4);
@@ -17,8 +17,6 @@ const SECONDS = Number(process.env.SECONDS ?? 5);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const TOKEN = 'bench-control-token';
 const COST_MICROS = 100_000; // metering.default_cost 0.1
-
-interface LeaseContext { kind?: 'lease' | 'release'; key?: string }
 
 /** CPU time (ms) a process has used so far, from /proc. */
 function cpuMs(pid: number | undefined): number {
@@ -30,38 +28,13 @@ function cpuMs(pid: number | undefined): number {
 
 async function round(url: string, pid: number | undefined, n: number) {
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
-  const held = new Map<string, { id: string; requests: number }>(); // `${node}|${consumer}` → lease
   const counts = { grants: 0, refusals: 0, releases: 0 };
-  let sent = 0;
   const cpuBefore = cpuMs(pid);
   const result = await autocannon({
     url, connections: CONNECTIONS, duration: SECONDS,
     requests: [{
       method: 'POST', path: '/v1/leases', headers,
-      setupRequest: (req, ctx) => {
-        const context = ctx as LeaseContext;
-        const node = `bench-node-${sent % NODES}`;
-        const consumer = `cus_bench${Math.floor(Math.random() * CUSTOMERS)}`;
-        sent++;
-        if (sent % 20 === 0) {
-          const mine = [...held].filter(([k]) => k.startsWith(`${node}|`));
-          for (const [k] of mine) held.delete(k);
-          context.kind = 'release';
-          return { ...req, path: '/v1/leases/release', body: JSON.stringify({ node, leases: mine.map(([, l]) => ({ id: l.id, drawn: l.requests, drawn_micros: l.requests * COST_MICROS })) }) };
-        }
-        const key = `${node}|${consumer}`;
-        const previous = held.get(key);
-        held.delete(key);
-        context.kind = 'lease';
-        context.key = key;
-        return { ...req, path: '/v1/leases', body: JSON.stringify({ node, consumer, want: 20, ...(previous ? { previous: { id: previous.id, drawn: previous.requests, drawn_micros: previous.requests * COST_MICROS } } : {}) }) };
-      },
-      onResponse: (status, body, ctx) => {
-        const context = ctx as LeaseContext;
-        if (context.kind === 'release') { if (status === 200) counts.releases++; return; }
-        const lease = status === 200 ? (JSON.parse(body) as { lease?: { id: string; requests: number } }).lease : undefined;
-        if (lease) { counts.grants++; held.set(context.key!, { id: lease.id, requests: lease.requests }); } else counts.refusals++;
-      },
+      ...leaseTraffic({ nodeOf: (sent) => `bench-node-${sent % NODES}`, customers: CUSTOMERS, costMicros: COST_MICROS }, counts),
     }],
   });
   const cpu = cpuMs(pid) - cpuBefore;

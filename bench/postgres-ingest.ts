@@ -17,7 +17,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { PostgresStore } from '../control-service/src/store/postgres';
 import { freshDatabase, mochaHooks } from '../spec/support/postgres';
-import { ROOT, sleep } from './support';
+import { leaseTraffic, ROOT, sleep } from './support';
 
 const REPLICAS = Number(process.env.REPLICAS ?? 3);
 const CUSTOMERS = 1000;
@@ -167,37 +167,12 @@ async function leaseGrants(replicas: Replica[], databaseUrl: string) {
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
   const cpuBefore = await cpuTicks(replicas, databaseUrl);
   const runs = await Promise.all(replicas.map(async (replica, r) => {
-    const held = new Map<string, { id: string; requests: number }>(); // `${node}|${consumer}` → lease
     const counts = { grants: 0, refusals: 0, releases: 0 };
-    let sent = 0;
     const result = await autocannon({
       url: replica.url, connections: 16, duration: LEASE_SECONDS,
       requests: [{
         method: 'POST', path: '/v1/leases', headers,
-        setupRequest: (req, ctx) => {
-          const context = ctx as LeaseContext;
-          const node = `bench-node-${r}-${sent % NODES}`;
-          const consumer = `cus_bench${Math.floor(Math.random() * CUSTOMERS)}`;
-          sent++;
-          if (sent % 20 === 0) {
-            const mine = [...held].filter(([k]) => k.startsWith(`${node}|`));
-            for (const [k] of mine) held.delete(k);
-            context.kind = 'release';
-            return { ...req, path: '/v1/leases/release', body: JSON.stringify({ node, leases: mine.map(([, l]) => ({ id: l.id, drawn: l.requests, drawn_micros: l.requests * COST_MICROS })) }) };
-          }
-          const key = `${node}|${consumer}`;
-          const previous = held.get(key);
-          held.delete(key);
-          context.kind = 'lease';
-          context.key = key;
-          return { ...req, path: '/v1/leases', body: JSON.stringify({ node, consumer, want: 20, ...(previous ? { previous: { id: previous.id, drawn: previous.requests, drawn_micros: previous.requests * COST_MICROS } } : {}) }) };
-        },
-        onResponse: (status, body, ctx) => {
-          const context = ctx as LeaseContext;
-          if (context.kind === 'release') { if (status === 200) counts.releases++; return; }
-          const lease = status === 200 ? (JSON.parse(body) as { lease?: { id: string; requests: number } }).lease : undefined;
-          if (lease) { counts.grants++; held.set(context.key!, { id: lease.id, requests: lease.requests }); } else counts.refusals++;
-        },
+        ...leaseTraffic({ nodeOf: (sent) => `bench-node-${r}-${sent % NODES}`, customers: CUSTOMERS, costMicros: COST_MICROS }, counts),
       }],
     });
     return { result, ...counts };
@@ -237,7 +212,6 @@ async function cpuTicks(replicas: Replica[], databaseUrl: string): Promise<{ rep
   };
 }
 
-interface LeaseContext { kind?: 'lease' | 'release'; key?: string }
 
 /** The newest leadership line of a replica says it leads now. */
 function leadsNow(r: Replica): boolean {

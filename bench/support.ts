@@ -2,6 +2,7 @@
 // an HTTP endpoint, a process's peak resident memory, and the control service
 // started as its own process on a seeded store.
 
+import type autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -76,4 +77,46 @@ export async function startControl(opts: { port: number; config: Record<string, 
     throw err;
   }
   return { url, child, stop: stopIt };
+}
+
+/** What a lease-traffic run counted: grants, answers without a lease, releases taken. */
+export interface LeaseCounts { grants: number; refusals: number; releases: number }
+interface LeaseContext { kind?: 'lease' | 'release'; key?: string }
+
+/**
+ * autocannon hooks that act as gateway nodes on POST /v1/leases: each request a node (named by `nodeOf`)
+ * asks for a consumer's lease and gives back the one it held for that consumer, drawn in full (as a busy
+ * plugin server's renewal does); one request in 20 is instead a node releasing every lease it holds (as at
+ * shutdown or when they run out). Consumers are `cus_bench0` … `cus_bench<customers − 1>`.
+ */
+export function leaseTraffic(opts: { nodeOf: (sent: number) => string; customers: number; costMicros: number }, counts: LeaseCounts) {
+  const held = new Map<string, { id: string; requests: number }>(); // `${node}|${consumer}` → lease
+  const returned = (l: { id: string; requests: number }) => ({ id: l.id, drawn: l.requests, drawn_micros: l.requests * opts.costMicros });
+  let sent = 0;
+  return {
+    setupRequest: (req: autocannon.Request, ctx: object): autocannon.Request => {
+      const context = ctx as LeaseContext;
+      const node = opts.nodeOf(sent);
+      const consumer = `cus_bench${Math.floor(Math.random() * opts.customers)}`;
+      sent++;
+      if (sent % 20 === 0) {
+        const mine = [...held].filter(([k]) => k.startsWith(`${node}|`));
+        for (const [k] of mine) held.delete(k);
+        context.kind = 'release';
+        return { ...req, path: '/v1/leases/release', body: JSON.stringify({ node, leases: mine.map(([, l]) => returned(l)) }) };
+      }
+      const key = `${node}|${consumer}`;
+      const previous = held.get(key);
+      held.delete(key);
+      context.kind = 'lease';
+      context.key = key;
+      return { ...req, path: '/v1/leases', body: JSON.stringify({ node, consumer, want: 20, ...(previous ? { previous: returned(previous) } : {}) }) };
+    },
+    onResponse: (status: number, body: string, ctx: object): void => {
+      const context = ctx as LeaseContext;
+      if (context.kind === 'release') { if (status === 200) counts.releases++; return; }
+      const lease = status === 200 ? (JSON.parse(body) as { lease?: { id: string; requests: number } }).lease : undefined;
+      if (lease) { counts.grants++; held.set(context.key!, { id: lease.id, requests: lease.requests }); } else counts.refusals++;
+    },
+  };
 }
