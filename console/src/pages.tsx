@@ -184,7 +184,7 @@ interface AutoRecharge {
   defaults: Record<RechargeField, number>; bounds: { min_amount: number; max_amount: number; max_threshold: number; max_monthly_cap: number };
   month: string; month_succeeded: number; month_in_flight: number; month_counted: number; cap_left: number | null;
   failures: number; max_consecutive_failures: number; paused: boolean; paused_at: string | null;
-  last: RechargeRow | null; recent: RechargeRow[];
+  last: RechargeRow | null; recent: RechargeRow[]; as_of: number;
 }
 interface TopUpRow { id: string; amount: number; currency: string; formatted: string; status: string; refunded: number; disputed: number; created_at: string; credited_at: string | null; session_id: string | null; payment_intent: string | null; balance_transaction: string | null; last_error: string | null; stripe_url: string | null }
 interface DebitRow { id: number; kind: 'refund' | 'dispute'; stripe_id: string; top_up: string; amount: number; currency: string; formatted: string; status: string; attempts: number; balance_transaction: string | null; last_error: string | null; created_at: string; confirmed_at: string | null; stripe_url: string }
@@ -317,7 +317,8 @@ function AutoRechargeCard(props: { id: string; currency: string | null; a: AutoR
   const save = async (e: Event) => {
     e.preventDefault();
     setProblem(undefined); setNote(undefined);
-    const body: Record<string, unknown> = { enabled };
+    // as_of: what this form was read at, so a pause (a refund, a dispute) that came since is not undone unseen.
+    const body: Record<string, unknown> = { enabled, as_of: a.as_of };
     for (const f of ['amount', 'threshold', 'monthly_cap'] as RechargeField[]) {
       const v = toMinor(f);
       if (typeof v === 'string') { setProblem(v); return; }

@@ -16,6 +16,7 @@ import Stripe from 'stripe';
 import { parseConfig } from '../../control-service/src/config';
 import { startService, type RunningService } from '../../control-service/src/service';
 import { StripeEmulator } from '../../testkit/stripe-emulator';
+import { debitIntent } from '../../control-service/src/top-ups/core';
 import { freePort } from '../control/top-ups/support';
 import { until } from '../support/until';
 
@@ -225,5 +226,25 @@ describe('console: a customer\'s auto-recharge settings (emulator)', function ()
     expect(await (await edit(alice, { enabled: true })).json()).to.deep.include({ rearmed: false, planned: false });
     await svc.recharger!.drain();
     expect(intents(alice).filter((p) => p.status === 'succeeded')).to.have.length(1);
+  });
+
+  it('409 when switching on would undo a pause, refund or dispute that came after the page was read; nothing changes', async () => {
+    const alice = await customer('pm_card_visa');
+    await start();
+    const read = await detail(alice);
+    expect(read).to.deep.include({ enabled: true, paused: false });
+    // A dispute's debit lands after the page was read (it pauses auto-recharge with its outbox row).
+    await svc.store.enqueueDebit(debitIntent('dispute', 'dp_after_read', 'pi_after_read', 'rc_after_read', alice, 0, 'usd'), () => 100, Date.now(), true);
+    const refused = await edit(alice, { enabled: true, threshold: 800, as_of: read.as_of });
+    expect(refused.status).to.equal(409);
+    expect(await refused.json()).to.include({ error: 'changed_since_read' });
+    expect((await sdk.customers.retrieve(alice) as Stripe.Customer).metadata.payg_auto_recharge_threshold).to.equal(undefined);
+    expect((await svc.store.rechargeState(alice)).pausedAt).to.not.equal(null);
+    // Read again, the operator sees the pause and saves knowingly: re-armed.
+    const again = await detail(alice);
+    expect(again.paused).to.equal(true);
+    const saved = await edit(alice, { enabled: true, as_of: again.as_of });
+    expect(saved.status).to.equal(200);
+    expect(await saved.json()).to.deep.include({ rearmed: true, paused: false });
   });
 });

@@ -231,6 +231,15 @@ export function createConsoleApi(deps: ConsoleDeps) {
     if (!deps.gateway) return fail(503, 'stripe_not_configured', 'STRIPE_SECRET_KEY is not set: the settings live in Stripe customer metadata and cannot be written');
     const decision = decideEdit(body, s.customer.metadata, config.autoRecharge);
     if (decision.kind === 'refused') return { status: 400, body: { error: 'bad_request', field: decision.field, message: decision.message } };
+    // Switching on re-arms: not over a pause, refund or dispute that came after the operator's view was read.
+    const asOf = body?.as_of;
+    if (decision.enabled && typeof asOf === 'number') {
+      const pausedAt = (await store.rechargeState(id)).pausedAt;
+      const moneyBack = (await store.moves({ customerId: id })).some((m) => m.kind !== 'credit' && m.createdAt >= asOf);
+      if ((pausedAt !== null && pausedAt >= asOf) || moneyBack) {
+        return fail(409, 'changed_since_read', 'auto-recharge was paused, or a payment refunded or disputed, after this page was read: reload it and save again if it should still be on');
+      }
+    }
     let metadata: Record<string, string>;
     try {
       // One key for this save: the gateway's retries of it are answered with the first result.

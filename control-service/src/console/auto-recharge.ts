@@ -30,9 +30,10 @@ export type EditDecision =
  */
 export function decideEdit(body: Record<string, unknown> | undefined, current: Readonly<Record<string, string>>, o: RechargeOptions): EditDecision {
   if (!body) return { kind: 'refused', field: 'body', message: 'body: a JSON object {"enabled", "threshold", "amount", "monthly_cap"}' };
-  const unknown = Object.keys(body).filter((k) => k !== 'enabled' && !Object.hasOwn(FIELDS, k));
+  const unknown = Object.keys(body).filter((k) => k !== 'enabled' && k !== 'as_of' && !Object.hasOwn(FIELDS, k));
   if (unknown.length) return { kind: 'refused', field: unknown[0], message: `${unknown[0]}: not a setting (enabled, threshold, amount, monthly_cap)` };
   if (typeof body.enabled !== 'boolean') return { kind: 'refused', field: 'enabled', message: 'enabled: true or false' };
+  if (body.as_of !== undefined && !(Number.isSafeInteger(body.as_of) && (body.as_of as number) >= 0)) return { kind: 'refused', field: 'as_of', message: 'as_of: the view\'s as_of (milliseconds), as the page read it' };
   const metadata: Record<string, string> = { [META.enabled]: body.enabled ? 'on' : 'off' };
   for (const [field, key] of Object.entries(FIELDS) as Array<[Field, string]>) {
     if (!(field in body)) continue;
@@ -87,6 +88,8 @@ export function rechargeView(metadata: Readonly<Record<string, string>>, o: Rech
     invalid: read.kind === 'invalid' ? { field: FIELD_OF_KEY.get(read.field) ?? read.field, key: read.field, why: read.why } : null,
     defaults: { threshold: o.threshold, amount: o.amount, monthly_cap: o.monthlyCap },
     bounds: { min_amount: o.minAmount, max_amount: o.maxAmount, max_threshold: o.maxThreshold, max_monthly_cap: o.maxMonthlyCap },
+    /** When this view was read: an edit sends it back, so a pause the operator has not seen is not undone (409). */
+    as_of: now,
     month, month_succeeded: succeeded, month_in_flight: inFlight, month_counted: counted,
     cap_left: settings ? Math.max(0, settings.monthlyCap - counted) : null,
     failures: state.failures, max_consecutive_failures: o.maxConsecutiveFailures, paused: state.pausedAt !== null, paused_at: iso(state.pausedAt),
