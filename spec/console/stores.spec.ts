@@ -103,13 +103,15 @@ async function seedTopUps(fx: ConsoleFixture, clock: { t: number }): Promise<voi
 
 /**
  * What may differ between two answers a moment apart: the balance history's last
- * point is "now", and the per-minute series end at the current minute (both are
- * from memory, not the store, and empty here: no decisions were asked).
+ * point is "now", the auto-recharge view's `as_of` is when it was read, and the
+ * per-minute series end at the current minute (all from memory or the clock, not
+ * the store, and empty here: no decisions were asked).
  */
 function comparable(answer: any): unknown {
   if (answer?.balance_history) {
     const history = answer.balance_history as Array<[number, number]>;
-    return { ...answer, balance_history: [...history.slice(0, -1), ['now', history[history.length - 1][1]]] };
+    const recharge = answer.auto_recharge ? { auto_recharge: { ...answer.auto_recharge, as_of: 'when read' } } : {};
+    return { ...answer, ...recharge, balance_history: [...history.slice(0, -1), ['now', history[history.length - 1][1]]] };
   }
   if (answer?.blocks_per_minute) {
     const series = (s: { minutes: number[] }) => ({ ...s, minutes: `${s.minutes.length} minutes` });
