@@ -3,7 +3,8 @@
 // before it listens (the top-up page's public URL names it), and real
 // payg-pluginserver processes driven as Kong drives them.
 import fs from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../testkit/ports';
+export { freePort };
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -18,14 +19,6 @@ export const TOP_UP_SECRET = 'bench-top-up-secret-0123456789abcdef0123';
 
 /** The p-th percentile of `xs`. */
 export const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
-
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 /** One gateway node: a plugin server, its Kong-side harness and its payg instance. */
 export interface BenchNode { ps: PluginServerProcess; kong: KongHarness; plugin: string }

@@ -4,7 +4,7 @@
 // overrides), the real payg-pluginserver configured from kong.yml's payg
 // section, a sample upstream, and the local front standing in for Kong.
 import fs from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../testkit/ports';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -22,15 +22,6 @@ const CONTROL_TOKEN = 'demo-control-token';
 const WEBHOOK_SECRET = 'whsec_demo';
 /** Signs the demo's top-up links (a real deployment sets PAYG_TOP_UP_SECRET to its own random value). */
 const TOP_UP_SECRET = 'demo-top-up-secret-0123456789abcdef0123';
-
-/** A free loopback port: the top-up links name the gateway's address before it listens. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 export interface Stack {
   stripe: StripeEmulator;

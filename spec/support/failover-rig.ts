@@ -4,7 +4,7 @@
 // runs; every answer is recorded. Used by spec/control/leases/failover.spec.ts and
 // bench/failover.ts.
 import fs from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../../testkit/ports';
 import os from 'node:os';
 import path from 'node:path';
 import { startControlProcess, type ControlProcess } from './control-process';
@@ -14,14 +14,6 @@ import { KongHarness, accessPdk, logPdk, requestCtx, type Consumer } from '../..
 
 export const RIG_ADMIN = 'admin-token-for-failover';
 export const RIG_CONTROL = 'control-token-for-failover';
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise((r) => server.close(r));
-  return port;
-}
 
 export interface Answer { at: number; customer: string; status: number; body?: string }
 export interface RigOptions {

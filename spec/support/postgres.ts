@@ -13,7 +13,7 @@
 // binaries are copied to a temporary folder first.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../../testkit/ports';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
@@ -94,17 +94,6 @@ function reachableByOthers(dir: string): boolean {
     if ((fs.statSync(d).mode & 0o001) === 0) return false;
     if (d === path.dirname(d)) return true;
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 function run(bin: string, args: string[], ids: { uid?: number; gid?: number }): Promise<void> {

@@ -8,7 +8,7 @@
 // customer the same estimate. The seed is printed; PAYG_TEST_SEED replays it.
 import { expect } from 'chai';
 import fs from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../../../testkit/ports';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -29,14 +29,6 @@ const MIN_KILLS = 5;
 function seeded(seed: number): () => number {
   let s = seed >>> 0;
   return () => { s = (Math.imul(s, 1664525) + 1013904223) >>> 0; return s / 2 ** 32; };
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise((r) => server.close(r));
-  return port;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,16 +1,9 @@
 // Helpers of the top-up and recharge specs: a free loopback port (the page's
 // public URL must be known before the service listens), the page's form fields,
 // and the config document of a real process serving the page (the kill -9 specs).
-import net from 'node:net';
+import { freePort } from '../../../testkit/ports';
+export { freePort };
 import { NEVER, merge, type Doc } from '../../support/fixture';
-
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 /** The page's form fields: the nonce and the action. */
 export function formOf(html: string): { nonce: string; action: string } {
